@@ -1,0 +1,10 @@
+//! `pgsrm generate`.
+
+use anyhow::{Result, bail};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    bail!("`pgsrm generate` is not built yet")
+}

@@ -1,0 +1,10 @@
+//! `pgsrm info`.
+
+use anyhow::{Result, bail};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    bail!("`pgsrm info` is not built yet")
+}

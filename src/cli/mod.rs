@@ -1,0 +1,8 @@
+//! One module per subcommand: its flags (`Args`) and its `run`.
+
+pub mod embed;
+pub mod generate;
+pub mod info;
+pub mod reward;
+pub mod score;
+pub mod tasks;

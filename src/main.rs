@@ -1,0 +1,48 @@
+//! The `pgsrm` command line: one subcommand per user job, each a thin layer over the library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "pgsrm", version, about = "Parent-Guided Semantic Reward Model: RL for small transformer language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-token log-probabilities of a text under a model, as JSON
+    Score(cli::score::Args),
+    /// Sample continuations of a prompt
+    Generate(cli::generate::Args),
+    /// Version, threads, and whether CUDA is present
+    Info(cli::info::Args),
+    /// Embed texts with an embedder, as JSON vectors
+    Embed(cli::embed::Args),
+    /// Shaped rewards for (parent, child) answer pairs, as JSON
+    Reward(cli::reward::Args),
+    /// List the tasks with their settings and an example prompt
+    Tasks(cli::tasks::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(a) => cli::score::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Info(a) => cli::info::run(a),
+        Command::Embed(a) => cli::embed::run(a),
+        Command::Reward(a) => cli::reward::run(a),
+        Command::Tasks(a) => cli::tasks::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

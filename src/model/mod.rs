@@ -1,0 +1,3 @@
+//! Model configurations, parameters, and their files.
+
+pub mod gpt2;
