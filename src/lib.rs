@@ -3,5 +3,6 @@
 
 pub mod cpu;
 pub mod model;
+pub mod reward;
 pub mod rng;
 pub mod tensor;

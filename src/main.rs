@@ -6,7 +6,11 @@ use std::process::ExitCode;
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "pgsrm", version, about = "Parent-Guided Semantic Reward Model: RL for small transformer language models")]
+#[command(
+    name = "pgsrm",
+    version,
+    about = "Parent-Guided Semantic Reward Model: RL for small transformer language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

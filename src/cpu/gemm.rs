@@ -5,10 +5,35 @@ use gemm::Parallelism;
 /// c (m, n) = [c +] op(a) @ op(b), all row-major; op(a) is (m, k), op(b) is (k, n).
 /// `ta`/`tb` say that `a` is stored (k, m) / `b` is stored (n, k).
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], accumulate: bool) {
-    assert!(a.len() >= m * k, "sgemm: a has {} values, needs {}", a.len(), m * k);
-    assert!(b.len() >= k * n, "sgemm: b has {} values, needs {}", b.len(), k * n);
-    assert!(c.len() >= m * n, "sgemm: c has {} values, needs {}", c.len(), m * n);
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(
+        a.len() >= m * k,
+        "sgemm: a has {} values, needs {}",
+        a.len(),
+        m * k
+    );
+    assert!(
+        b.len() >= k * n,
+        "sgemm: b has {} values, needs {}",
+        b.len(),
+        k * n
+    );
+    assert!(
+        c.len() >= m * n,
+        "sgemm: c has {} values, needs {}",
+        c.len(),
+        m * n
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -22,7 +47,11 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: b
     let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
     // Small products are not worth waking the thread pool for.
-    let par = if m * n * k >= 1 << 18 { Parallelism::Rayon(0) } else { Parallelism::None };
+    let par = if m * n * k >= 1 << 18 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: the asserts above bound every index the strides can reach.
     unsafe {
         gemm::gemm(
@@ -72,8 +101,12 @@ mod tests {
     #[test]
     fn all_transposes_match_naive() {
         let (m, n, k) = (37, 29, 71);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
         for ta in [false, true] {
             for tb in [false, true] {
                 let want = naive(m, n, k, &a, ta, &b, tb);

@@ -40,7 +40,10 @@ impl Gpt2Config {
             "medium" => (24, 16, 1024),
             "large" => (36, 20, 1280),
             "xl" => (48, 25, 1600),
-            _ => bail!("unknown GPT-2 config '{name}': expected one of {}", NAMED_CONFIGS.join(", ")),
+            _ => bail!(
+                "unknown GPT-2 config '{name}': expected one of {}",
+                NAMED_CONFIGS.join(", ")
+            ),
         };
         Ok(Gpt2Config {
             vocab_size: 50257,
@@ -56,7 +59,11 @@ impl Gpt2Config {
 
     pub fn validate(&self) -> Result<()> {
         if self.n_head == 0 || self.n_embd % self.n_head != 0 {
-            bail!("n_embd ({}) must be a multiple of n_head ({})", self.n_embd, self.n_head);
+            bail!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                self.n_embd,
+                self.n_head
+            );
         }
         if self.vocab_size == 0 || self.n_positions == 0 || self.n_layer == 0 {
             bail!("vocab_size, n_positions and n_layer must be positive");
@@ -72,18 +79,18 @@ impl Gpt2Config {
 /// One transformer block. Shapes: C = n_embd; Conv1D weights are (in, out).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gpt2Block {
-    pub ln_1_w: Tensor,    // (C)
-    pub ln_1_b: Tensor,    // (C)
-    pub attn_w: Tensor,    // (C, 3C)   q, k, v side by side
-    pub attn_b: Tensor,    // (3C)
+    pub ln_1_w: Tensor,      // (C)
+    pub ln_1_b: Tensor,      // (C)
+    pub attn_w: Tensor,      // (C, 3C)   q, k, v side by side
+    pub attn_b: Tensor,      // (3C)
     pub attn_proj_w: Tensor, // (C, C)
     pub attn_proj_b: Tensor, // (C)
-    pub ln_2_w: Tensor,    // (C)
-    pub ln_2_b: Tensor,    // (C)
-    pub fc_w: Tensor,      // (C, 4C)
-    pub fc_b: Tensor,      // (4C)
-    pub fc_proj_w: Tensor, // (4C, C)
-    pub fc_proj_b: Tensor, // (C)
+    pub ln_2_w: Tensor,      // (C)
+    pub ln_2_b: Tensor,      // (C)
+    pub fc_w: Tensor,        // (C, 4C)
+    pub fc_b: Tensor,        // (4C)
+    pub fc_proj_w: Tensor,   // (4C, C)
+    pub fc_proj_b: Tensor,   // (C)
 }
 
 /// All parameters. The same struct holds gradients and optimiser moments.
@@ -182,12 +189,19 @@ impl Gpt2Weights {
         let mut rng = Rng::new(seed);
         let resid_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         for (name, t) in w.named_mut() {
-            if name.ends_with("ln_1.weight") || name.ends_with("ln_2.weight") || name.ends_with("ln_f.weight") {
+            if name.ends_with("ln_1.weight")
+                || name.ends_with("ln_2.weight")
+                || name.ends_with("ln_f.weight")
+            {
                 t.data.fill(1.0);
             } else if name.ends_with(".bias") {
                 t.data.fill(0.0);
             } else {
-                let std = if name.ends_with("c_proj.weight") { resid_std } else { 0.02 };
+                let std = if name.ends_with("c_proj.weight") {
+                    resid_std
+                } else {
+                    0.02
+                };
                 for x in t.data.iter_mut() {
                     *x = (rng.normal() * std) as f32;
                 }
@@ -198,7 +212,10 @@ impl Gpt2Weights {
 
     /// Every tensor with its Hugging Face name (without the `transformer.` prefix), in a fixed order.
     pub fn named(&self) -> Vec<(String, &Tensor)> {
-        let mut out = vec![("wte.weight".to_string(), &self.wte), ("wpe.weight".to_string(), &self.wpe)];
+        let mut out = vec![
+            ("wte.weight".to_string(), &self.wte),
+            ("wpe.weight".to_string(), &self.wpe),
+        ];
         for (i, b) in self.blocks.iter().enumerate() {
             for (suffix, t) in BLOCK_TENSOR_NAMES.iter().zip(b.fields()) {
                 out.push((format!("h.{i}.{suffix}"), t));
@@ -210,7 +227,10 @@ impl Gpt2Weights {
     }
 
     pub fn named_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut out = vec![("wte.weight".to_string(), &mut self.wte), ("wpe.weight".to_string(), &mut self.wpe)];
+        let mut out = vec![
+            ("wte.weight".to_string(), &mut self.wte),
+            ("wpe.weight".to_string(), &mut self.wpe),
+        ];
         for (i, b) in self.blocks.iter_mut().enumerate() {
             for (suffix, t) in BLOCK_TENSOR_NAMES.iter().zip(b.fields_mut()) {
                 out.push((format!("h.{i}.{suffix}"), t));
@@ -250,7 +270,12 @@ mod tests {
         let w = Gpt2Weights::zeros(&cfg);
         // GPT-2 small: 124,439,808 parameters (tied head counted once).
         assert_eq!(w.num_params(), 124_439_808);
-        assert!(Gpt2Config::named("huge").unwrap_err().to_string().contains("tiny, small"));
+        assert!(
+            Gpt2Config::named("huge")
+                .unwrap_err()
+                .to_string()
+                .contains("tiny, small")
+        );
     }
 
     #[test]

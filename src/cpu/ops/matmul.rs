@@ -3,7 +3,15 @@
 use crate::cpu::gemm::sgemm;
 
 /// out (N, OC) = inp (N, C) @ w (C, OC) + b (OC)  (Hugging Face Conv1D layout)
-pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, c: usize, oc: usize) {
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
     sgemm(n, oc, c, inp, false, w, false, out, false);
     if let Some(b) = b {
         for row in out[..n * oc].chunks_exact_mut(oc) {

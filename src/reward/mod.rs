@@ -1,0 +1,13 @@
+//! Everything that turns (prompt, child answer) into a reward, independent of the policy:
+//! embedders, shaping, parents.
+
+/// Maps texts to vectors. Implementations: the sentence encoder (MiniLM), word vectors, the static
+/// token-embedding mean, and an OpenAI-compatible API.
+pub trait Embedder {
+    /// Name shown in logs and run configs.
+    fn name(&self) -> String;
+    /// Length of every vector `embed` returns.
+    fn dim(&self) -> usize;
+    /// One vector per text, in order. A text with nothing to embed gives a zero vector.
+    fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>>;
+}
