@@ -252,15 +252,14 @@ def make_bert_tiny(out: Path) -> None:
         pad_token_id=0,
     )
     cfg._attn_implementation = "eager"
-    model = BertModel(cfg, add_pooling_layer=False).float().eval()
+    # The pooler is kept (all-MiniLM-L6-v2 ships one too) though mean pooling never uses it.
+    model = BertModel(cfg, add_pooling_layer=True).float().eval()
     perturb_(model, spread=0.2, seed=31)
     model.save_pretrained(out, safe_serialization=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_path = Path(tmp) / "vocab.txt"
-        vocab_path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        tok = BertTokenizerFast(vocab_file=str(vocab_path), do_lower_case=True, model_max_length=64)
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
     tok.save_pretrained(out)
+    atomic_write_bytes(out / "vocab.txt", ("\n".join(vocab) + "\n").encode("utf-8"))
     write_json(out / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -276,6 +275,7 @@ def make_bert_tiny(out: Path) -> None:
     })
 
     enc = tok(BERT_TINY_TEXTS, padding=True, return_tensors="pt")
+    assert (enc["input_ids"] == vocab.index("[UNK]")).sum() < 3, "the tiny vocabulary does not cover the texts"
     ids = enc["input_ids"].to(torch.int64)
     mask = enc["attention_mask"].to(torch.int64)
     # Second segment ids on the last real tokens of some rows, so token_type_ids are exercised.
