@@ -485,7 +485,8 @@ def make_smollm2(out: Path, gguf: Path) -> None:
         gguf = find_gguf(gguf, Path(tmp))
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model = model.float().eval()
+    model = model.eval()
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "the GGUF did not load as float32"
 
     tokens = []
     for text in SMOLLM2_TEXTS:
