@@ -531,7 +531,46 @@ def make_smollm2(out: Path, gguf: Path) -> None:
 
 
 def check_load(folder: Path) -> int:
-    raise NotImplementedError
+    """Load a checkpoint folder with the transformers class its config names and run it once."""
+    from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM
+
+    classes = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertModel}
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"error: {config_path}: {e}", file=sys.stderr)
+        return 1
+    model_type = config.get("model_type")
+    if model_type not in classes:
+        print(f"error: {config_path}: model_type {model_type!r} is not one of {sorted(classes)}", file=sys.stderr)
+        return 1
+    try:
+        model, info = classes[model_type].from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True)
+        model.eval()
+        # from_pretrained only warns about missing or unexpected tensors; a partial checkpoint is a failure.
+        problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if model_type == "bert" and all("pooler" in k for k in problems.get("missing_keys", [])):
+            # A sentence encoder may leave out the pooler: mean pooling never uses it.
+            problems.pop("missing_keys", None)
+        if problems:
+            print(f"error: {folder}: {problems}", file=sys.stderr)
+            return 1
+        vocab = int(model.config.vocab_size)
+        ids = torch.tensor([[1 % vocab, 7 % vocab, 42 % vocab, 5 % vocab]], dtype=torch.int64)
+        with torch.no_grad():
+            res = model(input_ids=ids)
+        out = res.last_hidden_state if model_type == "bert" else res.logits
+        if not torch.isfinite(out).all():
+            print(f"error: {folder}: the forward pass gave non-finite values", file=sys.stderr)
+            return 1
+    except Exception as e:  # any failure to load or run is what this check reports
+        print(f"error: {folder}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    name = "last_hidden_state" if model_type == "bert" else "logits"
+    print(f"{model_type}: {name} shape {tuple(out.shape)} sum {float(out.sum()):.6f}")
+    print("loaded OK")
+    return 0
 
 
 def main() -> int:
