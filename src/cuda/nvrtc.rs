@@ -46,11 +46,62 @@ fn load() -> Result<()> {
             return Ok(());
         }
     }
+    // Last, fetch the wheels into our own folder, as the other offline assets are fetched.
+    let fetched = pgsrm_home().join("python");
+    match install_wheels(&fetched) {
+        Ok(()) => {
+            let lib = fetched.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12");
+            if preload(&lib).is_ok() && system_present() {
+                return Ok(());
+            }
+            tried.push(format!(
+                "{} (after installing the wheels there)",
+                lib.display()
+            ));
+        }
+        Err(e) => tried.push(format!(
+            "python3 -m pip install --target {}: {e:#}",
+            fetched.display()
+        )),
+    }
     bail!(
         "NVRTC (libnvrtc.so.12) not found; tried:\n  {}\nInstall it with `python3 -m pip install {NVRTC_WHEEL} {RUNTIME_WHEEL}` \
          (into any of the folders above), or point PGSRM_NVRTC at libnvrtc.so.12",
         tried.join("\n  ")
     )
+}
+
+/// `pip install --target` into a fresh folder beside `dest`, then renamed into place, so that two
+/// processes installing at once never leave a half-written folder.
+fn install_wheels(dest: &Path) -> Result<()> {
+    if dest.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12").is_file() {
+        return Ok(());
+    }
+    let parent = dest.parent().context("cache folder has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".python-{}", std::process::id()));
+    eprintln!(
+        "pgsrm: fetching NVRTC ({NVRTC_WHEEL}, {RUNTIME_WHEEL}) into {}",
+        dest.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(&tmp)
+        .args([NVRTC_WHEEL, RUNTIME_WHEEL])
+        .output()
+        .context("running python3 -m pip")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        bail!(
+            "pip failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if std::fs::rename(&tmp, dest).is_err() {
+        // Another process finished first; its copy is as good as ours.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
 }
 
 fn preload(path: &Path) -> Result<()> {
