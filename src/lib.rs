@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod cpu;
+pub mod cuda;
 pub mod model;
 pub mod reward;
 pub mod rng;
