@@ -47,7 +47,7 @@ fn load() -> Result<()> {
         }
     }
     // Last, fetch the wheels into our own folder, as the other offline assets are fetched.
-    let fetched = pgsrm_home().join("python");
+    let fetched = crate::assets::cache_dir().join("python");
     match install_wheels(&fetched) {
         Ok(()) => {
             let lib = fetched.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12");
@@ -84,7 +84,7 @@ fn install_wheels(dest: &Path) -> Result<()> {
         "pgsrm: fetching NVRTC ({NVRTC_WHEEL}, {RUNTIME_WHEEL}) into {}",
         dest.display()
     );
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&crate::assets::Locations::from_env().python)
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
         .arg(&tmp)
         .args([NVRTC_WHEEL, RUNTIME_WHEEL])
@@ -116,11 +116,11 @@ fn preload(path: &Path) -> Result<()> {
 /// Folders where pip puts wheels: our own (`$PGSRM_HOME/python`), the active virtual environment,
 /// and the site-packages folders of `python3`.
 pub fn wheel_roots() -> Vec<PathBuf> {
-    let mut roots = vec![pgsrm_home().join("python")];
+    let mut roots = vec![crate::assets::cache_dir().join("python")];
     if let Ok(v) = std::env::var("VIRTUAL_ENV") {
         roots.extend(site_packages(Path::new(&v)));
     }
-    if let Ok(out) = std::process::Command::new("python3")
+    if let Ok(out) = std::process::Command::new(&crate::assets::Locations::from_env().python)
         .args(["-c", "import site, sys; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))"])
         .output()
     {
@@ -165,13 +165,4 @@ pub fn version() -> Result<(i32, i32)> {
         bail!("nvrtcVersion failed: {r:?}");
     }
     Ok((major, minor))
-}
-
-/// Our cache folder: `$PGSRM_HOME`, default `~/.cache/pgsrm`.
-pub fn pgsrm_home() -> PathBuf {
-    match std::env::var_os("PGSRM_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
-            .join(".cache/pgsrm"),
-    }
 }

@@ -122,7 +122,7 @@ fn cache_path(name: &str, arch: &str, src: &str) -> Result<PathBuf> {
         arch.as_bytes(),
         format!("{major}.{minor}").as_bytes(),
     ]);
-    Ok(nvrtc::pgsrm_home().join("kernels").join(format!(
+    Ok(crate::assets::cache_dir().join("kernels").join(format!(
         "{}-{arch}-{key:016x}.ptx",
         name.trim_end_matches(".cu")
     )))
