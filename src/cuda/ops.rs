@@ -256,6 +256,21 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+impl AttnShape {
+    fn check(&self, what: &str) -> Result<()> {
+        if self.head_dim > 128 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head)
+        {
+            bail!(
+                "{what}: head_dim {} (max 128), n_head {} must be a multiple of n_kv_head {}",
+                self.head_dim,
+                self.n_head,
+                self.n_kv_head
+            );
+        }
+        Ok(())
+    }
+}
+
 fn warps(n: usize) -> LaunchConfig {
     blocks(n * 32, 128)
 }
@@ -369,7 +384,7 @@ pub fn encoder_attention_forward(
     c: usize,
     nh: usize,
 ) -> Result<()> {
-    if nh == 0 || c % nh != 0 || c / nh > 128 {
+    if nh == 0 || !c.is_multiple_of(nh) || c / nh > 128 {
         bail!("encoder_attention_forward: C {c} and NH {nh} must give a head width of at most 128");
     }
     need("encoder_attention_forward out", out.len(), n * c)?;
