@@ -285,14 +285,7 @@ pub fn attention_forward(
     start: &CudaSlice<i32>,
     s: AttnShape,
 ) -> Result<()> {
-    if s.head_dim > 128 || s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0 {
-        bail!(
-            "attention_forward: head_dim {} (max 128), n_head {} / n_kv_head {}",
-            s.head_dim,
-            s.n_head,
-            s.n_kv_head
-        );
-    }
+    s.check("attention_forward")?;
     need(
         "attention_forward out",
         out.len(),
@@ -333,14 +326,7 @@ pub fn attention_cached_forward(
     tmax: usize,
     s: AttnShape,
 ) -> Result<()> {
-    if s.head_dim > 128 || s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0 {
-        bail!(
-            "attention_cached_forward: head_dim {} (max 128), n_head {} / n_kv_head {}",
-            s.head_dim,
-            s.n_head,
-            s.n_kv_head
-        );
-    }
+    s.check("attention_cached_forward")?;
     need(
         "attention_cached_forward out",
         out.len(),
