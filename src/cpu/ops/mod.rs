@@ -5,10 +5,20 @@
 //!
 //! One file per operation family; add new ones beside these and re-export them here.
 
+pub mod attention;
+pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
+pub mod logits;
 pub mod matmul;
+pub mod residual;
+pub mod softmax;
 
+pub use attention::*;
+pub use embedding::*;
 pub use gelu::*;
 pub use layernorm::*;
+pub use logits::*;
 pub use matmul::*;
+pub use residual::*;
+pub use softmax::*;
