@@ -5,4 +5,5 @@ pub mod cpu;
 pub mod model;
 pub mod reward;
 pub mod rng;
+pub mod tasks;
 pub mod tensor;
