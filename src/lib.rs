@@ -8,4 +8,5 @@ pub mod model;
 pub mod reward;
 pub mod rng;
 pub mod sample;
+pub mod tasks;
 pub mod tensor;
