@@ -1,3 +1,4 @@
 //! Model configurations, parameters, and their files.
 
+pub mod bert;
 pub mod gpt2;

@@ -5,10 +5,12 @@
 //!
 //! One file per operation family; add new ones beside these and re-export them here.
 
+pub mod encoder_attention;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 
+pub use encoder_attention::*;
 pub use gelu::*;
 pub use layernorm::*;
 pub use matmul::*;
