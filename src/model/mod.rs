@@ -2,3 +2,6 @@
 
 pub mod bert;
 pub mod gpt2;
+pub mod io;
+pub mod spec;
+pub mod tokenizer;
