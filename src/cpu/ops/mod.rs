@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod encoder_attention;
 pub mod gelu;
 pub mod layernorm;
 pub mod logits;
@@ -16,6 +17,7 @@ pub mod softmax;
 
 pub use attention::*;
 pub use embedding::*;
+pub use encoder_attention::*;
 pub use gelu::*;
 pub use layernorm::*;
 pub use logits::*;
