@@ -2,4 +2,5 @@
 //! with the models built on top of them.
 
 pub mod gemm;
+pub mod llama;
 pub mod ops;

@@ -126,6 +126,20 @@ impl LlamaConfig {
         if checks.rope_scaling.as_ref().is_some_and(|r| !r.is_null()) {
             bail!("rope_scaling is not supported");
         }
+        let mut v = v;
+        // Newer transformers versions write the rotary settings as a `rope_parameters` object.
+        if let Some(rp) = v.get("rope_parameters").cloned().filter(|r| !r.is_null()) {
+            if let Some(kind) = rp.get("rope_type").and_then(|k| k.as_str())
+                && kind != "default"
+            {
+                bail!("rope_parameters.rope_type '{kind}' is not supported (only 'default')");
+            }
+            if v.get("rope_theta").is_none()
+                && let Some(theta) = rp.get("rope_theta")
+            {
+                v["rope_theta"] = theta.clone();
+            }
+        }
         let cfg: LlamaConfig = serde_json::from_value(v).context("missing or bad field")?;
         cfg.validate()?;
         Ok(cfg)
