@@ -144,7 +144,7 @@ fn run(
     tq: usize,
     positions: &[usize],
     mut acts: Option<&mut Vec<LayerActs>>,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>) {
+) -> RunOut {
     let cfg = &model.config;
     let w = &model.weights;
     let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
@@ -262,7 +262,22 @@ fn run(
     let mut xf = vec![0.0f32; n * c];
     rmsnorm_forward(&mut xf, &mut rstdf, &x, &w.norm.data, n, c, eps);
     let logits = head_forward(w, &xf, positions, c, cfg.vocab_size);
-    (logits, x, rstdf, xf, pos)
+    RunOut {
+        logits,
+        xl: x,
+        rstdf,
+        xf,
+        pos,
+    }
+}
+
+/// What `run` returns: the logits, and the final activations that backward needs.
+struct RunOut {
+    logits: Vec<f32>,
+    xl: Vec<f32>,
+    rstdf: Vec<f32>,
+    xf: Vec<f32>,
+    pos: Vec<usize>,
 }
 
 /// logits (P, V) = xf[positions] @ head^T
@@ -295,7 +310,13 @@ pub fn forward(model: &Llama, batch: &Batch, positions: &[usize]) -> Result<(Vec
     }
     let mut cache = KvCache::new(model, batch.b, batch.t, batch.start.clone());
     let mut layers = Vec::with_capacity(model.config.num_hidden_layers);
-    let (logits, xl, rstdf, xf, pos) = run(
+    let RunOut {
+        logits,
+        xl,
+        rstdf,
+        xf,
+        pos,
+    } = run(
         model,
         &batch.tokens,
         &mut cache,
@@ -571,7 +592,7 @@ pub fn generate(
     let b = prompts.b;
     let mut cache = KvCache::new(model, b, prompts.t + max_new, prompts.start.clone());
     let last: Vec<usize> = (0..b).map(|bi| bi * prompts.t + prompts.t - 1).collect();
-    let (mut logits, ..) = run(model, &prompts.tokens, &mut cache, prompts.t, &last, None);
+    let mut logits = run(model, &prompts.tokens, &mut cache, prompts.t, &last, None).logits;
     let mut out = Generation {
         tokens: vec![Vec::new(); b],
         logprobs: vec![Vec::new(); b],
@@ -598,7 +619,7 @@ pub fn generate(
             break;
         }
         let rows: Vec<usize> = (0..b).collect();
-        logits = run(model, &next, &mut cache, 1, &rows, None).0;
+        logits = run(model, &next, &mut cache, 1, &rows, None).logits;
     }
     Ok(out)
 }
