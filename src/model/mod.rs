@@ -2,5 +2,8 @@
 
 pub mod gguf;
 pub mod gpt2;
+pub mod io;
 pub mod llama;
 pub mod llama_tokenizer;
+pub mod spec;
+pub mod tokenizer;
