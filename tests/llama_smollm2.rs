@@ -101,7 +101,7 @@ fn smollm2_next_token_logprobs_match_transformers() {
         }
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, ids_of(&p["ids"]), "ids of {text:?}");
-        let batch = Batch::left_padded(&[ids.clone()], 2);
+        let batch = Batch::left_padded(std::slice::from_ref(&ids), 2);
         let (logits, _) = forward(m, &batch, &[ids.len() - 1]).unwrap();
         let lp = log_softmax(&logits);
         for key in ["top", "fixed"] {
