@@ -5,4 +5,5 @@ pub mod bert;
 pub mod decode;
 pub mod gemm;
 pub mod gpt2;
+pub mod llama;
 pub mod ops;
