@@ -3,7 +3,10 @@
 
 pub mod assets;
 pub mod cpu;
+pub mod cuda;
 pub mod model;
 pub mod reward;
 pub mod rng;
+pub mod sample;
+pub mod tasks;
 pub mod tensor;
