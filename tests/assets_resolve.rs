@@ -229,3 +229,31 @@ fn downloads_from_hf_endpoint_into_our_cache() {
     assert_eq!(server.join().unwrap().len(), 2);
     assert!(!loc.asset_dir("gpt2-tokenizer").exists());
 }
+
+#[test]
+fn a_fetch_removes_day_old_staging_folders_only() {
+    let tmp = TempDir::new("assets-stale");
+    let loc = offline(tmp.path());
+    let assets_dir = tmp.join("pgsrm/assets");
+    let old = assets_dir.join(".gpt2-tokenizer.fetch-1-0-0");
+    let fresh = assets_dir.join(".gpt2-tokenizer.fetch-2-0-0");
+    let other = assets_dir.join(".all-minilm-l6-v2.fetch-3-0-0");
+    for d in [&old, &fresh, &other] {
+        put(d, "partial.bin", "x");
+    }
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    for d in [&old, &other] {
+        std::fs::File::open(d)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+    // The mirror programs do not exist, so the fetch fails, after clearing the stale folder.
+    assert!(loc.resolve_dir("gpt2-tokenizer").is_err());
+    assert!(!old.exists());
+    assert!(fresh.exists());
+    assert!(
+        other.exists(),
+        "another asset's staging folder is left alone"
+    );
+}

@@ -41,6 +41,11 @@ impl Tokenizer {
         Ok(Self::wrap(inner))
     }
 
+    /// Wrap a tokenizer built with the `tokenizers` API (e.g. one read from a GGUF file).
+    pub fn from_hf(inner: HfTokenizer) -> Self {
+        Self::wrap(inner)
+    }
+
     fn wrap(inner: HfTokenizer) -> Self {
         let vocab_size = inner
             .get_vocab(true)
