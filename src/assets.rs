@@ -289,10 +289,15 @@ impl Locations {
     /// Download `files` of a hub repository into `dest` (temp folder, then rename).
     fn download(&self, endpoint: &str, repo: &str, files: &[&str], dest: &Path) -> Result<()> {
         let tmp = self.staging(dest)?;
+        let base = format!("{}/{repo}/resolve/main", endpoint.trim_end_matches('/'));
+        eprintln!(
+            "pgsrm: fetching {} from {base}/ into {}",
+            files.join(", "),
+            dest.display()
+        );
         let result = (|| -> Result<()> {
             for f in files {
-                let url = format!("{}/{repo}/resolve/main/{f}", endpoint.trim_end_matches('/'));
-                eprintln!("pgsrm: fetching {url} into {}", dest.display());
+                let url = format!("{base}/{f}");
                 let resp = ureq::get(&url)
                     .call()
                     .with_context(|| format!("GET {url}"))?;
