@@ -1,6 +1,8 @@
 //! Everything that turns (prompt, child answer) into a reward, independent of the policy:
 //! embedders, shaping, parents.
 
+pub mod embedder;
+
 /// Maps texts to vectors. Implementations: the sentence encoder (MiniLM), word vectors, the static
 /// token-embedding mean, and an OpenAI-compatible API.
 pub trait Embedder {
