@@ -138,3 +138,35 @@ fn tasks_lists_every_task_with_an_example() {
         "{err}"
     );
 }
+
+#[test]
+fn minilm_rewards_by_default() {
+    let pairs = temp_file(
+        "minilm.jsonl",
+        "{\"parent\": \"purple\", \"child\": \"violet\"}\n{\"parent\": \"The cat sat.\", \"child\": \"the cat sat.\"}\n{\"parent\": \"\", \"child\": \"\"}\n",
+    );
+    let (ok, out, err) = pgsrm(&["reward", "--pairs", &pairs, "--all"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["embedder"], "minilm");
+    let p = &v["pairs"][0];
+    // sentence-transformers 5 (all-MiniLM-L6-v2, CPU) gives cos("purple", "violet") = 0.5882111.
+    let c = p["cosine"].as_f64().unwrap();
+    assert!((c - 0.5882111).abs() < 1e-4, "{c}");
+    let r = &p["rewards"];
+    assert!((r["pgsrm"].as_f64().unwrap() - ((c + 1.0) / 2.0).powi(4)).abs() < 1e-6);
+    assert!((r["truncate"].as_f64().unwrap() - c.powi(4)).abs() < 1e-6);
+    assert!((r["euclidean"].as_f64().unwrap() - (1.0 - (2.0 - 2.0 * c).sqrt())).abs() < 1e-5);
+    assert_eq!(r["binary"], 0.0);
+    // MiniLM lower-cases its input: same text up to case, the same vector.
+    let q = &v["pairs"][1];
+    assert!((q["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert_eq!(q["rewards"]["binary"], 1.0);
+    // Empty texts: finite rewards.
+    for s in ["pgsrm", "truncate", "euclidean", "binary"] {
+        assert!(
+            v["pairs"][2]["rewards"][s].as_f64().unwrap().is_finite(),
+            "{s}"
+        );
+    }
+}
