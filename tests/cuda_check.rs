@@ -7,5 +7,9 @@ fn every_kernel_matches_the_cpu_reference() {
     let gpu = pgsrm::cuda::device::Gpu::new(0).expect("a CUDA device");
     let rows = pgsrm::cuda::check::run_all(&gpu, 7).expect("checks run");
     let failed: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
-    assert!(failed.is_empty(), "{}", pgsrm::cuda::check::format_table(&rows));
+    assert!(
+        failed.is_empty(),
+        "{}",
+        pgsrm::cuda::check::format_table(&rows)
+    );
 }
