@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a lent machine with a CUDA GPU but no Rust toolchain and no network.
 #
-# Here (with cargo):   cargo build --release --bins --tests
+# Here (with cargo):   cargo build --profile gpu --bins --tests
 #                      bash scripts/gpu-check.sh --collect     # copies the binaries to gpu-bin/
 # There (carry gpu-bin/ and the work tree):
 #                      bash scripts/gpu-check.sh
@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--collect" ]; then
     rm -rf gpu-bin && mkdir -p gpu-bin
-    cp target/release/pgsrm gpu-bin/
-    for t in target/release/deps/cuda_check-*; do
+    cp target/gpu/pgsrm gpu-bin/
+    for t in target/gpu/deps/cuda_check-*; do
         [ -x "$t" ] && [ -f "$t" ] && cp "$t" gpu-bin/cuda_check
     done
     ls -la gpu-bin
@@ -27,13 +27,17 @@ BIN=gpu-bin/pgsrm
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 
-# NVRTC: the system's (CUDA toolkit) or PyTorch's wheel.
-if [ -z "${PGSRM_NVRTC:-}" ]; then
-    lib=$(ldconfig -p 2>/dev/null | awk '/libnvrtc\.so\.12 /{print $NF; exit}')
-    [ -n "$lib" ] || lib=$(find / -name 'libnvrtc.so.12' -not -path '*/proc/*' 2>/dev/null | head -1)
-    [ -n "$lib" ] && export PGSRM_NVRTC="$lib"
+# NVRTC: the CUDA toolkit's or a Python wheel's. cudarc opens it by name, so a folder with a plain
+# `libnvrtc.so` link goes first on the library path (the image's toolkit may be a newer major version).
+lib=${PGSRM_NVRTC:-}
+[ -n "$lib" ] || lib=$(ldconfig -p 2>/dev/null | awk '/libnvrtc\.so/ && !/builtins/ {print $NF; exit}')
+[ -n "$lib" ] || lib=$(find / \( -path /proc -o -path /sys \) -prune -o -name 'libnvrtc.so*' -print 2>/dev/null | grep -v builtins | head -1)
+if [ -n "$lib" ]; then
+    mkdir -p /tmp/pgsrm-nvrtc && ln -sf "$lib" /tmp/pgsrm-nvrtc/libnvrtc.so
+    export LD_LIBRARY_PATH="/tmp/pgsrm-nvrtc:$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
+    export PGSRM_NVRTC="$lib"
 fi
-echo "NVRTC: ${PGSRM_NVRTC:-system path}"
+echo "NVRTC: ${lib:-not found}"
 export PGSRM_HOME=${PGSRM_HOME:-$PWD/$OUT/pgsrm-home}
 
 status=0
