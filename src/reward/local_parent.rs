@@ -106,22 +106,22 @@ impl Parent for LocalParent {
 
     /// All prompts not seen before go through the decoder as one batch.
     fn answers(&mut self, prompts: &[&str]) -> Result<Vec<String>> {
-        let mut todo: Vec<&str> = prompts
+        let mut pending: Vec<&str> = prompts
             .iter()
             .copied()
             .filter(|p| !self.answers.contains_key(*p))
             .collect();
-        todo.sort_unstable();
-        todo.dedup();
-        if !todo.is_empty() {
-            let ids = todo
+        pending.sort_unstable();
+        pending.dedup();
+        if !pending.is_empty() {
+            let ids = pending
                 .iter()
                 .map(|p| self.tokenizer.encode(&self.query(p)))
                 .collect::<Result<Vec<_>>>()?;
             let params = SamplingParams::greedy(self.max_new_tokens);
             // Greedy decoding draws nothing; the generator only needs a stream to hold.
             let gens = generate(&self.model, &ids, &params, self.eos, &mut Rng::new(0))?;
-            for (p, g) in todo.iter().zip(gens) {
+            for (p, g) in pending.iter().zip(gens) {
                 let text = self.text_of(&g.tokens)?;
                 self.answers.insert(p.to_string(), text);
             }
