@@ -112,6 +112,65 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     }
     rows.extend(sampling(g, &mut rng, 8, 1000)?);
     rows.extend(reward(g, &mut rng, 5, 7, 384)?);
+    for config in ["tiny", "small"] {
+        rows.extend(gpt2_decoding(g, &mut rng, config)?);
+    }
+    Ok(rows)
+}
+
+/// GPT-2 with a seeded random init: the logits of the prefill and of two decoding steps against
+/// `cpu::decode::Gpt2Decoder`, and two generations with one seed giving the same tokens.
+fn gpt2_decoding(g: &Gpu, rng: &mut Rng, config: &str) -> Result<Vec<CheckRow>> {
+    use crate::cpu::decode::Gpt2Decoder;
+    use crate::cuda::gpt2::{GpuGpt2, GpuGpt2Decoder, generate};
+    let cfg = crate::model::gpt2::Gpt2Config::named(config)?;
+    let model = crate::model::gpt2::Gpt2::random(cfg.clone(), rng.next_u64());
+    let dev = GpuGpt2::upload(g, &model)?;
+    let prompts: Vec<Vec<u32>> = [5, 12, 20]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.below(cfg.vocab_size) as u32).collect())
+        .collect();
+    let eos = cfg.eos_token_id;
+    let mut cpu = Gpt2Decoder::new(&model, &prompts, 4, eos)?;
+    let mut gpu = GpuGpt2Decoder::new(g, &dev, &prompts, 4, eos)?;
+    let mut rows = vec![compare(
+        "gpt2 decode (prefill)",
+        format!("{config} B=3 T=20"),
+        &gpu.logits()?,
+        cpu.logits(),
+        TOL,
+    )];
+    for step in 1..=2 {
+        let next: Vec<u32> = (0..prompts.len())
+            .map(|_| rng.below(cfg.vocab_size) as u32)
+            .collect();
+        cpu.step(&next)?;
+        gpu.step(&next)?;
+        rows.push(compare(
+            "gpt2 decode (step)",
+            format!("{config} B=3 step {step}"),
+            &gpu.logits()?,
+            cpu.logits(),
+            TOL,
+        ));
+    }
+    let params = crate::sample::SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 8,
+    };
+    let a = generate(g, &dev, &prompts, &params, eos, 42)?;
+    let b = generate(g, &dev, &prompts, &params, eos, 42)?;
+    let same = a == b;
+    rows.push(CheckRow {
+        kernel: "gpt2 generate, same seed twice".into(),
+        shape: format!("{config} B=3 new=8"),
+        max_abs: if same { 0.0 } else { 1.0 },
+        max_rel: if same { 0.0 } else { 1.0 },
+        tol: 0.0,
+        pass: same,
+    });
     Ok(rows)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod device;
+pub mod gpt2;
 pub mod nvrtc;
 pub mod ops;
 pub mod registry;
