@@ -160,6 +160,15 @@ impl LlamaConfig {
         o.insert("attention_bias".into(), false.into());
         o.insert("mlp_bias".into(), false.into());
         o.insert("torch_dtype".into(), "float32".into());
+        // f32 values through f64 print as 9.999999747378752e-6; write the shortest f32 spelling.
+        for (k, x) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if let Ok(v) = format!("{x:e}").parse::<f64>() {
+                o.insert(k.into(), v.into());
+            }
+        }
         o.retain(|_, x| !x.is_null());
         v
     }
