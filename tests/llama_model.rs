@@ -142,7 +142,7 @@ fn left_padding_does_not_change_real_positions() {
     let (logits, _) = forward(&m, &batch, &rows).unwrap();
     let mut k = 0;
     for p in &ps {
-        let alone = Batch::left_padded(&[p.clone()], 0);
+        let alone = Batch::left_padded(std::slice::from_ref(p), 0);
         let pos: Vec<usize> = (0..p.len()).collect();
         let (want, _) = forward(&m, &alone, &pos).unwrap();
         assert!(close(&logits[k * v..(k + p.len()) * v], &want, 1e-5));
