@@ -1,9 +1,9 @@
-// Log-probabilities of chosen tokens and full-vocabulary entropy, mirroring
-// src/cpu/ops/{log_softmax,entropy}.rs. One block per row of logits.
+// Log-probabilities of chosen tokens (log_softmax then gather, fused) and full-vocabulary entropy, mirroring
+// src/cpu/ops/softmax.rs. One block per row of logits.
 #include "common.cuh"
 
 // lp (P) = log_softmax(logits[p] * inv_temp)[targets[p]]; logits (P, V)
-extern "C" __global__ void logprob_forward(float* lp, const float* logits, const unsigned* targets,
+extern "C" __global__ void log_softmax_gather_forward(float* lp, const float* logits, const unsigned* targets,
                                            int P, int V, float inv_temp) {
     int p = blockIdx.x;
     if (p >= P) return;

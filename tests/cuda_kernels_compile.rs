@@ -4,7 +4,15 @@
 use pgsrm::cuda::registry;
 
 const EXPECTED: &[(&str, &[&str])] = &[
-    ("attention.cu", &["attention_forward", "kv_append"]),
+    (
+        "attention.cu",
+        &[
+            "attention_forward",
+            "attention_cached_forward",
+            "encoder_attention_forward",
+            "kv_append",
+        ],
+    ),
     (
         "elementwise.cu",
         &[
@@ -21,7 +29,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "llama.cu",
         &["rmsnorm_forward", "rope_forward", "swiglu_forward"],
     ),
-    ("logprob.cu", &["logprob_forward", "entropy_forward"]),
+    (
+        "logprob.cu",
+        &["log_softmax_gather_forward", "entropy_forward"],
+    ),
     ("matmul.cu", &["matmul_forward", "matmul_nt_forward"]),
     ("reward.cu", &["pool_cosine_shape_forward"]),
     ("sampling.cu", &["sample_forward"]),

@@ -1,5 +1,6 @@
 //! Model configurations, parameters, and their files.
 
+pub mod bert;
 pub mod gguf;
 pub mod gpt2;
 pub mod io;
