@@ -2,7 +2,7 @@
 //! (tests/fixtures/smollm2, made by scripts/make_fixtures.py): token ids of varied texts, the chat
 //! template, and next-token log-probabilities.
 
-use pgsrm::cpu::llama::{Batch, argmax, forward, generate, log_softmax};
+use pgsrm::cpu::llama::{Batch, argmax, forward, generate_with, log_softmax};
 use pgsrm::model::gguf::GgufFile;
 use pgsrm::model::llama::Llama;
 use pgsrm::model::llama_tokenizer::{ChatMessage, LlamaTokenizer};
@@ -101,8 +101,8 @@ fn smollm2_next_token_logprobs_match_transformers() {
         }
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, ids_of(&p["ids"]), "ids of {text:?}");
-        let batch = Batch::left_padded(std::slice::from_ref(&ids), 2);
-        let (logits, _) = forward(m, &batch, &[ids.len() - 1]).unwrap();
+        let batch = Batch::left_padded(std::slice::from_ref(&ids), 2).unwrap();
+        let logits = forward(m, &batch, &[(0, ids.len() - 1)]).unwrap().0.data;
         let lp = log_softmax(&logits);
         for key in ["top", "fixed"] {
             let want_ids = ids_of(&p[format!("{key}_ids").as_str()]);
@@ -133,13 +133,13 @@ fn smollm2_greedy_cache_equals_full_forward() {
         .iter()
         .map(|t| tok.encode(t).unwrap())
         .collect();
-    let batch = Batch::left_padded(&prompts, 2);
-    let out = generate(m, &batch, 6, None, |_, row| argmax(row)).unwrap();
+    let batch = Batch::left_padded(&prompts, 2).unwrap();
+    let out = generate_with(m, &batch, 6, None, |_, row| argmax(row)).unwrap();
     for (bi, p) in prompts.iter().enumerate() {
         let mut seq = p.clone();
         for (step, (&tokn, &lp)) in out.tokens[bi].iter().zip(&out.logprobs[bi]).enumerate() {
-            let b1 = Batch::left_padded(std::slice::from_ref(&seq), 2);
-            let (logits, _) = forward(m, &b1, &[seq.len() - 1]).unwrap();
+            let b1 = Batch::left_padded(std::slice::from_ref(&seq), 2).unwrap();
+            let logits = forward(m, &b1, &[(0, seq.len() - 1)]).unwrap().0.data;
             assert_eq!(tokn, argmax(&logits), "row {bi} step {step}");
             let want = log_softmax(&logits)[tokn as usize];
             assert!(
