@@ -3,8 +3,7 @@
 //! template, and next-token log-probabilities.
 
 use pgsrm::cpu::llama::{Batch, argmax, forward, generate_with, log_softmax};
-use pgsrm::model::gguf::GgufFile;
-use pgsrm::model::llama::Llama;
+use pgsrm::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
 use pgsrm::model::llama_tokenizer::{ChatMessage, LlamaTokenizer};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -18,21 +17,10 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The model file through the project's asset resolution.
-fn gguf_path() -> PathBuf {
-    pgsrm::assets::resolve_file("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
-        .expect("SmolLM2 GGUF")
-}
-
+/// The model through the project's asset resolution, loaded once for all tests.
 fn loaded() -> &'static (Llama, LlamaTokenizer) {
     static M: OnceLock<(Llama, LlamaTokenizer)> = OnceLock::new();
-    M.get_or_init(|| {
-        let g = GgufFile::open(gguf_path()).unwrap();
-        (
-            Llama::from_gguf(&g).unwrap(),
-            LlamaTokenizer::from_gguf(&g).unwrap(),
-        )
-    })
+    M.get_or_init(|| load_gguf_child(SMOLLM2_ASSET).unwrap())
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
@@ -85,6 +73,26 @@ fn smollm2_token_ids_match_transformers() {
             "decoding {text:?}"
         );
     }
+}
+
+/// The tokenizer saved as tokenizer.json reads back (through the GPT-2 side's tokenizer type)
+/// into the same ids.
+#[test]
+fn smollm2_saved_tokenizer_gives_the_same_ids() {
+    let (_, tok) = loaded();
+    let dir = std::env::temp_dir().join(format!("pgsrm-smol-tok-{}", std::process::id()));
+    tok.save_hf(&dir).unwrap();
+    let back = pgsrm::model::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["eos_token"], "<|im_end|>");
+    assert_eq!(cfg["chat_template"].as_str(), tok.chat_template.as_deref());
+    for t in fixture("tokens.json")["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        assert_eq!(back.encode(text).unwrap(), ids_of(&t["ids"]), "{text:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

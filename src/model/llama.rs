@@ -4,6 +4,7 @@
 //! from Hugging Face safetensors (single or sharded); saved as config.json + model.safetensors.
 
 use crate::model::gguf::{GgufFile, write_atomic};
+use crate::model::llama_tokenizer::LlamaTokenizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
@@ -473,6 +474,26 @@ pub fn permute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_vec(&w.shape, out))
+}
+
+/// The asset name and file of the default Llama-family child.
+pub const SMOLLM2_ASSET: &str = "smollm2-135m-instruct";
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A Llama child and its tokenizer from a GGUF file: a path to a `.gguf` file, or the asset name
+/// `smollm2-135m-instruct` (resolved, and fetched if needed, by `crate::assets`).
+pub fn load_gguf_child(name_or_path: &str) -> Result<(Llama, LlamaTokenizer)> {
+    let path = if name_or_path == SMOLLM2_ASSET {
+        crate::assets::resolve_file(SMOLLM2_ASSET, SMOLLM2_FILE)?
+    } else {
+        let p = std::path::PathBuf::from(name_or_path);
+        if !p.is_file() {
+            bail!("'{name_or_path}' is neither a GGUF file nor the asset name '{SMOLLM2_ASSET}'");
+        }
+        p
+    };
+    let g = GgufFile::open(&path)?;
+    Ok((Llama::from_gguf(&g)?, LlamaTokenizer::from_gguf(&g)?))
 }
 
 /// A Llama model: config and parameters.
