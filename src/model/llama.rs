@@ -190,9 +190,17 @@ impl LlamaConfig {
             Ok(v) => v,
             Err(_) => g.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
-        let head_dim = u("rope.dimension_count")
-            .or_else(|_| u("attention.key_length"))
-            .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim =
+            u("attention.key_length").unwrap_or(hidden_size / num_attention_heads.max(1));
+        // Rotary embeddings over only part of each head are not implemented.
+        if let Ok(rot) = u("rope.dimension_count")
+            && rot != head_dim
+        {
+            bail!(
+                "GGUF file {}: llama.rope.dimension_count {rot} differs from the head width {head_dim} (partial rotary embeddings are not supported)",
+                g.path.display()
+            );
+        }
         let id = |k: &str| g.get_u64(k).ok().map(|v| v as u32);
         let cfg = LlamaConfig {
             vocab_size,
