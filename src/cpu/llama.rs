@@ -1,7 +1,8 @@
 //! Llama-family models on the CPU backend: forward with saved activations, backward into a
 //! gradient `LlamaWeights`, and KV-cache decoding. A batch is left-padded: row b holds its tokens
 //! in [start[b], T), rotary positions count from start[b], and logits are computed only at the
-//! rows asked for (index b * T + t).
+//! (row, position) pairs asked for. The interface matches GPT-2's (`cpu::gpt2::forward`,
+//! `backward`, `cpu::decode::generate`), so the trainer can take either family.
 
 pub use crate::cpu::decode::Generation;
 pub use crate::cpu::gpt2::Batch;
@@ -34,7 +35,7 @@ fn check_batch(batch: &Batch, vocab: usize) -> Result<()> {
 }
 
 /// Activations of one layer saved for backward. N = B*T rows.
-pub struct LayerActs {
+struct LayerActs {
     x: Vec<f32>,     // (N, C) residual stream entering the layer
     rstd1: Vec<f32>, // (N)
     xn1: Vec<f32>,   // (N, C)
