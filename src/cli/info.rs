@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         let loaded = load_model(spec)?;
         let config = match &loaded.model {
             Model::Gpt2(m) => serde_json::to_value(&m.config)?,
+            Model::Llama(m) => m.config.to_hf_json(),
         };
         model = json!({
             "spec": spec,
@@ -60,7 +61,8 @@ pub fn run(args: Args) -> Result<()> {
             "parameters": loaded.model.num_params(),
             "config": config,
             "tokenizer_vocab": loaded.tokenizer.vocab_size(),
-            "eos_id": loaded.tokenizer.eos_id(),
+            "eos_id": loaded.eos,
+            "chat_template": loaded.chat_template.is_some(),
         });
     }
     info_inner(args, loc, model)
