@@ -36,6 +36,12 @@ impl SentenceEncoder {
         })
     }
 
+    /// all-MiniLM-L6-v2, found or fetched by the asset code.
+    pub fn minilm() -> Result<Self> {
+        let dir = crate::assets::resolve_dir(super::MINILM_ASSET)?;
+        Self::load(&dir, "minilm")
+    }
+
     pub fn model(&self) -> &SentenceModel {
         &self.model
     }

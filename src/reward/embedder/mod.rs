@@ -21,7 +21,7 @@ pub const EMBEDDER_NAMES: [&str; 5] = ["minilm", "sentence", "static", "word-vec
 #[derive(Clone, Debug, Default)]
 pub struct EmbedderOptions {
     /// A sentence-transformers BERT folder: required by `sentence`; for `minilm` and `static`,
-    /// the all-MiniLM-L6-v2 folder.
+    /// the all-MiniLM-L6-v2 folder (when unset, the asset code finds or fetches it).
     pub model_dir: Option<PathBuf>,
     /// A Numberbatch-format word-vector file (`word-vectors`).
     pub vectors: Option<PathBuf>,
@@ -34,13 +34,14 @@ pub struct EmbedderOptions {
     pub cache_dir: Option<PathBuf>,
 }
 
-fn minilm_dir(opts: &EmbedderOptions, name: &str) -> Result<PathBuf> {
+/// The asset name of the default sentence encoder.
+pub const MINILM_ASSET: &str = "all-minilm-l6-v2";
+
+/// The given folder, else all-MiniLM-L6-v2 found or fetched by the asset code.
+fn minilm_dir(opts: &EmbedderOptions) -> Result<PathBuf> {
     match &opts.model_dir {
         Some(d) => Ok(d.clone()),
-        None => bail!(
-            "embedder '{name}' needs the all-MiniLM-L6-v2 folder (sentence-transformers layout); \
-             give its path"
-        ),
+        None => crate::assets::resolve_dir(MINILM_ASSET),
     }
 }
 
@@ -49,7 +50,7 @@ fn minilm_dir(opts: &EmbedderOptions, name: &str) -> Result<PathBuf> {
 pub fn by_name(name: &str, opts: &EmbedderOptions) -> Result<Box<dyn Embedder>> {
     match name {
         "minilm" | "all-minilm-l6-v2" => Ok(Box::new(SentenceEncoder::load(
-            &minilm_dir(opts, name)?,
+            &minilm_dir(opts)?,
             "minilm",
         )?)),
         "sentence" => match &opts.model_dir {
@@ -64,10 +65,7 @@ pub fn by_name(name: &str, opts: &EmbedderOptions) -> Result<Box<dyn Embedder>> 
                 bail!("embedder 'sentence' needs the path of a sentence-transformers BERT folder")
             }
         },
-        "static" => Ok(Box::new(StaticMean::load(
-            &minilm_dir(opts, name)?,
-            "static",
-        )?)),
+        "static" => Ok(Box::new(StaticMean::load(&minilm_dir(opts)?, "static")?)),
         "word-vectors" | "numberbatch" => match &opts.vectors {
             Some(p) => Ok(Box::new(WordVectors::load(p)?)),
             None => bail!(

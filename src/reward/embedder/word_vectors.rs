@@ -57,7 +57,7 @@ fn parse_vector_line<'a>(
                 out.len()
             );
         }
-        match tok.parse::<f32>() {
+        match parse_f32(tok) {
             Ok(v) if v.is_finite() => out[k] = v,
             _ => bail!(
                 "{}:{line_no}: '{tok}' after '{word}' is not a finite number",
@@ -74,6 +74,43 @@ fn parse_vector_line<'a>(
         );
     }
     Ok(word)
+}
+
+const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+
+/// A decimal number. Plain `-0.0123`-style numbers (at most 7 significant digits and 10
+/// decimals, which is every Numberbatch value) take a fast path: the digits and the power of ten
+/// are both exact in f32, so one division rounds correctly and the result equals what
+/// `str::parse` gives. Anything else (exponents, long mantissas) goes to `str::parse`.
+fn parse_f32(tok: &str) -> Result<f32, std::num::ParseFloatError> {
+    let b = tok.as_bytes();
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        Some(b'+') => (false, &b[1..]),
+        _ => (false, b),
+    };
+    let mut mantissa: u32 = 0;
+    let mut n_digits = 0;
+    let mut decimals: Option<usize> = None;
+    for &c in digits {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add((c - b'0') as u32);
+                n_digits += 1;
+                if let Some(d) = decimals.as_mut() {
+                    *d += 1;
+                }
+            }
+            b'.' if decimals.is_none() => decimals = Some(0),
+            _ => return tok.parse(),
+        }
+    }
+    let decimals = decimals.unwrap_or(0);
+    if n_digits == 0 || n_digits > 7 || decimals > 10 {
+        return tok.parse();
+    }
+    let v = mantissa as f32 / POW10[decimals];
+    Ok(if neg { -v } else { v })
 }
 
 fn parse_header(path: &Path, line: &str) -> Result<(usize, usize)> {
@@ -289,5 +326,59 @@ impl Embedder for WordVectors {
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         Ok(texts.iter().map(|t| self.embed_text(t)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_f32;
+
+    #[test]
+    fn fast_float_path_equals_std_parse() {
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "-1.5",
+            "0.1",
+            "-0.0247",
+            "+3.25",
+            "1234567",
+            "0.0000001",
+            "9.999999",
+            "12345678",
+            "1e-3",
+            "-2.5E2",
+            ".5",
+            "5.",
+            "0.12345678901",
+            "inf",
+            "nan",
+            "1.2.3",
+            "",
+            "-",
+            "abc",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every four-decimal value between -1 and 1 as Numberbatch writes them.
+        for v in -10_000i32..=10_000 {
+            let a = v.unsigned_abs();
+            let sign = if v < 0 { "-" } else { "" };
+            cases.push(format!("{sign}{}.{:04}", a / 10_000, a % 10_000));
+        }
+        for c in &cases {
+            let fast = parse_f32(c);
+            let std = c.parse::<f32>();
+            match (fast, std) {
+                (Ok(a), Ok(b)) => assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{c}: {a} vs {b}"
+                ),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{c}: {a:?} vs {b:?}"),
+            }
+        }
     }
 }
