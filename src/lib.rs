@@ -7,4 +7,6 @@ pub mod cuda;
 pub mod model;
 pub mod reward;
 pub mod rng;
+pub mod sample;
+pub mod tasks;
 pub mod tensor;

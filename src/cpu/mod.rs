@@ -2,5 +2,8 @@
 //! with the models built on top of them.
 
 pub mod bert;
+pub mod decode;
 pub mod gemm;
+pub mod gpt2;
+pub mod llama;
 pub mod ops;

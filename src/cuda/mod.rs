@@ -2,7 +2,9 @@
 //! Everything here loads CUDA libraries dynamically, so the crate builds and its CPU path runs on
 //! machines without CUDA.
 
+pub mod device;
 pub mod nvrtc;
+pub mod ops;
 pub mod registry;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present.

@@ -13,3 +13,9 @@ pub trait Embedder {
     /// One vector per text, in order. A text with nothing to embed gives a zero vector.
     fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>>;
 }
+
+pub mod api_embedder;
+pub mod cache;
+pub mod http;
+pub mod parent;
+pub mod shaping;

@@ -1,0 +1,330 @@
+//! Batched decoding with a key/value cache. All prompts are prefilled at once, left padded (see
+//! `cpu::gpt2`), then every step feeds one token per row. A row that has produced end-of-text
+//! stops: from then on it is fed end-of-text as padding and its outputs are ignored.
+
+use crate::cpu::gpt2::Batch;
+use crate::cpu::ops::*;
+use crate::model::gpt2::Gpt2;
+use crate::rng::Rng;
+use crate::sample::{SamplingParams, sample};
+use anyhow::{Result, bail};
+
+/// One sampled continuation: its tokens (ending with end-of-text if it stopped there) and each
+/// token's log-probability under softmax(logits / temperature), before top-k/top-p filtering.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
+/// The decoding state of a batch: per layer, the keys and values of every position so far.
+pub struct Gpt2Decoder<'m> {
+    model: &'m Gpt2,
+    b: usize,
+    /// Cache capacity in positions (padded prompt length + new tokens).
+    tmax: usize,
+    start: Vec<usize>,
+    /// Positions filled so far.
+    len: usize,
+    k: Vec<Vec<f32>>, // per layer (B, tmax, C)
+    v: Vec<Vec<f32>>, // per layer (B, tmax, C)
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    atty: Vec<f32>,
+    tmp: Vec<f32>,
+    fch: Vec<f32>,
+    fch_gelu: Vec<f32>,
+    gathered: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl<'m> Gpt2Decoder<'m> {
+    /// Prefills the prompts; `logits()` then holds the next-token logits of every row.
+    /// Fails when a prompt is empty, holds an id outside the vocabulary, or a prompt plus
+    /// `max_new_tokens` exceeds the model's context.
+    pub fn new(
+        model: &'m Gpt2,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        pad: u32,
+    ) -> Result<Self> {
+        let cfg = &model.config;
+        for (r, p) in prompts.iter().enumerate() {
+            if p.len() + max_new_tokens > cfg.n_positions {
+                bail!(
+                    "prompt {r} has {} tokens; with {max_new_tokens} new tokens that exceeds the model's context of {} positions",
+                    p.len(),
+                    cfg.n_positions
+                );
+            }
+            if let Some(&bad) = p.iter().find(|&&x| x as usize >= cfg.vocab_size) {
+                bail!(
+                    "prompt {r} holds token id {bad}, outside the vocabulary of {}",
+                    cfg.vocab_size
+                );
+            }
+        }
+        if pad as usize >= cfg.vocab_size {
+            bail!(
+                "padding token {pad} is outside the vocabulary of {}",
+                cfg.vocab_size
+            );
+        }
+        let batch = Batch::left_padded(prompts, pad)?;
+        let c = cfg.n_embd;
+        let tmax = batch.t + max_new_tokens;
+        let mut d = Gpt2Decoder {
+            model,
+            b: batch.b,
+            tmax,
+            start: batch.start.clone(),
+            len: 0,
+            k: vec![vec![0.0; batch.b * tmax * c]; cfg.n_layer],
+            v: vec![vec![0.0; batch.b * tmax * c]; cfg.n_layer],
+            x: Vec::new(),
+            ln: Vec::new(),
+            mean: Vec::new(),
+            rstd: Vec::new(),
+            qkv: Vec::new(),
+            atty: Vec::new(),
+            tmp: Vec::new(),
+            fch: Vec::new(),
+            fch_gelu: Vec::new(),
+            gathered: Vec::new(),
+            logits: Vec::new(),
+        };
+        d.run(&batch.tokens, batch.t);
+        Ok(d)
+    }
+
+    /// Next-token logits (B, V) after the last position fed.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Number of positions (padding included) in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Feeds one token per row (B).
+    pub fn step(&mut self, tokens: &[u32]) -> Result<()> {
+        if tokens.len() != self.b {
+            bail!(
+                "a decoding step takes {} tokens, got {}",
+                self.b,
+                tokens.len()
+            );
+        }
+        if self.len >= self.tmax {
+            bail!("the cache is full ({} positions)", self.tmax);
+        }
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&x| x as usize >= self.model.config.vocab_size)
+        {
+            bail!("token id {bad} is outside the vocabulary");
+        }
+        self.run(tokens, 1);
+        Ok(())
+    }
+
+    /// Runs `tq` new positions per row (tokens (B, tq)) against the cache and leaves the logits
+    /// of each row's last new position.
+    fn run(&mut self, tokens: &[u32], tq: usize) {
+        let cfg = &self.model.config;
+        let w = &self.model.weights;
+        let (nb, c, v) = (self.b, cfg.n_embd, cfg.vocab_size);
+        let n = nb * tq;
+        let p0 = self.len;
+        let pos: Vec<u32> = (0..n)
+            .map(|i| (p0 + i % tq).saturating_sub(self.start[i / tq]) as u32)
+            .collect();
+        let eps = cfg.layer_norm_epsilon;
+        let shape = AttentionShape {
+            b: nb,
+            t: tq,
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_head,
+            head_dim: cfg.head_dim(),
+        };
+        let q_layout = HeadsLayout {
+            offset: 0,
+            stride: 3 * c,
+        };
+        for buf in [&mut self.x, &mut self.ln, &mut self.atty, &mut self.tmp] {
+            buf.resize(n * c, 0.0);
+        }
+        self.mean.resize(n, 0.0);
+        self.rstd.resize(n, 0.0);
+        self.qkv.resize(n * 3 * c, 0.0);
+        self.fch.resize(n * 4 * c, 0.0);
+        self.fch_gelu.resize(n * 4 * c, 0.0);
+        embedding_forward(&mut self.x, tokens, &pos, &w.wte.data, Some(&w.wpe.data), c);
+        for l in 0..cfg.n_layer {
+            let p = &w.blocks[l];
+            layernorm_forward(
+                &mut self.ln,
+                &mut self.mean,
+                &mut self.rstd,
+                &self.x,
+                &p.ln_1_w.data,
+                &p.ln_1_b.data,
+                n,
+                c,
+                eps,
+            );
+            matmul_forward(
+                &mut self.qkv,
+                &self.ln,
+                &p.attn_w.data,
+                Some(&p.attn_b.data),
+                n,
+                c,
+                3 * c,
+            );
+            for i in 0..n {
+                let (b, t) = (i / tq, p0 + i % tq);
+                let dst = (b * self.tmax + t) * c;
+                self.k[l][dst..dst + c]
+                    .copy_from_slice(&self.qkv[i * 3 * c + c..i * 3 * c + 2 * c]);
+                self.v[l][dst..dst + c]
+                    .copy_from_slice(&self.qkv[i * 3 * c + 2 * c..i * 3 * c + 3 * c]);
+            }
+            attention_cached_forward(
+                &mut self.atty,
+                &self.qkv,
+                q_layout,
+                &self.k[l],
+                &self.v[l],
+                &self.start,
+                p0,
+                tq,
+                self.tmax,
+                shape,
+            );
+            matmul_forward(
+                &mut self.tmp,
+                &self.atty,
+                &p.attn_proj_w.data,
+                Some(&p.attn_proj_b.data),
+                n,
+                c,
+                c,
+            );
+            // The cache needs no activations, so the residual adds happen in place.
+            for (x, &y) in self.x.iter_mut().zip(&self.tmp) {
+                *x += y;
+            }
+            layernorm_forward(
+                &mut self.ln,
+                &mut self.mean,
+                &mut self.rstd,
+                &self.x,
+                &p.ln_2_w.data,
+                &p.ln_2_b.data,
+                n,
+                c,
+                eps,
+            );
+            matmul_forward(
+                &mut self.fch,
+                &self.ln,
+                &p.fc_w.data,
+                Some(&p.fc_b.data),
+                n,
+                c,
+                4 * c,
+            );
+            gelu_tanh_forward(&mut self.fch_gelu, &self.fch);
+            matmul_forward(
+                &mut self.tmp,
+                &self.fch_gelu,
+                &p.fc_proj_w.data,
+                Some(&p.fc_proj_b.data),
+                n,
+                4 * c,
+                c,
+            );
+            for (x, &y) in self.x.iter_mut().zip(&self.tmp) {
+                *x += y;
+            }
+        }
+        // Only each row's last position needs the final layernorm and the head.
+        let mut last = vec![0.0f32; nb * c];
+        for b in 0..nb {
+            let r = b * tq + tq - 1;
+            last[b * c..(b + 1) * c].copy_from_slice(&self.x[r * c..(r + 1) * c]);
+        }
+        let mut normed = vec![0.0f32; nb * c];
+        layernorm_forward(
+            &mut normed,
+            &mut self.mean[..nb],
+            &mut self.rstd[..nb],
+            &last,
+            &w.ln_f_w.data,
+            &w.ln_f_b.data,
+            nb,
+            c,
+            eps,
+        );
+        let rows: Vec<usize> = (0..nb).collect();
+        self.gathered.resize(nb * c, 0.0);
+        self.logits.resize(nb * v, 0.0);
+        logits_forward(
+            &mut self.logits,
+            &mut self.gathered,
+            &normed,
+            &rows,
+            &w.wte.data,
+            v,
+            c,
+        );
+        self.len += tq;
+    }
+}
+
+/// Samples a continuation of every prompt, all rows together. A row stops after it samples `eos`
+/// (which is kept, with its log-probability) or after `params.max_new_tokens` tokens.
+/// The same `rng` state gives the same tokens.
+pub fn generate(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Result<Vec<Generation>> {
+    let mut out = vec![Generation::default(); prompts.len()];
+    if prompts.is_empty() || params.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let v = model.config.vocab_size;
+    let mut dec = Gpt2Decoder::new(model, prompts, params.max_new_tokens, eos)?;
+    let mut done = vec![false; prompts.len()];
+    for step in 0..params.max_new_tokens {
+        let mut next = vec![eos; prompts.len()];
+        let logits = dec.logits();
+        for (r, g) in out.iter_mut().enumerate() {
+            if done[r] {
+                continue;
+            }
+            let (tok, lp) = sample(&logits[r * v..(r + 1) * v], params, rng);
+            g.tokens.push(tok);
+            g.logprobs.push(lp);
+            next[r] = tok;
+            done[r] = tok == eos;
+        }
+        if done.iter().all(|&d| d) || step + 1 == params.max_new_tokens {
+            break;
+        }
+        dec.step(&next)?;
+    }
+    Ok(out)
+}

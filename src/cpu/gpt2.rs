@@ -1,0 +1,560 @@
+//! GPT-2 forward and backward on the CPU, built from the ops in `cpu::ops`.
+//!
+//! Batches of different lengths use LEFT padding: row r of a batch of padded length T holds its
+//! tokens in [start[r], T), and the position id of index t is t - start[r], so every sequence
+//! starts at position 0 whatever its length. Keys before start[r] are masked in attention.
+//! Left padding keeps the last token of every row at index T - 1, which is where decoding appends.
+//!
+//! Logits are computed only for the (row, position) pairs asked for.
+
+use crate::cpu::ops::*;
+use crate::model::gpt2::{Gpt2, Gpt2Weights};
+use crate::tensor::Tensor;
+use anyhow::{Result, bail};
+
+/// Token ids of B sequences, left padded to a common length T.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// (B, T) row-major; entries before `start[r]` are padding.
+    pub tokens: Vec<u32>,
+    /// First real index of each row.
+    pub start: Vec<usize>,
+    pub b: usize,
+    pub t: usize,
+}
+
+impl Batch {
+    /// Left-pads `seqs` with `pad` to the longest one. Every sequence needs at least one token.
+    pub fn left_padded(seqs: &[Vec<u32>], pad: u32) -> Result<Self> {
+        if seqs.is_empty() {
+            bail!("a batch needs at least one sequence");
+        }
+        if let Some(r) = seqs.iter().position(|s| s.is_empty()) {
+            bail!("sequence {r} of the batch is empty");
+        }
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut tokens = Vec::with_capacity(seqs.len() * t);
+        let mut start = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            start.push(t - s.len());
+            tokens.extend(std::iter::repeat_n(pad, t - s.len()));
+            tokens.extend_from_slice(s);
+        }
+        Ok(Batch {
+            tokens,
+            start,
+            b: seqs.len(),
+            t,
+        })
+    }
+
+    /// Position ids (B, T): t - start[r] for real tokens, 0 for padding (it is never attended to).
+    pub fn position_ids(&self) -> Vec<u32> {
+        let mut pos = Vec::with_capacity(self.b * self.t);
+        for &st in &self.start {
+            for i in 0..self.t {
+                pos.push(i.saturating_sub(st) as u32);
+            }
+        }
+        pos
+    }
+
+    /// Every real (row, position) pair, in row-major order.
+    pub fn real_positions(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (r, &st) in self.start.iter().enumerate() {
+            out.extend((st..self.t).map(|t| (r, t)));
+        }
+        out
+    }
+
+    fn validate(&self, model: &Gpt2) -> Result<()> {
+        let cfg = &model.config;
+        if self.tokens.len() != self.b * self.t || self.start.len() != self.b {
+            bail!(
+                "batch of {} x {} has {} tokens and {} starts",
+                self.b,
+                self.t,
+                self.tokens.len(),
+                self.start.len()
+            );
+        }
+        for (r, &st) in self.start.iter().enumerate() {
+            if st >= self.t {
+                bail!(
+                    "row {r} of the batch has no tokens (start {st}, length {})",
+                    self.t
+                );
+            }
+            if self.t - st > cfg.n_positions {
+                bail!(
+                    "row {r} has {} tokens, more than the model's context of {}",
+                    self.t - st,
+                    cfg.n_positions
+                );
+            }
+            let row = &self.tokens[r * self.t + st..(r + 1) * self.t];
+            if let Some(i) = row.iter().position(|&x| x as usize >= cfg.vocab_size) {
+                bail!(
+                    "token id {} at row {r}, index {} is outside the vocabulary of {}",
+                    row[i],
+                    st + i,
+                    cfg.vocab_size
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one transformer block saves for backward; N = B T rows.
+#[derive(Default, Debug)]
+struct BlockActs {
+    ln1: Vec<f32>,      // (N, C)
+    ln1_mean: Vec<f32>, // (N)
+    ln1_rstd: Vec<f32>, // (N)
+    qkv: Vec<f32>,      // (N, 3C)
+    att: Vec<f32>,      // (B, H, T, T)
+    atty: Vec<f32>,     // (N, C)
+    res1: Vec<f32>,     // (N, C)  input + attention branch
+    ln2: Vec<f32>,      // (N, C)
+    ln2_mean: Vec<f32>, // (N)
+    ln2_rstd: Vec<f32>, // (N)
+    fch: Vec<f32>,      // (N, 4C)
+    fch_gelu: Vec<f32>, // (N, 4C)
+    res2: Vec<f32>,     // (N, C)  res1 + MLP branch: the block's output
+}
+
+/// Saved activations and scratch of one forward/backward pass. Keep one and pass it to
+/// `forward_into` on every step: the buffers are reused, not reallocated.
+#[derive(Default, Debug)]
+pub struct Gpt2Activations {
+    b: usize,
+    t: usize,
+    tokens: Vec<u32>,
+    pos: Vec<u32>,
+    start: Vec<usize>,
+    rows: Vec<usize>,  // flat row index b T + t of each chosen pair
+    encoded: Vec<f32>, // (N, C)
+    blocks: Vec<BlockActs>,
+    lnf: Vec<f32>,      // (N, C)
+    lnf_mean: Vec<f32>, // (N)
+    lnf_rstd: Vec<f32>, // (N)
+    gathered: Vec<f32>, // (M, C)
+    /// (M, V) logits of the chosen pairs after `forward_into`.
+    pub logits: Vec<f32>,
+    // backward scratch
+    scratch: Vec<f32>,   // (N, C)
+    dres: Vec<f32>,      // (N, C)
+    dln: Vec<f32>,       // (N, C)
+    datty: Vec<f32>,     // (N, C)
+    dqkv: Vec<f32>,      // (N, 3C)
+    dfch: Vec<f32>,      // (N, 4C)
+    dfch_gelu: Vec<f32>, // (N, 4C)
+}
+
+fn fit(v: &mut Vec<f32>, n: usize) {
+    v.resize(n, 0.0);
+}
+
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
+impl Gpt2Activations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of chosen (row, position) pairs of the last forward.
+    pub fn num_logit_rows(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// Runs the model on `batch` and returns the logits (M, V) of the M chosen (row, position) pairs,
+/// in the order given, with the activations backward needs.
+pub fn forward(
+    model: &Gpt2,
+    batch: &Batch,
+    positions: &[(usize, usize)],
+) -> Result<(Tensor, Gpt2Activations)> {
+    let mut acts = Gpt2Activations::new();
+    forward_into(model, batch, positions, &mut acts)?;
+    let logits = std::mem::take(&mut acts.logits);
+    let shape = [positions.len(), model.config.vocab_size];
+    Ok((Tensor::from_vec(&shape, logits), acts))
+}
+
+/// `forward`, writing into reusable activations; the logits are left in `acts.logits` (M, V).
+pub fn forward_into(
+    model: &Gpt2,
+    batch: &Batch,
+    positions: &[(usize, usize)],
+    acts: &mut Gpt2Activations,
+) -> Result<()> {
+    batch.validate(model)?;
+    let cfg = &model.config;
+    let w = &model.weights;
+    let (nb, nt, c, v) = (batch.b, batch.t, cfg.n_embd, cfg.vocab_size);
+    let n = nb * nt;
+    acts.rows.clear();
+    for &(r, t) in positions {
+        if r >= nb || t >= nt {
+            bail!("logit position ({r}, {t}) is outside the batch of {nb} x {nt}");
+        }
+        acts.rows.push(r * nt + t);
+    }
+    let m = positions.len();
+    acts.b = nb;
+    acts.t = nt;
+    acts.tokens.clone_from(&batch.tokens);
+    acts.start.clone_from(&batch.start);
+    acts.pos = batch.position_ids();
+
+    fit(&mut acts.encoded, n * c);
+    embedding_forward(
+        &mut acts.encoded,
+        &acts.tokens,
+        &acts.pos,
+        &w.wte.data,
+        Some(&w.wpe.data),
+        c,
+    );
+    acts.blocks.resize_with(cfg.n_layer, BlockActs::default);
+    fit(&mut acts.scratch, n * c);
+    let shape = AttentionShape {
+        b: nb,
+        t: nt,
+        n_head: cfg.n_head,
+        n_kv_head: cfg.n_head,
+        head_dim: cfg.head_dim(),
+    };
+    let layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
+    let eps = cfg.layer_norm_epsilon;
+    for l in 0..cfg.n_layer {
+        let (done, rest) = acts.blocks.split_at_mut(l);
+        let x: &[f32] = if l == 0 {
+            &acts.encoded
+        } else {
+            &done[l - 1].res2
+        };
+        let a = &mut rest[0];
+        let p = &w.blocks[l];
+        fit(&mut a.ln1, n * c);
+        fit(&mut a.ln1_mean, n);
+        fit(&mut a.ln1_rstd, n);
+        fit(&mut a.qkv, n * 3 * c);
+        fit(&mut a.att, nb * cfg.n_head * nt * nt);
+        fit(&mut a.atty, n * c);
+        fit(&mut a.res1, n * c);
+        fit(&mut a.ln2, n * c);
+        fit(&mut a.ln2_mean, n);
+        fit(&mut a.ln2_rstd, n);
+        fit(&mut a.fch, n * 4 * c);
+        fit(&mut a.fch_gelu, n * 4 * c);
+        fit(&mut a.res2, n * c);
+        layernorm_forward(
+            &mut a.ln1,
+            &mut a.ln1_mean,
+            &mut a.ln1_rstd,
+            x,
+            &p.ln_1_w.data,
+            &p.ln_1_b.data,
+            n,
+            c,
+            eps,
+        );
+        matmul_forward(
+            &mut a.qkv,
+            &a.ln1,
+            &p.attn_w.data,
+            Some(&p.attn_b.data),
+            n,
+            c,
+            3 * c,
+        );
+        attention_forward(
+            &mut a.atty,
+            &mut a.att,
+            &a.qkv,
+            &a.qkv,
+            &a.qkv,
+            &layout,
+            &acts.start,
+            shape,
+        );
+        matmul_forward(
+            &mut acts.scratch,
+            &a.atty,
+            &p.attn_proj_w.data,
+            Some(&p.attn_proj_b.data),
+            n,
+            c,
+            c,
+        );
+        residual_forward(&mut a.res1, x, &acts.scratch);
+        layernorm_forward(
+            &mut a.ln2,
+            &mut a.ln2_mean,
+            &mut a.ln2_rstd,
+            &a.res1,
+            &p.ln_2_w.data,
+            &p.ln_2_b.data,
+            n,
+            c,
+            eps,
+        );
+        matmul_forward(
+            &mut a.fch,
+            &a.ln2,
+            &p.fc_w.data,
+            Some(&p.fc_b.data),
+            n,
+            c,
+            4 * c,
+        );
+        gelu_tanh_forward(&mut a.fch_gelu, &a.fch);
+        matmul_forward(
+            &mut acts.scratch,
+            &a.fch_gelu,
+            &p.fc_proj_w.data,
+            Some(&p.fc_proj_b.data),
+            n,
+            4 * c,
+            c,
+        );
+        residual_forward(&mut a.res2, &a.res1, &acts.scratch);
+    }
+    let last: &[f32] = match acts.blocks.last() {
+        Some(a) => &a.res2,
+        None => &acts.encoded,
+    };
+    fit(&mut acts.lnf, n * c);
+    fit(&mut acts.lnf_mean, n);
+    fit(&mut acts.lnf_rstd, n);
+    layernorm_forward(
+        &mut acts.lnf,
+        &mut acts.lnf_mean,
+        &mut acts.lnf_rstd,
+        last,
+        &w.ln_f_w.data,
+        &w.ln_f_b.data,
+        n,
+        c,
+        eps,
+    );
+    fit(&mut acts.gathered, m * c);
+    fit(&mut acts.logits, m * v);
+    logits_forward(
+        &mut acts.logits,
+        &mut acts.gathered,
+        &acts.lnf,
+        &acts.rows,
+        &w.wte.data,
+        v,
+        c,
+    );
+    Ok(())
+}
+
+/// Gradients of every parameter given dlogits (M, V) for the pairs of the last forward.
+pub fn backward(model: &Gpt2, acts: &mut Gpt2Activations, dlogits: &[f32]) -> Gpt2Weights {
+    let mut grads = Gpt2Weights::zeros(&model.config);
+    backward_into(model, acts, dlogits, &mut grads);
+    grads
+}
+
+/// `backward`, adding into `grads` (zero it first for a fresh step). The tied head adds into wte.
+pub fn backward_into(
+    model: &Gpt2,
+    acts: &mut Gpt2Activations,
+    dlogits: &[f32],
+    grads: &mut Gpt2Weights,
+) {
+    let cfg = &model.config;
+    let w = &model.weights;
+    let (nb, nt, c, v) = (acts.b, acts.t, cfg.n_embd, cfg.vocab_size);
+    let n = nb * nt;
+    assert_eq!(
+        dlogits.len(),
+        acts.rows.len() * v,
+        "dlogits must be (M, V) for the M pairs of the forward"
+    );
+    let shape = AttentionShape {
+        b: nb,
+        t: nt,
+        n_head: cfg.n_head,
+        n_kv_head: cfg.n_head,
+        head_dim: cfg.head_dim(),
+    };
+    let layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
+
+    let dlnf = zeroed(&mut acts.dln, n * c);
+    logits_backward(
+        dlnf,
+        &mut grads.wte.data,
+        dlogits,
+        &acts.gathered,
+        &acts.rows,
+        &w.wte.data,
+        v,
+        c,
+    );
+    let last: &[f32] = match acts.blocks.last() {
+        Some(a) => &a.res2,
+        None => &acts.encoded,
+    };
+    zeroed(&mut acts.dres, n * c);
+    layernorm_backward(
+        &mut acts.dres,
+        &mut grads.ln_f_w.data,
+        &mut grads.ln_f_b.data,
+        &acts.dln,
+        last,
+        &w.ln_f_w.data,
+        &acts.lnf_mean,
+        &acts.lnf_rstd,
+        n,
+        c,
+    );
+    // `dres` carries the gradient of the residual stream. A residual add passes its output
+    // gradient unchanged to both inputs (residual_backward), so the stream's gradient stays in
+    // place and each branch reads it as its output gradient.
+    for l in (0..cfg.n_layer).rev() {
+        let a = &acts.blocks[l];
+        let x: &[f32] = if l == 0 {
+            &acts.encoded
+        } else {
+            &acts.blocks[l - 1].res2
+        };
+        let p = &w.blocks[l];
+        let g = &mut grads.blocks[l];
+        // MLP branch: res2 = res1 + fc_proj(gelu(fc(ln2(res1))))
+        matmul_backward(
+            Some(zeroed(&mut acts.dfch_gelu, n * 4 * c)),
+            &mut g.fc_proj_w.data,
+            Some(&mut g.fc_proj_b.data),
+            &acts.dres,
+            &a.fch_gelu,
+            &p.fc_proj_w.data,
+            n,
+            4 * c,
+            c,
+        );
+        gelu_tanh_backward(zeroed(&mut acts.dfch, n * 4 * c), &a.fch, &acts.dfch_gelu);
+        matmul_backward(
+            Some(zeroed(&mut acts.dln, n * c)),
+            &mut g.fc_w.data,
+            Some(&mut g.fc_b.data),
+            &acts.dfch,
+            &a.ln2,
+            &p.fc_w.data,
+            n,
+            c,
+            4 * c,
+        );
+        layernorm_backward(
+            &mut acts.dres,
+            &mut g.ln_2_w.data,
+            &mut g.ln_2_b.data,
+            &acts.dln,
+            &a.res1,
+            &p.ln_2_w.data,
+            &a.ln2_mean,
+            &a.ln2_rstd,
+            n,
+            c,
+        );
+        // Attention branch: res1 = x + attn_proj(attention(c_attn(ln1(x))))
+        matmul_backward(
+            Some(zeroed(&mut acts.datty, n * c)),
+            &mut g.attn_proj_w.data,
+            Some(&mut g.attn_proj_b.data),
+            &acts.dres,
+            &a.atty,
+            &p.attn_proj_w.data,
+            n,
+            c,
+            c,
+        );
+        attention_backward(
+            QkvGrad::Fused(zeroed(&mut acts.dqkv, n * 3 * c)),
+            &acts.datty,
+            &a.att,
+            &a.qkv,
+            &a.qkv,
+            &a.qkv,
+            &layout,
+            &acts.start,
+            shape,
+        );
+        matmul_backward(
+            Some(zeroed(&mut acts.dln, n * c)),
+            &mut g.attn_w.data,
+            Some(&mut g.attn_b.data),
+            &acts.dqkv,
+            &a.ln1,
+            &p.attn_w.data,
+            n,
+            c,
+            3 * c,
+        );
+        layernorm_backward(
+            &mut acts.dres,
+            &mut g.ln_1_w.data,
+            &mut g.ln_1_b.data,
+            &acts.dln,
+            x,
+            &p.ln_1_w.data,
+            &a.ln1_mean,
+            &a.ln1_rstd,
+            n,
+            c,
+        );
+    }
+    embedding_backward(
+        &mut grads.wte.data,
+        Some(&mut grads.wpe.data),
+        &acts.dres,
+        &acts.tokens,
+        &acts.pos,
+        c,
+    );
+}
+
+/// The next-token pairs of a batch: every real index t in [start[r], T - 1) predicts token t + 1.
+/// A row's first token has no prediction, because nothing real comes before it. (Hugging Face's
+/// LM loss on a left-padded batch would also score the prediction made at the last padding index;
+/// we do not: that prediction sees only padding.)
+pub fn next_token_pairs(batch: &Batch) -> (Vec<(usize, usize)>, Vec<u32>) {
+    let mut pairs = Vec::new();
+    let mut targets = Vec::new();
+    for (r, &st) in batch.start.iter().enumerate() {
+        for t in st..batch.t.saturating_sub(1) {
+            pairs.push((r, t));
+            targets.push(batch.tokens[r * batch.t + t + 1]);
+        }
+    }
+    (pairs, targets)
+}
+
+/// Mean cross-entropy of logits (M, V) against targets (M), as Hugging Face's LM loss averages
+/// over the scored tokens, and its gradient dlogits (M, V).
+pub fn lm_loss(logits: &[f32], targets: &[u32], vocab: usize) -> (f32, Vec<f32>) {
+    let m = targets.len();
+    assert_eq!(logits.len(), m * vocab, "logits must be (M, V)");
+    if m == 0 {
+        return (0.0, Vec::new());
+    }
+    let mut losses = vec![0.0f32; m];
+    let mut lse = vec![0.0f32; m];
+    cross_entropy_forward(&mut losses, &mut lse, logits, targets, vocab);
+    let loss = (losses.iter().map(|&x| x as f64).sum::<f64>() / m as f64) as f32;
+    let dlosses = vec![1.0 / m as f32; m];
+    let mut dlogits = vec![0.0f32; m * vocab];
+    cross_entropy_backward(&mut dlogits, &dlosses, logits, &lse, targets, vocab);
+    (loss, dlogits)
+}

@@ -1,0 +1,109 @@
+//! Choosing the next token from a row of logits; independent of the backend.
+
+use crate::rng::Rng;
+
+/// How tokens are drawn. `temperature == 0` is greedy decoding; `top_k == 0` and `top_p >= 1`
+/// switch those filters off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+}
+
+impl Default for SamplingParams {
+    /// The paper's child sampling: temperature 1, no top-k or top-p.
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 16,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens,
+        }
+    }
+}
+
+/// log softmax(logits / temperature)[i] for every i, in f64.
+fn log_probs(logits: &[f32], temperature: f64) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let scaled: Vec<f64> = logits
+        .iter()
+        .map(|&x| (x as f64 - max) / temperature)
+        .collect();
+    let lse = scaled.iter().map(|x| x.exp()).sum::<f64>().ln();
+    scaled.into_iter().map(|x| x - lse).collect()
+}
+
+/// Draws one token from `logits` (V). Returns the token and its log-probability under
+/// softmax(logits / temperature), taken BEFORE top-k/top-p filtering: that is the policy's own
+/// probability, which a policy-gradient update compares against. Greedy decoding
+/// (temperature 0) returns the arg-max and its log-probability under softmax(logits).
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> (u32, f32) {
+    assert!(!logits.is_empty(), "sample: empty logits");
+    if params.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        let lp = log_probs(logits, 1.0);
+        return (best as u32, lp[best] as f32);
+    }
+    let lp = log_probs(logits, params.temperature as f64);
+    let v = lp.len();
+    let filtering = (params.top_k > 0 && params.top_k < v) || params.top_p < 1.0;
+    // The candidates and their unnormalised weights.
+    let mut cand: Vec<(usize, f64)> = if filtering {
+        let mut order: Vec<(usize, f64)> = lp.iter().map(|&l| l.exp()).enumerate().collect();
+        // Highest probability first; ties by lower index so the order is deterministic.
+        let by_prob = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if params.top_k > 0 && params.top_k < v {
+            order.select_nth_unstable_by(params.top_k - 1, by_prob);
+            order.truncate(params.top_k);
+        }
+        order.sort_unstable_by(by_prob);
+        if params.top_p < 1.0 {
+            // Keep the smallest prefix whose mass reaches top_p of what is left after top-k
+            // (the same order of filters as Hugging Face: temperature, top-k, top-p).
+            let total: f64 = order.iter().map(|x| x.1).sum();
+            let mut acc = 0.0;
+            let mut keep = order.len();
+            for (i, x) in order.iter().enumerate() {
+                acc += x.1;
+                if acc >= params.top_p as f64 * total {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            order.truncate(keep.max(1));
+        }
+        order
+    } else {
+        lp.iter().map(|&l| l.exp()).enumerate().collect()
+    };
+    let total: f64 = cand.iter().map(|x| x.1).sum();
+    let mut u = rng.uniform() * total;
+    let mut pick = cand.last().map(|x| x.0).unwrap_or(0);
+    for &(i, p) in &cand {
+        if u < p {
+            pick = i;
+            break;
+        }
+        u -= p;
+    }
+    cand.clear();
+    (pick as u32, lp[pick] as f32)
+}
