@@ -102,6 +102,27 @@ fn embeddings_match_sentence_transformers() {
 }
 
 #[test]
+fn repeated_texts_in_a_call_get_the_vectors_of_single_texts() {
+    let every = SentenceEncoder::load(&model_dir(), "minilm")
+        .unwrap()
+        .with_dedup(false);
+    let texts = ["red", "blue", "red", "dark green", "blue", "red"];
+    let merged = encoder().embed(&texts).unwrap();
+    let each = every.embed(&texts).unwrap();
+    assert_eq!(merged.len(), texts.len());
+    for (i, (a, b)) in merged.iter().zip(&each).enumerate() {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "text {i} differs by {d}");
+    }
+    assert_eq!(merged[0], merged[2]);
+    assert_ne!(merged[0], merged[1]);
+}
+
+#[test]
 fn factory_builds_minilm_and_rejects_unknown_names() {
     let e = by_name("minilm", &EmbedderOptions::default()).unwrap();
     assert_eq!(e.dim(), 384);
