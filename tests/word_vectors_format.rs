@@ -130,6 +130,11 @@ fn malformed_files_name_the_file_and_line() {
     let e = load_err("more.txt", "1 3\nred 1 0 0\nblue 0 2 0\n");
     assert!(e.contains("more.txt:3"), "{e}");
 
+    let e = load_err("huge.txt", "99999999999999 300\nred 1 0 0\n");
+    assert!(e.contains("huge.txt:1"), "{e}");
+    let e = load_err("overstated.txt", "1000000 3\nred 1 0 0\n");
+    assert!(e.contains("1000000 vectors") && e.contains("has 1"), "{e}");
+
     let e = load_err("empty.txt", "");
     assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
 

@@ -1,6 +1,8 @@
 //! The sentence encoder as an embedder: any BERT folder in the `sentence-transformers` layout,
 //! all-MiniLM-L6-v2 by default. Texts are tokenised in one call, packed without padding into
 //! batches of bounded size, run through the CPU encoder, pooled and normalised as the folder says.
+//! An empty text is encoded as [CLS] [SEP], as `sentence-transformers` does, so it has a vector
+//! like any other text (not the zero vector).
 
 use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
 use crate::model::bert::SentenceModel;

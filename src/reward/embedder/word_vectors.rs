@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 /// held in memory at once.
 const BLOCK_BYTES: usize = 16 << 20;
 
+/// Largest table accepted (count x dim), 16 GiB of f32: a guard against a corrupt header.
+const MAX_VALUES: usize = 1 << 32;
+
 pub struct WordVectors {
     path: PathBuf,
     dim: usize,
@@ -195,9 +198,13 @@ impl WordVectors {
                 }
                 if header.is_none() {
                     let (n, d) = parse_header(path, line)?;
+                    if n.checked_mul(d).is_none_or(|total| total > MAX_VALUES) {
+                        bail!(
+                            "{}:1: the header announces {n} x {d} values, more than this loader takes ({MAX_VALUES})",
+                            path.display()
+                        );
+                    }
                     header = Some((n, d));
-                    data = vec![0.0; n * d];
-                    index.reserve(n);
                     continue;
                 }
                 block_lines.push((line_no, line));
@@ -223,12 +230,15 @@ impl WordVectors {
                     path.display()
                 );
             }
-            let slots = &mut data[rows * dim..(rows + block_lines.len()) * dim];
+            // Grown block by block, so a header that overstates the count costs no memory.
+            data.resize((rows + block_lines.len()) * dim, 0.0);
+            let slots = &mut data[rows * dim..];
             let words: Vec<&str> = slots
                 .par_chunks_mut(dim)
                 .zip(block_lines.par_iter())
                 .map(|(slot, &(n, line))| parse_vector_line(path, n, line, slot))
                 .collect::<Result<Vec<&str>>>()?;
+            index.reserve(words.len());
             for (k, word) in words.into_iter().enumerate() {
                 if let Some(key) = english_key(word) {
                     // The first entry of a repeated word wins, as a dict built in order would not;
