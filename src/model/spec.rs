@@ -170,3 +170,45 @@ fn load_dir(dir: &Path, loc: &Locations) -> Result<Loaded> {
         source: dir.display().to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind_of_model_value() {
+        assert_eq!(
+            ModelSpec::parse("random:tiny").unwrap(),
+            ModelSpec::Random {
+                config: "tiny".into(),
+                seed: 0
+            }
+        );
+        assert_eq!(
+            ModelSpec::parse("random:small:42").unwrap(),
+            ModelSpec::Random {
+                config: "small".into(),
+                seed: 42
+            }
+        );
+        let e = ModelSpec::parse("random:huge").unwrap_err().to_string();
+        assert!(e.contains("tiny, small, medium, large, xl"), "{e}");
+        let e = ModelSpec::parse("random:tiny:-1").unwrap_err().to_string();
+        assert!(e.contains("seed '-1'"), "{e}");
+        assert_eq!(
+            ModelSpec::parse("gpt2").unwrap(),
+            ModelSpec::Hub("gpt2".into())
+        );
+        assert_eq!(
+            ModelSpec::parse("openai-community/gpt2-large").unwrap(),
+            ModelSpec::Hub("openai-community/gpt2-large".into())
+        );
+        assert_eq!(
+            ModelSpec::parse("src").unwrap(),
+            ModelSpec::Path("src".into())
+        );
+        for bad in ["./missing", "/no/such/dir", "a/b/c", "has space", ""] {
+            assert!(ModelSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
