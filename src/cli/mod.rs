@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod embed;
+pub mod embedder_args;
 pub mod generate;
 pub mod info;
 pub mod reward;
