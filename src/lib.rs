@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod model;
 pub mod reward;
 pub mod rng;
+pub mod run;
 pub mod sample;
 pub mod tasks;
 pub mod tensor;

@@ -32,6 +32,10 @@ enum Command {
     Tasks(cli::tasks::Args),
     /// Check every CUDA kernel against its CPU reference
     Check(cli::check::Args),
+    /// Greedy answers to a task's held-out prompts: exact match and mean PGSRM reward
+    Eval(cli::eval::Args),
+    /// Plots and a table comparing run folders
+    Compare(cli::compare::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Reward(a) => cli::reward::run(a),
         Command::Tasks(a) => cli::tasks::run(a),
         Command::Check(a) => cli::check::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Compare(a) => cli::compare::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,10 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
 pub mod check;
+pub mod compare;
 pub mod embed;
 pub mod embedder_args;
+pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod reward;

@@ -1,0 +1,9 @@
+//! A training run on disk: its folder (config, metrics, episodes, checkpoints), the plots of its
+//! curves, and reports comparing runs.
+
+pub mod eval;
+pub mod folder;
+pub mod plot;
+pub mod report;
+
+pub use folder::{Resumed, RunDir};
