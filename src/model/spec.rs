@@ -221,17 +221,14 @@ fn load_gguf(name_or_path: &str) -> Result<Loaded> {
     })
 }
 
-/// `model_type` of a checkpoint folder's config.json ("gpt2" when absent, as old GPT-2 configs are).
-fn model_type(dir: &Path) -> Result<String> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    Ok(v.get("model_type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("gpt2")
-        .to_string())
+/// `model_type` of a checkpoint folder's config.json: "gpt2" when absent (old GPT-2 configs have
+/// none) or when the file cannot be read, so that the GPT-2 loader reports the problem in full.
+fn model_type(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("model_type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "gpt2".to_string())
 }
 
 /// A Hugging Face Llama folder: weights and config, `tokenizer.json`, and the chat template of
@@ -284,7 +281,7 @@ fn load_dir(dir: &Path, loc: &Locations) -> Result<Loaded> {
             dir.display()
         );
     }
-    if model_type(dir)? == "llama" {
+    if model_type(dir) == "llama" {
         return load_llama_dir(dir);
     }
     let gpt2 = load_gpt2(dir)?;
