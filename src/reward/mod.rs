@@ -1,6 +1,8 @@
 //! Everything that turns (prompt, child answer) into a reward, independent of the policy:
 //! embedders, shaping, parents.
 
+pub mod embedder;
+
 /// Maps texts to vectors. Implementations: the sentence encoder (MiniLM), word vectors, the static
 /// token-embedding mean, and an OpenAI-compatible API.
 pub trait Embedder {
@@ -11,3 +13,9 @@ pub trait Embedder {
     /// One vector per text, in order. A text with nothing to embed gives a zero vector.
     fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>>;
 }
+
+pub mod api_embedder;
+pub mod cache;
+pub mod http;
+pub mod parent;
+pub mod shaping;

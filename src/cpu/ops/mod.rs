@@ -7,18 +7,30 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod encoder_attention;
 pub mod gelu;
+pub mod gqa_attention;
 pub mod layernorm;
+pub mod linear;
 pub mod logits;
 pub mod matmul;
 pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
 pub mod softmax;
+pub mod swiglu;
 
 pub use attention::*;
 pub use embedding::*;
+pub use encoder_attention::*;
 pub use gelu::*;
+pub use gqa_attention::*;
 pub use layernorm::*;
+pub use linear::*;
 pub use logits::*;
 pub use matmul::*;
 pub use residual::*;
+pub use rmsnorm::*;
+pub use rope::*;
 pub use softmax::*;
+pub use swiglu::*;

@@ -1,0 +1,94 @@
+// Dense products, mirroring src/cpu/ops/matmul.rs (Conv1D layout, w (C, OC)) and the head
+// product of src/cpu/ops/logits.rs (w (OC, C), e.g. the tied wte). Our own tiled kernel: each block
+// computes a 128 x 128 tile of the output with 256 threads, 8 x 8 outputs per thread, staging
+// 8-wide slices of both operands through shared memory. Edges are zero-filled on load and skipped
+// on store, so any shape works.
+
+#define BM 128
+#define BN 128
+#define BK 8
+#define TM 8
+#define TN 8
+
+template <bool TRANS_B>
+__device__ __forceinline__ void gemm_tile(float* out, const float* a, const float* b,
+                                          const float* bias, int M, int N, int K, int accumulate) {
+    __shared__ float As[BK][BM];
+    __shared__ float Bs[BK][BN];
+    const int tid = threadIdx.x;
+    const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+    const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < K; k0 += BK) {
+#pragma unroll
+        for (int r = 0; r < (BM * BK) / 256; r++) {
+            int e = tid + 256 * r;
+            int m = e / BK, k = e % BK;
+            int gm = row0 + m, gk = k0 + k;
+            As[k][m] = (gm < M && gk < K) ? a[(long)gm * K + gk] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < (BN * BK) / 256; r++) {
+            int e = tid + 256 * r;
+            int k, n;
+            if (TRANS_B) {
+                n = e / BK;
+                k = e % BK;
+            } else {
+                k = e / BN;
+                n = e % BN;
+            }
+            int gn = col0 + n, gk = k0 + k;
+            float v = 0.0f;
+            if (gn < N && gk < K) v = TRANS_B ? b[(long)gn * K + gk] : b[(long)gk * N + gn];
+            Bs[k][n] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < BK; k++) {
+            float ar[TM], br[TN];
+#pragma unroll
+            for (int i = 0; i < TM; i++) ar[i] = As[k][ty * TM + i];
+#pragma unroll
+            for (int j = 0; j < TN; j++) br[j] = Bs[k][tx * TN + j];
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < TM; i++) {
+        int gm = row0 + ty * TM + i;
+        if (gm >= M) continue;
+#pragma unroll
+        for (int j = 0; j < TN; j++) {
+            int gn = col0 + tx * TN + j;
+            if (gn >= N) continue;
+            float v = acc[i][j];
+            if (bias) v += bias[gn];
+            if (accumulate) v += out[(long)gm * N + gn];
+            out[(long)gm * N + gn] = v;
+        }
+    }
+}
+
+// out (N, OC) = inp (N, C) @ w (C, OC) + bias (OC); grid (ceil(OC/128), ceil(N/128)), 256 threads
+extern "C" __global__ void __launch_bounds__(256) matmul_forward(float* out, const float* inp,
+                                                                 const float* w, const float* bias,
+                                                                 int N, int C, int OC) {
+    gemm_tile<false>(out, inp, w, bias, N, OC, C, 0);
+}
+
+// out (N, OC) = inp (N, C) @ w^T + bias, with w stored (OC, C); same launch shape
+extern "C" __global__ void __launch_bounds__(256) matmul_nt_forward(float* out, const float* inp,
+                                                                    const float* w, const float* bias,
+                                                                    int N, int C, int OC) {
+    gemm_tile<true>(out, inp, w, bias, N, OC, C, 0);
+}

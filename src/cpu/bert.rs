@@ -1,0 +1,269 @@
+//! BERT encoder forward on the CPU, and the sentence pooling that follows it.
+//!
+//! Sequences travel as row ranges of one matrix (`EncoderInput`): packed back to back, every
+//! per-token product (projections, feed-forward, layernorm) runs once over all real tokens of the
+//! batch with no padding, and only attention looks at sequence boundaries. A padded layout with an
+//! attention mask goes through the same code (used to compare with Hugging Face's padded outputs).
+
+use crate::cpu::ops::{
+    encoder_attention_forward, gelu_erf_forward, gelu_tanh_forward, layernorm_forward,
+    matmul_forward,
+};
+use crate::model::bert::{Activation, BertConfig, BertWeights, Pooling};
+use anyhow::{Result, ensure};
+use rayon::prelude::*;
+
+/// Token ids of B sequences laid out as rows; N = total rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EncoderInput {
+    /// (N)
+    pub input_ids: Vec<u32>,
+    /// (N)
+    pub token_type_ids: Vec<u32>,
+    /// (N) whether the row is a real token (may be attended and is pooled).
+    pub mask: Vec<bool>,
+    /// (B + 1): sequence s is rows starts[s]..starts[s + 1]; its positions count from 0 there.
+    pub starts: Vec<usize>,
+}
+
+impl EncoderInput {
+    pub fn new() -> Self {
+        EncoderInput {
+            starts: vec![0],
+            ..Default::default()
+        }
+    }
+
+    /// Appends one sequence of real tokens.
+    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
+        assert_eq!(ids.len(), type_ids.len());
+        self.input_ids.extend_from_slice(ids);
+        self.token_type_ids.extend_from_slice(type_ids);
+        self.mask.extend(std::iter::repeat_n(true, ids.len()));
+        self.starts.push(self.input_ids.len());
+    }
+
+    /// B sequences padded to T, as tokenizers return them: ids, type ids, mask (B, T).
+    pub fn padded(ids: &[u32], type_ids: &[u32], mask: &[u32], b: usize, t: usize) -> Self {
+        assert!(ids.len() == b * t && type_ids.len() == b * t && mask.len() == b * t);
+        EncoderInput {
+            input_ids: ids.to_vec(),
+            token_type_ids: type_ids.to_vec(),
+            mask: mask.iter().map(|&m| m != 0).collect(),
+            starts: (0..=b).map(|s| s * t).collect(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.starts.len() - 1
+    }
+}
+
+const ROWS_PER_TASK: usize = 32;
+
+/// out (N, C) = layernorm(inp) row by row, in parallel over blocks of rows.
+fn layernorm_rows(out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32) {
+    out.par_chunks_mut(ROWS_PER_TASK * c)
+        .zip(inp.par_chunks(ROWS_PER_TASK * c))
+        .for_each_init(
+            || (vec![0.0; ROWS_PER_TASK], vec![0.0; ROWS_PER_TASK]),
+            |(mean, rstd), (o, x)| {
+                let n = x.len() / c;
+                layernorm_forward(o, mean, rstd, x, w, b, n, c, eps);
+            },
+        );
+}
+
+/// x (N, C) += r (N, C)
+fn add_rows(x: &mut [f32], r: &[f32]) {
+    for (a, b) in x.iter_mut().zip(r) {
+        *a += b;
+    }
+}
+
+/// hidden (N, C) = word_emb[ids] + pos_emb[position in sequence] + type_emb[type ids], then
+/// layernorm. Errors on an id outside its table or a sequence longer than the position table.
+pub fn bert_embeddings_forward(
+    hidden: &mut [f32],
+    config: &BertConfig,
+    w: &BertWeights,
+    input: &EncoderInput,
+) -> Result<()> {
+    let c = config.hidden_size;
+    let mut sum = vec![0.0f32; input.rows() * c];
+    for s in 0..input.batch() {
+        let (a, b) = (input.starts[s], input.starts[s + 1]);
+        ensure!(
+            b - a <= config.max_position_embeddings,
+            "sequence {s} has {} tokens; the model takes at most {}",
+            b - a,
+            config.max_position_embeddings
+        );
+        for r in a..b {
+            let id = input.input_ids[r] as usize;
+            let tt = input.token_type_ids[r] as usize;
+            ensure!(
+                id < config.vocab_size,
+                "token id {id} is outside the vocabulary ({})",
+                config.vocab_size
+            );
+            ensure!(
+                tt < config.type_vocab_size,
+                "token type id {tt} is outside the type vocabulary ({})",
+                config.type_vocab_size
+            );
+            let p = r - a;
+            let o = &mut sum[r * c..(r + 1) * c];
+            let we = &w.word_emb[id * c..(id + 1) * c];
+            let pe = &w.pos_emb[p * c..(p + 1) * c];
+            let te = &w.type_emb[tt * c..(tt + 1) * c];
+            for j in 0..c {
+                o[j] = we[j] + pe[j] + te[j];
+            }
+        }
+    }
+    layernorm_rows(
+        hidden,
+        &sum,
+        &w.emb_ln_w,
+        &w.emb_ln_b,
+        c,
+        config.layer_norm_eps,
+    );
+    Ok(())
+}
+
+/// hidden (N, C) = the encoder's last hidden state for every row of `input`.
+pub fn bert_forward(
+    config: &BertConfig,
+    w: &BertWeights,
+    input: &EncoderInput,
+) -> Result<Vec<f32>> {
+    ensure!(
+        input.starts.len() >= 2
+            && input.starts[0] == 0
+            && *input.starts.last().unwrap() == input.rows()
+            && input.token_type_ids.len() == input.rows()
+            && input.mask.len() == input.rows(),
+        "encoder input is inconsistent: {} ids, {} type ids, {} mask entries, starts {:?}",
+        input.rows(),
+        input.token_type_ids.len(),
+        input.mask.len(),
+        input.starts
+    );
+    let n = input.rows();
+    let c = config.hidden_size;
+    let inter = config.intermediate_size;
+    let eps = config.layer_norm_eps;
+    let act = config.activation()?;
+
+    let mut x = vec![0.0f32; n * c];
+    bert_embeddings_forward(&mut x, config, w, input)?;
+    // Scratch reused by every layer.
+    let mut qkv = vec![0.0f32; n * 3 * c];
+    let mut att = vec![0.0f32; n * c];
+    let mut h = vec![0.0f32; n * c];
+    let mut ff = vec![0.0f32; n * inter];
+    let mut ff_act = vec![0.0f32; n * inter];
+
+    for l in &w.layers {
+        matmul_forward(&mut qkv, &x, &l.qkv_w, Some(&l.qkv_b), n, c, 3 * c);
+        encoder_attention_forward(
+            &mut att,
+            &qkv,
+            &input.mask,
+            &input.starts,
+            c,
+            config.num_attention_heads,
+        );
+        matmul_forward(&mut h, &att, &l.attn_out_w, Some(&l.attn_out_b), n, c, c);
+        add_rows(&mut h, &x);
+        layernorm_rows(&mut x, &h, &l.attn_ln_w, &l.attn_ln_b, c, eps);
+
+        matmul_forward(&mut ff, &x, &l.ffn_in_w, Some(&l.ffn_in_b), n, c, inter);
+        ff_act
+            .par_chunks_mut(ROWS_PER_TASK * inter)
+            .zip(ff.par_chunks(ROWS_PER_TASK * inter))
+            .for_each(|(o, i)| match act {
+                Activation::GeluErf => gelu_erf_forward(o, i),
+                Activation::GeluTanh => gelu_tanh_forward(o, i),
+            });
+        matmul_forward(
+            &mut h,
+            &ff_act,
+            &l.ffn_out_w,
+            Some(&l.ffn_out_b),
+            n,
+            inter,
+            c,
+        );
+        add_rows(&mut h, &x);
+        layernorm_rows(&mut x, &h, &l.ffn_ln_w, &l.ffn_ln_b, c, eps);
+    }
+    Ok(x)
+}
+
+/// out (B, C) = pooled rows of each sequence of `input` (only rows whose mask is set), then
+/// L2-normalised when `normalize`; hidden (N, C). A sequence with no real row pools to zeros.
+pub fn sentence_pool_forward(
+    out: &mut [f32],
+    hidden: &[f32],
+    input: &EncoderInput,
+    c: usize,
+    pooling: Pooling,
+    normalize: bool,
+) {
+    for s in 0..input.batch() {
+        let o = &mut out[s * c..(s + 1) * c];
+        let rows = (input.starts[s]..input.starts[s + 1]).filter(|&r| input.mask[r]);
+        match pooling {
+            Pooling::Cls => {
+                o.fill(0.0);
+                if let Some(r) = rows.clone().next() {
+                    o.copy_from_slice(&hidden[r * c..(r + 1) * c]);
+                }
+            }
+            Pooling::Max => {
+                let mut count = 0usize;
+                o.fill(f32::NEG_INFINITY);
+                for r in rows {
+                    for (a, &b) in o.iter_mut().zip(&hidden[r * c..(r + 1) * c]) {
+                        *a = a.max(b);
+                    }
+                    count += 1;
+                }
+                if count == 0 {
+                    o.fill(0.0);
+                }
+            }
+            Pooling::Mean | Pooling::MeanSqrtLen => {
+                let mut count = 0usize;
+                o.fill(0.0);
+                for r in rows {
+                    add_rows(o, &hidden[r * c..(r + 1) * c]);
+                    count += 1;
+                }
+                if count > 0 {
+                    let div = match pooling {
+                        Pooling::Mean => count as f32,
+                        _ => (count as f32).sqrt(),
+                    };
+                    for a in o.iter_mut() {
+                        *a /= div;
+                    }
+                }
+            }
+        }
+        if normalize {
+            // sentence-transformers divides by max(norm, 1e-12), so a zero vector stays zero.
+            let norm = o.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+            for a in o.iter_mut() {
+                *a /= norm;
+            }
+        }
+    }
+}

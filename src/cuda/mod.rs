@@ -1,0 +1,35 @@
+//! The CUDA backend: hand-written kernels in `kernels/`, compiled at run time by NVRTC.
+//! Everything here loads CUDA libraries dynamically, so the crate builds and its CPU path runs on
+//! machines without CUDA.
+
+pub mod device;
+pub mod nvrtc;
+pub mod ops;
+pub mod registry;
+
+/// Which backend runs the models: `auto` picks CUDA when a device and its driver are present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Whether the CUDA driver library can be loaded (it says nothing about a device being present).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the shared library; no driver call is made.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Number of CUDA devices, 0 when there is no driver or no device.
+pub fn device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    match cudarc::driver::result::init() {
+        Ok(()) => cudarc::driver::result::device::get_count()
+            .map(|n| n.max(0) as usize)
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}

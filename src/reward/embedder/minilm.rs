@@ -1,0 +1,104 @@
+//! The sentence encoder as an embedder: any BERT folder in the `sentence-transformers` layout,
+//! all-MiniLM-L6-v2 by default. Texts are tokenised in one call, packed without padding into
+//! batches of bounded size, run through the CPU encoder, pooled and normalised as the folder says.
+
+use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
+use crate::model::bert::SentenceModel;
+use crate::reward::Embedder;
+use anyhow::{Result, anyhow};
+use std::path::Path;
+
+/// Most rows (word pieces) per forward pass: bounds the scratch memory of long inputs while
+/// keeping the matrix products large enough to use every core.
+const MAX_ROWS_PER_PASS: usize = 4096;
+
+/// Word-piece ids and token type ids of one text, with [CLS]/[SEP] and truncation applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+pub struct SentenceEncoder {
+    model: SentenceModel,
+    name: String,
+}
+
+/// The default sentence encoder, all-MiniLM-L6-v2, is a `SentenceEncoder` on its folder.
+pub type MiniLm = SentenceEncoder;
+
+impl SentenceEncoder {
+    /// Loads a sentence-transformers BERT folder; `name` is what logs and run configs show.
+    pub fn load(dir: &Path, name: &str) -> Result<Self> {
+        Ok(SentenceEncoder {
+            model: SentenceModel::load(dir)?,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn model(&self) -> &SentenceModel {
+        &self.model
+    }
+
+    /// Tokenises as `sentence-transformers` does: optional lower-casing, the tokenizer's own
+    /// normaliser, [CLS] ... [SEP], truncation at `max_seq_length`.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
+        let encodings = if self.model.sentence.do_lower_case {
+            let lowered: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+            self.model.tokenizer.encode_batch(lowered, true)
+        } else {
+            self.model.tokenizer.encode_batch(texts.to_vec(), true)
+        }
+        .map_err(|e| anyhow!("tokenising with {}: {e}", self.model.dir.display()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| Encoded {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Pooled (and normalised, if the folder says so) vectors of already tokenised texts.
+    pub fn embed_encoded(&self, encoded: &[Encoded]) -> Result<Vec<Vec<f32>>> {
+        let c = self.model.config.hidden_size;
+        let mut vectors = Vec::with_capacity(encoded.len());
+        let mut i = 0;
+        while i < encoded.len() {
+            let mut input = EncoderInput::new();
+            while i < encoded.len()
+                && (input.rows() == 0 || input.rows() + encoded[i].ids.len() <= MAX_ROWS_PER_PASS)
+            {
+                input.push(&encoded[i].ids, &encoded[i].type_ids);
+                i += 1;
+            }
+            let hidden = bert_forward(&self.model.config, &self.model.weights, &input)?;
+            let mut pooled = vec![0.0f32; input.batch() * c];
+            sentence_pool_forward(
+                &mut pooled,
+                &hidden,
+                &input,
+                c,
+                self.model.sentence.pooling,
+                self.model.sentence.normalize,
+            );
+            vectors.extend(pooled.chunks_exact(c).map(|v| v.to_vec()));
+        }
+        Ok(vectors)
+    }
+}
+
+impl Embedder for SentenceEncoder {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let encoded = self.tokenize(texts)?;
+        self.embed_encoded(&encoded)
+    }
+}

@@ -1,0 +1,275 @@
+//! Parents: where the reference answer for a prompt comes from.
+//!
+//! - `table`: a JSON Lines file of `{"prompt": ..., "answer": ...}`; we ship one per task.
+//! - `openai`: an OpenAI-compatible chat endpoint at temperature 0, told the task in a system
+//!   message and asked to answer as `{"OUTPUT": "<answer>"}`, with an on-disk cache so a prompt is
+//!   asked once across runs.
+
+use crate::reward::cache::JsonlCache;
+use crate::reward::http::{ApiClient, ApiConfig};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub trait Parent {
+    /// Name shown in logs and run configs.
+    fn name(&self) -> String;
+    /// The reference answer for one prompt.
+    fn answer(&mut self, prompt: &str) -> Result<String>;
+    /// Reference answers for several prompts, in order.
+    fn answers(&mut self, prompts: &[&str]) -> Result<Vec<String>> {
+        prompts.iter().map(|p| self.answer(p)).collect()
+    }
+}
+
+/// Answers looked up in a prompt -> answer table.
+pub struct TableParent {
+    source: String,
+    table: HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct TableLine {
+    prompt: String,
+    answer: String,
+}
+
+impl TableParent {
+    /// Reads a JSON Lines table from disk.
+    pub fn open(path: impl AsRef<Path>) -> Result<TableParent> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading parent table {}", path.display()))?;
+        TableParent::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a JSON Lines table; `source` names it in errors. Blank lines are skipped; a prompt
+    /// given twice is an error, since one of the two answers would be silently lost.
+    pub fn parse(text: &str, source: &str) -> Result<TableParent> {
+        let mut table = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: TableLine = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "parent table {source} line {}: expected {{\"prompt\": \"...\", \"answer\": \"...\"}}",
+                    i + 1
+                )
+            })?;
+            if table.insert(row.prompt.clone(), row.answer).is_some() {
+                bail!(
+                    "parent table {source} line {}: prompt {:?} is given twice",
+                    i + 1,
+                    row.prompt
+                );
+            }
+        }
+        if table.is_empty() {
+            bail!("parent table {source} has no entries");
+        }
+        Ok(TableParent {
+            source: source.to_string(),
+            table,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn get(&self, prompt: &str) -> Option<&str> {
+        self.table.get(prompt).map(String::as_str)
+    }
+}
+
+impl Parent for TableParent {
+    fn name(&self) -> String {
+        format!("table:{}", self.source)
+    }
+
+    fn answer(&mut self, prompt: &str) -> Result<String> {
+        self.get(prompt)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("prompt {prompt:?} is not in parent table {}", self.source))
+    }
+}
+
+/// Answers from an OpenAI-compatible `/chat/completions` endpoint.
+pub struct OpenAiParent {
+    client: ApiClient,
+    model: String,
+    system: String,
+    cache: Option<JsonlCache>,
+}
+
+impl OpenAiParent {
+    /// `system` is the task instruction sent as the system message; `cache` (a JSON Lines file) keeps
+    /// every answer keyed by (model, system, prompt).
+    pub fn new(
+        config: ApiConfig,
+        model: &str,
+        system: &str,
+        cache: Option<PathBuf>,
+    ) -> Result<OpenAiParent> {
+        let cache = cache.map(JsonlCache::open).transpose()?;
+        Ok(OpenAiParent {
+            client: ApiClient::new(config)?,
+            model: model.to_string(),
+            system: system.to_string(),
+            cache,
+        })
+    }
+
+    /// HTTP requests sent so far, retries included.
+    pub fn requests_sent(&self) -> usize {
+        self.client.requests_sent()
+    }
+
+    fn ask(&self, prompt: &str) -> Result<String> {
+        let body = json!({
+            "model": self.model,
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": self.system},
+                {"role": "user", "content": prompt},
+            ],
+        });
+        let resp = self.client.post_json("chat/completions", &body)?;
+        match resp.pointer("/choices/0/message/content") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Null) => Ok(String::new()),
+            _ => bail!(
+                "{} answered without choices[0].message.content: {}",
+                self.client.url("chat/completions"),
+                resp.to_string().chars().take(300).collect::<String>()
+            ),
+        }
+    }
+}
+
+impl Parent for OpenAiParent {
+    fn name(&self) -> String {
+        format!("openai:{}@{}", self.model, self.client.config().base_url)
+    }
+
+    fn answer(&mut self, prompt: &str) -> Result<String> {
+        let key = ["chat", self.model.as_str(), self.system.as_str(), prompt];
+        // The raw reply is cached, so the parsing below can change without asking again.
+        if let Some(raw) = self.cache.as_ref().and_then(|c| c.get::<String>(&key)) {
+            return Ok(parse_output(&raw));
+        }
+        let raw = self.ask(prompt)?;
+        if let Some(c) = self.cache.as_mut() {
+            c.put(&key, &raw)?;
+        }
+        Ok(parse_output(&raw))
+    }
+}
+
+/// The answer in a parent's reply, following PAPER.md: the `OUTPUT` field of the JSON object;
+/// else the `"OUTPUT": "..."` value pulled out of text that is not valid JSON; else the raw text.
+/// Code fences around the JSON are ignored. The result is trimmed.
+pub fn parse_output(reply: &str) -> String {
+    let text = strip_fences(reply.trim());
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+        let field = map
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("output"))
+            .map(|(_, v)| v);
+        match field {
+            Some(Value::String(s)) => return s.trim().to_string(),
+            Some(Value::Null) | None => {}
+            Some(other) => return other.to_string(),
+        }
+    }
+    if let Some(s) = pull_output(text) {
+        return s.trim().to_string();
+    }
+    reply.trim().to_string()
+}
+
+fn strip_fences(text: &str) -> &str {
+    let Some(rest) = text.strip_prefix("```") else {
+        return text;
+    };
+    // Drop the language tag line (```json) and the closing fence.
+    let rest = match rest.find('\n') {
+        Some(i) => &rest[i + 1..],
+        None => rest,
+    };
+    rest.trim_end().strip_suffix("```").unwrap_or(rest).trim()
+}
+
+/// Finds `"OUTPUT"` followed by `:` and a double-quoted string, and returns the string with JSON
+/// escapes undone; an unterminated string runs to the end of the text.
+fn pull_output(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("\"output\"") {
+        let after = from + i + "\"output\"".len();
+        from = after;
+        let rest = text[after..].trim_start();
+        let Some(rest) = rest.strip_prefix(':') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let Some(rest) = rest.strip_prefix('"') else {
+            continue;
+        };
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return Some(out),
+                '\\' => match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some('t') => out.push('\t'),
+                    Some('r') => out.push('\r'),
+                    Some('u') => {
+                        let hex: String = chars.by_ref().take(4).collect();
+                        if let Some(ch) =
+                            u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
+                        {
+                            out.push(ch);
+                        }
+                    }
+                    Some(other) => out.push(other),
+                    None => break,
+                },
+                c => out.push(c),
+            }
+        }
+        return Some(out);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_protocol_and_its_fallbacks() {
+        assert_eq!(parse_output(r#"{"OUTPUT": "purple"}"#), "purple");
+        assert_eq!(
+            parse_output("```json\n{\"OUTPUT\": \" Cold \"}\n```"),
+            "Cold"
+        );
+        // Not JSON (a trailing comma, a missing brace): the value is pulled out of the text.
+        assert_eq!(parse_output(r#"{"OUTPUT": "fruit",}"#), "fruit");
+        assert_eq!(
+            parse_output(r#"Sure! {"OUTPUT": "say \"hi\"\u0021"#),
+            "say \"hi\"!"
+        );
+        // Neither: the raw text.
+        assert_eq!(parse_output("  green \n"), "green");
+        assert_eq!(parse_output(r#"{"answer": "x"}"#), r#"{"answer": "x"}"#);
+        assert_eq!(parse_output(""), "");
+    }
+}

@@ -1,0 +1,80 @@
+//! Every kernel in kernels/ compiles with NVRTC for sm_80 and sm_90 and defines the entry points the
+//! host code launches. Needs NVRTC (not a GPU): the system's, or the pip wheel's (see .ci/run).
+
+use pgsrm::cuda::registry;
+
+const EXPECTED: &[(&str, &[&str])] = &[
+    (
+        "attention.cu",
+        &[
+            "attention_forward",
+            "attention_cached_forward",
+            "encoder_attention_forward",
+            "kv_append",
+        ],
+    ),
+    (
+        "elementwise.cu",
+        &[
+            "embedding_forward",
+            "bert_embedding_forward",
+            "layernorm_forward",
+            "gelu_tanh_forward",
+            "gelu_erf_forward",
+            "residual_forward",
+            "gather_rows",
+        ],
+    ),
+    (
+        "llama.cu",
+        &["rmsnorm_forward", "rope_forward", "swiglu_forward"],
+    ),
+    (
+        "logprob.cu",
+        &["log_softmax_gather_forward", "entropy_forward"],
+    ),
+    ("matmul.cu", &["matmul_forward", "matmul_nt_forward"]),
+    ("reward.cu", &["pool_cosine_shape_forward"]),
+    ("sampling.cu", &["sample_forward"]),
+];
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    pgsrm::cuda::nvrtc::ensure_loaded().expect("NVRTC must be available to check the kernels");
+    let files: Vec<&str> = registry::kernel_files().collect();
+    let listed: Vec<&str> = EXPECTED.iter().map(|(f, _)| *f).collect();
+    assert_eq!(files, listed, "kernel files and this test's list differ");
+    for arch in ["compute_80", "compute_90"] {
+        for (file, entries) in EXPECTED {
+            let ptx = registry::compile(file, arch).unwrap_or_else(|e| panic!("{e:#}"));
+            let found = registry::entry_points(&ptx);
+            for e in *entries {
+                assert!(
+                    found.iter().any(|f| f == e),
+                    "{file} for {arch}: no entry {e} in {found:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_broken_kernel_reports_file_and_line() {
+    pgsrm::cuda::nvrtc::ensure_loaded().expect("NVRTC must be available to check the kernels");
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some("compute_80"),
+        name: Some("broken.cu".into()),
+        ..Default::default()
+    };
+    let src = "extern \"C\" __global__ void k() {\n  undeclared_thing = 1;\n}\n";
+    match cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
+        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
+            let log = log.to_string_lossy();
+            assert!(
+                log.contains("broken.cu(2)"),
+                "log names file and line: {log}"
+            );
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}
