@@ -3,7 +3,7 @@
 //! PyTorch's usual language-model step. Reported as tokens per second (criterion "elements").
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pgsrm::cpu::gpt2::{Batch, Gpt2Activations, backward_into, forward_into, lm_loss};
+use pgsrm::cpu::gpt2::{Batch, Gpt2Activations, backward_into, forward_into, lm_loss_into};
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
 use pgsrm::rng::Rng;
 use std::hint::black_box;
@@ -23,6 +23,7 @@ fn train_step(c: &mut Criterion) {
     let positions = batch.real_positions();
     let mut acts = Gpt2Activations::new();
     let mut grads = Gpt2Weights::zeros(&cfg);
+    let mut dlogits = Vec::new();
 
     let mut group = c.benchmark_group("gpt2_cpu");
     group.throughput(Throughput::Elements((b * t) as u64));
@@ -30,7 +31,7 @@ fn train_step(c: &mut Criterion) {
     group.bench_function("small_b4_t64_forward_backward", |bench| {
         bench.iter(|| {
             forward_into(&model, &batch, &positions, &mut acts).expect("forward");
-            let (loss, dlogits) = lm_loss(&acts.logits, &targets, v);
+            let loss = lm_loss_into(&acts.logits, &targets, v, &mut dlogits);
             for (_, g) in grads.named_mut() {
                 g.data.fill(0.0);
             }
