@@ -138,6 +138,13 @@ fn chosen_positions_and_reused_activations_agree_with_a_full_forward() {
         for (x, y) in got.iter().zip(&full.data[j * v..(j + 1) * v]) {
             assert!((x - y).abs() < 1e-5, "{p:?}: {x} vs {y}");
         }
+        // The logits are the final hidden state times the embedding.
+        let h = acts.final_hidden(p.0, p.1);
+        for (tok, &z) in got.iter().enumerate().step_by(7) {
+            let e = &model.weights.wte.data[tok * 12..(tok + 1) * 12];
+            let dot: f32 = h.iter().zip(e).map(|(a, b)| a * b).sum();
+            assert!((dot - z).abs() < 1e-5, "{p:?} token {tok}: {dot} vs {z}");
+        }
     }
 }
 

@@ -168,6 +168,18 @@ impl Gpt2Activations {
         Self::default()
     }
 
+    /// The final hidden state (after ln_f, C wide) at (row, position) of the last forward: what
+    /// the head multiplies, and what a value head reads.
+    pub fn final_hidden(&self, row: usize, pos: usize) -> &[f32] {
+        assert!(
+            row < self.b && pos < self.t,
+            "({row}, {pos}) is outside the last batch"
+        );
+        let c = self.lnf.len() / (self.b * self.t);
+        let r = row * self.t + pos;
+        &self.lnf[r * c..(r + 1) * c]
+    }
+
     /// Number of chosen (row, position) pairs of the last forward.
     pub fn num_logit_rows(&self) -> usize {
         self.rows.len()
