@@ -106,15 +106,18 @@ extern "C" __global__ void encoder_attention_forward(float* out, const float* qk
                starts[lo + 1], key_mask, HS, rsqrtf((float)HS));
 }
 
-// cache_k, cache_v (B, Tmax, W) at position pos[b] <- k, v (B, W) with row strides k_stride, v_stride
-// (the KV-cache append of one decoding step)
+// cache_k, cache_v (B, Tmax, W) at positions p0 .. p0 + Tq <- k, v (B*Tq, W) with row strides
+// k_stride, v_stride (the KV-cache append of a prefill or of one decoding step; left padding puts
+// every row at the same position index)
 extern "C" __global__ void kv_append(float* cache_k, float* cache_v, const float* k, const float* v,
-                                     const int* pos, int B, int Tmax, int W, long k_stride,
+                                     int p0, int B, int Tq, int Tmax, int W, long k_stride,
                                      long v_stride) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)B * W) return;
-    int b = i / W, c = i % W;
-    long dst = ((long)b * Tmax + pos[b]) * W + c;
-    cache_k[dst] = k[(long)b * k_stride + c];
-    cache_v[dst] = v[(long)b * v_stride + c];
+    if (i >= (long)B * Tq * W) return;
+    int c = i % W;
+    long r = i / W;  // row b * Tq + t
+    int b = r / Tq, t = r % Tq;
+    long dst = ((long)b * Tmax + p0 + t) * W + c;
+    cache_k[dst] = k[r * k_stride + c];
+    cache_v[dst] = v[r * v_stride + c];
 }

@@ -289,10 +289,15 @@ impl Locations {
     /// Download `files` of a hub repository into `dest` (temp folder, then rename).
     fn download(&self, endpoint: &str, repo: &str, files: &[&str], dest: &Path) -> Result<()> {
         let tmp = self.staging(dest)?;
+        let base = format!("{}/{repo}/resolve/main", endpoint.trim_end_matches('/'));
+        eprintln!(
+            "pgsrm: fetching {} from {base}/ into {}",
+            files.join(", "),
+            dest.display()
+        );
         let result = (|| -> Result<()> {
             for f in files {
-                let url = format!("{}/{repo}/resolve/main/{f}", endpoint.trim_end_matches('/'));
-                eprintln!("pgsrm: fetching {url} into {}", dest.display());
+                let url = format!("{base}/{f}");
                 let resp = ureq::get(&url)
                     .call()
                     .with_context(|| format!("GET {url}"))?;
@@ -317,6 +322,7 @@ impl Locations {
         let parent = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
+        remove_stale_staging(dest);
         let tmp = temp_sibling(dest, "fetch");
         std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         Ok(tmp)
@@ -396,6 +402,29 @@ impl Locations {
             .with_context(|| format!("building tokenizer.json from {}", tgz.display()))?;
         tok.save(&files.join("tokenizer.json"))?;
         install(&files, dest, a.files)
+    }
+}
+
+/// A fetch killed halfway leaves its staging folder behind (a model can be hundreds of MB). One
+/// untouched for a day is not in use by any live fetch, so it goes.
+fn remove_stale_staging(dest: &Path) {
+    let (Some(parent), Some(base)) = (dest.parent(), dest.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.fetch-", base.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 24 * 3600);
+        if stale && e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -30,6 +30,8 @@ enum Command {
     Reward(cli::reward::Args),
     /// List the tasks with their settings and an example prompt
     Tasks(cli::tasks::Args),
+    /// Check every CUDA kernel against its CPU reference
+    Check(cli::check::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => cli::embed::run(a),
         Command::Reward(a) => cli::reward::run(a),
         Command::Tasks(a) => cli::tasks::run(a),
+        Command::Check(a) => cli::check::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

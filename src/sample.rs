@@ -51,6 +51,16 @@ fn log_probs(logits: &[f32], temperature: f64) -> Vec<f64> {
 /// probability, which a policy-gradient update compares against. Greedy decoding
 /// (temperature 0) returns the arg-max and its log-probability under softmax(logits).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> (u32, f32) {
+    if params.temperature <= 0.0 {
+        return sample_with_uniform(logits, params, 0.0);
+    }
+    sample_with_uniform(logits, params, rng.uniform())
+}
+
+/// `sample` with its uniform draw `u` in [0, 1) given: the inverse CDF of the kept tokens, walked
+/// in token-id order. The CUDA sampler takes the same `u` and walks the same order, so the two pick
+/// the same token unless rounding puts `u` on a boundary.
+pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, u: f64) -> (u32, f32) {
     assert!(!logits.is_empty(), "sample: empty logits");
     if params.temperature <= 0.0 {
         let mut best = 0;
@@ -94,8 +104,9 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> (u32, f
     } else {
         lp.iter().map(|&l| l.exp()).enumerate().collect()
     };
+    cand.sort_unstable_by_key(|x| x.0);
     let total: f64 = cand.iter().map(|x| x.1).sum();
-    let mut u = rng.uniform() * total;
+    let mut u = u * total;
     let mut pick = cand.last().map(|x| x.0).unwrap_or(0);
     for &(i, p) in &cand {
         if u < p {

@@ -1,9 +1,10 @@
 //! The CPU Llama on a tiny random model: KV-cache decoding against full forwards (greedy and
 //! seeded sampling, left-padded batch), padding invariance, and Hugging Face checkpoint files.
 
-use pgsrm::cpu::llama::{Batch, argmax, forward, generate, log_softmax};
+use pgsrm::cpu::llama::{Batch, argmax, forward, generate, generate_with, log_softmax};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::rng::Rng;
+use pgsrm::sample::SamplingParams;
 use std::collections::HashMap;
 
 fn tiny() -> Llama {
@@ -30,8 +31,8 @@ fn prompts() -> Vec<Vec<u32>> {
 
 /// Logits of the next token after `seq`, by a full forward of `seq` alone.
 fn next_logits(m: &Llama, seq: &[u32]) -> Vec<f32> {
-    let b = Batch::left_padded(&[seq.to_vec()], 0);
-    forward(m, &b, &[seq.len() - 1]).unwrap().0
+    let b = Batch::left_padded(&[seq.to_vec()], 0).unwrap();
+    forward(m, &b, &[(0, seq.len() - 1)]).unwrap().0.data
 }
 
 fn sample(rng: &mut Rng, logits: &[f32]) -> u32 {
@@ -57,13 +58,13 @@ fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
 fn cached_decoding_equals_full_forward() {
     let m = tiny();
     let ps = prompts();
-    let batch = Batch::left_padded(&ps, 0);
+    let batch = Batch::left_padded(&ps, 0).unwrap();
     assert_eq!(batch.start, vec![0, 4, 2]);
     let steps = 8;
     for greedy in [true, false] {
         let mut seen: Vec<Vec<Vec<f32>>> = vec![Vec::new(); ps.len()];
         let mut rng = Rng::new(11);
-        let out = generate(&m, &batch, steps, None, |row, logits| {
+        let out = generate_with(&m, &batch, steps, None, |row, logits| {
             seen[row].push(logits.to_vec());
             if greedy {
                 argmax(logits)
@@ -113,13 +114,37 @@ fn cached_decoding_equals_full_forward() {
     }
 }
 
+/// `generate` (the GPT-2 signature: prompts, sampling parameters, eos, rng) is seeded and its
+/// log-probabilities are those of the tokens under the model.
+#[test]
+fn generate_with_sampling_params_is_seeded() {
+    let m = tiny();
+    let params = SamplingParams {
+        max_new_tokens: 5,
+        ..SamplingParams::default()
+    };
+    let a = generate(&m, &prompts(), &params, 49, &mut Rng::new(3)).unwrap();
+    let b = generate(&m, &prompts(), &params, 49, &mut Rng::new(3)).unwrap();
+    let c = generate(&m, &prompts(), &params, 49, &mut Rng::new(4)).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    for (p, g) in prompts().iter().zip(&a) {
+        let mut seq = p.clone();
+        for (&t, &lp) in g.tokens.iter().zip(&g.logprobs) {
+            let want = log_softmax(&next_logits(&m, &seq))[t as usize];
+            assert!((lp - want).abs() < 1e-4, "{lp} vs {want}");
+            seq.push(t);
+        }
+    }
+}
+
 #[test]
 fn generation_stops_at_the_stop_token() {
     let m = tiny();
-    let batch = Batch::left_padded(&prompts(), 0);
-    let greedy = generate(&m, &batch, 6, None, |_, l| argmax(l)).unwrap();
+    let batch = Batch::left_padded(&prompts(), 0).unwrap();
+    let greedy = generate_with(&m, &batch, 6, None, |_, l| argmax(l)).unwrap();
     let stop = greedy.tokens[1][2];
-    let out = generate(&m, &batch, 6, Some(stop), |_, l| argmax(l)).unwrap();
+    let out = generate_with(&m, &batch, 6, Some(stop), |_, l| argmax(l)).unwrap();
     for (full, cut) in greedy.tokens.iter().zip(&out.tokens) {
         let end = full
             .iter()
@@ -133,18 +158,16 @@ fn generation_stops_at_the_stop_token() {
 fn left_padding_does_not_change_real_positions() {
     let m = tiny();
     let ps = prompts();
-    let batch = Batch::left_padded(&ps, 0);
-    let t = batch.t;
+    let batch = Batch::left_padded(&ps, 0).unwrap();
     let v = m.config.vocab_size;
-    let rows: Vec<usize> = (0..ps.len())
-        .flat_map(|bi| (batch.start[bi]..t).map(move |ti| bi * t + ti))
-        .collect();
-    let (logits, _) = forward(&m, &batch, &rows).unwrap();
+    let rows = batch.real_positions();
+    assert_eq!(rows.len(), ps.iter().map(Vec::len).sum::<usize>());
+    let logits = forward(&m, &batch, &rows).unwrap().0.data;
     let mut k = 0;
     for p in &ps {
-        let alone = Batch::left_padded(&[p.clone()], 0);
-        let pos: Vec<usize> = (0..p.len()).collect();
-        let (want, _) = forward(&m, &alone, &pos).unwrap();
+        let alone = Batch::left_padded(std::slice::from_ref(p), 0).unwrap();
+        let pos: Vec<(usize, usize)> = (0..p.len()).map(|i| (0, i)).collect();
+        let want = forward(&m, &alone, &pos).unwrap().0.data;
         assert!(close(&logits[k * v..(k + p.len()) * v], &want, 1e-5));
         k += p.len();
     }
@@ -239,8 +262,8 @@ fn config_errors_name_the_problem() {
     gpt2.insert("model_type", "gpt2".into());
     let e = LlamaConfig::from_json_str(&serde_json::to_string(&gpt2).unwrap()).unwrap_err();
     assert!(format!("{e:#}").contains("model_type 'gpt2'"), "{e:#}");
-    let mut tokens = Batch::left_padded(&prompts(), 0);
+    let mut tokens = Batch::left_padded(&prompts(), 0).unwrap();
     tokens.tokens[0] = 50;
-    let e = forward(&tiny(), &tokens, &[0]).err().unwrap();
+    let e = forward(&tiny(), &tokens, &[(0, 0)]).err().unwrap();
     assert!(format!("{e:#}").contains("token id 50"), "{e:#}");
 }

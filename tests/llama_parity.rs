@@ -55,14 +55,16 @@ fn check_case(key: &str) {
     let (b, t, v) = (batch.b, batch.t, model.config.vocab_size);
 
     // Logits at every real position.
-    let real: Vec<usize> = (0..b)
-        .flat_map(|bi| (batch.start[bi]..t).map(move |ti| bi * t + ti))
-        .collect();
-    let (logits, _) = forward(&model, &batch, &real).unwrap();
+    let real = batch.real_positions();
+    let logits = forward(&model, &batch, &real).unwrap().0.data;
     let want = &cases[&format!("{key}.logits")];
     let want_rows: Vec<f32> = real
         .iter()
-        .flat_map(|&r| want.data[r * v..(r + 1) * v].iter().copied())
+        .flat_map(|&(r, ti)| {
+            want.data[(r * t + ti) * v..(r * t + ti + 1) * v]
+                .iter()
+                .copied()
+        })
         .collect();
     let e = rel_err(&logits, &want_rows);
     assert!(e < 1e-4, "{key}: logits relative error {e}");
@@ -74,12 +76,13 @@ fn check_case(key: &str) {
         for ti in 0..t - 1 {
             let l = labels[bi * t + ti + 1];
             if l != -100 {
-                positions.push(bi * t + ti);
+                positions.push((bi, ti));
                 targets.push(l as usize);
             }
         }
     }
-    let (logits, acts) = forward(&model, &batch, &positions).unwrap();
+    let (logits, mut acts) = forward(&model, &batch, &positions).unwrap();
+    let logits = logits.data;
     let count = positions.len() as f32;
     let mut loss = 0.0f32;
     let mut dlogits = vec![0.0f32; logits.len()];
@@ -97,7 +100,7 @@ fn check_case(key: &str) {
         (loss - want_loss).abs() < 1e-4 * want_loss.abs(),
         "{key}: loss {loss} vs {want_loss}"
     );
-    let grads = backward(&model, &batch, &acts, &dlogits);
+    let grads = backward(&model, &mut acts, &dlogits);
     let mut checked = 0;
     for (name, g) in grads.named() {
         let want = &cases[&format!("{key}.grad.{name}")];

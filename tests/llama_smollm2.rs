@@ -2,9 +2,8 @@
 //! (tests/fixtures/smollm2, made by scripts/make_fixtures.py): token ids of varied texts, the chat
 //! template, and next-token log-probabilities.
 
-use pgsrm::cpu::llama::{Batch, argmax, forward, generate, log_softmax};
-use pgsrm::model::gguf::GgufFile;
-use pgsrm::model::llama::Llama;
+use pgsrm::cpu::llama::{Batch, argmax, forward, generate_with, log_softmax};
+use pgsrm::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
 use pgsrm::model::llama_tokenizer::{ChatMessage, LlamaTokenizer};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -18,21 +17,10 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The model file through the project's asset resolution.
-fn gguf_path() -> PathBuf {
-    pgsrm::assets::resolve_file("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
-        .expect("SmolLM2 GGUF")
-}
-
+/// The model through the project's asset resolution, loaded once for all tests.
 fn loaded() -> &'static (Llama, LlamaTokenizer) {
     static M: OnceLock<(Llama, LlamaTokenizer)> = OnceLock::new();
-    M.get_or_init(|| {
-        let g = GgufFile::open(gguf_path()).unwrap();
-        (
-            Llama::from_gguf(&g).unwrap(),
-            LlamaTokenizer::from_gguf(&g).unwrap(),
-        )
-    })
+    M.get_or_init(|| load_gguf_child(SMOLLM2_ASSET).unwrap())
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
@@ -87,6 +75,26 @@ fn smollm2_token_ids_match_transformers() {
     }
 }
 
+/// The tokenizer saved as tokenizer.json reads back (through the GPT-2 side's tokenizer type)
+/// into the same ids.
+#[test]
+fn smollm2_saved_tokenizer_gives_the_same_ids() {
+    let (_, tok) = loaded();
+    let dir = std::env::temp_dir().join(format!("pgsrm-smol-tok-{}", std::process::id()));
+    tok.save_hf(&dir).unwrap();
+    let back = pgsrm::model::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["eos_token"], "<|im_end|>");
+    assert_eq!(cfg["chat_template"].as_str(), tok.chat_template.as_deref());
+    for t in fixture("tokens.json")["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        assert_eq!(back.encode(text).unwrap(), ids_of(&t["ids"]), "{text:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn smollm2_next_token_logprobs_match_transformers() {
     let (m, tok) = loaded();
@@ -101,8 +109,8 @@ fn smollm2_next_token_logprobs_match_transformers() {
         }
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, ids_of(&p["ids"]), "ids of {text:?}");
-        let batch = Batch::left_padded(std::slice::from_ref(&ids), 2);
-        let (logits, _) = forward(m, &batch, &[ids.len() - 1]).unwrap();
+        let batch = Batch::left_padded(std::slice::from_ref(&ids), 2).unwrap();
+        let logits = forward(m, &batch, &[(0, ids.len() - 1)]).unwrap().0.data;
         let lp = log_softmax(&logits);
         for key in ["top", "fixed"] {
             let want_ids = ids_of(&p[format!("{key}_ids").as_str()]);
@@ -133,13 +141,13 @@ fn smollm2_greedy_cache_equals_full_forward() {
         .iter()
         .map(|t| tok.encode(t).unwrap())
         .collect();
-    let batch = Batch::left_padded(&prompts, 2);
-    let out = generate(m, &batch, 6, None, |_, row| argmax(row)).unwrap();
+    let batch = Batch::left_padded(&prompts, 2).unwrap();
+    let out = generate_with(m, &batch, 6, None, |_, row| argmax(row)).unwrap();
     for (bi, p) in prompts.iter().enumerate() {
         let mut seq = p.clone();
         for (step, (&tokn, &lp)) in out.tokens[bi].iter().zip(&out.logprobs[bi]).enumerate() {
-            let b1 = Batch::left_padded(std::slice::from_ref(&seq), 2);
-            let (logits, _) = forward(m, &b1, &[seq.len() - 1]).unwrap();
+            let b1 = Batch::left_padded(std::slice::from_ref(&seq), 2).unwrap();
+            let logits = forward(m, &b1, &[(0, seq.len() - 1)]).unwrap().0.data;
             assert_eq!(tokn, argmax(&logits), "row {bi} step {step}");
             let want = log_softmax(&logits)[tokn as usize];
             assert!(

@@ -73,3 +73,27 @@ fn malformed_lines_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn parents_by_spec() {
+    use pgsrm::reward::parent::{ParentOptions, parent_by_spec};
+    let task = pgsrm::tasks::by_name("colors").unwrap();
+    let opts = ParentOptions::default();
+    let mut p = parent_by_spec("table", &task, &opts).unwrap();
+    let e = task.held_out()[0];
+    assert_eq!(p.answer(e.prompt).unwrap(), e.answer);
+    let file = temp_file("spec.jsonl", "{\"prompt\": \"q\", \"answer\": \"r\"}\n");
+    let mut p = parent_by_spec(&format!("table:{}", file.display()), &task, &opts).unwrap();
+    assert_eq!(p.answer("q").unwrap(), "r");
+    let p = parent_by_spec("openai:some-model", &task, &opts).unwrap();
+    assert!(p.name().contains("some-model"));
+    let err = parent_by_spec("oracle", &task, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("oracle") && err.contains("local:MODEL"),
+        "{err}"
+    );
+    assert!(parent_by_spec("local", &task, &opts).is_err());
+}

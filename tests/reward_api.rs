@@ -492,3 +492,43 @@ fn embedder_failures_are_errors_not_zero_vectors() {
     assert!(e.embed(&["one"]).is_err());
     assert!(e.embed(&["one", "two"]).is_err());
 }
+
+#[test]
+fn reward_cli_with_the_api_embedder() {
+    let server = Server::start(|_, _, body| embeddings_reply(body, false));
+    let cache = temp_dir("cli-cache").join("vectors.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .args([
+            "reward",
+            "--parent",
+            "aaa",
+            "--child",
+            "  AAA ",
+            "--all",
+            "--embedder",
+            "api",
+        ])
+        .args([
+            "--api-base",
+            &server.base,
+            "--api-key-env",
+            "PGSRM_TEST_KEY_THAT_IS_NOT_SET",
+        ])
+        .args(["--api-cache", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pair = &v["pairs"][0];
+    // Same text after strip + lower-case: the same vector, so every shaping gives its maximum.
+    assert_eq!(pair["cosine"], 1.0);
+    for s in ["pgsrm", "truncate", "euclidean", "binary"] {
+        assert_eq!(pair["rewards"][s], 1.0, "{s}");
+    }
+    // One probe for the dimension, one for the texts.
+    assert_eq!(server.count(), 2);
+}

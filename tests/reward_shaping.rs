@@ -130,3 +130,38 @@ fn names_parse_and_unknown_ones_list_the_valid_ones() {
     assert!(Shaping::Pgsrm.uses_power() && !Shaping::Euclidean.uses_power());
     assert_eq!(shaping::DEFAULT_POWER, 4.0);
 }
+
+/// An embedder that maps a text to (number of 'a', number of 'b').
+struct Counts;
+
+impl pgsrm::reward::Embedder for Counts {
+    fn name(&self) -> String {
+        "counts".into()
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+    fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| vec![t.matches('a').count() as f32, t.matches('b').count() as f32])
+            .collect())
+    }
+}
+
+#[test]
+fn batch_rewards_pair_each_parent_with_its_child() {
+    let parents = ["a", "a", "ab", "x"];
+    let children = ["aa", "b", "ba", "x"];
+    // cos: 1, 0, 1, 0 (zero vectors)
+    let r = shaping::rewards(Some(&Counts), Shaping::Truncate, 4.0, &parents, &children).unwrap();
+    assert_eq!(r, vec![1.0, 0.0, 1.0, 0.0]);
+    let r = shaping::rewards(Some(&Counts), Shaping::Pgsrm, 4.0, &parents, &children).unwrap();
+    assert_eq!(r, vec![1.0, 0.0625, 1.0, 0.0625]);
+    let r = shaping::rewards(None, Shaping::Binary, 4.0, &parents, &children).unwrap();
+    assert_eq!(r, vec![0.0, 0.0, 0.0, 1.0]);
+    assert!(shaping::rewards(None, Shaping::Pgsrm, 4.0, &parents, &children).is_err());
+    assert!(
+        shaping::rewards(Some(&Counts), Shaping::Pgsrm, 4.0, &parents, &children[..3]).is_err()
+    );
+}

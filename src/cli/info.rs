@@ -46,6 +46,29 @@ fn cuda() -> Value {
 
 pub fn run(args: Args) -> Result<()> {
     let loc = Locations::from_env();
+    // The model loads first, so that an asset it fetches shows in the list below.
+    let mut model = Value::Null;
+    if let Some(spec) = &args.model {
+        let loaded = load_model(spec)?;
+        let config = match &loaded.model {
+            Model::Gpt2(m) => serde_json::to_value(&m.config)?,
+            Model::Llama(m) => m.config.to_hf_json(),
+        };
+        model = json!({
+            "spec": spec,
+            "source": loaded.source,
+            "family": loaded.model.family(),
+            "parameters": loaded.model.num_params(),
+            "config": config,
+            "tokenizer_vocab": loaded.tokenizer.vocab_size(),
+            "eos_id": loaded.eos,
+            "chat_template": loaded.chat_template.is_some(),
+        });
+    }
+    info_inner(args, loc, model)
+}
+
+fn info_inner(args: Args, loc: Locations, model: Value) -> Result<()> {
     let assets: Vec<Value> = ASSETS
         .iter()
         .map(|a| {
@@ -63,20 +86,8 @@ pub fn run(args: Args) -> Result<()> {
         "hf_endpoint": loc.hf_endpoint,
         "assets": assets,
     });
-    if let Some(spec) = &args.model {
-        let loaded = load_model(spec)?;
-        let config = match &loaded.model {
-            Model::Gpt2(m) => serde_json::to_value(&m.config)?,
-        };
-        info["model"] = json!({
-            "spec": spec,
-            "source": loaded.source,
-            "family": loaded.model.family(),
-            "parameters": loaded.model.num_params(),
-            "config": config,
-            "tokenizer_vocab": loaded.tokenizer.vocab_size(),
-            "eos_id": loaded.tokenizer.eos_id(),
-        });
+    if !model.is_null() {
+        info["model"] = model;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

@@ -1,5 +1,6 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
+pub mod check;
 pub mod embed;
 pub mod generate;
 pub mod info;

@@ -1,13 +1,18 @@
 //! `pgsrm reward`: shaped rewards for (parent, child) answer pairs, as JSON.
 
 use anyhow::{Context, Result, bail};
+use pgsrm::assets;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::api_embedder::ApiEmbedder;
+use pgsrm::reward::embedder::{self, EmbedderOptions};
 use pgsrm::reward::http::ApiConfig;
 use pgsrm::reward::shaping::{self, DEFAULT_POWER, Shaping};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The asset name of all-MiniLM-L6-v2, the default embedder.
+const MINILM_ASSET: &str = "all-minilm-l6-v2";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,9 +34,23 @@ pub struct Args {
     /// Every shaping at once
     #[arg(long)]
     all: bool,
-    /// Embedder: minilm (default) or another local one, or `api` for an OpenAI-compatible endpoint
+    /// Embedder: minilm, sentence, static, word-vectors, or api (an OpenAI-compatible endpoint)
     #[arg(long, default_value = "minilm")]
     embedder: String,
+    /// Sentence-transformers folder for minilm, static and sentence (default: the all-MiniLM-L6-v2
+    /// asset, fetched if needed)
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// Numberbatch-format word-vector file for word-vectors
+    #[arg(long, value_name = "FILE")]
+    vectors: Option<PathBuf>,
+    #[command(flatten)]
+    api: Box<ApiArgs>,
+}
+
+/// Flags of `--embedder api`.
+#[derive(clap::Args)]
+struct ApiArgs {
     /// Base URL of the OpenAI-compatible endpoint for `--embedder api`
     #[arg(long, default_value = "https://api.openai.com/v1")]
     api_base: String,
@@ -81,32 +100,37 @@ fn read_pairs(path: &PathBuf) -> Result<Vec<(String, String)>> {
 fn make_embedder(args: &Args) -> Result<Box<dyn Embedder>> {
     match args.embedder.as_str() {
         "api" | "openai" => {
-            if !(args.api_timeout.is_finite() && args.api_timeout > 0.0) {
+            if !(args.api.api_timeout.is_finite() && args.api.api_timeout > 0.0) {
                 bail!("--api-timeout must be a positive number of seconds");
             }
             let config = ApiConfig {
-                base_url: args.api_base.clone(),
-                api_key_env: args.api_key_env.clone(),
-                timeout: Duration::from_secs_f64(args.api_timeout),
+                base_url: args.api.api_base.clone(),
+                api_key_env: args.api.api_key_env.clone(),
+                timeout: Duration::from_secs_f64(args.api.api_timeout),
                 ..ApiConfig::default()
             };
             Ok(Box::new(ApiEmbedder::new(
                 config,
-                &args.api_model,
+                &args.api.api_model,
                 None,
-                args.api_cache.clone(),
+                args.api.api_cache.clone(),
             )?))
         }
-        other => local_embedder(other),
+        other => local_embedder(args, other),
     }
 }
 
-/// The local embedders (MiniLM, word vectors, static mean) come from the encoder's factory.
-fn local_embedder(name: &str) -> Result<Box<dyn Embedder>> {
-    bail!(
-        "embedder {name:?} is not available in this build: the local embedders are not built yet; \
-         use --embedder api, or --shaping binary which needs no embedder"
-    )
+/// The local embedders (MiniLM, sentence encoders, static mean, word vectors).
+fn local_embedder(args: &Args, name: &str) -> Result<Box<dyn Embedder>> {
+    let mut opts = EmbedderOptions {
+        model_dir: args.model_dir.clone(),
+        vectors: args.vectors.clone(),
+        ..EmbedderOptions::default()
+    };
+    if opts.model_dir.is_none() && matches!(name, "minilm" | "all-minilm-l6-v2" | "static") {
+        opts.model_dir = Some(assets::resolve_dir(MINILM_ASSET)?);
+    }
+    embedder::by_name(name, &opts)
 }
 
 pub fn run(args: Args) -> Result<()> {

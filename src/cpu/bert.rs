@@ -6,8 +6,7 @@
 //! attention mask goes through the same code (used to compare with Hugging Face's padded outputs).
 
 use crate::cpu::ops::{
-    encoder_attention_forward, gelu_erf_forward, gelu_tanh_forward, layernorm_forward,
-    matmul_forward,
+    encoder_attention_forward, gelu_tanh_forward, layernorm_forward, matmul_forward,
 };
 use crate::model::bert::{Activation, BertConfig, BertWeights, Pooling};
 use anyhow::{Result, ensure};
@@ -76,6 +75,42 @@ fn layernorm_rows(out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], c: usize, 
                 layernorm_forward(o, mean, rstd, x, w, b, n, c, eps);
             },
         );
+}
+
+/// out (N) = 0.5 x (1 + erf(x / sqrt 2)), with erf as a rational function (Eigen's and XLA's f32
+/// erf: at most 5e-7 from the exact value, inputs clamped to [-4, 4] where erf is +-1 in f32).
+/// `ops::gelu_erf_forward` calls libm's scalar, branchy `erff`, which took a fifth of the
+/// encoder's time on short texts; this form has no branches and vectorises.
+fn gelu_erf_rational_forward(out: &mut [f32], inp: &[f32]) {
+    const A: [f32; 7] = [
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.9546e-3,
+        -1.609_603_3e-2,
+    ];
+    const B: [f32; 5] = [
+        -1.456_607_2e-5,
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329e-3,
+        -1.426_474e-2,
+    ];
+    for (o, &x) in out.iter_mut().zip(inp) {
+        let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
+        let z2 = z * z;
+        let mut p = A[0];
+        for a in &A[1..] {
+            p = p * z2 + a;
+        }
+        let mut q = B[0];
+        for b in &B[1..] {
+            q = q * z2 + b;
+        }
+        *o = 0.5 * x * (1.0 + z * p / q);
+    }
 }
 
 /// x (N, C) += r (N, C)
@@ -189,7 +224,7 @@ pub fn bert_forward(
             .par_chunks_mut(ROWS_PER_TASK * inter)
             .zip(ff.par_chunks(ROWS_PER_TASK * inter))
             .for_each(|(o, i)| match act {
-                Activation::GeluErf => gelu_erf_forward(o, i),
+                Activation::GeluErf => gelu_erf_rational_forward(o, i),
                 Activation::GeluTanh => gelu_tanh_forward(o, i),
             });
         matmul_forward(
@@ -264,6 +299,27 @@ pub fn sentence_pool_forward(
             for a in o.iter_mut() {
                 *a /= norm;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gelu_erf_rational_forward;
+    use crate::cpu::ops::gelu_erf_forward;
+
+    #[test]
+    fn rational_gelu_matches_libm_gelu() {
+        let x: Vec<f32> = (-120_000..=120_000).map(|i| i as f32 * 1e-4).collect();
+        let mut fast = vec![0.0; x.len()];
+        let mut exact = vec![0.0; x.len()];
+        gelu_erf_rational_forward(&mut fast, &x);
+        gelu_erf_forward(&mut exact, &x);
+        for ((a, b), xi) in fast.iter().zip(&exact).zip(&x) {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + xi.abs()),
+                "x={xi}: {a} vs {b}"
+            );
         }
     }
 }

@@ -1,64 +1,41 @@
 //! Llama-family models on the CPU backend: forward with saved activations, backward into a
 //! gradient `LlamaWeights`, and KV-cache decoding. A batch is left-padded: row b holds its tokens
 //! in [start[b], T), rotary positions count from start[b], and logits are computed only at the
-//! rows asked for (index b * T + t).
+//! (row, position) pairs asked for. The interface matches GPT-2's (`cpu::gpt2::forward`,
+//! `backward`, `cpu::decode::generate`), so the trainer can take either family.
 
+pub use crate::cpu::decode::Generation;
+pub use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
 use crate::model::llama::{Llama, LlamaWeights};
+use crate::rng::Rng;
+use crate::sample::{SamplingParams, sample};
+use crate::tensor::Tensor;
 use anyhow::{Result, bail};
 
-/// Token ids (B*T), left-padded; `start[b]` is the first real token of row b.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
-    pub tokens: Vec<u32>,
-    pub b: usize,
-    pub t: usize,
-    pub start: Vec<usize>,
-}
-
-impl Batch {
-    /// Left-pads sequences of different lengths with `pad` to the longest.
-    pub fn left_padded(seqs: &[Vec<u32>], pad: u32) -> Self {
-        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut tokens = Vec::with_capacity(seqs.len() * t);
-        let mut start = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            start.push(t - s.len());
-            tokens.extend(std::iter::repeat_n(pad, t - s.len()));
-            tokens.extend(s);
-        }
-        Batch {
-            tokens,
-            b: seqs.len(),
-            t,
-            start,
-        }
+fn check_batch(batch: &Batch, vocab: usize) -> Result<()> {
+    if batch.tokens.len() != batch.b * batch.t || batch.start.len() != batch.b {
+        bail!(
+            "batch of {} x {} needs {} tokens and {} starts, has {} and {}",
+            batch.b,
+            batch.t,
+            batch.b * batch.t,
+            batch.b,
+            batch.tokens.len(),
+            batch.start.len()
+        );
     }
-
-    fn check(&self, vocab: usize) -> Result<()> {
-        if self.tokens.len() != self.b * self.t || self.start.len() != self.b {
-            bail!(
-                "batch of {} x {} needs {} tokens and {} starts, has {} and {}",
-                self.b,
-                self.t,
-                self.b * self.t,
-                self.b,
-                self.tokens.len(),
-                self.start.len()
-            );
-        }
-        if let Some(&s) = self.start.iter().find(|&&s| s > self.t) {
-            bail!("start index {s} is past the sequence length {}", self.t);
-        }
-        if let Some(&tok) = self.tokens.iter().find(|&&x| x as usize >= vocab) {
-            bail!("token id {tok} is outside the vocabulary of {vocab}");
-        }
-        Ok(())
+    if let Some(&s) = batch.start.iter().find(|&&s| s > batch.t) {
+        bail!("start index {s} is past the sequence length {}", batch.t);
     }
+    if let Some(&tok) = batch.tokens.iter().find(|&&x| x as usize >= vocab) {
+        bail!("token id {tok} is outside the vocabulary of {vocab}");
+    }
+    Ok(())
 }
 
 /// Activations of one layer saved for backward. N = B*T rows.
-pub struct LayerActs {
+struct LayerActs {
     x: Vec<f32>,     // (N, C) residual stream entering the layer
     rstd1: Vec<f32>, // (N)
     xn1: Vec<f32>,   // (N, C)
@@ -76,13 +53,17 @@ pub struct LayerActs {
 }
 
 /// Everything backward needs from a forward pass.
-pub struct Acts {
+pub struct LlamaActivations {
+    b: usize,
+    t: usize,
+    tokens: Vec<u32>,
+    start: Vec<usize>,
     layers: Vec<LayerActs>,
-    xl: Vec<f32>,    // (N, C) output of the last layer
-    rstdf: Vec<f32>, // (N)
-    xf: Vec<f32>,    // (N, C) after the final norm
-    pos: Vec<usize>, // (N) rotary positions
-    positions: Vec<usize>,
+    xl: Vec<f32>,          // (N, C) output of the last layer
+    rstdf: Vec<f32>,       // (N)
+    xf: Vec<f32>,          // (N, C) after the final norm
+    pos: Vec<usize>,       // (N) rotary positions
+    positions: Vec<usize>, // flat row index b T + t of each chosen pair
 }
 
 /// Rotary positions of rows p0..p0+tq of each batch row: distance from its first real token.
@@ -191,25 +172,40 @@ fn run(
         }
         let mut ao = vec![0.0f32; n * qw];
         let mut att = if acts.is_some() {
-            vec![0.0f32; b * h * tq * tmax]
+            assert!(
+                p0 == 0 && tq == tmax,
+                "saved activations need a fresh cache of tq positions"
+            );
+            vec![0.0f32; b * h * tq * tq]
         } else {
             Vec::new()
         };
-        gqa_attention_cached_forward(
-            &mut ao,
-            acts.is_some().then_some(&mut att[..]),
-            &q,
-            &cache.k[li],
-            &cache.v[li],
-            &cache.start,
-            p0,
-            tq,
-            tmax,
+        let shape = AttentionShape {
             b,
-            h,
-            kv,
-            d,
-        );
+            t: tq,
+            n_head: h,
+            n_kv_head: kv,
+            head_dim: d,
+        };
+        if acts.is_some() {
+            // A fresh cache of exactly tq positions holds k and v as (N, KV*D).
+            let layout = QkvLayout::split(h, kv, d);
+            attention_forward(&mut ao, &mut att, &q, &k, &v, &layout, &cache.start, shape);
+        } else {
+            let q_layout = QkvLayout::split(h, kv, d).q;
+            attention_cached_forward(
+                &mut ao,
+                &q,
+                q_layout,
+                &cache.k[li],
+                &cache.v[li],
+                &cache.start,
+                p0,
+                tq,
+                tmax,
+                shape,
+            );
+        }
         let mut x2 = vec![0.0f32; n * c];
         linear_forward(&mut x2, &ao, &lw.o_proj.data, n, qw, c);
         for (a, &r) in x2.iter_mut().zip(&x) {
@@ -298,15 +294,24 @@ fn head_forward(
     logits
 }
 
-/// Full forward of a batch; returns logits (P, V) at `positions` (rows b * T + t) and the
-/// activations for `backward`.
-pub fn forward(model: &Llama, batch: &Batch, positions: &[usize]) -> Result<(Vec<f32>, Acts)> {
-    batch.check(model.config.vocab_size)?;
-    if let Some(&p) = positions.iter().find(|&&p| p >= batch.b * batch.t) {
-        bail!(
-            "logit position {p} is outside the batch's {} rows",
-            batch.b * batch.t
-        );
+/// Runs the model on `batch` and returns the logits (M, V) of the M chosen (row, position)
+/// pairs, in the order given, with the activations `backward` needs.
+pub fn forward(
+    model: &Llama,
+    batch: &Batch,
+    positions: &[(usize, usize)],
+) -> Result<(Tensor, LlamaActivations)> {
+    check_batch(batch, model.config.vocab_size)?;
+    let mut rows = Vec::with_capacity(positions.len());
+    for &(r, t) in positions {
+        if r >= batch.b || t >= batch.t {
+            bail!(
+                "logit position ({r}, {t}) is outside the batch of {} x {}",
+                batch.b,
+                batch.t
+            );
+        }
+        rows.push(r * batch.t + t);
     }
     let mut cache = KvCache::new(model, batch.b, batch.t, batch.start.clone());
     let mut layers = Vec::with_capacity(model.config.num_hidden_layers);
@@ -321,32 +326,43 @@ pub fn forward(model: &Llama, batch: &Batch, positions: &[usize]) -> Result<(Vec
         &batch.tokens,
         &mut cache,
         batch.t,
-        positions,
+        &rows,
         Some(&mut layers),
     );
+    let shape = [positions.len(), model.config.vocab_size];
     Ok((
-        logits,
-        Acts {
+        Tensor::from_vec(&shape, logits),
+        LlamaActivations {
+            b: batch.b,
+            t: batch.t,
+            tokens: batch.tokens.clone(),
+            start: batch.start.clone(),
             layers,
             xl,
             rstdf,
             xf,
             pos,
-            positions: positions.to_vec(),
+            positions: rows,
         },
     ))
 }
 
 /// Gradients of all parameters given dlogits (P, V) at the positions `forward` was asked for.
-pub fn backward(model: &Llama, batch: &Batch, acts: &Acts, dlogits: &[f32]) -> LlamaWeights {
+/// The tied head adds into `embed_tokens`.
+pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> LlamaWeights {
     let cfg = &model.config;
     let w = &model.weights;
     let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
     let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
     let (qw, kw) = (h * d, kv * d);
-    let (b, t) = (batch.b, batch.t);
+    let (b, t) = (acts.b, acts.t);
     let n = b * t;
     let vocab = cfg.vocab_size;
+    assert_eq!(
+        dlogits.len(),
+        acts.positions.len() * vocab,
+        "dlogits must be (M, V)"
+    );
     let mut g = LlamaWeights::zeros(cfg);
     let (cos, sin) = tables(model, t);
 
@@ -454,21 +470,23 @@ pub fn backward(model: &Llama, batch: &Batch, acts: &Acts, dlogits: &[f32]) -> L
         let mut dq = vec![0.0f32; n * qw];
         let mut dk = vec![0.0f32; n * kw];
         let mut dv = vec![0.0f32; n * kw];
-        gqa_attention_backward(
-            &mut dq,
-            &mut dk,
-            &mut dv,
+        let shape = AttentionShape {
+            b,
+            t,
+            n_head: h,
+            n_kv_head: kv,
+            head_dim: d,
+        };
+        attention_backward(
+            QkvGrad::Split(&mut dq, &mut dk, &mut dv),
             &dao,
             &a.att,
             &a.q,
             &a.k,
             &a.v,
-            &batch.start,
-            b,
-            t,
-            h,
-            kv,
-            d,
+            &QkvLayout::split(h, kv, d),
+            &acts.start,
+            shape,
         );
         let mut dq0 = vec![0.0f32; n * qw];
         let mut dk0 = vec![0.0f32; n * kw];
@@ -516,44 +534,13 @@ pub fn backward(model: &Llama, batch: &Batch, acts: &Acts, dlogits: &[f32]) -> L
             c,
         );
     }
-    for (row, &tok) in dx.chunks_exact(c).zip(&batch.tokens) {
+    for (row, &tok) in dx.chunks_exact(c).zip(&acts.tokens) {
         let e = &mut g.embed_tokens.data[tok as usize * c..][..c];
         for (a, &s) in e.iter_mut().zip(row) {
             *a += s;
         }
     }
     g
-}
-
-/// Mean next-token cross-entropy over the rows that predict a real token: row (b, t) with
-/// start[b] <= t < T - 1 predicts token (b, t + 1). Returns (loss, its gradient per parameter).
-pub fn next_token_loss_and_grad(model: &Llama, batch: &Batch) -> Result<(f32, LlamaWeights)> {
-    let (b, t, v) = (batch.b, batch.t, model.config.vocab_size);
-    let mut positions = Vec::new();
-    let mut targets = Vec::new();
-    for bi in 0..b {
-        for ti in batch.start[bi]..t.saturating_sub(1) {
-            positions.push(bi * t + ti);
-            targets.push(batch.tokens[bi * t + ti + 1] as usize);
-        }
-    }
-    if positions.is_empty() {
-        bail!("no row of the batch has two real tokens to predict from");
-    }
-    let (mut logits, acts) = forward(model, batch, &positions)?;
-    let mut loss = 0.0f64;
-    let scale = 1.0 / positions.len() as f32;
-    for (row, &tg) in logits.chunks_exact_mut(v).zip(&targets) {
-        let lse = log_sum_exp(row);
-        loss += (lse - row[tg]) as f64;
-        // d loss / d logits = (softmax - onehot) / count
-        for x in row.iter_mut() {
-            *x = (*x - lse).exp() * scale;
-        }
-        row[tg] -= scale;
-    }
-    let grads = backward(model, batch, &acts, &logits);
-    Ok(((loss / positions.len() as f64) as f32, grads))
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {
@@ -567,36 +554,81 @@ pub fn log_softmax(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&x| x - lse).collect()
 }
 
-/// What `generate` returns per batch row: the new tokens (up to and including a stop token) and
-/// the log-probability of each under the model's unmodified distribution.
+/// What `generate_with` returns: per batch row, the new tokens (up to and including a stop
+/// token) and the log-probability of each under softmax(logits).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Generation {
+pub struct Choices {
     pub tokens: Vec<Vec<u32>>,
     pub logprobs: Vec<Vec<f32>>,
 }
 
-/// Decodes up to `max_new` tokens after each left-padded prompt through the KV cache. `pick`
-/// chooses the next token of row b from its logits (V); a row stops after emitting `stop`.
+/// Samples a continuation of every prompt, all rows together, as `cpu::decode::generate` does for
+/// GPT-2: a row stops after it samples `eos` (kept, with its log-probability) or after
+/// `params.max_new_tokens` tokens; log-probabilities are under softmax(logits / temperature).
+/// The same `rng` state gives the same tokens.
 pub fn generate(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Result<Vec<Generation>> {
+    if prompts.is_empty() || params.max_new_tokens == 0 {
+        return Ok(vec![Generation::default(); prompts.len()]);
+    }
+    let batch = Batch::left_padded(prompts, eos)?;
+    let mut lps: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
+    let out = generate_with(
+        model,
+        &batch,
+        params.max_new_tokens,
+        Some(eos),
+        |r, logits| {
+            let (tok, lp) = sample(logits, params, rng);
+            lps[r].push(lp);
+            tok
+        },
+    )?;
+    Ok(out
+        .tokens
+        .into_iter()
+        .zip(lps)
+        .map(|(tokens, logprobs)| Generation { tokens, logprobs })
+        .collect())
+}
+
+/// Decodes up to `max_new` tokens after each left-padded prompt through the KV cache. `pick`
+/// chooses the next token of row r from its logits (V); a row stops after emitting `stop`.
+pub fn generate_with(
     model: &Llama,
     prompts: &Batch,
     max_new: usize,
     stop: Option<u32>,
     mut pick: impl FnMut(usize, &[f32]) -> u32,
-) -> Result<Generation> {
+) -> Result<Choices> {
     let v = model.config.vocab_size;
-    prompts.check(v)?;
+    check_batch(prompts, v)?;
     if prompts.start.iter().any(|&s| s >= prompts.t) {
         bail!("every prompt needs at least one token");
     }
+    let ctx = model.config.max_position_embeddings;
+    if prompts.t + max_new > ctx {
+        bail!(
+            "a prompt of {} tokens with {max_new} new tokens exceeds the model's context of {ctx} positions",
+            prompts.t
+        );
+    }
     let b = prompts.b;
-    let mut cache = KvCache::new(model, b, prompts.t + max_new, prompts.start.clone());
-    let last: Vec<usize> = (0..b).map(|bi| bi * prompts.t + prompts.t - 1).collect();
-    let mut logits = run(model, &prompts.tokens, &mut cache, prompts.t, &last, None).logits;
-    let mut out = Generation {
+    let mut out = Choices {
         tokens: vec![Vec::new(); b],
         logprobs: vec![Vec::new(); b],
     };
+    if max_new == 0 {
+        return Ok(out);
+    }
+    let mut cache = KvCache::new(model, b, prompts.t + max_new, prompts.start.clone());
+    let last: Vec<usize> = (0..b).map(|bi| bi * prompts.t + prompts.t - 1).collect();
+    let mut logits = run(model, &prompts.tokens, &mut cache, prompts.t, &last, None).logits;
     let mut done = vec![false; b];
     let filler = stop.unwrap_or(0);
     for step in 0..max_new {

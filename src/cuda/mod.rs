@@ -2,7 +2,9 @@
 //! Everything here loads CUDA libraries dynamically, so the crate builds and its CPU path runs on
 //! machines without CUDA.
 
+pub mod check;
 pub mod device;
+pub mod gpt2;
 pub mod nvrtc;
 pub mod ops;
 pub mod registry;

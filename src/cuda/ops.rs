@@ -224,6 +224,23 @@ pub fn matmul_nt_forward(
     gemm(g, "matmul_nt_forward", out, inp, w, bias, n, c, oc)
 }
 
+/// out (M, C) = inp[rows]: the gather half of `logits_forward`
+pub fn logits_forward_rows(
+    g: &Gpu,
+    out: &mut Buf,
+    inp: &Buf,
+    rows: &CudaSlice<i32>,
+    m: usize,
+    c: usize,
+) -> Result<()> {
+    need("gather_rows out", out.len(), m * c)?;
+    let f = g.function("elementwise.cu", "gather_rows")?;
+    let (m_, c_) = (int("M", m)?, int("C", c)?);
+    let mut a = g.stream.launch_builder(&f);
+    a.arg(out).arg(inp).arg(rows).arg(&m_).arg(&c_);
+    go("gather_rows", a, blocks(m * c, 256))
+}
+
 /// out (M, V) = inp[rows] (M, C) @ wte^T; gathered (M, C) receives inp[rows]
 #[allow(clippy::too_many_arguments)]
 pub fn logits_forward(
@@ -237,12 +254,7 @@ pub fn logits_forward(
     v: usize,
     c: usize,
 ) -> Result<()> {
-    need("logits_forward gathered", gathered.len(), m * c)?;
-    let f = g.function("elementwise.cu", "gather_rows")?;
-    let (m_, c_) = (int("M", m)?, int("C", c)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(&mut *gathered).arg(inp).arg(rows).arg(&m_).arg(&c_);
-    go("gather_rows", a, blocks(m * c, 256))?;
+    logits_forward_rows(g, gathered, inp, rows, m, c)?;
     matmul_nt_forward(g, out, gathered, wte, None, m, c, v)
 }
 
@@ -387,7 +399,7 @@ pub fn encoder_attention_forward(
     go("encoder_attention_forward", a, warps(n * nh))
 }
 
-/// cache_k, cache_v (B, Tmax, W) at pos[b] <- k, v (B, W) with row strides
+/// cache_k, cache_v (B, Tmax, W) at positions p0..p0+Tq <- k, v (B*Tq rows, W) with row strides
 #[allow(clippy::too_many_arguments)]
 pub fn kv_append(
     g: &Gpu,
@@ -395,8 +407,9 @@ pub fn kv_append(
     cache_v: &mut Buf,
     k: (&Buf, usize, usize),
     v: (&Buf, usize, usize),
-    pos: &CudaSlice<i32>,
+    p0: usize,
     b: usize,
+    tq: usize,
     tmax: usize,
     w: usize,
 ) -> Result<()> {
@@ -405,22 +418,29 @@ pub fn kv_append(
         cache_k.len().min(cache_v.len()),
         b * tmax * w,
     )?;
+    if p0 + tq > tmax {
+        bail!(
+            "kv_append: positions {p0}..{} past the cache's {tmax}",
+            p0 + tq
+        );
+    }
     let f = g.function("attention.cu", "kv_append")?;
     let (kv, vv) = (k.0.slice(k.1..), v.0.slice(v.1..));
-    let (b_, t_, w_) = (int("B", b)?, int("Tmax", tmax)?, int("W", w)?);
+    let dims = [
+        int("p0", p0)?,
+        int("B", b)?,
+        int("Tq", tq)?,
+        int("Tmax", tmax)?,
+        int("W", w)?,
+    ];
     let (ks, vs) = (k.2 as i64, v.2 as i64);
     let mut a = g.stream.launch_builder(&f);
-    a.arg(cache_k)
-        .arg(cache_v)
-        .arg(&kv)
-        .arg(&vv)
-        .arg(pos)
-        .arg(&b_)
-        .arg(&t_)
-        .arg(&w_)
-        .arg(&ks)
-        .arg(&vs);
-    go("kv_append", a, blocks(b * w, 256))
+    a.arg(cache_k).arg(cache_v).arg(&kv).arg(&vv);
+    for d in &dims {
+        a.arg(d);
+    }
+    a.arg(&ks).arg(&vs);
+    go("kv_append", a, blocks(b * tq * w, 256))
 }
 
 /// lp (P) = log_softmax(logits * inv_temp)[targets]; logits (P, V)

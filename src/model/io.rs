@@ -49,19 +49,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Element types we read; all become f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Element types. F32, F16 and BF16 are read (as f32); the others are only listed, since
+/// checkpoints carry integer buffers (e.g. BERT's `position_ids`) that nobody needs to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dtype {
     F32,
     F16,
     Bf16,
+    Other(String),
 }
 
 impl Dtype {
-    fn size(self) -> usize {
+    fn parse(s: &str) -> Self {
+        match s {
+            "F32" => Dtype::F32,
+            "F16" => Dtype::F16,
+            "BF16" => Dtype::Bf16,
+            other => Dtype::Other(other.to_string()),
+        }
+    }
+
+    /// Bytes per element, where known.
+    fn size(&self) -> Option<usize> {
         match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::F32 => Some(4),
+            Dtype::F16 | Dtype::Bf16 => Some(2),
+            Dtype::Other(s) => match s.as_str() {
+                "F64" | "I64" | "U64" => Some(8),
+                "I32" | "U32" => Some(4),
+                "I16" | "U16" => Some(2),
+                "I8" | "U8" | "BOOL" => Some(1),
+                _ => None,
+            },
         }
     }
 }
@@ -135,8 +154,9 @@ impl SafetensorsFile {
             let info = parse_tensor_info(&v)
                 .with_context(|| format!("{p}: corrupt header entry for tensor '{name}'"))?;
             let numel: usize = info.shape.iter().product();
-            let want = (numel * info.dtype.size()) as u64;
-            if info.end < info.start || info.end - info.start != want {
+            let want = (numel * info.dtype.size().unwrap_or(0)) as u64;
+            let size_known = info.dtype.size().is_some();
+            if info.end < info.start || (size_known && info.end - info.start != want) {
                 bail!(
                     "{p}: tensor '{name}' has shape {:?} ({want} bytes of {:?}) but its data range is {}..{}",
                     info.shape,
@@ -180,6 +200,11 @@ impl SafetensorsFile {
     pub fn read_into(&mut self, name: &str, out: &mut [f32]) -> Result<()> {
         let info = self.info(name)?.clone();
         let p = self.path.display().to_string();
+        if let Dtype::Other(d) = &info.dtype {
+            bail!(
+                "{p}: tensor '{name}' has dtype {d}, which is not supported (F32, F16 and BF16 are)"
+            );
+        }
         if info.shape.iter().product::<usize>() != out.len() {
             bail!(
                 "{p}: tensor '{name}' has {} elements, expected {}",
@@ -193,7 +218,7 @@ impl SafetensorsFile {
             .and_then(|_| self.file.read_exact(&mut raw))
             .with_context(|| format!("{p}: cannot read tensor '{name}'"))?;
         // safetensors stores little-endian values.
-        match info.dtype {
+        match &info.dtype {
             Dtype::F32 => {
                 for (o, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -209,6 +234,7 @@ impl SafetensorsFile {
                     *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
                 }
             }
+            Dtype::Other(_) => unreachable!("checked above"),
         }
         Ok(())
     }
@@ -216,10 +242,7 @@ impl SafetensorsFile {
 
 fn parse_tensor_info(v: &Value) -> Result<TensorInfo> {
     let dtype = match v.get("dtype").and_then(Value::as_str) {
-        Some("F32") => Dtype::F32,
-        Some("F16") => Dtype::F16,
-        Some("BF16") => Dtype::Bf16,
-        Some(other) => bail!("dtype {other} is not supported (F32, F16 and BF16 are)"),
+        Some(d) => Dtype::parse(d),
         None => bail!("no dtype"),
     };
     let shape = v
@@ -323,6 +346,9 @@ fn parse_gpt2_config(text: &str) -> Result<Gpt2Config> {
 /// The `config.json` we write: every field `transformers` reads for GPT-2, with its defaults where
 /// our model has no such setting (dropout is only used in training mode there).
 pub fn gpt2_config_json(cfg: &Gpt2Config) -> Value {
+    // Through the shortest decimal form, so 1e-5 is written as 1e-5 and not as the f64 nearest
+    // to the f32 (which reads back to the same f32 either way).
+    let eps: f64 = cfg.layer_norm_epsilon.to_string().parse().unwrap_or(1e-5);
     json!({
         "activation_function": "gelu_new",
         "architectures": ["GPT2LMHeadModel"],
@@ -331,7 +357,7 @@ pub fn gpt2_config_json(cfg: &Gpt2Config) -> Value {
         "embd_pdrop": 0.1,
         "eos_token_id": cfg.eos_token_id,
         "initializer_range": 0.02,
-        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "layer_norm_epsilon": eps,
         "model_type": "gpt2",
         "n_ctx": cfg.n_positions,
         "n_embd": cfg.n_embd,

@@ -4,6 +4,7 @@
 //! from Hugging Face safetensors (single or sharded); saved as config.json + model.safetensors.
 
 use crate::model::gguf::{GgufFile, write_atomic};
+use crate::model::llama_tokenizer::LlamaTokenizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
@@ -160,6 +161,15 @@ impl LlamaConfig {
         o.insert("attention_bias".into(), false.into());
         o.insert("mlp_bias".into(), false.into());
         o.insert("torch_dtype".into(), "float32".into());
+        // f32 values through f64 print as 9.999999747378752e-6; write the shortest f32 spelling.
+        for (k, x) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if let Ok(v) = format!("{x:e}").parse::<f64>() {
+                o.insert(k.into(), v.into());
+            }
+        }
         o.retain(|_, x| !x.is_null());
         v
     }
@@ -180,9 +190,17 @@ impl LlamaConfig {
             Ok(v) => v,
             Err(_) => g.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
-        let head_dim = u("rope.dimension_count")
-            .or_else(|_| u("attention.key_length"))
-            .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim =
+            u("attention.key_length").unwrap_or(hidden_size / num_attention_heads.max(1));
+        // Rotary embeddings over only part of each head are not implemented.
+        if let Ok(rot) = u("rope.dimension_count")
+            && rot != head_dim
+        {
+            bail!(
+                "GGUF file {}: llama.rope.dimension_count {rot} differs from the head width {head_dim} (partial rotary embeddings are not supported)",
+                g.path.display()
+            );
+        }
         let id = |k: &str| g.get_u64(k).ok().map(|v| v as u32);
         let cfg = LlamaConfig {
             vocab_size,
@@ -464,6 +482,26 @@ pub fn permute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_vec(&w.shape, out))
+}
+
+/// The asset name and file of the default Llama-family child.
+pub const SMOLLM2_ASSET: &str = "smollm2-135m-instruct";
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A Llama child and its tokenizer from a GGUF file: a path to a `.gguf` file, or the asset name
+/// `smollm2-135m-instruct` (resolved, and fetched if needed, by `crate::assets`).
+pub fn load_gguf_child(name_or_path: &str) -> Result<(Llama, LlamaTokenizer)> {
+    let path = if name_or_path == SMOLLM2_ASSET {
+        crate::assets::resolve_file(SMOLLM2_ASSET, SMOLLM2_FILE)?
+    } else {
+        let p = std::path::PathBuf::from(name_or_path);
+        if !p.is_file() {
+            bail!("'{name_or_path}' is neither a GGUF file nor the asset name '{SMOLLM2_ASSET}'");
+        }
+        p
+    };
+    let g = GgufFile::open(&path)?;
+    Ok((Llama::from_gguf(&g)?, LlamaTokenizer::from_gguf(&g)?))
 }
 
 /// A Llama model: config and parameters.

@@ -2,9 +2,10 @@
 //! `tokenizers` crate: byte-level BPE (`tokenizer.ggml.model` = gpt2) with the pre-tokenizer named
 //! by `tokenizer.ggml.pre`, control tokens as special tokens, and the chat template (ChatML).
 
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::{GgufFile, write_atomic};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
+use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -215,6 +216,40 @@ impl LlamaTokenizer {
         self.tokenizer
             .decode(ids, skip_special)
             .map_err(|e| anyhow!("cannot decode token ids: {e}"))
+    }
+
+    /// Writes tokenizer.json and tokenizer_config.json (special tokens, chat template) into
+    /// `dir`, each atomically, so that `transformers.AutoTokenizer` loads the same tokenizer.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let json = self
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
+        write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let name = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
+        let mut cfg = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "add_bos_token": self.add_bos,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 8192,
+        });
+        for (k, id) in [
+            ("bos_token", self.bos_id),
+            ("eos_token", self.eos_id),
+            ("pad_token", self.pad_id),
+            ("unk_token", self.unk_id),
+        ] {
+            if let Some(t) = name(id) {
+                cfg[k] = t.into();
+            }
+        }
+        if let Some(t) = &self.chat_template {
+            cfg["chat_template"] = t.clone().into();
+        }
+        let text = serde_json::to_string_pretty(&cfg)?;
+        write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -2,14 +2,23 @@
 //! - a path to a checkpoint folder (`config.json`, `model.safetensors`, optionally `tokenizer.json`);
 //! - a Hugging Face name (`gpt2`, `gpt2-large`, `org/name`) found in our cache, the local Hugging
 //!   Face cache, or downloaded from `$HF_ENDPOINT` when that is set;
-//! - `random:<config>[:seed]`, a seeded GPT-2 init of a named config (`tiny`, `small`, ...).
+//! - `random:<config>[:seed]`, a seeded GPT-2 init of a named config (`tiny`, `small`, ...);
+//! - a Llama-family child: a `.gguf` file, a Hugging Face Llama folder (`model_type` llama), or the
+//!   asset `smollm2-135m-instruct` (SmolLM2-135M-Instruct, fetched by the asset code).
 //!
 //! A model without its own tokenizer files gets GPT-2's (the `gpt2-tokenizer` asset).
 
 use crate::assets::Locations;
+use crate::cpu::decode::Generation;
+use crate::cpu::gpt2::Batch;
 use crate::model::gpt2::{Gpt2, Gpt2Config, NAMED_CONFIGS};
 use crate::model::io::load_gpt2;
+use crate::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
+use crate::model::llama_tokenizer::{ChatMessage, apply_chatml};
 use crate::model::tokenizer::Tokenizer;
+use crate::rng::Rng;
+use crate::sample::SamplingParams;
+use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -65,28 +74,54 @@ impl ModelSpec {
     }
 }
 
-/// A model of any family we run. Only GPT-2 so far; the Llama family joins here.
+/// A model of any family we run.
 #[derive(Clone, Debug)]
 pub enum Model {
     Gpt2(Gpt2),
+    Llama(Llama),
 }
 
 impl Model {
     pub fn family(&self) -> &'static str {
         match self {
             Model::Gpt2(_) => "gpt2",
+            Model::Llama(_) => "llama",
         }
     }
 
     pub fn num_params(&self) -> usize {
         match self {
             Model::Gpt2(m) => m.weights.num_params(),
+            Model::Llama(m) => m.weights.num_params(),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::Gpt2(m) => m.config.vocab_size,
+            Model::Llama(m) => m.config.vocab_size,
+        }
+    }
+
+    /// The logits (M, V) at the chosen (row, position) pairs of a left-padded batch, on the CPU.
+    pub fn logits(&self, batch: &Batch, positions: &[(usize, usize)]) -> Result<Tensor> {
+        Ok(match self {
+            Model::Gpt2(m) => crate::cpu::gpt2::forward(m, batch, positions)?.0,
+            Model::Llama(m) => crate::cpu::llama::forward(m, batch, positions)?.0,
+        })
+    }
+
+    /// Samples continuations of every prompt together (KV cache), on the CPU.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        eos: u32,
+        rng: &mut Rng,
+    ) -> Result<Vec<Generation>> {
+        match self {
+            Model::Gpt2(m) => crate::cpu::decode::generate(m, prompts, params, eos, rng),
+            Model::Llama(m) => crate::cpu::llama::generate(m, prompts, params, eos, rng),
         }
     }
 }
@@ -96,6 +131,24 @@ pub struct Loaded {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub source: String,
+    /// The token that ends a sampled answer (and pads batches).
+    pub eos: u32,
+    /// A token to put in front of a text so that its first token is predicted too, when the
+    /// model has one: GPT-2's `<|endoftext|>`, or the BOS of a tokenizer that asks for one.
+    pub bos: Option<u32>,
+    /// The model's chat template, when it has one (ChatML is supported).
+    pub chat_template: Option<String>,
+}
+
+impl Loaded {
+    /// `text` as the model's chat template writes a user turn, with the assistant's turn opened.
+    pub fn chat_prompt(&self, text: &str) -> Result<String> {
+        let tpl = self
+            .chat_template
+            .as_deref()
+            .with_context(|| format!("--chat: the model {} has no chat template", self.source))?;
+        apply_chatml(tpl, &[ChatMessage::new("user", text)], true)
+    }
 }
 
 /// Load `--model` with the default locations.
@@ -117,13 +170,23 @@ pub fn load_model_with(spec: &str, loc: &Locations) -> Result<Loaded> {
         ModelSpec::Random { config, seed } => {
             let cfg = Gpt2Config::named(&config)?;
             let tokenizer = gpt2_tokenizer(loc)?;
+            let eos = cfg.eos_token_id;
             Ok(Loaded {
                 model: Model::Gpt2(Gpt2::random(cfg, seed)),
                 tokenizer,
                 source: format!("random init of GPT-2 config '{config}', seed {seed}"),
+                eos,
+                bos: Some(eos),
+                chat_template: None,
             })
         }
+        ModelSpec::Path(p) if p.extension().is_some_and(|e| e == "gguf") => {
+            load_gguf(&p.display().to_string()).with_context(|| format!("--model {spec}"))
+        }
         ModelSpec::Path(p) => load_dir(&p, loc).with_context(|| format!("--model {spec}")),
+        ModelSpec::Hub(name) if name == SMOLLM2_ASSET => {
+            load_gguf(&name).with_context(|| format!("--model {spec}"))
+        }
         ModelSpec::Hub(name) => {
             let repos = hub_candidates(&name);
             let repos: Vec<&str> = repos.iter().map(String::as_str).collect();
@@ -142,6 +205,78 @@ fn gpt2_tokenizer(loc: &Locations) -> Result<Tokenizer> {
     Tokenizer::from_file(&path)
 }
 
+/// A Llama-family child from a GGUF file or the SmolLM2 asset, with the tokenizer of its metadata.
+fn load_gguf(name_or_path: &str) -> Result<Loaded> {
+    let (model, lt) = load_gguf_child(name_or_path)?;
+    let eos = lt
+        .eos_id
+        .context("the GGUF file names no end-of-sequence token")?;
+    Ok(Loaded {
+        bos: if lt.add_bos { lt.bos_id } else { None },
+        chat_template: lt.chat_template.clone(),
+        tokenizer: Tokenizer::from_hf(lt.tokenizer),
+        model: Model::Llama(model),
+        source: name_or_path.to_string(),
+        eos,
+    })
+}
+
+/// `model_type` of a checkpoint folder's config.json ("gpt2" when absent, as old GPT-2 configs are).
+fn model_type(dir: &Path) -> Result<String> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(v.get("model_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("gpt2")
+        .to_string())
+}
+
+/// A Hugging Face Llama folder: weights and config, `tokenizer.json`, and the chat template of
+/// `tokenizer_config.json` when there is one.
+fn load_llama_dir(dir: &Path) -> Result<Loaded> {
+    let model = Llama::load_hf(dir)?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        bail!(
+            "{} has no tokenizer.json, which a Llama-family folder needs",
+            dir.display()
+        );
+    }
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let cfg_path = dir.join("tokenizer_config.json");
+    let tcfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
+        Ok(t) => serde_json::from_str(&t)
+            .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let token = |key: &str| {
+        tcfg.get(key)
+            .and_then(|v| v.as_str())
+            .and_then(|t| tokenizer.token_to_id(t))
+    };
+    let eos = token("eos_token")
+        .or(tokenizer.eos_id())
+        .with_context(|| format!("{}: no end-of-sequence token", dir.display()))?;
+    let add_bos = tcfg
+        .get("add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Ok(Loaded {
+        bos: if add_bos { token("bos_token") } else { None },
+        chat_template: tcfg
+            .get("chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        eos,
+        model: Model::Llama(model),
+        tokenizer,
+        source: dir.display().to_string(),
+    })
+}
+
 fn load_dir(dir: &Path, loc: &Locations) -> Result<Loaded> {
     if !dir.is_dir() {
         bail!(
@@ -149,7 +284,12 @@ fn load_dir(dir: &Path, loc: &Locations) -> Result<Loaded> {
             dir.display()
         );
     }
-    let model = Model::Gpt2(load_gpt2(dir)?);
+    if model_type(dir)? == "llama" {
+        return load_llama_dir(dir);
+    }
+    let gpt2 = load_gpt2(dir)?;
+    let eos = gpt2.config.eos_token_id;
+    let model = Model::Gpt2(gpt2);
     let tokenizer = if dir.join("tokenizer.json").is_file() {
         Tokenizer::from_file(&dir.join("tokenizer.json"))?
     } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
@@ -168,5 +308,50 @@ fn load_dir(dir: &Path, loc: &Locations) -> Result<Loaded> {
         model,
         tokenizer,
         source: dir.display().to_string(),
+        eos,
+        bos: Some(eos),
+        chat_template: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind_of_model_value() {
+        assert_eq!(
+            ModelSpec::parse("random:tiny").unwrap(),
+            ModelSpec::Random {
+                config: "tiny".into(),
+                seed: 0
+            }
+        );
+        assert_eq!(
+            ModelSpec::parse("random:small:42").unwrap(),
+            ModelSpec::Random {
+                config: "small".into(),
+                seed: 42
+            }
+        );
+        let e = ModelSpec::parse("random:huge").unwrap_err().to_string();
+        assert!(e.contains("tiny, small, medium, large, xl"), "{e}");
+        let e = ModelSpec::parse("random:tiny:-1").unwrap_err().to_string();
+        assert!(e.contains("seed '-1'"), "{e}");
+        assert_eq!(
+            ModelSpec::parse("gpt2").unwrap(),
+            ModelSpec::Hub("gpt2".into())
+        );
+        assert_eq!(
+            ModelSpec::parse("openai-community/gpt2-large").unwrap(),
+            ModelSpec::Hub("openai-community/gpt2-large".into())
+        );
+        assert_eq!(
+            ModelSpec::parse("src").unwrap(),
+            ModelSpec::Path("src".into())
+        );
+        for bad in ["./missing", "/no/such/dir", "a/b/c", "has space", ""] {
+            assert!(ModelSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -16,6 +16,9 @@ pub const GPT2_EOS: &str = "<|endoftext|>";
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
     inner: HfTokenizer,
+    /// One past the largest id; `tokenizers` rebuilds its whole vocabulary map to count it, so it
+    /// is counted once here.
+    vocab_size: usize,
 }
 
 /// Names of end-of-sequence tokens in the tokenizers we meet, most specific first.
@@ -35,7 +38,21 @@ impl Tokenizer {
         let inner: HfTokenizer = text
             .parse()
             .map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
-        Ok(Tokenizer { inner })
+        Ok(Self::wrap(inner))
+    }
+
+    /// Wrap a tokenizer built with the `tokenizers` API (e.g. one read from a GGUF file).
+    pub fn from_hf(inner: HfTokenizer) -> Self {
+        Self::wrap(inner)
+    }
+
+    fn wrap(inner: HfTokenizer) -> Self {
+        let vocab_size = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        Tokenizer { inner, vocab_size }
     }
 
     /// GPT-2's byte-level BPE from `encoder.json` (token -> id) and `vocab.bpe` (merges, one pair per
@@ -96,7 +113,7 @@ impl Tokenizer {
         inner.with_decoder(Some(ByteLevel::default()));
         inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
         inner.add_special_tokens(&[AddedToken::from(GPT2_EOS, true)]);
-        let t = Tokenizer { inner };
+        let t = Self::wrap(inner);
         if t.inner.token_to_id(GPT2_EOS) != Some(eos_id) {
             bail!("'{GPT2_EOS}' did not keep its id {eos_id}");
         }
@@ -159,9 +176,9 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Vocabulary size including added tokens.
+    /// Vocabulary size including added tokens (one past the largest id).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// The end-of-sequence token, if the vocabulary has one we know.

@@ -11,8 +11,14 @@ use crate::reward::cache::JsonlCache;
 use crate::reward::http::{ApiClient, ApiConfig};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// The paper's sentence embedder, the default model.
+pub const DEFAULT_MODEL: &str = "text-embedding-3-large";
+
+/// The cache file's name inside a cache folder.
+pub const CACHE_FILE: &str = "api-embeddings.jsonl";
 
 /// Texts per request; the OpenAI endpoint takes up to 2048 inputs.
 const BATCH: usize = 256;
@@ -45,6 +51,30 @@ impl ApiEmbedder {
             e.dim = v[0].len();
         }
         Ok(e)
+    }
+
+    /// Builds from optional settings as a run config or the command line gives them: the default
+    /// base URL, model (`DEFAULT_MODEL`) and key variable where absent, the cache in
+    /// `cache_dir/CACHE_FILE` when a folder is given.
+    pub fn from_options(
+        base_url: Option<&str>,
+        model: Option<&str>,
+        api_key_env: Option<&str>,
+        cache_dir: Option<&Path>,
+    ) -> Result<ApiEmbedder> {
+        let mut config = ApiConfig::default();
+        if let Some(b) = base_url {
+            config.base_url = b.to_string();
+        }
+        if let Some(k) = api_key_env {
+            config.api_key_env = k.to_string();
+        }
+        ApiEmbedder::new(
+            config,
+            model.unwrap_or(DEFAULT_MODEL),
+            None,
+            cache_dir.map(|d| d.join(CACHE_FILE)),
+        )
     }
 
     /// HTTP requests sent so far, retries included.

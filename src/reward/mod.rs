@@ -17,5 +17,6 @@ pub trait Embedder {
 pub mod api_embedder;
 pub mod cache;
 pub mod http;
+pub mod local_parent;
 pub mod parent;
 pub mod shaping;

@@ -172,6 +172,69 @@ impl Parent for OpenAiParent {
     }
 }
 
+/// Where `parent_by_spec` finds what a parent needs beyond its spec.
+#[derive(Clone, Debug)]
+pub struct ParentOptions {
+    /// The OpenAI-compatible server for `openai`.
+    pub api: ApiConfig,
+    /// Cache file for `openai` answers; `None` keeps no cache.
+    pub cache: Option<PathBuf>,
+    /// Few-shot examples in the `local` parent's prompt.
+    pub shots: usize,
+    /// Longest `local` answer, in tokens.
+    pub max_new_tokens: usize,
+}
+
+impl Default for ParentOptions {
+    fn default() -> Self {
+        ParentOptions {
+            api: ApiConfig::default(),
+            cache: None,
+            shots: 3,
+            max_new_tokens: 16,
+        }
+    }
+}
+
+/// The parent kinds `parent_by_spec` accepts.
+pub const PARENT_SPECS: [&str; 4] = ["table", "table:FILE", "openai[:MODEL]", "local:MODEL"];
+
+/// The model an `openai` parent asks when the spec names none, as in the paper.
+pub const DEFAULT_CHAT_MODEL: &str = "gpt-4o-mini";
+
+/// Builds a parent for `task` from a spec: `table` (the task's shipped table), `table:FILE`,
+/// `openai` or `openai:MODEL` (told the task by its instruction), `local:MODEL` (a GPT-2 folder,
+/// hub name or `random:<config>`, few-shot from the task's training pairs).
+pub fn parent_by_spec(
+    spec: &str,
+    task: &crate::tasks::Task,
+    opts: &ParentOptions,
+) -> Result<Box<dyn Parent>> {
+    let (kind, arg) = match spec.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (spec, None),
+    };
+    match (kind, arg) {
+        ("table", None) => Ok(Box::new(task.table_parent())),
+        ("table", Some(path)) => Ok(Box::new(TableParent::open(path)?)),
+        ("openai", model) => Ok(Box::new(OpenAiParent::new(
+            opts.api.clone(),
+            model.unwrap_or(DEFAULT_CHAT_MODEL),
+            &task.system_message(),
+            opts.cache.clone(),
+        )?)),
+        ("local", Some(model)) => Ok(Box::new(crate::reward::local_parent::LocalParent::load(
+            model,
+            &task.few_shot(opts.shots),
+            opts.max_new_tokens,
+        )?)),
+        _ => bail!(
+            "unknown parent {spec:?}: valid parents are {}",
+            PARENT_SPECS.join(", ")
+        ),
+    }
+}
+
 /// The answer in a parent's reply, following PAPER.md: the `OUTPUT` field of the JSON object;
 /// else the `"OUTPUT": "..."` value pulled out of text that is not valid JSON; else the raw text.
 /// Code fences around the JSON are ignored. The result is trimmed.

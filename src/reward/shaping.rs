@@ -172,3 +172,45 @@ pub fn binary(parent: &str, child: &str) -> f32 {
 fn finite_or_zero(x: f64) -> f32 {
     if x.is_finite() { x as f32 } else { 0.0 }
 }
+
+/// Rewards for a batch of (parent, child) answers: both sides embedded in one call, then shaped.
+/// `embedder` may be `None` only for `binary`.
+pub fn rewards(
+    embedder: Option<&dyn crate::reward::Embedder>,
+    shaping: Shaping,
+    power: f32,
+    parents: &[&str],
+    children: &[&str],
+) -> Result<Vec<f32>> {
+    if parents.len() != children.len() {
+        bail!(
+            "{} parent answers for {} child answers",
+            parents.len(),
+            children.len()
+        );
+    }
+    if !shaping.needs_embeddings() {
+        return Ok(parents
+            .iter()
+            .zip(children)
+            .map(|(p, c)| binary(p, c))
+            .collect());
+    }
+    let Some(embedder) = embedder else {
+        bail!("shaping {shaping} needs an embedder");
+    };
+    let texts: Vec<&str> = parents.iter().chain(children).copied().collect();
+    let v = embedder.embed(&texts)?;
+    if v.len() != texts.len() {
+        bail!(
+            "embedder {} returned {} vectors for {} texts",
+            embedder.name(),
+            v.len(),
+            texts.len()
+        );
+    }
+    let n = parents.len();
+    Ok((0..n)
+        .map(|i| shaping.reward(power, parents[i], children[i], &v[i], &v[n + i]))
+        .collect())
+}

@@ -283,6 +283,12 @@ impl Task {
         self.held_out.iter().map(|&i| self.example(i)).collect()
     }
 
+    /// `k` training examples for a few-shot prompt: the first `k` of the training split, so the
+    /// held-out prompts never appear in it.
+    pub fn few_shot(&self, k: usize) -> Vec<Example<'_>> {
+        self.train().into_iter().take(k).collect()
+    }
+
     /// One training prompt drawn uniformly, with its reference answer.
     pub fn sample(&self, rng: &mut Rng) -> Example<'_> {
         self.example(self.train[rng.below(self.train.len())])

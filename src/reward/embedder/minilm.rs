@@ -1,11 +1,14 @@
 //! The sentence encoder as an embedder: any BERT folder in the `sentence-transformers` layout,
 //! all-MiniLM-L6-v2 by default. Texts are tokenised in one call, packed without padding into
 //! batches of bounded size, run through the CPU encoder, pooled and normalised as the folder says.
+//! An empty text is encoded as [CLS] [SEP], as `sentence-transformers` does, so it has a vector
+//! like any other text (not the zero vector).
 
 use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
 use crate::model::bert::SentenceModel;
 use crate::reward::Embedder;
 use anyhow::{Result, anyhow};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Most rows (word pieces) per forward pass: bounds the scratch memory of long inputs while
@@ -22,6 +25,7 @@ pub struct Encoded {
 pub struct SentenceEncoder {
     model: SentenceModel,
     name: String,
+    dedup: bool,
 }
 
 /// The default sentence encoder, all-MiniLM-L6-v2, is a `SentenceEncoder` on its folder.
@@ -33,7 +37,22 @@ impl SentenceEncoder {
         Ok(SentenceEncoder {
             model: SentenceModel::load(dir)?,
             name: name.to_string(),
+            dedup: true,
         })
+    }
+
+    /// all-MiniLM-L6-v2, found or fetched by the asset code.
+    pub fn minilm() -> Result<Self> {
+        let dir = crate::assets::resolve_dir(super::MINILM_ASSET)?;
+        Self::load(&dir, "minilm")
+    }
+
+    /// Whether `embed` runs each distinct text of a call once (the default). Rewards repeat
+    /// texts a lot (one parent answer per prompt, short child answers); switching this off only
+    /// serves measurements of the encoder itself.
+    pub fn with_dedup(mut self, dedup: bool) -> Self {
+        self.dedup = dedup;
+        self
     }
 
     pub fn model(&self) -> &SentenceModel {
@@ -98,7 +117,24 @@ impl Embedder for SentenceEncoder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let encoded = self.tokenize(texts)?;
-        self.embed_encoded(&encoded)
+        if !self.dedup {
+            return self.embed_encoded(&self.tokenize(texts)?);
+        }
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(texts.len());
+        let mut distinct: Vec<&str> = Vec::with_capacity(texts.len());
+        let slot: Vec<usize> = texts
+            .iter()
+            .map(|&t| {
+                *first.entry(t).or_insert_with(|| {
+                    distinct.push(t);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let vectors = self.embed_encoded(&self.tokenize(&distinct)?)?;
+        if distinct.len() == texts.len() {
+            return Ok(vectors);
+        }
+        Ok(slot.into_iter().map(|k| vectors[k].clone()).collect())
     }
 }

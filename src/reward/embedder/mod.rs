@@ -10,6 +10,8 @@ pub use static_mean::StaticMean;
 pub use word_vectors::WordVectors;
 
 use crate::reward::Embedder;
+use crate::reward::api_embedder::ApiEmbedder;
+use crate::reward::http::ApiConfig;
 use anyhow::{Result, bail};
 use std::path::PathBuf;
 
@@ -21,26 +23,32 @@ pub const EMBEDDER_NAMES: [&str; 5] = ["minilm", "sentence", "static", "word-vec
 #[derive(Clone, Debug, Default)]
 pub struct EmbedderOptions {
     /// A sentence-transformers BERT folder: required by `sentence`; for `minilm` and `static`,
-    /// the all-MiniLM-L6-v2 folder.
+    /// the all-MiniLM-L6-v2 folder (when unset, the asset code finds or fetches it).
     pub model_dir: Option<PathBuf>,
     /// A Numberbatch-format word-vector file (`word-vectors`).
     pub vectors: Option<PathBuf>,
-    /// OpenAI-compatible embeddings service (`api`): base URL, model, and the environment
-    /// variable holding the key.
+    /// OpenAI-compatible embeddings service (`api`): base URL (default OpenAI's), model (default
+    /// text-embedding-3-large, the paper's), the environment variable holding the key (default
+    /// OPENAI_API_KEY), and the vector length (asked of the service with one probe text when unset).
     pub api_base_url: Option<String>,
     pub api_model: Option<String>,
     pub api_key_env: Option<String>,
-    /// Folder for an embedder's on-disk cache (`api`).
-    pub cache_dir: Option<PathBuf>,
+    pub api_dim: Option<usize>,
+    /// The `api` embedder's on-disk cache file (JSON Lines), kept across runs.
+    pub api_cache: Option<PathBuf>,
 }
 
-fn minilm_dir(opts: &EmbedderOptions, name: &str) -> Result<PathBuf> {
+/// The paper's sentence embedder.
+pub const DEFAULT_API_MODEL: &str = "text-embedding-3-large";
+
+/// The asset name of the default sentence encoder.
+pub const MINILM_ASSET: &str = "all-minilm-l6-v2";
+
+/// The given folder, else all-MiniLM-L6-v2 found or fetched by the asset code.
+fn minilm_dir(opts: &EmbedderOptions) -> Result<PathBuf> {
     match &opts.model_dir {
         Some(d) => Ok(d.clone()),
-        None => bail!(
-            "embedder '{name}' needs the all-MiniLM-L6-v2 folder (sentence-transformers layout); \
-             give its path"
-        ),
+        None => crate::assets::resolve_dir(MINILM_ASSET),
     }
 }
 
@@ -49,7 +57,7 @@ fn minilm_dir(opts: &EmbedderOptions, name: &str) -> Result<PathBuf> {
 pub fn by_name(name: &str, opts: &EmbedderOptions) -> Result<Box<dyn Embedder>> {
     match name {
         "minilm" | "all-minilm-l6-v2" => Ok(Box::new(SentenceEncoder::load(
-            &minilm_dir(opts, name)?,
+            &minilm_dir(opts)?,
             "minilm",
         )?)),
         "sentence" => match &opts.model_dir {
@@ -64,18 +72,29 @@ pub fn by_name(name: &str, opts: &EmbedderOptions) -> Result<Box<dyn Embedder>> 
                 bail!("embedder 'sentence' needs the path of a sentence-transformers BERT folder")
             }
         },
-        "static" => Ok(Box::new(StaticMean::load(
-            &minilm_dir(opts, name)?,
-            "static",
-        )?)),
+        "static" => Ok(Box::new(StaticMean::load(&minilm_dir(opts)?, "static")?)),
         "word-vectors" | "numberbatch" => match &opts.vectors {
             Some(p) => Ok(Box::new(WordVectors::load(p)?)),
             None => bail!(
                 "embedder '{name}' needs a word-vector file (Numberbatch text format, plain or .gz)"
             ),
         },
-        // The OpenAI-compatible embedder (src/reward/api_embedder.rs) is built here.
-        "api" => bail!("the 'api' embedder is not part of this build"),
+        "api" => {
+            let mut config = ApiConfig::default();
+            if let Some(u) = &opts.api_base_url {
+                config.base_url = u.clone();
+            }
+            if let Some(k) = &opts.api_key_env {
+                config.api_key_env = k.clone();
+            }
+            let model = opts.api_model.as_deref().unwrap_or(DEFAULT_API_MODEL);
+            Ok(Box::new(ApiEmbedder::new(
+                config,
+                model,
+                opts.api_dim,
+                opts.api_cache.clone(),
+            )?))
+        }
         _ => bail!(
             "unknown embedder '{name}': expected one of {}",
             EMBEDDER_NAMES.join(", ")

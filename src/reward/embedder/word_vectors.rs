@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 /// held in memory at once.
 const BLOCK_BYTES: usize = 16 << 20;
 
+/// Largest table accepted (count x dim), 16 GiB of f32: a guard against a corrupt header.
+const MAX_VALUES: usize = 1 << 32;
+
 pub struct WordVectors {
     path: PathBuf,
     dim: usize,
@@ -57,7 +60,7 @@ fn parse_vector_line<'a>(
                 out.len()
             );
         }
-        match tok.parse::<f32>() {
+        match parse_f32(tok) {
             Ok(v) if v.is_finite() => out[k] = v,
             _ => bail!(
                 "{}:{line_no}: '{tok}' after '{word}' is not a finite number",
@@ -74,6 +77,43 @@ fn parse_vector_line<'a>(
         );
     }
     Ok(word)
+}
+
+const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+
+/// A decimal number. Plain `-0.0123`-style numbers (at most 7 significant digits and 10
+/// decimals, which is every Numberbatch value) take a fast path: the digits and the power of ten
+/// are both exact in f32, so one division rounds correctly and the result equals what
+/// `str::parse` gives. Anything else (exponents, long mantissas) goes to `str::parse`.
+fn parse_f32(tok: &str) -> Result<f32, std::num::ParseFloatError> {
+    let b = tok.as_bytes();
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        Some(b'+') => (false, &b[1..]),
+        _ => (false, b),
+    };
+    let mut mantissa: u32 = 0;
+    let mut n_digits = 0;
+    let mut decimals: Option<usize> = None;
+    for &c in digits {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add((c - b'0') as u32);
+                n_digits += 1;
+                if let Some(d) = decimals.as_mut() {
+                    *d += 1;
+                }
+            }
+            b'.' if decimals.is_none() => decimals = Some(0),
+            _ => return tok.parse(),
+        }
+    }
+    let decimals = decimals.unwrap_or(0);
+    if n_digits == 0 || n_digits > 7 || decimals > 10 {
+        return tok.parse();
+    }
+    let v = mantissa as f32 / POW10[decimals];
+    Ok(if neg { -v } else { v })
 }
 
 fn parse_header(path: &Path, line: &str) -> Result<(usize, usize)> {
@@ -158,9 +198,13 @@ impl WordVectors {
                 }
                 if header.is_none() {
                     let (n, d) = parse_header(path, line)?;
+                    if n.checked_mul(d).is_none_or(|total| total > MAX_VALUES) {
+                        bail!(
+                            "{}:1: the header announces {n} x {d} values, more than this loader takes ({MAX_VALUES})",
+                            path.display()
+                        );
+                    }
                     header = Some((n, d));
-                    data = vec![0.0; n * d];
-                    index.reserve(n);
                     continue;
                 }
                 block_lines.push((line_no, line));
@@ -186,12 +230,15 @@ impl WordVectors {
                     path.display()
                 );
             }
-            let slots = &mut data[rows * dim..(rows + block_lines.len()) * dim];
+            // Grown block by block, so a header that overstates the count costs no memory.
+            data.resize((rows + block_lines.len()) * dim, 0.0);
+            let slots = &mut data[rows * dim..];
             let words: Vec<&str> = slots
                 .par_chunks_mut(dim)
                 .zip(block_lines.par_iter())
                 .map(|(slot, &(n, line))| parse_vector_line(path, n, line, slot))
                 .collect::<Result<Vec<&str>>>()?;
+            index.reserve(words.len());
             for (k, word) in words.into_iter().enumerate() {
                 if let Some(key) = english_key(word) {
                     // The first entry of a repeated word wins, as a dict built in order would not;
@@ -289,5 +336,59 @@ impl Embedder for WordVectors {
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         Ok(texts.iter().map(|t| self.embed_text(t)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_f32;
+
+    #[test]
+    fn fast_float_path_equals_std_parse() {
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "-1.5",
+            "0.1",
+            "-0.0247",
+            "+3.25",
+            "1234567",
+            "0.0000001",
+            "9.999999",
+            "12345678",
+            "1e-3",
+            "-2.5E2",
+            ".5",
+            "5.",
+            "0.12345678901",
+            "inf",
+            "nan",
+            "1.2.3",
+            "",
+            "-",
+            "abc",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every four-decimal value between -1 and 1 as Numberbatch writes them.
+        for v in -10_000i32..=10_000 {
+            let a = v.unsigned_abs();
+            let sign = if v < 0 { "-" } else { "" };
+            cases.push(format!("{sign}{}.{:04}", a / 10_000, a % 10_000));
+        }
+        for c in &cases {
+            let fast = parse_f32(c);
+            let std = c.parse::<f32>();
+            match (fast, std) {
+                (Ok(a), Ok(b)) => assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{c}: {a} vs {b}"
+                ),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{c}: {a:?} vs {b:?}"),
+            }
+        }
     }
 }

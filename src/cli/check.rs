@@ -1,0 +1,41 @@
+//! `pgsrm check`: runs every CUDA kernel against its CPU reference and prints a table.
+
+use anyhow::{Result, bail};
+use pgsrm::cuda::{DeviceChoice, check, device::Gpu};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Device to check; `cpu` has no kernels to check
+    #[arg(long, value_enum, default_value = "cuda")]
+    device: DeviceChoice,
+    /// CUDA device ordinal
+    #[arg(long, default_value_t = 0)]
+    ordinal: usize,
+    /// Seed of the random inputs
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the rows as JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.device == DeviceChoice::Cpu {
+        println!("the CPU backend is the reference: nothing to check against");
+        return Ok(());
+    }
+    let gpu = Gpu::new(args.ordinal)?;
+    eprintln!("checking kernels on {} ({})", gpu.name, gpu.arch);
+    let rows = check::run_all(&gpu, args.seed)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", check::format_table(&rows));
+    }
+    let failed = rows.iter().filter(|r| !r.pass).count();
+    if failed > 0 {
+        bail!("{failed} of {} kernel checks failed", rows.len());
+    }
+    eprintln!("all {} kernel checks passed", rows.len());
+    Ok(())
+}
