@@ -4,8 +4,7 @@
 
 use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
-use crate::model::gpt2::Gpt2;
-use crate::model::gpt2::Gpt2Config;
+use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
 use anyhow::{Result, bail};
