@@ -1,6 +1,7 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
 pub mod check;
+pub mod convert;
 pub mod embed;
 pub mod embedder_args;
 pub mod generate;
