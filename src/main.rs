@@ -34,6 +34,8 @@ enum Command {
     Check(cli::check::Args),
     /// Write a model (e.g. a GGUF file) as a Hugging Face folder that transformers loads
     Convert(cli::convert::Args),
+    /// Throughput figures (GPU generation, matmul beside cuBLAS; CPU generation)
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Tasks(a) => cli::tasks::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Convert(a) => cli::convert::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
