@@ -1,7 +1,7 @@
 //! SmolLM2-135M forward + backward on the CPU, batch 4 x 64 tokens, logits at every position
 //! (a language-modelling step). The weights are a seeded random init of SmolLM2's config: speed
 //! does not depend on their values, and the bench needs no download.
-//! Peer: scripts/bench_llama_torch.py runs the same step in PyTorch eager fp32.
+//! Peer: `scripts/peer_cpu.py --model smollm2` runs the same step in PyTorch eager fp32.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pgsrm::cpu::llama::{Batch, backward, forward, log_softmax};

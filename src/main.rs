@@ -36,6 +36,10 @@ enum Command {
     Eval(cli::eval::Args),
     /// Plots and a table comparing run folders
     Compare(cli::compare::Args),
+    /// Write a model (e.g. a GGUF file) as a Hugging Face folder that transformers loads
+    Convert(cli::convert::Args),
+    /// Throughput figures (GPU generation, matmul beside cuBLAS; CPU generation)
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::check::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Compare(a) => cli::compare::run(a),
+        Command::Convert(a) => cli::convert::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -152,6 +152,20 @@ fn gelu_backward_matches_finite_differences() {
         ("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward),
         ("gelu_erf", gelu_erf_forward, gelu_erf_backward),
     ];
+    // The tanh form against the formula in f64, tails and tiny inputs included.
+    let xs = [-30.0f32, -8.0, -3.1, -1e-4, 0.0, 1e-6, 0.7, 2.5, 9.0, 40.0];
+    let mut o = vec![0.0; xs.len()];
+    gelu_tanh_forward(&mut o, &xs);
+    for (&x, &y) in xs.iter().zip(&o) {
+        let x = x as f64;
+        let want = 0.5
+            * x
+            * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+        assert!(
+            (y as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+            "gelu({x}) = {y}, want {want}"
+        );
+    }
     for (name, fwd, bwd) in pairs {
         let mut dinp = vec![0.0; n];
         bwd(&mut dinp, &inp, &w);

@@ -1,7 +1,9 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
+pub mod bench;
 pub mod check;
 pub mod compare;
+pub mod convert;
 pub mod embed;
 pub mod embedder_args;
 pub mod eval;

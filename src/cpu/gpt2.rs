@@ -168,6 +168,18 @@ impl Gpt2Activations {
         Self::default()
     }
 
+    /// The final hidden state (after ln_f, C wide) at (row, position) of the last forward: what
+    /// the head multiplies, and what a value head reads.
+    pub fn final_hidden(&self, row: usize, pos: usize) -> &[f32] {
+        assert!(
+            row < self.b && pos < self.t,
+            "({row}, {pos}) is outside the last batch"
+        );
+        let c = self.lnf.len() / (self.b * self.t);
+        let r = row * self.t + pos;
+        &self.lnf[r * c..(r + 1) * c]
+    }
+
     /// Number of chosen (row, position) pairs of the last forward.
     pub fn num_logit_rows(&self) -> usize {
         self.rows.len()
@@ -544,17 +556,25 @@ pub fn next_token_pairs(batch: &Batch) -> (Vec<(usize, usize)>, Vec<u32>) {
 /// Mean cross-entropy of logits (M, V) against targets (M), as Hugging Face's LM loss averages
 /// over the scored tokens, and its gradient dlogits (M, V).
 pub fn lm_loss(logits: &[f32], targets: &[u32], vocab: usize) -> (f32, Vec<f32>) {
+    let mut dlogits = Vec::new();
+    let loss = lm_loss_into(logits, targets, vocab, &mut dlogits);
+    (loss, dlogits)
+}
+
+/// `lm_loss`, writing the gradient into a reusable buffer (resized to M V).
+pub fn lm_loss_into(logits: &[f32], targets: &[u32], vocab: usize, dlogits: &mut Vec<f32>) -> f32 {
     let m = targets.len();
     assert_eq!(logits.len(), m * vocab, "logits must be (M, V)");
+    dlogits.clear();
+    dlogits.resize(m * vocab, 0.0);
     if m == 0 {
-        return (0.0, Vec::new());
+        return 0.0;
     }
     let mut losses = vec![0.0f32; m];
     let mut lse = vec![0.0f32; m];
     cross_entropy_forward(&mut losses, &mut lse, logits, targets, vocab);
     let loss = (losses.iter().map(|&x| x as f64).sum::<f64>() / m as f64) as f32;
     let dlosses = vec![1.0 / m as f32; m];
-    let mut dlogits = vec![0.0f32; m * vocab];
-    cross_entropy_backward(&mut dlogits, &dlosses, logits, &lse, targets, vocab);
-    (loss, dlogits)
+    cross_entropy_backward(dlogits, &dlosses, logits, &lse, targets, vocab);
+    loss
 }

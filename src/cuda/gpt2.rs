@@ -130,21 +130,7 @@ impl<'m> GpuGpt2Decoder<'m> {
         pad: u32,
     ) -> Result<Self> {
         let cfg = &model.config;
-        for (r, p) in prompts.iter().enumerate() {
-            if p.len() + max_new_tokens > cfg.n_positions {
-                bail!(
-                    "prompt {r} has {} tokens; with {max_new_tokens} new tokens that exceeds the model's context of {} positions",
-                    p.len(),
-                    cfg.n_positions
-                );
-            }
-            if let Some(&bad) = p.iter().find(|&&x| x as usize >= cfg.vocab_size) {
-                bail!(
-                    "prompt {r} holds token id {bad}, outside the vocabulary of {}",
-                    cfg.vocab_size
-                );
-            }
-        }
+        crate::cpu::decode::check_prompts(cfg, prompts, max_new_tokens, pad)?;
         let batch = Batch::left_padded(prompts, pad)?;
         let (c, v) = (cfg.n_embd, cfg.vocab_size);
         let tmax = batch.t + max_new_tokens;

@@ -2,6 +2,7 @@
 //! Everything here loads CUDA libraries dynamically, so the crate builds and its CPU path runs on
 //! machines without CUDA.
 
+pub mod bench;
 pub mod check;
 pub mod device;
 pub mod gpt2;
