@@ -1,7 +1,7 @@
 //! Held-out evaluation: greedy answers to a task's held-out prompts, scored against the parent's
 //! reference answers by exact match (strip + lower-case) and by the PGSRM reward.
 
-use crate::model::spec::Loaded;
+use crate::model::spec::{Loaded, Model};
 use crate::reward::Embedder;
 use crate::reward::shaping::{DEFAULT_POWER, Shaping, binary, rewards};
 use crate::rng::Rng;
@@ -20,6 +20,15 @@ pub fn child_prompt(loaded: &Loaded, prompt: &str, chat: bool) -> Result<String>
         loaded.chat_prompt(prompt)
     } else {
         Ok(prompt.to_string())
+    }
+}
+
+/// The token put before each prompt, as training does: a Llama-family child's start token; none
+/// for GPT-2, whose reference code feeds the prompt alone.
+pub fn start_token(loaded: &Loaded) -> Option<u32> {
+    match loaded.model {
+        Model::Llama(_) => loaded.bos,
+        Model::Gpt2(_) => None,
     }
 }
 
@@ -55,7 +64,7 @@ pub fn evaluate(
     for chunk in held.chunks(CHUNK) {
         let mut prompts = Vec::with_capacity(chunk.len());
         for ex in chunk {
-            let mut ids: Vec<u32> = loaded.bos.into_iter().collect();
+            let mut ids: Vec<u32> = start_token(loaded).into_iter().collect();
             ids.extend(
                 loaded
                     .tokenizer
