@@ -4,8 +4,10 @@
 
 pub mod bench;
 pub mod check;
+pub mod decode;
 pub mod device;
 pub mod gpt2;
+pub mod llama;
 pub mod nvrtc;
 pub mod ops;
 pub mod registry;
