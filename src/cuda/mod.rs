@@ -3,6 +3,7 @@
 //! machines without CUDA.
 
 pub mod bench;
+pub mod bert;
 pub mod check;
 pub mod decode;
 pub mod device;

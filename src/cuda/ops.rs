@@ -595,7 +595,8 @@ pub const SHAPE_TRUNCATE: i32 = 1;
 pub const SHAPE_EUCLIDEAN: i32 = 2;
 pub const SHAPE_BINARY: i32 = 3;
 
-/// reward (B), emb (B, D) from hidden (B, T, D), mask (B, T), parent (B, D); exact (B) for binary
+/// reward (B), emb (B, D) from hidden (N, D) with answer b in rows [starts[b], starts[b+1]) (those
+/// with mask set pool), parent (B, D); exact (B) for the binary shaping
 #[allow(clippy::too_many_arguments)]
 pub fn pool_cosine_shape_forward(
     g: &Gpu,
@@ -603,23 +604,29 @@ pub fn pool_cosine_shape_forward(
     emb: &mut Buf,
     hidden: &Buf,
     mask: &CudaSlice<i32>,
+    starts: &CudaSlice<i32>,
     parent: &Buf,
     exact: Option<&CudaSlice<i32>>,
     b: usize,
-    t: usize,
     d: usize,
     shaping: i32,
     power: f32,
 ) -> Result<()> {
-    need("pool_cosine_shape_forward hidden", hidden.len(), b * t * d)?;
+    need("pool_cosine_shape_forward starts", starts.len(), b + 1)?;
+    need("pool_cosine_shape_forward parent", parent.len(), b * d)?;
     let f = g.function("reward.cu", "pool_cosine_shape_forward")?;
-    let (b_, t_, d_) = (int("B", b)?, int("T", t)?, int("D", d)?);
+    let (b_, d_) = (int("B", b)?, int("D", d)?);
     let mut a = g.stream.launch_builder(&f);
-    a.arg(reward).arg(emb).arg(hidden).arg(mask).arg(parent);
+    a.arg(reward)
+        .arg(emb)
+        .arg(hidden)
+        .arg(mask)
+        .arg(starts)
+        .arg(parent);
     match exact {
         Some(e) => a.arg(e),
         None => a.arg(&NULL),
     };
-    a.arg(&b_).arg(&t_).arg(&d_).arg(&shaping).arg(&power);
+    a.arg(&b_).arg(&d_).arg(&shaping).arg(&power);
     go("pool_cosine_shape_forward", a, per_row(b, 128))
 }
