@@ -227,7 +227,11 @@ fn model_type(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("config.json"))
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v.get("model_type").and_then(|t| t.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("model_type")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "gpt2".to_string())
 }
 
