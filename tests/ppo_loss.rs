@@ -78,11 +78,10 @@ fn hand_worked_example() {
     close(dv[1], 0.125, 1e-7, "clipped dV 1");
 }
 
-fn random_inputs(
-    rng: &mut Rng,
-    m: usize,
-    v: usize,
-) -> (Vec<f32>, Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+/// Logits, tokens, rollout log-probs, reference log-probs and advantages.
+type Inputs = (Vec<f32>, Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn random_inputs(rng: &mut Rng, m: usize, v: usize) -> Inputs {
     let logits: Vec<f32> = (0..m * v).map(|_| (rng.normal() * 2.0) as f32).collect();
     let tokens: Vec<u32> = (0..m).map(|_| rng.below(v) as u32).collect();
     let old: Vec<f32> = (0..m)

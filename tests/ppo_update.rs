@@ -203,8 +203,7 @@ fn nan_leaves_everything(cfg: PpoConfig, bad: f32) {
     let mut rng = Rng::new(5);
     let e = p
         .update(&eps, 5e-5, &mut rng)
-        .err()
-        .expect("a non-finite reward must fail");
+        .expect_err("a non-finite reward must fail");
     let msg = format!("{e:#}");
     assert!(
         msg.contains("loss") && msg.contains("nothing was applied"),

@@ -57,7 +57,7 @@ impl Grads {
 }
 
 enum Acts {
-    Gpt2(Gpt2Activations),
+    Gpt2(Box<Gpt2Activations>),
     Llama(LlamaActivations),
 }
 
@@ -168,7 +168,7 @@ fn actor_forward(
             for r in 0..batch.b {
                 last.extend_from_slice(acts.final_hidden(r, batch.t - 1));
             }
-            (logits.data, Acts::Gpt2(acts))
+            (logits.data, Acts::Gpt2(Box::new(acts)))
         }
         Model::Llama(m) => {
             let (logits, acts) = llama::forward(m, batch, positions)?;

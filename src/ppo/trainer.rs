@@ -50,7 +50,8 @@ pub struct PolicyState {
     pub critic_opt: AdamW,
 }
 
-/// Everything a checkpoint needs to continue a run exactly.
+/// Everything a checkpoint needs to continue a run exactly. The frozen reference model is not
+/// in it: it is the run's initial model, loaded again from the run's `--model` on resume.
 #[derive(Clone, Debug)]
 pub struct TrainerState {
     pub policy: PolicyState,
@@ -202,6 +203,16 @@ impl Trainer {
 
     pub fn policy(&self) -> &Model {
         self.backend.policy()
+    }
+
+    /// The child's tokenizer (saved beside the policy in a checkpoint).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The token that ends an answer and pads batches.
+    pub fn eos(&self) -> u32 {
+        self.eos
     }
 
     pub fn kl_coef(&self) -> f32 {
