@@ -228,6 +228,25 @@ fn non_finite_loss_is_an_error_with_weights_untouched() {
         },
         f32::NAN,
     );
+    // A learning rate so large that the first of two epochs sends the weights to 1e30: the
+    // second epoch's loss is not finite, and the first epoch's step is undone.
+    let model = gpt2_tiny();
+    let eps = episodes(&model, 50256, &[1.0, 0.0, 0.5, 0.25]);
+    let cfg = PpoConfig {
+        ppo_epochs: 2,
+        actor_lr: 1e30,
+        weight_decay: 0.0,
+        ..PpoConfig::default()
+    };
+    let mut p = policy(&model, cfg, 50256);
+    let before = p.state();
+    let e = p
+        .update(&eps, 5e-5, &mut Rng::new(5))
+        .expect_err("must fail");
+    assert!(format!("{e:#}").contains("nothing was applied"), "{e:#}");
+    assert_eq!(max_diff(&p.model, &before.model), 0.0);
+    assert_eq!(p.actor_opt, before.actor_opt);
+    assert_eq!(p.critic, before.critic);
 }
 
 #[test]
