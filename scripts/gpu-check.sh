@@ -6,8 +6,9 @@
 # There (carry gpu-bin/ and the work tree):
 #                      bash scripts/gpu-check.sh
 # It finds libnvrtc, runs `pgsrm info`, `pgsrm check` (every kernel against the CPU, GPT-2
-# decoding logits against the CPU, seeded repeatability), the ignored CUDA tests, and the
-# generation peer (`transformers.generate`) when PyTorch is there, then prints a short summary.
+# decoding logits against the CPU, seeded repeatability), the ignored CUDA tests, `pgsrm bench`
+# (generation throughput; our matmul beside cuBLAS) and the generation peer
+# (`transformers.generate`, batch 50, prompt 20, 10 new tokens), then prints a short summary.
 # Finishes in a few minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,11 @@ if [ -n "$lib" ]; then
     export PGSRM_NVRTC="$lib"
 fi
 echo "NVRTC: ${lib:-not found}"
+# cuBLAS (the comparison of `pgsrm bench --job matmul`), linked by its plain name the same way.
+for name in cublas cublasLt; do
+    l=$(find / \( -path /proc -o -path /sys \) -prune -o -name "lib$name.so*" -print 2>/dev/null | head -1)
+    [ -n "$l" ] && ln -sf "$l" "/tmp/pgsrm-nvrtc/lib$name.so" && export LD_LIBRARY_PATH="$(dirname "$l"):$LD_LIBRARY_PATH"
+done
 export PGSRM_HOME=${PGSRM_HOME:-$PWD/$OUT/pgsrm-home}
 
 status=0
@@ -47,6 +53,7 @@ timeout 300 "$BIN" check 2>&1 | tee "$OUT/check.txt"
 if [ -x gpu-bin/cuda_check ]; then
     timeout 300 gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
 fi
+timeout 240 "$BIN" bench --device cuda 2>&1 | tee "$OUT/bench.jsonl" || status=1
 if python3 -c "import torch, transformers" 2>/dev/null; then
     timeout 240 python3 scripts/peer_cpu.py --generate --device cuda 2>&1 | tail -3 | tee "$OUT/peer_generate.json"
 fi

@@ -32,6 +32,10 @@ enum Command {
     Tasks(cli::tasks::Args),
     /// Check every CUDA kernel against its CPU reference
     Check(cli::check::Args),
+    /// Write a model (e.g. a GGUF file) as a Hugging Face folder that transformers loads
+    Convert(cli::convert::Args),
+    /// Throughput figures (GPU generation, matmul beside cuBLAS; CPU generation)
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Reward(a) => cli::reward::run(a),
         Command::Tasks(a) => cli::tasks::run(a),
         Command::Check(a) => cli::check::run(a),
+        Command::Convert(a) => cli::convert::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! `pgsrm embed`: texts to vectors with any embedder, as JSON.
 
 use super::embedder_args::EmbedderArgs;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -19,15 +19,7 @@ pub fn run(args: Args) -> Result<()> {
         .build()
         .with_context(|| format!("--embedder {}", args.embedder.embedder))?;
     let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
-    let vectors = emb.embed(&texts)?;
-    if vectors.len() != texts.len() {
-        bail!(
-            "embedder {} returned {} vectors for {} texts",
-            emb.name(),
-            vectors.len(),
-            texts.len()
-        );
-    }
+    let vectors = pgsrm::reward::embed_texts(emb.as_ref(), &texts)?;
     let items: Vec<_> = texts
         .iter()
         .zip(&vectors)

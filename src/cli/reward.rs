@@ -83,15 +83,7 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .flat_map(|(p, c)| [p.as_str(), c.as_str()])
             .collect();
-        let v = embedder.embed(&texts)?;
-        if v.len() != texts.len() {
-            bail!(
-                "embedder {} returned {} vectors for {} texts",
-                embedder.name(),
-                v.len(),
-                texts.len()
-            );
-        }
+        let v = pgsrm::reward::embed_texts(embedder.as_ref(), &texts)?;
         (Some(embedder.name()), v)
     } else {
         (None, Vec::new())

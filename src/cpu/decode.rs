@@ -4,7 +4,7 @@
 
 use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
-use crate::model::gpt2::Gpt2;
+use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
 use anyhow::{Result, bail};
@@ -15,6 +15,38 @@ use anyhow::{Result, bail};
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub logprobs: Vec<f32>,
+}
+
+/// Prompts a GPT-2 decoder can take: each fits the context with `max_new_tokens` more, and every
+/// id (the padding one too) is inside the vocabulary. Shared by the CPU and CUDA decoders.
+pub fn check_prompts(
+    cfg: &Gpt2Config,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    pad: u32,
+) -> Result<()> {
+    for (r, p) in prompts.iter().enumerate() {
+        if p.len() + max_new_tokens > cfg.n_positions {
+            bail!(
+                "prompt {r} has {} tokens; with {max_new_tokens} new tokens that exceeds the model's context of {} positions",
+                p.len(),
+                cfg.n_positions
+            );
+        }
+        if let Some(&bad) = p.iter().find(|&&x| x as usize >= cfg.vocab_size) {
+            bail!(
+                "prompt {r} holds token id {bad}, outside the vocabulary of {}",
+                cfg.vocab_size
+            );
+        }
+    }
+    if pad as usize >= cfg.vocab_size {
+        bail!(
+            "padding token {pad} is outside the vocabulary of {}",
+            cfg.vocab_size
+        );
+    }
+    Ok(())
 }
 
 /// The decoding state of a batch: per layer, the keys and values of every position so far.
@@ -52,27 +84,7 @@ impl<'m> Gpt2Decoder<'m> {
         pad: u32,
     ) -> Result<Self> {
         let cfg = &model.config;
-        for (r, p) in prompts.iter().enumerate() {
-            if p.len() + max_new_tokens > cfg.n_positions {
-                bail!(
-                    "prompt {r} has {} tokens; with {max_new_tokens} new tokens that exceeds the model's context of {} positions",
-                    p.len(),
-                    cfg.n_positions
-                );
-            }
-            if let Some(&bad) = p.iter().find(|&&x| x as usize >= cfg.vocab_size) {
-                bail!(
-                    "prompt {r} holds token id {bad}, outside the vocabulary of {}",
-                    cfg.vocab_size
-                );
-            }
-        }
-        if pad as usize >= cfg.vocab_size {
-            bail!(
-                "padding token {pad} is outside the vocabulary of {}",
-                cfg.vocab_size
-            );
-        }
+        check_prompts(cfg, prompts, max_new_tokens, pad)?;
         let batch = Batch::left_padded(prompts, pad)?;
         let c = cfg.n_embd;
         let tmax = batch.t + max_new_tokens;

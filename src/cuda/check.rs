@@ -115,6 +115,13 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     for config in ["tiny", "small"] {
         rows.extend(gpt2_decoding(g, &mut rng, config)?);
     }
+    rows.extend(llama_decoding(g, &mut rng, "tiny GQA", TINY_LLAMA)?);
+    rows.extend(llama_decoding(
+        g,
+        &mut rng,
+        "SmolLM2-135M shapes",
+        crate::model::llama::SMOLLM2_135M_CONFIG,
+    )?);
     Ok(rows)
 }
 
@@ -521,7 +528,19 @@ fn rope(g: &Gpu, rng: &mut Rng, n: usize, h: usize, hd: usize, base: f32) -> Res
     c::rope_forward(&mut want, &x, &pos, &cos, &sin, n, h, hd);
     let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
     let mut dx = g.upload(&x)?;
-    k::rope_forward(g, &mut dx, 0, h * hd, &g.upload(&pos_i)?, n, h, hd, base)?;
+    let (dc, ds) = (g.upload(&cos)?, g.upload(&sin)?);
+    k::rope_forward(
+        g,
+        &mut dx,
+        0,
+        h * hd,
+        &g.upload(&pos_i)?,
+        &dc,
+        &ds,
+        n,
+        h,
+        hd,
+    )?;
     g.sync()?;
     Ok(compare(
         "rope_forward",
@@ -720,4 +739,59 @@ pub fn format_table(rows: &[CheckRow]) -> String {
         ));
     }
     s
+}
+
+/// A small Llama with grouped-query attention (6 query heads over 2 key/value heads) and an
+/// untied head.
+const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
+    "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": false, "max_position_embeddings": 128}"#;
+
+/// A seeded random Llama of `config` (SmolLM2's shapes included: its weights cannot travel to a
+/// machine without network, and the code path is the same): the logits of the prefill and of two
+/// decoding steps with the same forced tokens, GPU against `cpu::llama::generate_with`.
+fn llama_decoding(g: &Gpu, rng: &mut Rng, name: &str, config: &str) -> Result<Vec<CheckRow>> {
+    use crate::cuda::llama::{GpuLlama, GpuLlamaDecoder};
+    use crate::model::llama::{Llama, LlamaConfig};
+    let cfg = LlamaConfig::from_json_str(config)?;
+    let model = Llama::random(cfg.clone(), rng.next_u64());
+    let dev = GpuLlama::upload(g, &model)?;
+    let v = cfg.vocab_size;
+    let prompts: Vec<Vec<u32>> = [4, 9, 16]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.below(v) as u32).collect())
+        .collect();
+    let steps = 2;
+    let forced: Vec<Vec<u32>> = (0..steps)
+        .map(|_| (0..prompts.len()).map(|_| rng.below(v) as u32).collect())
+        .collect();
+    // CPU: the logits each row sees at each step, with the forced tokens fed back.
+    let batch = crate::cpu::gpt2::Batch::left_padded(&prompts, 0)?;
+    let mut seen: Vec<Vec<f32>> = vec![Vec::new(); steps + 1];
+    let mut calls = 0usize;
+    crate::cpu::llama::generate_with(&model, &batch, steps + 1, None, |r, logits| {
+        let step = calls / prompts.len();
+        calls += 1;
+        seen[step].extend_from_slice(logits);
+        if step < steps { forced[step][r] } else { 0 }
+    })?;
+    let mut gpu = GpuLlamaDecoder::new(g, &dev, &prompts, steps + 1, 0)?;
+    let mut rows = vec![compare(
+        "llama decode (prefill)",
+        format!("{name} B=3 T=16"),
+        &gpu.logits()?,
+        &seen[0],
+        TOL,
+    )];
+    for step in 0..steps {
+        gpu.step(&forced[step])?;
+        rows.push(compare(
+            "llama decode (step)",
+            format!("{name} B=3 step {}", step + 1),
+            &gpu.logits()?,
+            &seen[step + 1],
+            TOL,
+        ));
+    }
+    Ok(rows)
 }

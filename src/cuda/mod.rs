@@ -2,9 +2,12 @@
 //! Everything here loads CUDA libraries dynamically, so the crate builds and its CPU path runs on
 //! machines without CUDA.
 
+pub mod bench;
 pub mod check;
+pub mod decode;
 pub mod device;
 pub mod gpt2;
+pub mod llama;
 pub mod nvrtc;
 pub mod ops;
 pub mod registry;

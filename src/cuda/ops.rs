@@ -543,7 +543,8 @@ pub fn rmsnorm_forward(
     go("rmsnorm_forward", a, per_row(n, 256))
 }
 
-/// x (N, H, HS) rotated in place by pos (N), rotate-half convention; `offset`/`stride` locate the heads
+/// x (N, H, HS) rotated in place by pos (N) with the tables cos, sin (max_pos, HS/2) of
+/// `cpu::ops::rope_table`; `offset`/`stride` locate the heads
 #[allow(clippy::too_many_arguments)]
 pub fn rope_forward(
     g: &Gpu,
@@ -551,10 +552,11 @@ pub fn rope_forward(
     offset: usize,
     stride: usize,
     pos: &CudaSlice<i32>,
+    cos: &Buf,
+    sin: &Buf,
     n: usize,
     h: usize,
     hs: usize,
-    base: f32,
 ) -> Result<()> {
     need(
         "rope_forward x",
@@ -568,11 +570,12 @@ pub fn rope_forward(
     let mut a = g.stream.launch_builder(&f);
     a.arg(&mut xv)
         .arg(pos)
+        .arg(cos)
+        .arg(sin)
         .arg(&n_)
         .arg(&h_)
         .arg(&hs_)
-        .arg(&st)
-        .arg(&base);
+        .arg(&st);
     go("rope_forward", a, blocks(n * h * hs / 2, 256))
 }
 

@@ -12,7 +12,7 @@ use crate::assets::Locations;
 use crate::cpu::decode::Generation;
 use crate::cpu::gpt2::Batch;
 use crate::model::gpt2::{Gpt2, Gpt2Config, NAMED_CONFIGS};
-use crate::model::io::load_gpt2;
+use crate::model::io::{load_gpt2, replace_dir, save_gpt2, temp_sibling, write_atomic};
 use crate::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
 use crate::model::llama_tokenizer::{ChatMessage, apply_chatml};
 use crate::model::tokenizer::Tokenizer;
@@ -141,6 +141,52 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Writes the model and its tokenizer in the Hugging Face layout (`transformers` loads the
+    /// folder as `GPT2LMHeadModel` or `LlamaForCausalLM`). The folder is built under a temporary
+    /// name and renamed into place whole.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        match &self.model {
+            Model::Gpt2(m) => save_gpt2(m, dir, Some(&self.tokenizer)),
+            Model::Llama(m) => {
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                let tmp = temp_sibling(dir, "partial");
+                let written = (|| -> Result<()> {
+                    m.save_hf(&tmp)?;
+                    self.tokenizer.save(&tmp.join("tokenizer.json"))?;
+                    let name = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
+                    let mut cfg = serde_json::json!({
+                        "tokenizer_class": "PreTrainedTokenizerFast",
+                        "add_bos_token": self.bos.is_some(),
+                        "add_eos_token": false,
+                        "clean_up_tokenization_spaces": false,
+                        "model_max_length": m.config.max_position_embeddings,
+                    });
+                    if let Some(t) = name(Some(self.eos)) {
+                        cfg["eos_token"] = t.into();
+                    }
+                    if let Some(t) = name(self.bos) {
+                        cfg["bos_token"] = t.into();
+                    }
+                    if let Some(t) = &self.chat_template {
+                        cfg["chat_template"] = t.clone().into();
+                    }
+                    write_atomic(
+                        &tmp.join("tokenizer_config.json"),
+                        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+                    )
+                })();
+                if let Err(e) = written {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(e.context(format!("cannot save the model to {}", dir.display())));
+                }
+                replace_dir(&tmp, dir)
+            }
+        }
+    }
+
     /// `text` as the model's chat template writes a user turn, with the assistant's turn opened.
     pub fn chat_prompt(&self, text: &str) -> Result<String> {
         let tpl = self

@@ -20,3 +20,17 @@ pub mod http;
 pub mod local_parent;
 pub mod parent;
 pub mod shaping;
+
+/// `embedder.embed(texts)`, checked to give one vector per text.
+pub fn embed_texts(embedder: &dyn Embedder, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let v = embedder.embed(texts)?;
+    if v.len() != texts.len() {
+        anyhow::bail!(
+            "embedder {} returned {} vectors for {} texts",
+            embedder.name(),
+            v.len(),
+            texts.len()
+        );
+    }
+    Ok(v)
+}

@@ -200,15 +200,7 @@ pub fn rewards(
         bail!("shaping {shaping} needs an embedder");
     };
     let texts: Vec<&str> = parents.iter().chain(children).copied().collect();
-    let v = embedder.embed(&texts)?;
-    if v.len() != texts.len() {
-        bail!(
-            "embedder {} returned {} vectors for {} texts",
-            embedder.name(),
-            v.len(),
-            texts.len()
-        );
-    }
+    let v = super::embed_texts(embedder, &texts)?;
     let n = parents.len();
     Ok((0..n)
         .map(|i| shaping.reward(power, parents[i], children[i], &v[i], &v[n + i]))

@@ -1,0 +1,115 @@
+//! `pgsrm bench`: throughput figures as JSON lines. Criterion benches (`cargo bench`) cover the CPU
+//! in detail; this command is what runs on a machine with only the binary, such as a GPU machine.
+
+use anyhow::{Result, bail};
+use pgsrm::cuda::{DeviceChoice, bench, device::Gpu};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Job {
+    /// Batched sampling of GPT-2 (random init): new tokens per second
+    Generate,
+    /// Our matmul kernels beside cuBLAS at GPT-2 small's shapes (GPU only)
+    Matmul,
+    /// Every job
+    All,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "all")]
+    job: Job,
+    /// Device to measure on
+    #[arg(long, value_enum, default_value = "cuda")]
+    device: DeviceChoice,
+    /// GPT-2 config of the generation job
+    #[arg(long, default_value = "small")]
+    config: String,
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Prompt length in tokens
+    #[arg(long, default_value_t = 20)]
+    prompt: usize,
+    #[arg(long, default_value_t = 10)]
+    new_tokens: usize,
+    /// Timed runs (the median is reported)
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.runs == 0 || args.batch == 0 || args.prompt == 0 {
+        bail!("--runs, --batch and --prompt must be at least 1");
+    }
+    match args.device {
+        DeviceChoice::Cpu => {
+            if args.job == Job::Matmul {
+                bail!("--job matmul compares CUDA kernels with cuBLAS: it needs --device cuda");
+            }
+            let fig = cpu_generate(&args)?;
+            println!(
+                "{}",
+                serde_json::json!({"job": "generate", "device": "cpu", "figure": fig})
+            );
+        }
+        DeviceChoice::Cuda | DeviceChoice::Auto => {
+            let g = Gpu::new(0)?;
+            if matches!(args.job, Job::Generate | Job::All) {
+                let fig = bench::generate_throughput(
+                    &g,
+                    &args.config,
+                    args.batch,
+                    args.prompt,
+                    args.new_tokens,
+                    args.runs,
+                )?;
+                println!(
+                    "{}",
+                    serde_json::json!({"job": "generate", "device": g.name, "figure": fig})
+                );
+            }
+            if matches!(args.job, Job::Matmul | Job::All) {
+                for fig in bench::matmul_vs_cublas(&g, &bench::GPT2_SMALL_SHAPES, 20)? {
+                    println!(
+                        "{}",
+                        serde_json::json!({"job": "matmul", "device": g.name, "figure": fig})
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The same generation job on the CPU backend.
+fn cpu_generate(args: &Args) -> Result<serde_json::Value> {
+    use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
+    use pgsrm::rng::Rng;
+    use pgsrm::sample::SamplingParams;
+    let cfg = Gpt2Config::named(&args.config)?;
+    let model = Gpt2::random(cfg.clone(), 1);
+    let mut rng = Rng::new(2);
+    let prompts: Vec<Vec<u32>> = (0..args.batch)
+        .map(|_| {
+            (0..args.prompt)
+                .map(|_| rng.below(cfg.vocab_size - 1) as u32)
+                .collect()
+        })
+        .collect();
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: args.new_tokens,
+    };
+    let mut times = Vec::new();
+    for _ in 0..args.runs {
+        let t = std::time::Instant::now();
+        pgsrm::cpu::decode::generate(&model, &prompts, &params, cfg.eos_token_id, &mut rng)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let secs = times[times.len() / 2];
+    Ok(
+        serde_json::json!({"config": args.config, "batch": args.batch, "prompt": args.prompt, "new_tokens": args.new_tokens, "runs": args.runs, "seconds_per_run": secs, "new_tokens_per_s": (args.batch * args.new_tokens) as f64 / secs}),
+    )
+}

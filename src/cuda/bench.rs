@@ -1,0 +1,172 @@
+//! GPU throughput figures for `pgsrm bench --device cuda`: batched generation of the GPT-2 `small`
+//! config (random init) and our matmul kernel beside cuBLAS at GPT-2 small's shapes.
+
+use super::device::Gpu;
+use super::gpt2::{GpuGpt2, generate};
+use super::ops;
+use crate::model::gpt2::{Gpt2, Gpt2Config};
+use crate::rng::Rng;
+use crate::sample::SamplingParams;
+use anyhow::{Result, anyhow};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct GenerateFigure {
+    pub config: String,
+    pub batch: usize,
+    pub prompt: usize,
+    pub new_tokens: usize,
+    pub runs: usize,
+    pub seconds_per_run: f64,
+    pub new_tokens_per_s: f64,
+}
+
+/// Median seconds of `runs` timed calls after one warm-up.
+fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// New tokens per second of `cuda::gpt2::generate` (temperature 1; no end token is forced, and a
+/// random init rarely samples it, so every row runs all `new_tokens` steps).
+pub fn generate_throughput(
+    g: &Gpu,
+    config: &str,
+    batch: usize,
+    prompt: usize,
+    new_tokens: usize,
+    runs: usize,
+) -> Result<GenerateFigure> {
+    let cfg = Gpt2Config::named(config)?;
+    let model = Gpt2::random(cfg.clone(), 1);
+    let dev = GpuGpt2::upload(g, &model)?;
+    let mut rng = Rng::new(2);
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            (0..prompt)
+                .map(|_| rng.below(cfg.vocab_size - 1) as u32)
+                .collect()
+        })
+        .collect();
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: new_tokens,
+    };
+    let mut seed = 0;
+    let secs = median_seconds(runs, || {
+        seed += 1;
+        generate(g, &dev, &prompts, &params, cfg.eos_token_id, seed).map(|_| ())
+    })?;
+    Ok(GenerateFigure {
+        config: config.into(),
+        batch,
+        prompt,
+        new_tokens,
+        runs,
+        seconds_per_run: secs,
+        new_tokens_per_s: (batch * new_tokens) as f64 / secs,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct MatmulFigure {
+    pub kernel: String,
+    pub n: usize,
+    pub c: usize,
+    pub oc: usize,
+    pub ours_ms: f64,
+    pub cublas_ms: f64,
+    pub ours_tflops: f64,
+    pub fraction_of_cublas: f64,
+}
+
+/// Our `matmul_forward` (w (C, OC)) and `matmul_nt_forward` (w (OC, C), the head) against cuBLAS
+/// SGEMM on the same buffers. Row-major out = inp @ w is column-major out^T = w^T inp^T, which is
+/// how cuBLAS is called.
+pub fn matmul_vs_cublas(
+    g: &Gpu,
+    shapes: &[(usize, usize, usize, bool)],
+    iters: usize,
+) -> Result<Vec<MatmulFigure>> {
+    let blas = CudaBlas::new(g.stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+    let mut rng = Rng::new(3);
+    let mut out = Vec::new();
+    for &(n, c, oc, nt) in shapes {
+        let inp: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
+        let w: Vec<f32> = (0..c * oc).map(|_| rng.normal() as f32 * 0.02).collect();
+        let (di, dw) = (g.upload(&inp)?, g.upload(&w)?);
+        let mut y = g.zeros::<f32>(n * oc)?;
+        let ours = median_seconds(3, || {
+            for _ in 0..iters {
+                if nt {
+                    ops::matmul_nt_forward(g, &mut y, &di, &dw, None, n, c, oc)?;
+                } else {
+                    ops::matmul_forward(g, &mut y, &di, &dw, None, n, c, oc)?;
+                }
+            }
+            g.sync()
+        })? / iters as f64;
+        let cfg = GemmConfig {
+            transa: if nt {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            },
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: oc as i32,
+            n: n as i32,
+            k: c as i32,
+            alpha: 1.0f32,
+            lda: if nt { c as i32 } else { oc as i32 },
+            ldb: c as i32,
+            beta: 0.0f32,
+            ldc: oc as i32,
+        };
+        let theirs = median_seconds(3, || {
+            for _ in 0..iters {
+                // SAFETY: the buffers hold n*c, c*oc and n*oc floats, as the config describes.
+                unsafe { blas.gemm(cfg, &dw, &di, &mut y) }
+                    .map_err(|e| anyhow!("cuBLAS sgemm: {e:?}"))?;
+            }
+            g.sync()
+        })? / iters as f64;
+        let flops = 2.0 * (n * c * oc) as f64;
+        out.push(MatmulFigure {
+            kernel: if nt {
+                "matmul_nt_forward"
+            } else {
+                "matmul_forward"
+            }
+            .into(),
+            n,
+            c,
+            oc,
+            ours_ms: ours * 1e3,
+            cublas_ms: theirs * 1e3,
+            ours_tflops: flops / ours / 1e12,
+            fraction_of_cublas: theirs / ours,
+        });
+    }
+    Ok(out)
+}
+
+/// GPT-2 small's products for a rollout of 50 prompts of 20 tokens (1000 rows), and the head at
+/// 50 rows.
+pub const GPT2_SMALL_SHAPES: [(usize, usize, usize, bool); 5] = [
+    (1000, 768, 2304, false),
+    (1000, 768, 768, false),
+    (1000, 768, 3072, false),
+    (1000, 3072, 768, false),
+    (50, 768, 50257, true),
+];
