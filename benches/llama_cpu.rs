@@ -9,10 +9,7 @@ use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::rng::Rng;
 use std::time::Duration;
 
-pub const SMOLLM2_135M: &str = r#"{"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-    "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
-    "max_position_embeddings": 8192}"#;
+use pgsrm::model::llama::SMOLLM2_135M_CONFIG as SMOLLM2_135M;
 
 fn step(m: &Llama, batch: &Batch, positions: &[(usize, usize)]) -> f32 {
     let v = m.config.vocab_size;

@@ -15,19 +15,18 @@ extern "C" __global__ void rmsnorm_forward(float* out, float* rrms, const float*
     if (rrms && threadIdx.x == 0) rrms[n] = r;
 }
 
-// x (N, H, HS) rotated in place by position pos[n] (Hugging Face rotate-half: pairs (d, d + HS/2)),
-// inv_freq[d] = base^(-2d/HS); row stride in floats
-extern "C" __global__ void rope_forward(float* x, const int* pos, int N, int H, int HS, long stride,
-                                        float base) {
+// x (N, H, HS) rotated in place by position pos[n] (Hugging Face rotate-half: pairs (d, d + HS/2))
+// with the tables cos, sin (max_pos, HS/2) that src/cpu/ops/rope.rs's `rope_table` makes, so both
+// backends turn by the very same f32 angles; row stride in floats
+extern "C" __global__ void rope_forward(float* x, const int* pos, const float* cos_t,
+                                        const float* sin_t, int N, int H, int HS, long stride) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int half = HS / 2;
     if (i >= (long)N * H * half) return;
     int d = i % half;
     int h = (i / half) % H;
     long n = i / ((long)half * H);
-    float inv_freq = powf(base, -2.0f * d / HS);
-    float ang = pos[n] * inv_freq;
-    float c = cosf(ang), s = sinf(ang);
+    float c = cos_t[(long)pos[n] * half + d], s = sin_t[(long)pos[n] * half + d];
     float* row = x + n * stride + (long)h * HS;
     float x1 = row[d], x2 = row[d + half];
     row[d] = x1 * c - x2 * s;

@@ -8,22 +8,25 @@
 #define SHAPE_EUCLIDEAN 2
 #define SHAPE_BINARY 3
 
-// reward (B), emb (B, D) from hidden (B, T, D), mask (B, T), parent (B, D); exact (B) is the
-// text-level exact-match flag used by the binary shaping. A zero vector has cosine 0.
+// reward (B), emb (B, D) from hidden (N, D), where answer b is rows [starts[b], starts[b+1]) (packed
+// as the CPU encoder packs them, or padded: starts[b] = b T) and only rows with mask[r] pool;
+// parent (B, D); exact (B) is the text-level exact-match flag of the binary shaping. A zero vector
+// has cosine 0.
 extern "C" __global__ void pool_cosine_shape_forward(float* reward, float* emb, const float* hidden,
-                                                     const int* mask, const float* parent,
-                                                     const int* exact, int B, int T, int D,
-                                                     int shaping, float power) {
+                                                     const int* mask, const int* starts,
+                                                     const float* parent, const int* exact, int B,
+                                                     int D, int shaping, float power) {
     int b = blockIdx.x;
     if (b >= B) return;
+    int r0 = starts[b], r1 = starts[b + 1];
     float n_tok = 0.0f;
-    for (int t = threadIdx.x; t < T; t += blockDim.x) n_tok += mask[(long)b * T + t] ? 1.0f : 0.0f;
+    for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) n_tok += mask[r] ? 1.0f : 0.0f;
     n_tok = block_sum(n_tok);
     float sq = 0.0f, psq = 0.0f;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float s = 0.0f;
-        for (int t = 0; t < T; t++)
-            if (mask[(long)b * T + t]) s += hidden[((long)b * T + t) * D + d];
+        for (int r = r0; r < r1; r++)
+            if (mask[r]) s += hidden[(long)r * D + d];
         s = n_tok > 0.0f ? s / n_tok : 0.0f;
         emb[(long)b * D + d] = s;
         sq += s * s;

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod cpu;
 pub mod cuda;
 pub mod model;
+pub mod ppo;
 pub mod reward;
 pub mod rng;
 pub mod run;

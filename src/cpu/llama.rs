@@ -66,6 +66,20 @@ pub struct LlamaActivations {
     positions: Vec<usize>, // flat row index b T + t of each chosen pair
 }
 
+impl LlamaActivations {
+    /// The final hidden state (after the last norm, C wide) at (row, position), as GPT-2's
+    /// activations give it: what the head multiplies, and what a value head reads.
+    pub fn final_hidden(&self, row: usize, pos: usize) -> &[f32] {
+        assert!(
+            row < self.b && pos < self.t,
+            "({row}, {pos}) is outside the last batch"
+        );
+        let c = self.xf.len() / (self.b * self.t);
+        let r = row * self.t + pos;
+        &self.xf[r * c..(r + 1) * c]
+    }
+}
+
 /// Rotary positions of rows p0..p0+tq of each batch row: distance from its first real token.
 fn rotary_positions(start: &[usize], p0: usize, tq: usize) -> Vec<usize> {
     let mut pos = Vec::with_capacity(start.len() * tq);

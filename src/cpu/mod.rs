@@ -7,3 +7,4 @@ pub mod gemm;
 pub mod gpt2;
 pub mod llama;
 pub mod ops;
+pub mod policy;

@@ -115,6 +115,14 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     for config in ["tiny", "small"] {
         rows.extend(gpt2_decoding(g, &mut rng, config)?);
     }
+    rows.extend(llama_decoding(g, &mut rng, "tiny GQA", TINY_LLAMA)?);
+    rows.extend(bert_reward(g, &mut rng)?);
+    rows.extend(llama_decoding(
+        g,
+        &mut rng,
+        "SmolLM2-135M shapes",
+        crate::model::llama::SMOLLM2_135M_CONFIG,
+    )?);
     Ok(rows)
 }
 
@@ -521,7 +529,19 @@ fn rope(g: &Gpu, rng: &mut Rng, n: usize, h: usize, hd: usize, base: f32) -> Res
     c::rope_forward(&mut want, &x, &pos, &cos, &sin, n, h, hd);
     let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
     let mut dx = g.upload(&x)?;
-    k::rope_forward(g, &mut dx, 0, h * hd, &g.upload(&pos_i)?, n, h, hd, base)?;
+    let (dc, ds) = (g.upload(&cos)?, g.upload(&sin)?);
+    k::rope_forward(
+        g,
+        &mut dx,
+        0,
+        h * hd,
+        &g.upload(&pos_i)?,
+        &dc,
+        &ds,
+        n,
+        h,
+        hd,
+    )?;
     g.sync()?;
     Ok(compare(
         "rope_forward",
@@ -648,6 +668,8 @@ fn reward(g: &Gpu, rng: &mut Rng, b: usize, t: usize, d: usize) -> Result<Vec<Ch
     let (dh, dp, de) = (g.upload(&hidden)?, g.upload(&parent)?, g.upload(&exact)?);
     let mask_i: Vec<i32> = mask.iter().map(|&m| m as i32).collect();
     let dm = g.upload(&mask_i)?;
+    let starts: Vec<i32> = (0..=b).map(|i| (i * t) as i32).collect();
+    let dst = g.upload(&starts)?;
     let mut rows = Vec::new();
     for (code, shaping) in [
         (k::SHAPE_PGSRM, Shaping::Pgsrm),
@@ -678,10 +700,10 @@ fn reward(g: &Gpu, rng: &mut Rng, b: usize, t: usize, d: usize) -> Result<Vec<Ch
             &mut e,
             &dh,
             &dm,
+            &dst,
             &dp,
             Some(&de),
             b,
-            t,
             d,
             code,
             4.0,
@@ -720,4 +742,144 @@ pub fn format_table(rows: &[CheckRow]) -> String {
         ));
     }
     s
+}
+
+/// A small Llama with grouped-query attention (6 query heads over 2 key/value heads) and an
+/// untied head.
+const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
+    "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": false, "max_position_embeddings": 128}"#;
+
+/// A seeded random Llama of `config` (SmolLM2's shapes included: its weights cannot travel to a
+/// machine without network, and the code path is the same): the logits of the prefill and of two
+/// decoding steps with the same forced tokens, GPU against `cpu::llama::generate_with`.
+fn llama_decoding(g: &Gpu, rng: &mut Rng, name: &str, config: &str) -> Result<Vec<CheckRow>> {
+    use crate::cuda::llama::{GpuLlama, GpuLlamaDecoder};
+    use crate::model::llama::{Llama, LlamaConfig};
+    let cfg = LlamaConfig::from_json_str(config)?;
+    let model = Llama::random(cfg.clone(), rng.next_u64());
+    let dev = GpuLlama::upload(g, &model)?;
+    let v = cfg.vocab_size;
+    let prompts: Vec<Vec<u32>> = [4, 9, 16]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.below(v) as u32).collect())
+        .collect();
+    let steps = 2;
+    let forced: Vec<Vec<u32>> = (0..steps)
+        .map(|_| (0..prompts.len()).map(|_| rng.below(v) as u32).collect())
+        .collect();
+    // CPU: the logits each row sees at each step, with the forced tokens fed back.
+    let batch = crate::cpu::gpt2::Batch::left_padded(&prompts, 0)?;
+    let mut seen: Vec<Vec<f32>> = vec![Vec::new(); steps + 1];
+    let mut calls = 0usize;
+    crate::cpu::llama::generate_with(&model, &batch, steps + 1, None, |r, logits| {
+        let step = calls / prompts.len();
+        calls += 1;
+        seen[step].extend_from_slice(logits);
+        if step < steps { forced[step][r] } else { 0 }
+    })?;
+    let mut gpu = GpuLlamaDecoder::new(g, &dev, &prompts, steps + 1, 0)?;
+    let mut rows = vec![compare(
+        "llama decode (prefill)",
+        format!("{name} B=3 T=16"),
+        &gpu.logits()?,
+        &seen[0],
+        TOL,
+    )];
+    for step in 0..steps {
+        gpu.step(&forced[step])?;
+        rows.push(compare(
+            "llama decode (step)",
+            format!("{name} B=3 step {}", step + 1),
+            &gpu.logits()?,
+            &seen[step + 1],
+            TOL,
+        ));
+    }
+    Ok(rows)
+}
+
+/// all-MiniLM-L6-v2's shapes (its weights stay behind on a machine without network; a seeded
+/// random init takes the same code path).
+const MINILM_CONFIG: &str = r#"{"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
+    "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
+    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}"#;
+
+/// The encoder's last hidden state and the fused PGSRM reward on the GPU against
+/// `cpu::bert::bert_forward`, `sentence_pool_forward` and `reward::shaping`, on five packed answers.
+fn bert_reward(g: &Gpu, rng: &mut Rng) -> Result<Vec<CheckRow>> {
+    use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
+    use crate::model::bert::{BertConfig, BertLayer, BertWeights, Pooling};
+    use crate::reward::shaping::Shaping;
+    let cfg: BertConfig = serde_json::from_str(MINILM_CONFIG)?;
+    let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut normal = |n: usize, std: f32| randn(rng, n, std);
+    let ones = |n: usize| vec![1.0f32; n];
+    let layers = (0..cfg.num_hidden_layers)
+        .map(|_| BertLayer {
+            qkv_w: normal(c * 3 * c, 0.05),
+            qkv_b: normal(3 * c, 0.02),
+            attn_out_w: normal(c * c, 0.05),
+            attn_out_b: normal(c, 0.02),
+            attn_ln_w: ones(c),
+            attn_ln_b: vec![0.0; c],
+            ffn_in_w: normal(c * i, 0.05),
+            ffn_in_b: normal(i, 0.02),
+            ffn_out_w: normal(i * c, 0.05),
+            ffn_out_b: normal(c, 0.02),
+            ffn_ln_w: ones(c),
+            ffn_ln_b: vec![0.0; c],
+        })
+        .collect();
+    let w = BertWeights {
+        word_emb: normal(cfg.vocab_size * c, 0.05),
+        pos_emb: normal(cfg.max_position_embeddings * c, 0.05),
+        type_emb: normal(cfg.type_vocab_size * c, 0.05),
+        emb_ln_w: ones(c),
+        emb_ln_b: vec![0.0; c],
+        layers,
+    };
+    let mut input = EncoderInput::new();
+    for len in [3usize, 8, 5, 4, 6] {
+        let ids: Vec<u32> = (0..len).map(|_| rng.below(cfg.vocab_size) as u32).collect();
+        input.push(&ids, &vec![0; len]);
+    }
+    let b = input.batch();
+    let parents = randn(rng, b * c, 1.0);
+    let want_hidden = bert_forward(&cfg, &w, &input)?;
+    let mut pooled = vec![0.0; b * c];
+    sentence_pool_forward(&mut pooled, &want_hidden, &input, c, Pooling::Mean, true);
+    let dev = crate::cuda::bert::GpuBert::upload(g, &cfg, &w)?;
+    let hidden = dev.forward(g, &input)?;
+    g.sync()?;
+    let mut rows = vec![compare(
+        "bert forward (MiniLM shapes)",
+        format!("B={b} N={}", input.rows()),
+        &g.download(&hidden)?,
+        &want_hidden,
+        TOL,
+    )];
+    let (r, e) = dev.rewards(g, &input, &parents, &vec![0; b], k::SHAPE_PGSRM, 4.0)?;
+    let mut got = r;
+    got.extend(e);
+    let mut want: Vec<f32> = (0..b)
+        .map(|j| {
+            Shaping::Pgsrm.reward(
+                4.0,
+                "",
+                "",
+                &parents[j * c..(j + 1) * c],
+                &pooled[j * c..(j + 1) * c],
+            )
+        })
+        .collect();
+    want.extend(&pooled);
+    rows.push(compare(
+        "bert + fused pgsrm reward",
+        format!("B={b} D={c}"),
+        &got,
+        &want,
+        TOL,
+    ));
+    Ok(rows)
 }

@@ -3,8 +3,9 @@
 //! last position goes through the final layernorm and the head. Sampling runs on the device too,
 //! so a decoding step copies B tokens and B log-probabilities back, not B x V logits.
 
+use super::decode::{DeviceDecoder, generate_rows, sample_rows};
 use super::device::Gpu;
-use super::ops::{self as k, AttnShape, SampleArgs};
+use super::ops::{self as k, AttnShape};
 use crate::cpu::decode::Generation;
 use crate::cpu::gpt2::Batch;
 use crate::model::gpt2::{Gpt2, Gpt2Config};
@@ -184,36 +185,6 @@ impl<'m> GpuGpt2Decoder<'m> {
         self.run(tokens, 1)
     }
 
-    /// Samples one token per row from the current logits on the device.
-    pub fn sample(
-        &self,
-        params: &SamplingParams,
-        seed: u64,
-        step: u32,
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
-        let g = self.g;
-        let mut tok = g.zeros::<u32>(self.b)?;
-        let mut lp = g.zeros::<f32>(self.b)?;
-        let args = SampleArgs {
-            temperature: params.temperature,
-            top_k: params.top_k,
-            top_p: params.top_p,
-            seed,
-            step,
-        };
-        k::sample_forward(
-            g,
-            &mut tok,
-            &mut lp,
-            &self.logits,
-            None,
-            self.b,
-            self.model.config.vocab_size,
-            args,
-        )?;
-        Ok((g.download(&tok)?, g.download(&lp)?))
-    }
-
     fn run(&mut self, tokens: &[u32], tq: usize) -> Result<()> {
         let g = self.g;
         let cfg = &self.model.config;
@@ -366,6 +337,29 @@ impl<'m> GpuGpt2Decoder<'m> {
     }
 }
 
+impl DeviceDecoder for GpuGpt2Decoder<'_> {
+    fn sample(
+        &self,
+        params: &SamplingParams,
+        seed: u64,
+        step: u32,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        sample_rows(
+            self.g,
+            &self.logits,
+            self.b,
+            self.model.config.vocab_size,
+            params,
+            seed,
+            step,
+        )
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<()> {
+        GpuGpt2Decoder::step(self, tokens)
+    }
+}
+
 /// `cpu::decode::generate` on the device: every prompt continued together, sampling on the device
 /// with a counter-based generator keyed by (seed, row, step), so the same seed gives the same tokens.
 pub fn generate(
@@ -376,28 +370,9 @@ pub fn generate(
     eos: u32,
     seed: u64,
 ) -> Result<Vec<Generation>> {
-    let mut out = vec![Generation::default(); prompts.len()];
     if prompts.is_empty() || params.max_new_tokens == 0 {
-        return Ok(out);
+        return Ok(vec![Generation::default(); prompts.len()]);
     }
     let mut dec = GpuGpt2Decoder::new(g, model, prompts, params.max_new_tokens, eos)?;
-    let mut done = vec![false; prompts.len()];
-    for step in 0..params.max_new_tokens {
-        let (toks, lps) = dec.sample(params, seed, step as u32)?;
-        let mut next = vec![eos; prompts.len()];
-        for (r, o) in out.iter_mut().enumerate() {
-            if done[r] {
-                continue;
-            }
-            o.tokens.push(toks[r]);
-            o.logprobs.push(lps[r]);
-            next[r] = toks[r];
-            done[r] = toks[r] == eos;
-        }
-        if done.iter().all(|&d| d) || step + 1 == params.max_new_tokens {
-            break;
-        }
-        dec.step(&next)?;
-    }
-    Ok(out)
+    generate_rows(&mut dec, prompts.len(), params, eos, seed)
 }

@@ -3,9 +3,12 @@
 //! machines without CUDA.
 
 pub mod bench;
+pub mod bert;
 pub mod check;
+pub mod decode;
 pub mod device;
 pub mod gpt2;
+pub mod llama;
 pub mod nvrtc;
 pub mod ops;
 pub mod registry;

@@ -543,7 +543,8 @@ pub fn rmsnorm_forward(
     go("rmsnorm_forward", a, per_row(n, 256))
 }
 
-/// x (N, H, HS) rotated in place by pos (N), rotate-half convention; `offset`/`stride` locate the heads
+/// x (N, H, HS) rotated in place by pos (N) with the tables cos, sin (max_pos, HS/2) of
+/// `cpu::ops::rope_table`; `offset`/`stride` locate the heads
 #[allow(clippy::too_many_arguments)]
 pub fn rope_forward(
     g: &Gpu,
@@ -551,10 +552,11 @@ pub fn rope_forward(
     offset: usize,
     stride: usize,
     pos: &CudaSlice<i32>,
+    cos: &Buf,
+    sin: &Buf,
     n: usize,
     h: usize,
     hs: usize,
-    base: f32,
 ) -> Result<()> {
     need(
         "rope_forward x",
@@ -568,11 +570,12 @@ pub fn rope_forward(
     let mut a = g.stream.launch_builder(&f);
     a.arg(&mut xv)
         .arg(pos)
+        .arg(cos)
+        .arg(sin)
         .arg(&n_)
         .arg(&h_)
         .arg(&hs_)
-        .arg(&st)
-        .arg(&base);
+        .arg(&st);
     go("rope_forward", a, blocks(n * h * hs / 2, 256))
 }
 
@@ -592,7 +595,8 @@ pub const SHAPE_TRUNCATE: i32 = 1;
 pub const SHAPE_EUCLIDEAN: i32 = 2;
 pub const SHAPE_BINARY: i32 = 3;
 
-/// reward (B), emb (B, D) from hidden (B, T, D), mask (B, T), parent (B, D); exact (B) for binary
+/// reward (B), emb (B, D) from hidden (N, D) with answer b in rows [starts[b], starts[b+1]) (those
+/// with mask set pool), parent (B, D); exact (B) for the binary shaping
 #[allow(clippy::too_many_arguments)]
 pub fn pool_cosine_shape_forward(
     g: &Gpu,
@@ -600,23 +604,29 @@ pub fn pool_cosine_shape_forward(
     emb: &mut Buf,
     hidden: &Buf,
     mask: &CudaSlice<i32>,
+    starts: &CudaSlice<i32>,
     parent: &Buf,
     exact: Option<&CudaSlice<i32>>,
     b: usize,
-    t: usize,
     d: usize,
     shaping: i32,
     power: f32,
 ) -> Result<()> {
-    need("pool_cosine_shape_forward hidden", hidden.len(), b * t * d)?;
+    need("pool_cosine_shape_forward starts", starts.len(), b + 1)?;
+    need("pool_cosine_shape_forward parent", parent.len(), b * d)?;
     let f = g.function("reward.cu", "pool_cosine_shape_forward")?;
-    let (b_, t_, d_) = (int("B", b)?, int("T", t)?, int("D", d)?);
+    let (b_, d_) = (int("B", b)?, int("D", d)?);
     let mut a = g.stream.launch_builder(&f);
-    a.arg(reward).arg(emb).arg(hidden).arg(mask).arg(parent);
+    a.arg(reward)
+        .arg(emb)
+        .arg(hidden)
+        .arg(mask)
+        .arg(starts)
+        .arg(parent);
     match exact {
         Some(e) => a.arg(e),
         None => a.arg(&NULL),
     };
-    a.arg(&b_).arg(&t_).arg(&d_).arg(&shaping).arg(&power);
+    a.arg(&b_).arg(&d_).arg(&shaping).arg(&power);
     go("pool_cosine_shape_forward", a, per_row(b, 128))
 }

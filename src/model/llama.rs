@@ -488,6 +488,13 @@ pub fn permute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 pub const SMOLLM2_ASSET: &str = "smollm2-135m-instruct";
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// SmolLM2-135M's config as Hugging Face writes it, for benches and checks that need its shapes
+/// without its weights.
+pub const SMOLLM2_135M_CONFIG: &str = r#"{"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+    "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
+    "max_position_embeddings": 8192}"#;
+
 /// A Llama child and its tokenizer from a GGUF file: a path to a `.gguf` file, or the asset name
 /// `smollm2-135m-instruct` (resolved, and fetched if needed, by `crate::assets`).
 pub fn load_gguf_child(name_or_path: &str) -> Result<(Llama, LlamaTokenizer)> {

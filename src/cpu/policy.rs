@@ -1,0 +1,504 @@
+//! The CPU backend's jobs for the trainer: batched rollouts, and PAPER.md's policy update for
+//! either child family (actor forward and backward, the frozen reference's log-probs, the value
+//! head, the losses of `ppo::loss`, two AdamW optimisers with gradient clipping).
+
+use crate::cpu::decode::Generation;
+use crate::cpu::gpt2::{self, Batch, Gpt2Activations};
+use crate::cpu::llama::{self, LlamaActivations};
+use crate::model::gpt2::Gpt2Weights;
+use crate::model::llama::LlamaWeights;
+use crate::model::spec::Model;
+use crate::ppo::adamw::{AdamW, clip_grad_norm};
+use crate::ppo::config::PpoConfig;
+use crate::ppo::loss::{
+    ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, whiten,
+};
+use crate::ppo::trainer::{PolicyBackend, PolicyState};
+use crate::rng::Rng;
+use crate::sample::SamplingParams;
+use crate::tensor::Tensor;
+use anyhow::{Context, Result, bail};
+
+/// Every parameter tensor of a model, in `named()` order.
+pub fn params(model: &Model) -> Vec<&Tensor> {
+    match model {
+        Model::Gpt2(m) => m.weights.named().into_iter().map(|x| x.1).collect(),
+        Model::Llama(m) => m.weights.named().into_iter().map(|x| x.1).collect(),
+    }
+}
+
+fn params_mut(model: &mut Model) -> Vec<&mut Tensor> {
+    match model {
+        Model::Gpt2(m) => m.weights.named_mut().into_iter().map(|x| x.1).collect(),
+        Model::Llama(m) => m.weights.named_mut().into_iter().map(|x| x.1).collect(),
+    }
+}
+
+/// Width of the final hidden state the value head reads.
+pub fn hidden_size(model: &Model) -> usize {
+    match model {
+        Model::Gpt2(m) => m.config.n_embd,
+        Model::Llama(m) => m.config.hidden_size,
+    }
+}
+
+enum Grads {
+    Gpt2(Gpt2Weights),
+    Llama(LlamaWeights),
+}
+
+impl Grads {
+    fn list_mut(&mut self) -> Vec<&mut Tensor> {
+        match self {
+            Grads::Gpt2(g) => g.named_mut().into_iter().map(|x| x.1).collect(),
+            Grads::Llama(g) => g.named_mut().into_iter().map(|x| x.1).collect(),
+        }
+    }
+}
+
+enum Acts {
+    Gpt2(Box<Gpt2Activations>),
+    Llama(LlamaActivations),
+}
+
+/// The number of response tokens the mask keeps: those before the first end-of-text, plus the
+/// end-of-text itself with `train_eos`.
+pub fn kept_tokens(response: &[u32], eos: u32, train_eos: bool) -> usize {
+    match response.iter().position(|&t| t == eos) {
+        Some(i) if train_eos => i + 1,
+        Some(i) => i,
+        None => response.len(),
+    }
+}
+
+/// A left-padded prompt + kept-response batch and its scored tokens.
+pub struct ScoredBatch {
+    pub batch: Batch,
+    /// (M) the (row, index) pairs whose logits predict the scored tokens.
+    pub positions: Vec<(usize, usize)>,
+    /// (M) the scored tokens, their rollout log-probs, and each one's row.
+    pub tokens: Vec<u32>,
+    pub old_logprobs: Vec<f32>,
+    pub rows: Vec<usize>,
+}
+
+/// Prompt followed by the kept response tokens, left padded with `eos`. Response tokens after
+/// the mask are left out: nothing reads them. Every row ends at index T - 1 with its last real
+/// token, where the value head reads the hidden state.
+pub fn scored_batch(episodes: &[&Episode], eos: u32, train_eos: bool) -> Result<ScoredBatch> {
+    let mut seqs = Vec::with_capacity(episodes.len());
+    for (r, e) in episodes.iter().enumerate() {
+        if e.prompt.is_empty() {
+            bail!("episode {r} has an empty prompt");
+        }
+        if e.logprobs.len() != e.response.len() {
+            bail!(
+                "episode {r} has {} response tokens and {} log-probs",
+                e.response.len(),
+                e.logprobs.len()
+            );
+        }
+        let k = kept_tokens(&e.response, eos, train_eos);
+        let mut s = e.prompt.clone();
+        s.extend_from_slice(&e.response[..k]);
+        seqs.push(s);
+    }
+    let batch = Batch::left_padded(&seqs, eos)?;
+    let mut out = ScoredBatch {
+        positions: Vec::new(),
+        tokens: Vec::new(),
+        old_logprobs: Vec::new(),
+        rows: Vec::new(),
+        batch,
+    };
+    for (r, e) in episodes.iter().enumerate() {
+        let k = kept_tokens(&e.response, eos, train_eos);
+        let first = out.batch.start[r] + e.prompt.len();
+        for j in 0..k {
+            out.positions.push((r, first + j - 1));
+            out.tokens.push(e.response[j]);
+            out.old_logprobs.push(e.logprobs[j]);
+            out.rows.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Log-probabilities of `tokens` under `model` at `positions` of `batch` (no activations kept).
+pub fn token_logprobs(
+    model: &Model,
+    batch: &Batch,
+    positions: &[(usize, usize)],
+    tokens: &[u32],
+) -> Result<Vec<f32>> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let logits = model.logits(batch, positions)?;
+    let v = model.vocab_size();
+    Ok(tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            let row = &logits.data[i * v..(i + 1) * v];
+            let max = row.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&z| (z as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            (row[a as usize] as f64 - lse) as f32
+        })
+        .collect())
+}
+
+/// Actor forward: logits (M, V) at `positions` and the final hidden state of each row's last
+/// index (B, C), with the activations backward needs.
+fn actor_forward(
+    model: &Model,
+    batch: &Batch,
+    positions: &[(usize, usize)],
+) -> Result<(Vec<f32>, Vec<f32>, Acts)> {
+    let c = hidden_size(model);
+    let mut last = Vec::with_capacity(batch.b * c);
+    let (logits, acts) = match model {
+        Model::Gpt2(m) => {
+            let (logits, acts) = gpt2::forward(m, batch, positions)?;
+            for r in 0..batch.b {
+                last.extend_from_slice(acts.final_hidden(r, batch.t - 1));
+            }
+            (logits.data, Acts::Gpt2(Box::new(acts)))
+        }
+        Model::Llama(m) => {
+            let (logits, acts) = llama::forward(m, batch, positions)?;
+            for r in 0..batch.b {
+                last.extend_from_slice(acts.final_hidden(r, batch.t - 1));
+            }
+            (logits.data, Acts::Llama(acts))
+        }
+    };
+    Ok((logits, last, acts))
+}
+
+fn actor_backward(model: &Model, acts: &mut Acts, dlogits: &[f32]) -> Grads {
+    match (model, acts) {
+        (Model::Gpt2(m), Acts::Gpt2(a)) => Grads::Gpt2(gpt2::backward(m, a, dlogits)),
+        (Model::Llama(m), Acts::Llama(a)) => Grads::Llama(llama::backward(m, a, dlogits)),
+        _ => unreachable!("activations come from the same model"),
+    }
+}
+
+fn finite(name: &str, x: f32) -> Result<()> {
+    if !x.is_finite() {
+        bail!("the {name} is {x}; nothing was applied to the weights");
+    }
+    Ok(())
+}
+
+/// The CPU policy: the child being trained, its frozen reference copy, the value head and the
+/// two optimisers.
+pub struct CpuPolicy {
+    pub model: Model,
+    pub reference: Model,
+    pub critic: Critic,
+    pub actor_opt: AdamW,
+    pub critic_opt: AdamW,
+    pub cfg: PpoConfig,
+    pub eos: u32,
+}
+
+impl CpuPolicy {
+    pub fn new(
+        cfg: PpoConfig,
+        model: Model,
+        reference: Model,
+        critic: Critic,
+        eos: u32,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if model.family() != reference.family() || model.num_params() != reference.num_params() {
+            bail!(
+                "the reference model ({}, {} parameters) is not a copy of the policy ({}, {} parameters)",
+                reference.family(),
+                reference.num_params(),
+                model.family(),
+                model.num_params()
+            );
+        }
+        if critic.hidden() != hidden_size(&model) {
+            bail!(
+                "the value head reads {} features but the model's hidden state has {}",
+                critic.hidden(),
+                hidden_size(&model)
+            );
+        }
+        let actor_opt = AdamW::new(
+            &params(&model),
+            cfg.actor_lr,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.eps,
+            cfg.weight_decay,
+        );
+        let critic_opt = AdamW::new(
+            &[&critic.w, &critic.b],
+            cfg.critic_lr,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.eps,
+            cfg.weight_decay,
+        );
+        Ok(CpuPolicy {
+            model,
+            reference,
+            critic,
+            actor_opt,
+            critic_opt,
+            cfg,
+            eos,
+        })
+    }
+
+    /// Values of the last index of every row, without gradients (no logits computed).
+    fn values(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let (_, hidden, _) = actor_forward(&self.model, batch, &[])?;
+        let c = hidden_size(&self.model);
+        Ok(hidden
+            .chunks_exact(c)
+            .map(|h| self.critic.value(h))
+            .collect())
+    }
+
+    /// One optimiser step on the episodes `idx`, with the reference log-probs and (when given)
+    /// the values before the update of the whole batch.
+    fn step(
+        &mut self,
+        episodes: &[Episode],
+        idx: &[usize],
+        ref_lp: &[Vec<f32>],
+        old_values: Option<&[f32]>,
+        kl_coef: f32,
+    ) -> Result<UpdateLosses> {
+        let cfg = &self.cfg;
+        let eps: Vec<&Episode> = idx.iter().map(|&i| &episodes[i]).collect();
+        let sb = scored_batch(&eps, self.eos, cfg.train_eos)?;
+        let (logits, hidden, mut acts) = actor_forward(&self.model, &sb.batch, &sb.positions)?;
+        let c = hidden_size(&self.model);
+        let values: Vec<f32> = hidden
+            .chunks_exact(c)
+            .map(|h| self.critic.value(h))
+            .collect();
+        let old: Vec<f32> = match old_values {
+            Some(v) => idx.iter().map(|&i| v[i]).collect(),
+            None => values.clone(),
+        };
+        let returns: Vec<f32> = eps.iter().map(|e| e.reward).collect();
+        // A = r - V, one scalar per sequence on every one of its tokens; V is detached.
+        let mut adv: Vec<f32> = sb.rows.iter().map(|&r| returns[r] - old[r]).collect();
+        if cfg.whiten_advantages {
+            whiten(&mut adv);
+        }
+        let ref_tok: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| ref_lp[i].iter().copied())
+            .collect();
+        let al = actor_loss(
+            &ActorInputs {
+                logits: &logits,
+                vocab: self.model.vocab_size(),
+                tokens: &sb.tokens,
+                old_logprobs: &sb.old_logprobs,
+                ref_logprobs: &ref_tok,
+                advantages: &adv,
+            },
+            cfg,
+            kl_coef,
+        );
+        let (value_loss, closs, dv) = critic_loss(&values, &old, &returns, cfg.value_clip);
+        for (name, x) in [
+            ("policy loss", al.policy),
+            ("entropy", al.entropy),
+            ("KL", al.kl),
+            ("actor loss", al.actor),
+            ("value loss", value_loss),
+            ("critic loss", closs),
+        ] {
+            finite(name, x)?;
+        }
+        let mut cw = Tensor::zeros(&[c]);
+        let mut cb = Tensor::zeros(&[1]);
+        for (r, h) in hidden.chunks_exact(c).enumerate() {
+            cb.data[0] += dv[r];
+            for (g, x) in cw.data.iter_mut().zip(h) {
+                *g += dv[r] * x;
+            }
+        }
+        let mut grads = actor_backward(&self.model, &mut acts, &al.dlogits);
+        drop(acts);
+        let mut glist = grads.list_mut();
+        let actor_norm = clip_grad_norm(&mut glist, cfg.actor_max_grad_norm)
+            .context("actor gradient: nothing was applied to the weights")?;
+        let critic_norm = clip_grad_norm(&mut [&mut cw, &mut cb], cfg.critic_max_grad_norm)
+            .context("critic gradient: nothing was applied to the weights")?;
+        let gref: Vec<&Tensor> = glist.into_iter().map(|g| &*g).collect();
+        self.actor_opt
+            .step(&mut params_mut(&mut self.model), &gref)?;
+        self.critic_opt
+            .step(&mut [&mut self.critic.w, &mut self.critic.b], &[&cw, &cb])?;
+        Ok(UpdateLosses {
+            policy_loss: al.policy,
+            value_loss,
+            entropy: al.entropy,
+            kl: al.kl,
+            kl_coef,
+            actor_loss: al.actor,
+            critic_loss: closs,
+            approx_kl: al.approx_kl,
+            clip_fraction: al.clip_fraction,
+            actor_grad_norm: actor_norm,
+            critic_grad_norm: critic_norm,
+            value_mean: old.iter().sum::<f32>() / old.len().max(1) as f32,
+            tokens: sb.tokens.len(),
+        })
+    }
+
+    fn update_inner(
+        &mut self,
+        episodes: &[Episode],
+        kl_coef: f32,
+        rng: &mut Rng,
+    ) -> Result<UpdateLosses> {
+        let all: Vec<&Episode> = episodes.iter().collect();
+        let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
+        // The frozen reference is run once per update, only at the scored positions.
+        let flat = token_logprobs(&self.reference, &sb.batch, &sb.positions, &sb.tokens)?;
+        let mut ref_lp = vec![Vec::new(); episodes.len()];
+        for (&r, lp) in sb.rows.iter().zip(flat) {
+            ref_lp[r].push(lp);
+        }
+        let (epochs, mb) = (
+            self.cfg.ppo_epochs,
+            self.cfg.minibatches.min(episodes.len()),
+        );
+        let steps = epochs * mb;
+        // With one step the values of that step's forward are the values before the update.
+        let old_values = if steps > 1 {
+            Some(self.values(&sb.batch)?)
+        } else {
+            None
+        };
+        let mut total = UpdateLosses::default();
+        let mut order: Vec<usize> = (0..episodes.len()).collect();
+        for _ in 0..epochs {
+            if mb > 1 {
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i + 1));
+                }
+            }
+            for k in 0..mb {
+                let lo = k * order.len() / mb;
+                let hi = (k + 1) * order.len() / mb;
+                let s = self.step(
+                    episodes,
+                    &order[lo..hi],
+                    &ref_lp,
+                    old_values.as_deref(),
+                    kl_coef,
+                )?;
+                let add = |a: &mut f32, b: f32| *a += b / steps as f32;
+                add(&mut total.policy_loss, s.policy_loss);
+                add(&mut total.value_loss, s.value_loss);
+                add(&mut total.entropy, s.entropy);
+                add(&mut total.kl, s.kl);
+                add(&mut total.actor_loss, s.actor_loss);
+                add(&mut total.critic_loss, s.critic_loss);
+                add(&mut total.approx_kl, s.approx_kl);
+                add(&mut total.clip_fraction, s.clip_fraction);
+                add(&mut total.actor_grad_norm, s.actor_grad_norm);
+                add(&mut total.critic_grad_norm, s.critic_grad_norm);
+                add(&mut total.value_mean, s.value_mean);
+                total.tokens += s.tokens;
+            }
+        }
+        total.kl_coef = kl_coef;
+        Ok(total)
+    }
+}
+
+impl PolicyBackend for CpuPolicy {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        rng: &mut Rng,
+    ) -> Result<Vec<Generation>> {
+        self.model.generate(prompts, params, self.eos, rng)
+    }
+
+    /// PAPER.md's update on `episodes`. On an error (a non-finite loss or gradient among them)
+    /// the weights, value head and optimisers are as they were before the call.
+    fn update(
+        &mut self,
+        episodes: &[Episode],
+        kl_coef: f32,
+        rng: &mut Rng,
+    ) -> Result<UpdateLosses> {
+        if episodes.is_empty() {
+            bail!("an update needs at least one episode");
+        }
+        let steps = self.cfg.ppo_epochs * self.cfg.minibatches.min(episodes.len());
+        // One step checks everything before it applies anything; several steps need a copy to
+        // fall back to when a later one fails.
+        let saved = (steps > 1).then(|| self.state());
+        let rng_saved = rng.clone();
+        match self.update_inner(episodes, kl_coef, rng) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if let Some(s) = saved {
+                    self.restore(s)?;
+                }
+                *rng = rng_saved;
+                Err(e)
+            }
+        }
+    }
+
+    fn state(&self) -> PolicyState {
+        PolicyState {
+            model: self.model.clone(),
+            critic: self.critic.clone(),
+            actor_opt: self.actor_opt.clone(),
+            critic_opt: self.critic_opt.clone(),
+        }
+    }
+
+    fn restore(&mut self, state: PolicyState) -> Result<()> {
+        if state.model.family() != self.model.family()
+            || state.model.num_params() != self.model.num_params()
+        {
+            bail!(
+                "the saved policy ({}, {} parameters) does not match this one ({}, {} parameters)",
+                state.model.family(),
+                state.model.num_params(),
+                self.model.family(),
+                self.model.num_params()
+            );
+        }
+        if state.critic.hidden() != self.critic.hidden()
+            || state.actor_opt.m.len() != self.actor_opt.m.len()
+            || state.critic_opt.m.len() != self.critic_opt.m.len()
+        {
+            bail!("the saved value head or optimiser state does not match this policy");
+        }
+        self.model = state.model;
+        self.critic = state.critic;
+        self.actor_opt = state.actor_opt;
+        self.critic_opt = state.critic_opt;
+        Ok(())
+    }
+
+    fn policy(&self) -> &Model {
+        &self.model
+    }
+}

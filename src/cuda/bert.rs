@@ -1,0 +1,246 @@
+//! The BERT sentence encoder on the GPU, mirroring `cpu::bert::bert_forward` on the same packed
+//! layout (sequences back to back, no padding), and the fused reward: masked mean pool, L2
+//! normalise, cosine against the parent's vector and shaping in one launch per batch.
+
+use super::device::Gpu;
+use super::ops as k;
+use crate::cpu::bert::EncoderInput;
+use crate::model::bert::{Activation, BertConfig, BertWeights};
+use anyhow::{Result, ensure};
+use cudarc::driver::CudaSlice;
+
+type Buf = CudaSlice<f32>;
+
+struct Layer {
+    qkv_w: Buf,
+    qkv_b: Buf,
+    attn_out_w: Buf,
+    attn_out_b: Buf,
+    attn_ln_w: Buf,
+    attn_ln_b: Buf,
+    ffn_in_w: Buf,
+    ffn_in_b: Buf,
+    ffn_out_w: Buf,
+    ffn_out_b: Buf,
+    ffn_ln_w: Buf,
+    ffn_ln_b: Buf,
+}
+
+pub struct GpuBert {
+    pub config: BertConfig,
+    word_emb: Buf,
+    pos_emb: Buf,
+    type_emb: Buf,
+    emb_ln_w: Buf,
+    emb_ln_b: Buf,
+    layers: Vec<Layer>,
+}
+
+impl GpuBert {
+    pub fn upload(g: &Gpu, config: &BertConfig, w: &BertWeights) -> Result<Self> {
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            layers.push(Layer {
+                qkv_w: g.upload(&l.qkv_w)?,
+                qkv_b: g.upload(&l.qkv_b)?,
+                attn_out_w: g.upload(&l.attn_out_w)?,
+                attn_out_b: g.upload(&l.attn_out_b)?,
+                attn_ln_w: g.upload(&l.attn_ln_w)?,
+                attn_ln_b: g.upload(&l.attn_ln_b)?,
+                ffn_in_w: g.upload(&l.ffn_in_w)?,
+                ffn_in_b: g.upload(&l.ffn_in_b)?,
+                ffn_out_w: g.upload(&l.ffn_out_w)?,
+                ffn_out_b: g.upload(&l.ffn_out_b)?,
+                ffn_ln_w: g.upload(&l.ffn_ln_w)?,
+                ffn_ln_b: g.upload(&l.ffn_ln_b)?,
+            });
+        }
+        Ok(GpuBert {
+            config: config.clone(),
+            word_emb: g.upload(&w.word_emb)?,
+            pos_emb: g.upload(&w.pos_emb)?,
+            type_emb: g.upload(&w.type_emb)?,
+            emb_ln_w: g.upload(&w.emb_ln_w)?,
+            emb_ln_b: g.upload(&w.emb_ln_b)?,
+            layers,
+        })
+    }
+
+    /// The last hidden state (N, C) of every row of `input`, left on the device.
+    pub fn forward(&self, g: &Gpu, input: &EncoderInput) -> Result<Buf> {
+        let cfg = &self.config;
+        let (n, c, inter, nh, eps) = (
+            input.rows(),
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.layer_norm_eps,
+        );
+        ensure!(
+            input.starts.len() >= 2 && *input.starts.last().unwrap() == n,
+            "encoder input is inconsistent"
+        );
+        let mut pos = Vec::with_capacity(n);
+        for s in 0..input.batch() {
+            let len = input.starts[s + 1] - input.starts[s];
+            ensure!(
+                len <= cfg.max_position_embeddings,
+                "sequence {s} has {len} tokens; the model takes at most {}",
+                cfg.max_position_embeddings
+            );
+            pos.extend((0..len).map(|p| p as i32));
+        }
+        ensure!(
+            input
+                .input_ids
+                .iter()
+                .all(|&i| (i as usize) < cfg.vocab_size),
+            "a token id is outside the vocabulary ({})",
+            cfg.vocab_size
+        );
+        ensure!(
+            input
+                .token_type_ids
+                .iter()
+                .all(|&t| (t as usize) < cfg.type_vocab_size),
+            "a token type id is outside the type vocabulary"
+        );
+        let mask: Vec<i32> = input.mask.iter().map(|&m| m as i32).collect();
+        let starts: Vec<i32> = input.starts.iter().map(|&s| s as i32).collect();
+        let (ids, types, pos, mask, starts) = (
+            g.upload(&input.input_ids)?,
+            g.upload(&input.token_type_ids)?,
+            g.upload(&pos)?,
+            g.upload(&mask)?,
+            g.upload(&starts)?,
+        );
+        let mut sum = g.zeros::<f32>(n * c)?;
+        let mut x = g.zeros::<f32>(n * c)?;
+        let (mut mean, mut rstd) = (g.zeros::<f32>(n)?, g.zeros::<f32>(n)?);
+        k::bert_embedding_forward(
+            g,
+            &mut sum,
+            &ids,
+            &pos,
+            &types,
+            &self.word_emb,
+            &self.pos_emb,
+            &self.type_emb,
+            n,
+            c,
+        )?;
+        k::layernorm_forward(
+            g,
+            &mut x,
+            &mut mean,
+            &mut rstd,
+            &sum,
+            &self.emb_ln_w,
+            &self.emb_ln_b,
+            n,
+            c,
+            eps,
+        )?;
+        let mut qkv = g.zeros::<f32>(n * 3 * c)?;
+        let (mut att, mut h, mut h2) = (
+            g.zeros::<f32>(n * c)?,
+            g.zeros::<f32>(n * c)?,
+            g.zeros::<f32>(n * c)?,
+        );
+        let (mut ff, mut ff_act) = (g.zeros::<f32>(n * inter)?, g.zeros::<f32>(n * inter)?);
+        for l in &self.layers {
+            k::matmul_forward(g, &mut qkv, &x, &l.qkv_w, Some(&l.qkv_b), n, c, 3 * c)?;
+            k::encoder_attention_forward(
+                g,
+                &mut att,
+                &qkv,
+                &mask,
+                &starts,
+                input.batch(),
+                n,
+                c,
+                nh,
+            )?;
+            k::matmul_forward(g, &mut h, &att, &l.attn_out_w, Some(&l.attn_out_b), n, c, c)?;
+            k::residual_forward(g, &mut h2, &h, &x, n * c)?;
+            k::layernorm_forward(
+                g,
+                &mut x,
+                &mut mean,
+                &mut rstd,
+                &h2,
+                &l.attn_ln_w,
+                &l.attn_ln_b,
+                n,
+                c,
+                eps,
+            )?;
+            k::matmul_forward(g, &mut ff, &x, &l.ffn_in_w, Some(&l.ffn_in_b), n, c, inter)?;
+            match cfg.activation()? {
+                Activation::GeluErf => k::gelu_erf_forward(g, &mut ff_act, &ff, n * inter)?,
+                Activation::GeluTanh => k::gelu_tanh_forward(g, &mut ff_act, &ff, n * inter)?,
+            }
+            k::matmul_forward(
+                g,
+                &mut h,
+                &ff_act,
+                &l.ffn_out_w,
+                Some(&l.ffn_out_b),
+                n,
+                inter,
+                c,
+            )?;
+            k::residual_forward(g, &mut h2, &h, &x, n * c)?;
+            k::layernorm_forward(
+                g,
+                &mut x,
+                &mut mean,
+                &mut rstd,
+                &h2,
+                &l.ffn_ln_w,
+                &l.ffn_ln_b,
+                n,
+                c,
+                eps,
+            )?;
+        }
+        Ok(x)
+    }
+
+    /// Rewards (B) and unit embeddings (B, C) of the answers in `input` against `parents` (B, C),
+    /// shaped by the `pool_cosine_shape_forward` code `shaping` (the binary one reads `exact`).
+    pub fn rewards(
+        &self,
+        g: &Gpu,
+        input: &EncoderInput,
+        parents: &[f32],
+        exact: &[i32],
+        shaping: i32,
+        power: f32,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (b, c) = (input.batch(), self.config.hidden_size);
+        ensure!(
+            parents.len() == b * c && exact.len() == b,
+            "{b} answers need {b} parent vectors of {c} and {b} match flags"
+        );
+        let hidden = self.forward(g, input)?;
+        let mask: Vec<i32> = input.mask.iter().map(|&m| m as i32).collect();
+        let starts: Vec<i32> = input.starts.iter().map(|&s| s as i32).collect();
+        let (mut r, mut e) = (g.zeros::<f32>(b)?, g.zeros::<f32>(b * c)?);
+        k::pool_cosine_shape_forward(
+            g,
+            &mut r,
+            &mut e,
+            &hidden,
+            &g.upload(&mask)?,
+            &g.upload(&starts)?,
+            &g.upload(parents)?,
+            Some(&g.upload(exact)?),
+            b,
+            c,
+            shaping,
+            power,
+        )?;
+        Ok((g.download(&r)?, g.download(&e)?))
+    }
+}

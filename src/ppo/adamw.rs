@@ -1,0 +1,105 @@
+//! AdamW as PyTorch's `torch.optim.AdamW` steps it, and `clip_grad_norm` as
+//! `torch.nn.utils.clip_grad_norm_`.
+
+use crate::tensor::Tensor;
+use anyhow::{Result, bail};
+
+/// Optimiser state over a fixed list of tensors: first and second moments and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step: u64,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+impl AdamW {
+    /// Zero moments shaped like `params`.
+    pub fn new(
+        params: &[&Tensor],
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    ) -> Self {
+        let zeros = || params.iter().map(|p| Tensor::zeros(&p.shape)).collect();
+        AdamW {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+            m: zeros(),
+            v: zeros(),
+        }
+    }
+
+    /// One step: decoupled decay `p -= lr wd p`, then Adam with bias correction.
+    pub fn step(&mut self, params: &mut [&mut Tensor], grads: &[&Tensor]) -> Result<()> {
+        if params.len() != self.m.len() || grads.len() != self.m.len() {
+            bail!(
+                "AdamW holds {} tensors, was given {} parameters and {} gradients",
+                self.m.len(),
+                params.len(),
+                grads.len()
+            );
+        }
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            if p.data.len() != self.m[i].data.len() || g.data.len() != p.data.len() {
+                bail!("AdamW: tensor {i} changed size");
+            }
+        }
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let bc1 = 1.0 - (b1 as f64).powi(t);
+        let bc2_sqrt = (1.0 - (b2 as f64).powi(t)).sqrt();
+        let step_size = (self.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2_sqrt as f32;
+        let decay = 1.0 - self.lr * self.weight_decay;
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let m = &mut self.m[i].data;
+            let v = &mut self.v[i].data;
+            for j in 0..p.data.len() {
+                let gj = g.data[j];
+                p.data[j] *= decay;
+                m[j] = b1 * m[j] + (1.0 - b1) * gj;
+                v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
+                let denom = v[j].sqrt() / bc2_sqrt + self.eps;
+                p.data[j] -= step_size * m[j] / denom;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm` (by max_norm / (norm + 1e-6)
+/// when above) and returns the norm before clipping. A non-finite norm is an error and leaves the
+/// gradients as they were.
+pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f32) -> Result<f32> {
+    let mut sq = 0.0f64;
+    for g in grads.iter() {
+        for &x in &g.data {
+            sq += x as f64 * x as f64;
+        }
+    }
+    let norm = sq.sqrt() as f32;
+    if !norm.is_finite() {
+        bail!("the gradient norm is {norm}");
+    }
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in grads.iter_mut() {
+            for x in g.data.iter_mut() {
+                *x *= coef;
+            }
+        }
+    }
+    Ok(norm)
+}
