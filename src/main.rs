@@ -36,6 +36,10 @@ enum Command {
     Eval(cli::eval::Args),
     /// Plots and a table comparing run folders
     Compare(cli::compare::Args),
+    /// Train a child on a task with RL into a run folder (or continue one with --resume)
+    Train(Box<cli::train::Args>),
+    /// PGSRM and binary on the same seeds, evaluated, with a report comparing them
+    Reproduce(cli::reproduce::Args),
     /// Write a model (e.g. a GGUF file) as a Hugging Face folder that transformers loads
     Convert(cli::convert::Args),
     /// Throughput figures (GPU generation, matmul beside cuBLAS; CPU generation)
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::check::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Compare(a) => cli::compare::run(a),
+        Command::Train(a) => cli::train::run(*a),
+        Command::Reproduce(a) => cli::reproduce::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Bench(a) => cli::bench::run(a),
     };

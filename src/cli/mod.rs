@@ -9,6 +9,8 @@ pub mod embedder_args;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod reproduce;
 pub mod reward;
 pub mod score;
 pub mod tasks;
+pub mod train;

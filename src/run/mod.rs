@@ -1,6 +1,7 @@
 //! A training run on disk: its folder (config, metrics, episodes, checkpoints), the plots of its
 //! curves, and reports comparing runs.
 
+pub mod checkpoint;
 pub mod eval;
 pub mod folder;
 pub mod plot;

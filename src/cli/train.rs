@@ -1,0 +1,413 @@
+//! `pgsrm train`: one run of RL on a task, into a run folder (see `pgsrm::run::folder`).
+
+use crate::cli::embedder_args::EmbedderArgs;
+use anyhow::{Context, Result, bail};
+use pgsrm::assets::Locations;
+use pgsrm::model::spec::{Loaded, Model, load_model};
+use pgsrm::ppo::{Critic, PpoConfig, Trainer};
+use pgsrm::run::RunDir;
+use pgsrm::run::checkpoint::{load_trainer_state, save_trainer_state};
+use pgsrm::run::folder::{EPISODE_RULE, git_commit};
+use pgsrm::run::report::{Group, RunCurves, write_report};
+use pgsrm::tasks::Task;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The child when no GPT-2 weights are found.
+pub const FALLBACK_CHILD: &str = "smollm2-135m-instruct";
+
+/// Settings of the SmolLM2 fallback, scaled so that a run takes minutes on 2 CPU cores:
+/// batch 16 and 8 updates (128 episodes) instead of the paper's batch 50 and 100,000 episodes,
+/// and an actor learning rate of 2e-5 so that the few updates move the policy.
+pub const FALLBACK_BATCH: usize = 16;
+pub const FALLBACK_EPISODES: u64 = 128;
+pub const FALLBACK_ACTOR_LR: f32 = 2e-5;
+/// The paper's run length.
+pub const PAPER_EPISODES: u64 = 100_000;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Task: colors, opposites, categories, copy or negative
+    #[arg(long, required_unless_present = "resume")]
+    pub task: Option<String>,
+    /// Child: a folder, .gguf, Hugging Face name (gpt2, gpt2-large), smollm2-135m-instruct or
+    /// random:<config>[:seed] (default: the task's GPT-2 when found, else smollm2-135m-instruct)
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Reward shaping: pgsrm, binary, truncate or euclidean
+    #[arg(long, default_value = "pgsrm")]
+    pub reward: String,
+    /// Episodes in all (default: the paper's 100000 for GPT-2, 480 for the SmolLM2 fallback); on
+    /// --resume, the new total
+    #[arg(long)]
+    pub episodes: Option<u64>,
+    /// Episodes per update (default: the task's, 16 for the SmolLM2 fallback)
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// New tokens per answer (default: the task's)
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Seed of prompt draws, sampling and the value head's init
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run folder name under --runs-dir (default: <task>-<reward>-seed<seed>)
+    #[arg(long)]
+    pub run_name: Option<String>,
+    /// Folder the run folders go in
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Continue the run in this folder from its newest checkpoint
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Updates between checkpoints (the last update always writes one)
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: u64,
+    /// No progress line
+    #[arg(long)]
+    pub quiet: bool,
+    /// Prompts as user turns of the child's chat template (default: on for chat models)
+    #[arg(long)]
+    pub chat: Option<bool>,
+    /// Clipped surrogate with this range (default: the reference's plain policy gradient)
+    #[arg(long)]
+    pub clip_range: Option<f32>,
+    #[arg(long)]
+    pub ppo_epochs: Option<usize>,
+    #[arg(long)]
+    pub minibatches: Option<usize>,
+    /// Normalise advantages over each minibatch
+    #[arg(long)]
+    pub whiten_advantages: bool,
+    /// Clip the value change by this much
+    #[arg(long)]
+    pub value_clip: Option<f32>,
+    #[arg(long)]
+    pub actor_lr: Option<f32>,
+    #[arg(long)]
+    pub critic_lr: Option<f32>,
+    /// KL coefficient at the start
+    #[arg(long)]
+    pub kl_coef: Option<f32>,
+    /// Target KL of the adaptive controller
+    #[arg(long)]
+    pub kl_target: Option<f32>,
+    /// Keep the KL coefficient fixed
+    #[arg(long)]
+    pub no_adaptive_kl: bool,
+    #[command(flatten)]
+    pub embedder: EmbedderArgs,
+}
+
+/// Which child, and the line that says why.
+fn choose_child(args: &Args, task: &Task) -> (String, String) {
+    if let Some(m) = &args.model {
+        return (m.clone(), format!("child: {m} (--model)"));
+    }
+    let hub = match task.settings.child {
+        "small" => "gpt2".to_string(),
+        other => format!("gpt2-{other}"),
+    };
+    let loc = Locations::from_env();
+    let found = loc
+        .hf_snapshot(&hub, &["config.json", "model.safetensors"])
+        .or_else(|_| {
+            loc.hf_snapshot(
+                &format!("openai-community/{hub}"),
+                &["config.json", "model.safetensors"],
+            )
+        });
+    match found {
+        Ok(_) => (
+            hub.clone(),
+            format!(
+                "child: {hub}, the paper's child for {}, found in the Hugging Face cache",
+                task.name
+            ),
+        ),
+        Err(_) => (
+            FALLBACK_CHILD.to_string(),
+            format!(
+                "child: {FALLBACK_CHILD}: no {hub} weights in the Hugging Face cache (the paper's child \
+                 for {}), so the pretrained SmolLM2-135M-Instruct runs instead, with settings scaled to \
+                 finish in minutes on a CPU (batch {FALLBACK_BATCH}, {FALLBACK_EPISODES} episodes, \
+                 actor lr {FALLBACK_ACTOR_LR}, chat prompts).\n  For the paper's child: put {hub} in the \
+                 Hugging Face cache (huggingface-cli download openai-community/{hub}) or pass \
+                 --model <folder with config.json + model.safetensors>.",
+                task.name
+            ),
+        ),
+    }
+}
+
+/// Everything a run is made of, resolved: written as config.json and read back on --resume.
+fn resolve(args: &Args) -> Result<(Value, String)> {
+    let task = pgsrm::tasks::by_name(args.task.as_deref().context("--task is required")?)?;
+    pgsrm::reward::shaping::Shaping::from_name(&args.reward).context("--reward")?;
+    let (model, why) = choose_child(args, &task);
+    let fallback = model == FALLBACK_CHILD && args.model.is_none();
+    let mut ppo = PpoConfig {
+        shaping: args.reward.clone(),
+        batch_size: args
+            .batch_size
+            .or(fallback.then_some(FALLBACK_BATCH))
+            .or(Some(task.settings.batch_size)),
+        max_new_tokens: args.max_new_tokens.or(Some(task.settings.max_new_tokens)),
+        chat: args.chat.unwrap_or(fallback),
+        ..PpoConfig::default()
+    };
+    if fallback {
+        ppo.actor_lr = FALLBACK_ACTOR_LR;
+    }
+    if let Some(c) = args.clip_range {
+        ppo.clip_range = Some(c);
+    }
+    if let Some(v) = args.ppo_epochs {
+        ppo.ppo_epochs = v;
+    }
+    if let Some(v) = args.minibatches {
+        ppo.minibatches = v;
+    }
+    ppo.whiten_advantages = args.whiten_advantages;
+    ppo.value_clip = args.value_clip;
+    if let Some(v) = args.actor_lr {
+        ppo.actor_lr = v;
+    }
+    if let Some(v) = args.critic_lr {
+        ppo.critic_lr = v;
+    }
+    if let Some(v) = args.kl_coef {
+        ppo.kl_coef = v;
+    }
+    if let Some(v) = args.kl_target {
+        ppo.kl_target = v;
+    }
+    ppo.adaptive_kl = !args.no_adaptive_kl;
+    ppo.validate().context("PPO flags")?;
+    let episodes = args.episodes.unwrap_or(if fallback {
+        FALLBACK_EPISODES
+    } else {
+        PAPER_EPISODES
+    });
+    if episodes == 0 {
+        bail!("--episodes must be at least 1");
+    }
+    let run_name = args
+        .run_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}-seed{}", task.name, args.reward, args.seed));
+    if run_name.is_empty() || run_name.contains('/') || run_name.starts_with('.') {
+        bail!("--run-name {run_name:?}: give a plain folder name");
+    }
+    let cfg = json!({
+        "run_name": run_name,
+        "task": task.name,
+        "reward": args.reward,
+        "model": model,
+        "child_choice": why,
+        "seed": args.seed,
+        "episodes": episodes,
+        "batch_size": ppo.batch_size,
+        "max_new_tokens": ppo.max_new_tokens,
+        "chat": ppo.chat,
+        "embedder": args.embedder.embedder,
+        "parent": format!("table:data/parents/{}.jsonl", task.name),
+        "checkpoint_every": args.checkpoint_every,
+        "episode_log": EPISODE_RULE,
+        "ppo": ppo,
+        "git_commit": git_commit(),
+        "pgsrm_version": env!("CARGO_PKG_VERSION"),
+    });
+    Ok((cfg, why))
+}
+
+/// Runs `pgsrm train`; returns the run folder.
+pub fn train(args: &Args) -> Result<PathBuf> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second handler cannot be set (reproduce trains several runs): the first one stays.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    train_until(args, &stop)
+}
+
+fn num<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, path: &Path) -> Result<T> {
+    serde_json::from_value(cfg[key].clone())
+        .with_context(|| format!("{}/config.json: bad or missing {key:?}", path.display()))
+}
+
+fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
+    let (mut dir, mut cfg, checkpoint) = match &args.resume {
+        Some(path) => {
+            let r = RunDir::resume(path)?;
+            (r.dir, r.config, r.checkpoint)
+        }
+        None => {
+            let (cfg, _) = resolve(args)?;
+            let path = args
+                .runs_dir
+                .join(cfg["run_name"].as_str().unwrap_or("run"));
+            (RunDir::create(&path, &cfg)?, cfg, None)
+        }
+    };
+    let path = dir.path.clone();
+    if let (Some(e), Some(_)) = (args.episodes, &args.resume) {
+        cfg["episodes"] = e.into();
+    }
+    let task = pgsrm::tasks::by_name(&num::<String>(&cfg, "task", &path)?)?;
+    let model_spec: String = num(&cfg, "model", &path)?;
+    let ppo: PpoConfig = num(&cfg, "ppo", &path)?;
+    let seed: u64 = num(&cfg, "seed", &path)?;
+    let total: u64 = num(&cfg, "episodes", &path)?;
+    let every: u64 = num::<u64>(&cfg, "checkpoint_every", &path)?.max(1);
+    if !args.quiet {
+        eprintln!(
+            "{}",
+            cfg["child_choice"]
+                .as_str()
+                .unwrap_or("child: as configured")
+        );
+        eprintln!(
+            "run {}: task {}, reward {}, seed {seed}, {total} episodes",
+            path.display(),
+            task.name,
+            ppo.shaping
+        );
+    }
+    let loaded = load_model(&model_spec)?;
+    let reference = loaded.model.clone();
+    let hidden = match &loaded.model {
+        Model::Gpt2(m) => m.config.n_embd,
+        Model::Llama(m) => m.config.hidden_size,
+    };
+    let template = Loaded {
+        model: reference.clone(),
+        tokenizer: loaded.tokenizer.clone(),
+        source: loaded.source.clone(),
+        eos: loaded.eos,
+        bos: loaded.bos,
+        chat_template: loaded.chat_template.clone(),
+    };
+    let needs = pgsrm::reward::shaping::Shaping::from_name(&ppo.shaping)?.needs_embeddings();
+    let embedder = if needs {
+        Some(args.embedder.build()?)
+    } else {
+        None
+    };
+    let parent = Box::new(task.table_parent());
+    let mut trainer = Trainer::new(
+        ppo,
+        loaded,
+        reference,
+        Critic::new(hidden, seed),
+        task,
+        embedder,
+        parent,
+        seed,
+    )?;
+    if let Some((step, ck)) = &checkpoint {
+        let state = load_trainer_state(ck)?;
+        trainer.restore(state)?;
+        dir.truncate_after(*step)?;
+        if !args.quiet {
+            eprintln!(
+                "resumed from {} ({} episodes done)",
+                ck.display(),
+                trainer.episodes()
+            );
+        }
+    } else if args.resume.is_some() {
+        bail!(
+            "{}: no checkpoint to resume from (the run stopped before its first)",
+            path.display()
+        );
+    }
+    let save = |trainer: &Trainer, dir: &RunDir| -> Result<PathBuf> {
+        dir.write_checkpoint(trainer.updates(), |d| {
+            save_trainer_state(d, trainer.state(), &template)
+        })
+    };
+    let mut last_saved = trainer.updates();
+    while trainer.episodes() < total {
+        if stop.load(Ordering::SeqCst) {
+            let ck = save(&trainer, &dir)?;
+            eprintln!(
+                "\ninterrupted: checkpoint {} written; continue with --resume {}",
+                ck.display(),
+                path.display()
+            );
+            bail!("interrupted");
+        }
+        let stats = match trainer.update() {
+            Ok(s) => s,
+            Err(e) => {
+                let kept = if last_saved > 0 {
+                    format!(
+                        "the last good checkpoint, {}/step-{last_saved}, is kept",
+                        path.display()
+                    )
+                } else {
+                    "no checkpoint was written yet".to_string()
+                };
+                return Err(e).with_context(|| {
+                    format!(
+                        "training stopped at update {} ({kept})",
+                        trainer.updates() + 1
+                    )
+                });
+            }
+        };
+        let mut line = serde_json::to_value(&stats)?;
+        let episodes = line
+            .as_object_mut()
+            .and_then(|m| m.remove("episodes"))
+            .unwrap_or(Value::Null);
+        dir.append_metrics(&line)?;
+        dir.append_episodes(
+            stats.update,
+            episodes.as_array().map(Vec::as_slice).unwrap_or(&[]),
+        )?;
+        let done = trainer.episodes() >= total;
+        if done || stats.update % every == 0 {
+            save(&trainer, &dir)?;
+            last_saved = trainer.updates();
+        }
+        if !args.quiet {
+            eprint!(
+                "\rupdate {} | episodes {}/{} | {:.2} episodes/s | reward {:.4} | KL {:.5}   ",
+                stats.update,
+                stats.episode,
+                total,
+                stats.episodes_per_s,
+                stats.reward_mean,
+                stats.losses.kl
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let curves = RunCurves::load(&path)?;
+    let name = curves.name.clone();
+    write_report(
+        &[Group {
+            name,
+            runs: vec![&curves],
+        }],
+        &path,
+        &format!("Run {}", path.display()),
+        "",
+    )?;
+    if !args.quiet {
+        eprintln!(
+            "\ndone: {} (plots: reward, kl, entropy .svg/.png; report.md)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    train(&args).map(|_| ())
+}
