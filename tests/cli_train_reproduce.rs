@@ -1,0 +1,129 @@
+//! `pgsrm reproduce` on `random:tiny` (both rewards, one seed, a few updates), and Ctrl-C during
+//! `pgsrm train` writing a checkpoint before the process exits.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn root(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("pgsrm-cli-repro-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+#[test]
+fn reproduce_trains_both_rewards_evaluates_and_reports() {
+    let dir = root("repro");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "reproduce",
+            "--task",
+            "colors",
+            "--model",
+            "random:tiny",
+            "--seeds",
+            "3",
+        ])
+        .args([
+            "--episodes",
+            "18",
+            "--batch-size",
+            "6",
+            "--quiet",
+            "--out",
+            "rep",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = dir.join("rep");
+    for reward in ["pgsrm", "binary"] {
+        let run = rep.join(format!("colors-{reward}-seed3"));
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["reward"], reward);
+        assert_eq!(cfg["seed"], 3);
+        let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 3);
+        let eval: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+        let em = eval["exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&em));
+    }
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains("| pgsrm | 1 | 3 |"), "{md}");
+    assert!(md.contains("| binary | 1 | 3 |"), "{md}");
+    assert!(md.contains("Wall time"));
+    for stem in ["reward", "kl", "entropy"] {
+        assert!(rep.join(format!("{stem}.png")).is_file());
+        let svg = std::fs::read_to_string(rep.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.contains("data-name=\"pgsrm\"") && svg.contains("data-name=\"binary\""));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_before_exiting() {
+    let dir = root("int");
+    let child = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "train",
+            "--task",
+            "colors",
+            "--model",
+            "random:tiny",
+            "--reward",
+            "binary",
+        ])
+        .args([
+            "--episodes",
+            "1000000",
+            "--batch-size",
+            "4",
+            "--run-name",
+            "i",
+            "--quiet",
+        ])
+        .args(["--checkpoint-every", "1000000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.join("runs/i/metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no updates logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    let latest = std::fs::read_to_string(dir.join("runs/i/latest")).unwrap();
+    let step: usize = latest
+        .trim()
+        .strip_prefix("step-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let logged = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert_eq!(step, logged);
+    assert!(
+        dir.join(format!("runs/i/step-{step}/trainer_state.json"))
+            .is_file()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
