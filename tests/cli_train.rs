@@ -100,6 +100,7 @@ fn resumed_run_equals_an_uninterrupted_one() {
     assert_eq!(cfg["task"], "colors");
     assert_eq!(cfg["reward"], "binary");
     assert_eq!(cfg["ppo"]["batch_size"], 6);
+    assert_eq!(cfg["episodes"], 30);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -142,6 +143,13 @@ fn refuses_to_overwrite_and_names_bad_flags() {
     );
     let out = pgsrm(&dir, &[&BASE[..], &["--reward", "cosine"]].concat());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--reward"));
+    // A resumed run keeps its settings: flags that would change them are refused.
+    let out = pgsrm(&dir, &["train", "--resume", "runs/r", "--reward", "pgsrm"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    assert_eq!(
+        std::fs::read(dir.join("runs/r/metrics.jsonl")).unwrap(),
+        before
+    );
     let out = pgsrm(&dir, &["train", "--resume", "runs/none", "--quiet"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("runs/none"));
     std::fs::remove_dir_all(&dir).unwrap();

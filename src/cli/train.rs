@@ -31,30 +31,30 @@ pub const PAPER_EPISODES: u64 = 100_000;
 #[derive(clap::Args)]
 pub struct Args {
     /// Task: colors, opposites, categories, copy or negative
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     pub task: Option<String>,
     /// Child: a folder, .gguf, Hugging Face name (gpt2, gpt2-large), smollm2-135m-instruct or
     /// random:<config>[:seed] (default: the task's GPT-2 when found, else smollm2-135m-instruct)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub model: Option<String>,
     /// Reward shaping: pgsrm, binary, truncate or euclidean
-    #[arg(long, default_value = "pgsrm")]
+    #[arg(long, default_value = "pgsrm", conflicts_with = "resume")]
     pub reward: String,
     /// Episodes in all (default: the paper's 100000 for GPT-2, 480 for the SmolLM2 fallback); on
     /// --resume, the new total
     #[arg(long)]
     pub episodes: Option<u64>,
     /// Episodes per update (default: the task's, 16 for the SmolLM2 fallback)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub batch_size: Option<usize>,
     /// New tokens per answer (default: the task's)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub max_new_tokens: Option<usize>,
     /// Seed of prompt draws, sampling and the value head's init
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
     pub seed: u64,
     /// Run folder name under --runs-dir (default: <task>-<reward>-seed<seed>)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub run_name: Option<String>,
     /// Folder the run folders go in
     #[arg(long, default_value = "runs")]
@@ -312,6 +312,13 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
         let state = load_trainer_state(ck)?;
         trainer.restore(state)?;
         dir.truncate_after(*step)?;
+        if args.episodes.is_some() {
+            // The new total, so that a later --resume without --episodes keeps it.
+            pgsrm::model::io::write_atomic(
+                &path.join(pgsrm::run::folder::CONFIG),
+                serde_json::to_string_pretty(&cfg)?.as_bytes(),
+            )?;
+        }
         if !args.quiet {
             eprintln!(
                 "resumed from {} ({} episodes done)",
