@@ -1,6 +1,6 @@
 //! Line charts of a run's curves, drawn by our own code: SVG (text, axes, ticks, legend) and PNG
-//! (the same frame, grid, bands and lines rasterised into an RGB buffer; the PNG carries no text,
-//! its SVG twin has the labels).
+//! (the same frame, grid, bands and lines rasterised into an RGB buffer, with tick numbers in a
+//! small pixel font; titles, axis names and the legend's names are in the SVG only).
 
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
@@ -292,6 +292,34 @@ pub fn svg(chart: &Chart) -> String {
     s
 }
 
+/// A 3x5 pixel font for tick labels in the PNG: rows top to bottom, 3 bits each (high bit left).
+fn glyph(c: char) -> Option<[u8; 5]> {
+    Some(match c {
+        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
+        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
+        'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
+        _ => return None,
+    })
+}
+
+/// Pixels per font pixel.
+const FONT_SCALE: i64 = 2;
+
+/// Width in pixels of `text` in the PNG font.
+fn text_width(text: &str) -> f64 {
+    (text.chars().count() as i64 * 4 * FONT_SCALE) as f64
+}
+
 /// An RGB image being drawn on.
 struct Canvas {
     w: usize,
@@ -317,6 +345,31 @@ impl Canvas {
         for (p, &ck) in self.px[i..i + 3].iter_mut().zip(&c) {
             let old = *p as f64;
             *p = (old + (ck as f64 - old) * a).round() as u8;
+        }
+    }
+
+    /// Draws `text` with its top-left corner at (x, y); characters without a glyph are blank.
+    fn text(&mut self, x: f64, y: f64, text: &str, c: [u8; 3]) {
+        let (x0, y0) = (x.round() as i64, y.round() as i64);
+        for (k, ch) in text.chars().enumerate() {
+            let Some(rows) = glyph(ch) else { continue };
+            let gx = x0 + k as i64 * 4 * FONT_SCALE;
+            for (r, bits) in rows.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (0b100 >> col) != 0 {
+                        for dy in 0..FONT_SCALE {
+                            for dx in 0..FONT_SCALE {
+                                self.blend(
+                                    gx + col * FONT_SCALE + dx,
+                                    y0 + r as i64 * FONT_SCALE + dy,
+                                    c,
+                                    1.0,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -392,11 +445,15 @@ pub fn rgb(chart: &Chart) -> Vec<u8> {
         let x = f.px(t);
         cv.vline(x, y_top, y_bottom, grid);
         cv.vline(x, y_bottom, y_bottom + 5.0, [51, 51, 51]);
+        let l = label(t);
+        cv.text(x - text_width(&l) / 2.0, y_bottom + 9.0, &l, [51, 51, 51]);
     }
     for t in ticks(f.yr.0, f.yr.1) {
         let y = f.py(t);
         cv.hline(x_left, x_right, y, grid);
         cv.hline(x_left - 5.0, x_left, y, [51, 51, 51]);
+        let l = label(t);
+        cv.text(x_left - 9.0 - text_width(&l), y - 5.0, &l, [51, 51, 51]);
     }
     for (i, ser) in chart.series.iter().enumerate() {
         let pts: Vec<(f64, f64, f64)> = ser
