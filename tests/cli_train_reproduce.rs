@@ -67,6 +67,37 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
         let svg = std::fs::read_to_string(rep.join(format!("{stem}.svg"))).unwrap();
         assert!(svg.contains("data-name=\"pgsrm\"") && svg.contains("data-name=\"binary\""));
     }
+    // Run again, it continues the runs it has (complete here) instead of refusing them.
+    let before = std::fs::read(rep.join("colors-pgsrm-seed3/metrics.jsonl")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "reproduce",
+            "--task",
+            "colors",
+            "--model",
+            "random:tiny",
+            "--seeds",
+            "3",
+        ])
+        .args([
+            "--episodes",
+            "18",
+            "--batch-size",
+            "6",
+            "--quiet",
+            "--out",
+            "rep",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read(rep.join("colors-pgsrm-seed3/metrics.jsonl")).unwrap();
+    assert_eq!(before, after);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

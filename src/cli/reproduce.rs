@@ -68,11 +68,25 @@ pub fn run(args: Args) -> Result<()> {
                 argv.push(format!("--{k}"));
                 argv.push(v);
             };
+            let name = format!("{}-{reward}-seed{seed}", args.task);
+            let existing = out.join(&name);
+            if existing.join(pgsrm::run::folder::CONFIG).is_file() {
+                // A reproduction run again continues (or just re-reads) the runs it already has.
+                flag("resume", existing.display().to_string());
+                flag("embedder", args.embedder.clone());
+                if args.quiet {
+                    argv.push("--quiet".into());
+                }
+                let flags = TrainFlags::try_parse_from(&argv)
+                    .with_context(|| format!("train flags {argv:?}"))?;
+                paths.push(train::train(&flags.args)?);
+                continue;
+            }
             flag("task", args.task.clone());
             flag("reward", reward.into());
             flag("seed", seed.to_string());
             flag("runs-dir", out.display().to_string());
-            flag("run-name", format!("{}-{reward}-seed{seed}", args.task));
+            flag("run-name", name);
             flag("embedder", args.embedder.clone());
             if let Some(m) = &args.model {
                 flag("model", m.clone());
