@@ -49,6 +49,27 @@ pub fn check_prompts(
     Ok(())
 }
 
+/// Tokens a decoding step can take: one per row, inside the vocabulary, with room left in the
+/// cache. Shared by the CPU and CUDA decoders.
+pub fn check_step(
+    tokens: &[u32],
+    rows: usize,
+    len: usize,
+    tmax: usize,
+    vocab: usize,
+) -> Result<()> {
+    if tokens.len() != rows {
+        bail!("a decoding step takes {rows} tokens, got {}", tokens.len());
+    }
+    if len >= tmax {
+        bail!("the cache is full ({tmax} positions)");
+    }
+    if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= vocab) {
+        bail!("token id {bad} is outside the vocabulary");
+    }
+    Ok(())
+}
+
 /// The decoding state of a batch: per layer, the keys and values of every position so far.
 pub struct Gpt2Decoder<'m> {
     model: &'m Gpt2,
@@ -128,22 +149,13 @@ impl<'m> Gpt2Decoder<'m> {
 
     /// Feeds one token per row (B).
     pub fn step(&mut self, tokens: &[u32]) -> Result<()> {
-        if tokens.len() != self.b {
-            bail!(
-                "a decoding step takes {} tokens, got {}",
-                self.b,
-                tokens.len()
-            );
-        }
-        if self.len >= self.tmax {
-            bail!("the cache is full ({} positions)", self.tmax);
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&x| x as usize >= self.model.config.vocab_size)
-        {
-            bail!("token id {bad} is outside the vocabulary");
-        }
+        check_step(
+            tokens,
+            self.b,
+            self.len,
+            self.tmax,
+            self.model.config.vocab_size,
+        )?;
         self.run(tokens, 1);
         Ok(())
     }

@@ -166,22 +166,13 @@ impl<'m> GpuGpt2Decoder<'m> {
 
     /// Feeds one token per row (B).
     pub fn step(&mut self, tokens: &[u32]) -> Result<()> {
-        if tokens.len() != self.b {
-            bail!(
-                "a decoding step takes {} tokens, got {}",
-                self.b,
-                tokens.len()
-            );
-        }
-        if self.len >= self.tmax {
-            bail!("the cache is full ({} positions)", self.tmax);
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&x| x as usize >= self.model.config.vocab_size)
-        {
-            bail!("token id {bad} is outside the vocabulary");
-        }
+        crate::cpu::decode::check_step(
+            tokens,
+            self.b,
+            self.len,
+            self.tmax,
+            self.model.config.vocab_size,
+        )?;
         self.run(tokens, 1)
     }
 
