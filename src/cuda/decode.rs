@@ -40,16 +40,20 @@ pub fn sample_rows(
     Ok((g.download(&tok)?, g.download(&lp)?))
 }
 
-/// The loop of `cpu::decode::generate` over a prefilled decoder of `rows` prompts: a row stops
-/// after it samples `eos` (kept, with its log-probability) or after `max_new_tokens`.
-pub fn generate_rows(
-    dec: &mut impl DeviceDecoder,
+/// The loop of `cpu::decode::generate` over the decoder `prefill` makes for `rows` prompts: a row
+/// stops after it samples `eos` (kept, with its log-probability) or after `max_new_tokens`.
+pub fn generate_rows<D: DeviceDecoder>(
     rows: usize,
     params: &SamplingParams,
     eos: u32,
     seed: u64,
+    prefill: impl FnOnce() -> Result<D>,
 ) -> Result<Vec<Generation>> {
     let mut out = vec![Generation::default(); rows];
+    if rows == 0 || params.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut dec = prefill()?;
     let mut done = vec![false; rows];
     for step in 0..params.max_new_tokens {
         let (toks, lps) = dec.sample(params, seed, step as u32)?;

@@ -361,9 +361,7 @@ pub fn generate(
     eos: u32,
     seed: u64,
 ) -> Result<Vec<Generation>> {
-    if prompts.is_empty() || params.max_new_tokens == 0 {
-        return Ok(vec![Generation::default(); prompts.len()]);
-    }
-    let mut dec = GpuGpt2Decoder::new(g, model, prompts, params.max_new_tokens, eos)?;
-    generate_rows(&mut dec, prompts.len(), params, eos, seed)
+    generate_rows(prompts.len(), params, eos, seed, || {
+        GpuGpt2Decoder::new(g, model, prompts, params.max_new_tokens, eos)
+    })
 }
