@@ -442,28 +442,16 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// layout (first half, second half) to interleaved pairs: GGUF row 2j + a of a head is Hugging
 /// Face row a * D/2 + j. This puts them back. `w` is (heads * D, C).
 pub fn unpermute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = (w.shape[0], w.shape[1]);
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        bail!("{rows} rows cannot be split into {heads} heads of even width");
-    }
-    let d = rows / heads;
-    let half = d / 2;
-    let mut out = vec![0.0f32; rows * cols];
-    for h in 0..heads {
-        for j in 0..half {
-            for a in 0..2 {
-                let src = h * d + 2 * j + a;
-                let dst = h * d + a * half + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&w.data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    Ok(Tensor::from_vec(&w.shape, out))
+    move_rotary_rows(w, heads, true)
 }
 
 /// The inverse of `unpermute_rotary_rows`: what a GGUF converter does.
 pub fn permute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
+    move_rotary_rows(w, heads, false)
+}
+
+/// Moves each head's rows between the interleaved (GGUF) and rotate-half (Hugging Face) orders.
+fn move_rotary_rows(w: &Tensor, heads: usize, to_hf: bool) -> Result<Tensor> {
     let (rows, cols) = (w.shape[0], w.shape[1]);
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         bail!("{rows} rows cannot be split into {heads} heads of even width");
@@ -474,8 +462,13 @@ pub fn permute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     for h in 0..heads {
         for j in 0..half {
             for a in 0..2 {
-                let dst = h * d + 2 * j + a;
-                let src = h * d + a * half + j;
+                let interleaved = h * d + 2 * j + a;
+                let rotate_half = h * d + a * half + j;
+                let (src, dst) = if to_hf {
+                    (interleaved, rotate_half)
+                } else {
+                    (rotate_half, interleaved)
+                };
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&w.data[src * cols..(src + 1) * cols]);
             }
