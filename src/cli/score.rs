@@ -57,13 +57,12 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         loaded.model.logits(&batch, &positions)?.data
     };
+    let mut logp = vec![0.0f32; logits.len()];
+    pgsrm::cpu::ops::log_softmax_forward(&mut logp, &logits, v);
     let mut logprobs: Vec<Option<f32>> = vec![None; ids.len()];
     for (i, &(_, p)) in positions.iter().enumerate() {
         let target = seq[p + 1] as usize;
-        let row = &logits[i * v..(i + 1) * v];
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-        logprobs[p + 1 - offset] = Some(row[target] - lse);
+        logprobs[p + 1 - offset] = Some(logp[i * v + target]);
     }
     let sum: f32 = logprobs.iter().flatten().sum();
     let out = json!({
