@@ -78,6 +78,9 @@ pub struct Args {
     pub ppo_epochs: Option<usize>,
     #[arg(long)]
     pub minibatches: Option<usize>,
+    /// Advantage baseline: critic (r - V, the paper's) or batch-mean (r - mean r of the batch)
+    #[arg(long, value_enum)]
+    pub baseline: Option<pgsrm::ppo::config::Baseline>,
     /// Normalise advantages over each minibatch
     #[arg(long)]
     pub whiten_advantages: bool,
@@ -169,6 +172,9 @@ fn resolve(args: &Args) -> Result<(Value, String)> {
     }
     if let Some(v) = args.minibatches {
         ppo.minibatches = v;
+    }
+    if let Some(b) = args.baseline {
+        ppo.baseline = b;
     }
     ppo.whiten_advantages = args.whiten_advantages;
     ppo.value_clip = args.value_clip;

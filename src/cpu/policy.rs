@@ -9,7 +9,7 @@ use crate::model::gpt2::Gpt2Weights;
 use crate::model::llama::LlamaWeights;
 use crate::model::spec::Model;
 use crate::ppo::adamw::{AdamW, clip_grad_norm};
-use crate::ppo::config::PpoConfig;
+use crate::ppo::config::{Baseline, PpoConfig};
 use crate::ppo::loss::{
     ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, whiten,
 };
@@ -278,6 +278,7 @@ impl CpuPolicy {
         idx: &[usize],
         ref_lp: &[Vec<f32>],
         old_values: Option<&[f32]>,
+        batch_mean: Option<f32>,
         kl_coef: f32,
     ) -> Result<UpdateLosses> {
         let cfg = &self.cfg;
@@ -294,8 +295,13 @@ impl CpuPolicy {
             None => values.clone(),
         };
         let returns: Vec<f32> = eps.iter().map(|e| e.reward).collect();
-        // A = r - V, one scalar per sequence on every one of its tokens; V is detached.
-        let mut adv: Vec<f32> = sb.rows.iter().map(|&r| returns[r] - old[r]).collect();
+        // A = r - V (or r - mean r), one scalar per sequence on every one of its tokens; V is
+        // detached.
+        let mut adv: Vec<f32> = sb
+            .rows
+            .iter()
+            .map(|&r| returns[r] - batch_mean.unwrap_or(old[r]))
+            .collect();
         if cfg.whiten_advantages {
             whiten(&mut adv);
         }
@@ -388,6 +394,9 @@ impl CpuPolicy {
         } else {
             None
         };
+        let batch_mean = (self.cfg.baseline == Baseline::BatchMean).then(|| {
+            episodes.iter().map(|e| e.reward as f64).sum::<f64>() as f32 / episodes.len() as f32
+        });
         let mut total = UpdateLosses::default();
         let mut order: Vec<usize> = (0..episodes.len()).collect();
         for _ in 0..epochs {
@@ -404,6 +413,7 @@ impl CpuPolicy {
                     &order[lo..hi],
                     &ref_lp,
                     old_values.as_deref(),
+                    batch_mean,
                     kl_coef,
                 )?;
                 let add = |a: &mut f32, b: f32| *a += b / steps as f32;

@@ -35,6 +35,9 @@ pub struct PpoConfig {
     pub clip_range: Option<f32>,
     pub ppo_epochs: usize,
     pub minibatches: usize,
+    /// What the reward is measured against: the value head (`r - V`, the reference) or the mean
+    /// reward of the update's batch.
+    pub baseline: Baseline,
     /// Normalise the advantages of a minibatch to mean 0, standard deviation 1 over its tokens.
     pub whiten_advantages: bool,
     /// Clip the value change against the values before the update by this much.
@@ -68,11 +71,24 @@ impl Default for PpoConfig {
             clip_range: None,
             ppo_epochs: 1,
             minibatches: 1,
+            baseline: Baseline::Critic,
             whiten_advantages: false,
             value_clip: None,
             train_eos: false,
         }
     }
+}
+
+/// The baseline subtracted from each episode's reward to give its advantage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// `A = r - V`, V from the value head before the update (PAPER.md).
+    Critic,
+    /// `A = r - mean(r)` over the update's batch. The value head still trains and is logged; it
+    /// does not enter the advantage. A freshly initialised value head is noise of the order of
+    /// the reward itself, which drowns a short run's signal; the batch mean is not.
+    BatchMean,
 }
 
 impl PpoConfig {
