@@ -129,8 +129,93 @@ impl<'m> Gpt2Decoder<'m> {
             gathered: Vec::new(),
             logits: Vec::new(),
         };
-        d.run(&batch.tokens, batch.t);
+        let last: Vec<usize> = (0..batch.b).map(|r| r * batch.t + batch.t - 1).collect();
+        d.run(&batch.tokens, batch.t, &last);
         Ok(d)
+    }
+
+    /// A decoder whose cache already holds `len` positions of every row: `k` and `v` are, per
+    /// layer, (B, tmax, C) with the keys and values of indices below `len` filled in. Rows are
+    /// left padded: row b's first real index is `start[b]`.
+    pub fn from_cache(
+        model: &'m Gpt2,
+        start: Vec<usize>,
+        tmax: usize,
+        len: usize,
+        k: Vec<Vec<f32>>,
+        v: Vec<Vec<f32>>,
+    ) -> Result<Self> {
+        let cfg = &model.config;
+        let b = start.len();
+        let want = b * tmax * cfg.n_embd;
+        if k.len() != cfg.n_layer
+            || v.len() != cfg.n_layer
+            || k.iter().chain(&v).any(|x| x.len() != want)
+        {
+            bail!(
+                "a cache of {b} rows and {tmax} positions needs {} layers of {want} keys and values",
+                cfg.n_layer
+            );
+        }
+        if len > tmax || tmax > cfg.n_positions {
+            bail!(
+                "a cache of {tmax} positions with {len} filled does not fit the model's context of {}",
+                cfg.n_positions
+            );
+        }
+        Ok(Gpt2Decoder {
+            model,
+            b,
+            tmax,
+            start,
+            len,
+            k,
+            v,
+            x: Vec::new(),
+            ln: Vec::new(),
+            mean: Vec::new(),
+            rstd: Vec::new(),
+            qkv: Vec::new(),
+            atty: Vec::new(),
+            tmp: Vec::new(),
+            fch: Vec::new(),
+            fch_gelu: Vec::new(),
+            gathered: Vec::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    /// Feeds `tq` tokens per row (tokens (B, tq)) and returns the logits (P, V) of the new rows
+    /// `heads` (index b * tq + i), in the order given.
+    pub fn extend(&mut self, tokens: &[u32], tq: usize, heads: &[usize]) -> Result<&[f32]> {
+        let cfg = &self.model.config;
+        if tokens.len() != self.b * tq || self.len + tq > self.tmax {
+            bail!(
+                "{} tokens do not make {tq} new positions of {} rows with {} of {} filled",
+                tokens.len(),
+                self.b,
+                self.len,
+                self.tmax
+            );
+        }
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= cfg.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary");
+        }
+        if let Some(&h) = heads.iter().find(|&&h| h >= self.b * tq) {
+            bail!("head row {h} is outside the {} new rows", self.b * tq);
+        }
+        self.run(tokens, tq, heads);
+        Ok(&self.logits)
+    }
+
+    /// Keys and values of layer `l`, (B, tmax, C) each.
+    pub fn layer_kv(&self, l: usize) -> (&[f32], &[f32]) {
+        (&self.k[l], &self.v[l])
+    }
+
+    /// Cache capacity in positions.
+    pub fn capacity(&self) -> usize {
+        self.tmax
     }
 
     /// Next-token logits (B, V) after the last position fed.
@@ -156,13 +241,14 @@ impl<'m> Gpt2Decoder<'m> {
             self.tmax,
             self.model.config.vocab_size,
         )?;
-        self.run(tokens, 1);
+        let rows: Vec<usize> = (0..self.b).collect();
+        self.run(tokens, 1, &rows);
         Ok(())
     }
 
     /// Runs `tq` new positions per row (tokens (B, tq)) against the cache and leaves the logits
-    /// of each row's last new position.
-    fn run(&mut self, tokens: &[u32], tq: usize) {
+    /// (P, V) of the new rows `heads` (index b * tq + i).
+    fn run(&mut self, tokens: &[u32], tq: usize, heads: &[usize]) {
         let cfg = &self.model.config;
         let w = &self.model.weights;
         let (nb, c, v) = (self.b, cfg.n_embd, cfg.vocab_size);
@@ -281,27 +367,28 @@ impl<'m> Gpt2Decoder<'m> {
                 *x += y;
             }
         }
-        // Only each row's last position needs the final layernorm and the head.
-        let mut last = vec![0.0f32; nb * c];
-        for b in 0..nb {
-            let r = b * tq + tq - 1;
-            last[b * c..(b + 1) * c].copy_from_slice(&self.x[r * c..(r + 1) * c]);
+        // Only the rows asked for need the final layernorm and the head.
+        let m = heads.len();
+        let mut picked = vec![0.0f32; m * c];
+        for (dst, &r) in picked.chunks_exact_mut(c).zip(heads) {
+            dst.copy_from_slice(&self.x[r * c..(r + 1) * c]);
         }
-        let mut normed = vec![0.0f32; nb * c];
+        let mut normed = vec![0.0f32; m * c];
+        let (mut mean, mut rstd) = (vec![0.0f32; m], vec![0.0f32; m]);
         layernorm_forward(
             &mut normed,
-            &mut self.mean[..nb],
-            &mut self.rstd[..nb],
-            &last,
+            &mut mean,
+            &mut rstd,
+            &picked,
             &w.ln_f_w.data,
             &w.ln_f_b.data,
-            nb,
+            m,
             c,
             eps,
         );
-        let rows: Vec<usize> = (0..nb).collect();
-        self.gathered.resize(nb * c, 0.0);
-        self.logits.resize(nb * v, 0.0);
+        let rows: Vec<usize> = (0..m).collect();
+        self.gathered.resize(m * c, 0.0);
+        self.logits.resize(m * v, 0.0);
         logits_forward(
             &mut self.logits,
             &mut self.gathered,

@@ -113,6 +113,50 @@ impl KvCache {
         }
     }
 
+    /// A cache whose first `len` positions are already filled: `k` and `v` are, per layer,
+    /// (B, tmax, KV*D) with rotated keys; row b's first real index is `start[b]`.
+    pub fn from_layers(
+        model: &Llama,
+        k: Vec<Vec<f32>>,
+        v: Vec<Vec<f32>>,
+        tmax: usize,
+        len: usize,
+        start: Vec<usize>,
+    ) -> Result<Self> {
+        let kw = model.config.n_kv_heads() * model.config.head_dim();
+        let l = model.config.num_hidden_layers;
+        let want = start.len() * tmax * kw;
+        if k.len() != l || v.len() != l || k.iter().chain(&v).any(|x| x.len() != want) {
+            bail!(
+                "a cache of {} rows and {tmax} positions needs {l} layers of {want} keys and values",
+                start.len()
+            );
+        }
+        if len > tmax || tmax > model.config.max_position_embeddings {
+            bail!(
+                "a cache of {tmax} positions with {len} filled does not fit the model's context of {}",
+                model.config.max_position_embeddings
+            );
+        }
+        Ok(KvCache {
+            k,
+            v,
+            tmax,
+            len,
+            start,
+        })
+    }
+
+    /// Keys and values of layer `l`, (B, tmax, KV*D) each.
+    pub fn layer(&self, l: usize) -> (&[f32], &[f32]) {
+        (&self.k[l], &self.v[l])
+    }
+
+    /// Capacity in positions.
+    pub fn capacity(&self) -> usize {
+        self.tmax
+    }
+
     /// Positions filled so far.
     pub fn len(&self) -> usize {
         self.len
@@ -121,6 +165,34 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// Feeds `tq` tokens per row (tokens (B, tq)) through the cache and returns the logits (P, V) of
+/// the new rows `heads` (index b * tq + i), in the order given.
+pub fn extend(
+    model: &Llama,
+    tokens: &[u32],
+    cache: &mut KvCache,
+    tq: usize,
+    heads: &[usize],
+) -> Result<Vec<f32>> {
+    let b = cache.start.len();
+    if tokens.len() != b * tq || cache.len + tq > cache.tmax {
+        bail!(
+            "{} tokens do not make {tq} new positions of {b} rows with {} of {} filled",
+            tokens.len(),
+            cache.len,
+            cache.tmax
+        );
+    }
+    let vocab = model.config.vocab_size;
+    if let Some(&tok) = tokens.iter().find(|&&x| x as usize >= vocab) {
+        bail!("token id {tok} is outside the vocabulary of {vocab}");
+    }
+    if let Some(&h) = heads.iter().find(|&&h| h >= b * tq) {
+        bail!("head row {h} is outside the {} new rows", b * tq);
+    }
+    Ok(run(model, tokens, cache, tq, heads, None).logits)
 }
 
 /// The rotary tables a model needs for `n` positions.

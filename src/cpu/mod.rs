@@ -8,3 +8,4 @@ pub mod gpt2;
 pub mod llama;
 pub mod ops;
 pub mod policy;
+pub mod refcache;

@@ -5,6 +5,7 @@
 use crate::cpu::decode::Generation;
 use crate::cpu::gpt2::{self, Batch, Gpt2Activations};
 use crate::cpu::llama::{self, LlamaActivations};
+use crate::cpu::refcache::RefCache;
 use crate::model::gpt2::Gpt2Weights;
 use crate::model::llama::LlamaWeights;
 use crate::model::spec::Model;
@@ -200,12 +201,15 @@ fn finite(name: &str, x: f32) -> Result<()> {
 /// two optimisers.
 pub struct CpuPolicy {
     pub model: Model,
+    /// Frozen: the keys and values of its prompts are kept across updates, so replacing it needs
+    /// `clear_reference_cache`.
     pub reference: Model,
     pub critic: Critic,
     pub actor_opt: AdamW,
     pub critic_opt: AdamW,
     pub cfg: PpoConfig,
     pub eos: u32,
+    ref_cache: RefCache,
 }
 
 impl CpuPolicy {
@@ -257,7 +261,18 @@ impl CpuPolicy {
             critic_opt,
             cfg,
             eos,
+            ref_cache: RefCache::default(),
         })
+    }
+
+    /// The reference model's prompt cache (for its size and hit counts).
+    pub fn reference_cache(&self) -> &RefCache {
+        &self.ref_cache
+    }
+
+    /// Forgets the reference model's cached prompts; needed after `reference` is replaced.
+    pub fn clear_reference_cache(&mut self) {
+        self.ref_cache.clear();
     }
 
     /// Values of the last index of every row, without gradients (no logits computed).
@@ -377,12 +392,10 @@ impl CpuPolicy {
     ) -> Result<UpdateLosses> {
         let all: Vec<&Episode> = episodes.iter().collect();
         let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
-        // The frozen reference is run once per update, only at the scored positions.
-        let flat = token_logprobs(&self.reference, &sb.batch, &sb.positions, &sb.tokens)?;
-        let mut ref_lp = vec![Vec::new(); episodes.len()];
-        for (&r, lp) in sb.rows.iter().zip(flat) {
-            ref_lp[r].push(lp);
-        }
+        // The frozen reference runs only the response tokens, on its cached prompt keys and values.
+        let ref_lp =
+            self.ref_cache
+                .logprobs(&self.reference, &all, self.eos, self.cfg.train_eos)?;
         let (epochs, mb) = (
             self.cfg.ppo_epochs,
             self.cfg.minibatches.min(episodes.len()),
