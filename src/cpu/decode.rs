@@ -2,7 +2,7 @@
 //! `cpu::gpt2`), then every step feeds one token per row. A row that has produced end-of-text
 //! stops: from then on it is fed end-of-text as padding and its outputs are ignored.
 
-use crate::cpu::gpt2::Batch;
+use crate::cpu::gpt2::{Batch, Gpt2Activations, Slot};
 use crate::cpu::ops::*;
 use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;
@@ -92,6 +92,8 @@ pub struct Gpt2Decoder<'m> {
     fch_gelu: Vec<f32>,
     gathered: Vec<f32>,
     logits: Vec<f32>,
+    /// With `recording`, every fed position's activations, as `gpt2::forward` saves them.
+    record: Option<Gpt2Activations>,
 }
 
 impl<'m> Gpt2Decoder<'m> {
@@ -128,6 +130,7 @@ impl<'m> Gpt2Decoder<'m> {
             fch_gelu: Vec::new(),
             gathered: Vec::new(),
             logits: Vec::new(),
+            record: None,
         };
         let last: Vec<usize> = (0..batch.b).map(|r| r * batch.t + batch.t - 1).collect();
         d.run(&batch.tokens, batch.t, &last);
@@ -182,6 +185,7 @@ impl<'m> Gpt2Decoder<'m> {
             fch_gelu: Vec::new(),
             gathered: Vec::new(),
             logits: Vec::new(),
+            record: None,
         })
     }
 
@@ -278,6 +282,11 @@ impl<'m> Gpt2Decoder<'m> {
         self.fch.resize(n * 4 * c, 0.0);
         self.fch_gelu.resize(n * 4 * c, 0.0);
         embedding_forward(&mut self.x, tokens, &pos, &w.wte.data, Some(&w.wpe.data), c);
+        let mut rec = self.record.take();
+        if let Some(r) = rec.as_mut() {
+            r.put_tokens(tokens, p0, tq);
+            r.put(0, Slot::Encoded, &self.x, p0, tq);
+        }
         for l in 0..cfg.n_layer {
             let p = &w.blocks[l];
             layernorm_forward(
@@ -300,6 +309,12 @@ impl<'m> Gpt2Decoder<'m> {
                 c,
                 3 * c,
             );
+            if let Some(r) = rec.as_mut() {
+                r.put(l, Slot::Ln1, &self.ln, p0, tq);
+                r.put(l, Slot::Ln1Mean, &self.mean, p0, tq);
+                r.put(l, Slot::Ln1Rstd, &self.rstd, p0, tq);
+                r.put(l, Slot::Qkv, &self.qkv, p0, tq);
+            }
             for i in 0..n {
                 let (b, t) = (i / tq, p0 + i % tq);
                 let dst = (b * self.tmax + t) * c;
@@ -332,6 +347,10 @@ impl<'m> Gpt2Decoder<'m> {
             // The cache needs no activations, so the residual adds happen in place.
             for (x, &y) in self.x.iter_mut().zip(&self.tmp) {
                 *x += y;
+            }
+            if let Some(r) = rec.as_mut() {
+                r.put(l, Slot::Atty, &self.atty, p0, tq);
+                r.put(l, Slot::Res1, &self.x, p0, tq);
             }
             layernorm_forward(
                 &mut self.ln,
@@ -366,7 +385,16 @@ impl<'m> Gpt2Decoder<'m> {
             for (x, &y) in self.x.iter_mut().zip(&self.tmp) {
                 *x += y;
             }
+            if let Some(r) = rec.as_mut() {
+                r.put(l, Slot::Ln2, &self.ln, p0, tq);
+                r.put(l, Slot::Ln2Mean, &self.mean, p0, tq);
+                r.put(l, Slot::Ln2Rstd, &self.rstd, p0, tq);
+                r.put(l, Slot::Fch, &self.fch, p0, tq);
+                r.put(l, Slot::FchGelu, &self.fch_gelu, p0, tq);
+                r.put(l, Slot::Res2, &self.x, p0, tq);
+            }
         }
+        self.record = rec;
         // Only the rows asked for need the final layernorm and the head.
         let m = heads.len();
         let mut picked = vec![0.0f32; m * c];
@@ -438,4 +466,121 @@ pub fn generate(
         dec.step(&next)?;
     }
     Ok(out)
+}
+
+/// A sampled batch whose forward pass was kept: the continuations, the activations of every
+/// position fed (prompts left padded to P, then one index per sampling step, the last sampled
+/// token included), and the logits each token was sampled from.
+pub struct Gpt2Rollout {
+    pub generations: Vec<Generation>,
+    acts: Gpt2Activations,
+    /// Padded prompt length P: the first sampled token sits at index P.
+    prompt_len: usize,
+    /// (S, B, V): step s's logits of every row, before temperature.
+    logits: Vec<f32>,
+}
+
+/// `generate`, keeping the forward pass for an update with the same weights: the same `rng`
+/// state gives the same tokens and log-probabilities as `generate`. The last sampled token is
+/// fed too (without the head), since the value head reads its hidden state.
+pub fn generate_recorded(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Result<Gpt2Rollout> {
+    if prompts.is_empty() || params.max_new_tokens == 0 {
+        bail!("a recorded rollout needs at least one prompt and one new token");
+    }
+    let v = model.config.vocab_size;
+    let cfg = &model.config;
+    check_prompts(cfg, prompts, params.max_new_tokens, eos)?;
+    let batch = Batch::left_padded(prompts, eos)?;
+    let b = batch.b;
+    let tmax = batch.t + params.max_new_tokens;
+    let zeros = || vec![vec![0.0f32; b * tmax * cfg.n_embd]; cfg.n_layer];
+    let mut dec = Gpt2Decoder::from_cache(model, batch.start.clone(), tmax, 0, zeros(), zeros())?;
+    dec.record = Some(Gpt2Activations::recording(
+        model,
+        tmax,
+        batch.start.clone(),
+        eos,
+    ));
+    let last: Vec<usize> = (0..b).map(|r| r * batch.t + batch.t - 1).collect();
+    dec.extend(&batch.tokens, batch.t, &last)?;
+    let mut out = vec![Generation::default(); b];
+    let mut logits = Vec::with_capacity(params.max_new_tokens * b * v);
+    let mut done = vec![false; b];
+    let rows: Vec<usize> = (0..b).collect();
+    for step in 0..params.max_new_tokens {
+        let mut next = vec![eos; b];
+        let step_logits = dec.logits();
+        logits.extend_from_slice(step_logits);
+        for (r, g) in out.iter_mut().enumerate() {
+            if done[r] {
+                continue;
+            }
+            let (tok, lp) = sample(&step_logits[r * v..(r + 1) * v], params, rng);
+            g.tokens.push(tok);
+            g.logprobs.push(lp);
+            next[r] = tok;
+            done[r] = tok == eos;
+        }
+        let more = !(done.iter().all(|&d| d) || step + 1 == params.max_new_tokens);
+        dec.extend(&next, 1, if more { &rows[..] } else { &[] })?;
+        if !more {
+            break;
+        }
+    }
+    let acts = dec.record.take().expect("the decoder was recording");
+    Ok(Gpt2Rollout {
+        generations: out,
+        acts,
+        prompt_len: batch.t,
+        logits,
+    })
+}
+
+impl Gpt2Rollout {
+    /// What the update's forward pass would give on the prompts followed by the first `kept[r]`
+    /// tokens of each continuation: the logits (M, V) predicting those tokens (row by row), the
+    /// final hidden state (B, C) of each row's last kept token (its last prompt token when none
+    /// is kept), and the activations for `gpt2::backward` with dlogits in that order.
+    pub fn finish(
+        mut self,
+        model: &Gpt2,
+        kept: &[usize],
+    ) -> Result<(Vec<f32>, Vec<f32>, Gpt2Activations)> {
+        let (b, v, c) = (
+            self.generations.len(),
+            model.config.vocab_size,
+            model.config.n_embd,
+        );
+        let t = self.acts.padded_len();
+        if kept.len() != b {
+            bail!("{} kept lengths for a rollout of {b} rows", kept.len());
+        }
+        let mut rows = Vec::new();
+        let mut logits = Vec::new();
+        for (r, &k) in kept.iter().enumerate() {
+            if k > self.generations[r].tokens.len() {
+                bail!(
+                    "row {r} keeps {k} tokens of a continuation of {}",
+                    self.generations[r].tokens.len()
+                );
+            }
+            for j in 0..k {
+                rows.push(r * t + self.prompt_len - 1 + j);
+                let o = (j * b + r) * v;
+                logits.extend_from_slice(&self.logits[o..o + v]);
+            }
+        }
+        self.acts.finish_record(model, rows);
+        let mut hidden = Vec::with_capacity(b * c);
+        for (r, &k) in kept.iter().enumerate() {
+            hidden.extend_from_slice(self.acts.final_hidden(r, self.prompt_len - 1 + k));
+        }
+        Ok((logits, hidden, self.acts))
+    }
 }

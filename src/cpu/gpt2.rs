@@ -180,9 +180,171 @@ impl Gpt2Activations {
         &self.lnf[r * c..(r + 1) * c]
     }
 
+    /// Padded length T of the last batch.
+    pub fn padded_len(&self) -> usize {
+        self.t
+    }
+
     /// Number of chosen (row, position) pairs of the last forward.
     pub fn num_logit_rows(&self) -> usize {
         self.rows.len()
+    }
+}
+
+/// A buffer of the saved activations, for a decoder that fills them chunk by chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slot {
+    Encoded,
+    Ln1,
+    Ln1Mean,
+    Ln1Rstd,
+    Qkv,
+    Atty,
+    Res1,
+    Ln2,
+    Ln2Mean,
+    Ln2Rstd,
+    Fch,
+    FchGelu,
+    Res2,
+}
+
+impl Gpt2Activations {
+    /// Zeroed activations of a (B, T) batch whose rows start at `start`, to be filled by `put`
+    /// as a decoder runs its chunks, then completed by `finish_record`. Indices never fed keep
+    /// token `pad` and zero activations; nothing downstream of a real token reads them.
+    pub(crate) fn recording(model: &Gpt2, t: usize, start: Vec<usize>, pad: u32) -> Self {
+        let cfg = &model.config;
+        let (b, c) = (start.len(), cfg.n_embd);
+        let n = b * t;
+        let block = || BlockActs {
+            ln1: vec![0.0; n * c],
+            ln1_mean: vec![0.0; n],
+            ln1_rstd: vec![0.0; n],
+            qkv: vec![0.0; n * 3 * c],
+            att: Vec::new(),
+            atty: vec![0.0; n * c],
+            res1: vec![0.0; n * c],
+            ln2: vec![0.0; n * c],
+            ln2_mean: vec![0.0; n],
+            ln2_rstd: vec![0.0; n],
+            fch: vec![0.0; n * 4 * c],
+            fch_gelu: vec![0.0; n * 4 * c],
+            res2: vec![0.0; n * c],
+        };
+        let batch = Batch {
+            tokens: vec![pad; n],
+            start,
+            b,
+            t,
+        };
+        Gpt2Activations {
+            b,
+            t,
+            pos: batch.position_ids(),
+            tokens: batch.tokens,
+            start: batch.start,
+            encoded: vec![0.0; n * c],
+            blocks: (0..cfg.n_layer).map(|_| block()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Copies a chunk's rows (B * tq of them, row b * tq + i) into indices p0 + i of `slot` of
+    /// layer `layer` (ignored for `Encoded`).
+    pub(crate) fn put(&mut self, layer: usize, slot: Slot, src: &[f32], p0: usize, tq: usize) {
+        let (b, t) = (self.b, self.t);
+        let width = src.len() / (b * tq);
+        let dst: &mut Vec<f32> = match slot {
+            Slot::Encoded => &mut self.encoded,
+            _ => {
+                let a = &mut self.blocks[layer];
+                match slot {
+                    Slot::Ln1 => &mut a.ln1,
+                    Slot::Ln1Mean => &mut a.ln1_mean,
+                    Slot::Ln1Rstd => &mut a.ln1_rstd,
+                    Slot::Qkv => &mut a.qkv,
+                    Slot::Atty => &mut a.atty,
+                    Slot::Res1 => &mut a.res1,
+                    Slot::Ln2 => &mut a.ln2,
+                    Slot::Ln2Mean => &mut a.ln2_mean,
+                    Slot::Ln2Rstd => &mut a.ln2_rstd,
+                    Slot::Fch => &mut a.fch,
+                    Slot::FchGelu => &mut a.fch_gelu,
+                    Slot::Res2 => &mut a.res2,
+                    Slot::Encoded => unreachable!(),
+                }
+            }
+        };
+        for bi in 0..b {
+            let d = (bi * t + p0) * width;
+            dst[d..d + tq * width].copy_from_slice(&src[bi * tq * width..(bi + 1) * tq * width]);
+        }
+    }
+
+    /// Records the tokens (B, tq) fed at indices p0..p0 + tq.
+    pub(crate) fn put_tokens(&mut self, tokens: &[u32], p0: usize, tq: usize) {
+        for bi in 0..self.b {
+            let d = bi * self.t + p0;
+            self.tokens[d..d + tq].copy_from_slice(&tokens[bi * tq..(bi + 1) * tq]);
+        }
+    }
+
+    /// Completes recorded activations for `backward` with dlogits at the flat indices `rows`
+    /// (b T + t): the attention probabilities of every layer (the decoder's cached attention does
+    /// not keep them), and the final layernorm of every index.
+    pub(crate) fn finish_record(&mut self, model: &Gpt2, rows: Vec<usize>) {
+        let cfg = &model.config;
+        let w = &model.weights;
+        let (nb, nt, c) = (self.b, self.t, cfg.n_embd);
+        let n = nb * nt;
+        let shape = AttentionShape {
+            b: nb,
+            t: nt,
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_head,
+            head_dim: cfg.head_dim(),
+        };
+        let layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
+        let mut out = vec![0.0f32; n * c];
+        for a in &mut self.blocks {
+            a.att.clear();
+            a.att.resize(nb * cfg.n_head * nt * nt, 0.0);
+            attention_forward(
+                &mut out,
+                &mut a.att,
+                &a.qkv,
+                &a.qkv,
+                &a.qkv,
+                &layout,
+                &self.start,
+                shape,
+            );
+        }
+        let last: &[f32] = match self.blocks.last() {
+            Some(a) => &a.res2,
+            None => &self.encoded,
+        };
+        fit(&mut self.lnf, n * c);
+        fit(&mut self.lnf_mean, n);
+        fit(&mut self.lnf_rstd, n);
+        layernorm_forward(
+            &mut self.lnf,
+            &mut self.lnf_mean,
+            &mut self.lnf_rstd,
+            last,
+            &w.ln_f_w.data,
+            &w.ln_f_b.data,
+            n,
+            c,
+            cfg.layer_norm_epsilon,
+        );
+        self.gathered.clear();
+        for &r in &rows {
+            self.gathered
+                .extend_from_slice(&self.lnf[r * c..(r + 1) * c]);
+        }
+        self.rows = rows;
     }
 }
 

@@ -192,7 +192,7 @@ pub fn extend(
     if let Some(&h) = heads.iter().find(|&&h| h >= b * tq) {
         bail!("head row {h} is outside the {} new rows", b * tq);
     }
-    Ok(run(model, tokens, cache, tq, heads, None).logits)
+    Ok(run(model, tokens, cache, tq, heads, None, None).logits)
 }
 
 /// The rotary tables a model needs for `n` positions.
@@ -211,6 +211,7 @@ fn run(
     tq: usize,
     positions: &[usize],
     mut acts: Option<&mut Vec<LayerActs>>,
+    mut rec: Option<&mut LlamaActivations>,
 ) -> RunOut {
     let cfg = &model.config;
     let w = &model.weights;
@@ -320,6 +321,26 @@ fn run(
             *a += r;
         }
         let x_in = std::mem::replace(&mut x, x3);
+        if let Some(r) = rec.as_deref_mut() {
+            let a = &mut r.layers[li];
+            for (dst, src) in [
+                (&mut a.x, &x_in),
+                (&mut a.rstd1, &rstd1),
+                (&mut a.xn1, &xn1),
+                (&mut a.q, &q),
+                (&mut a.k, &k),
+                (&mut a.v, &v),
+                (&mut a.ao, &ao),
+                (&mut a.x2, &x2),
+                (&mut a.rstd2, &rstd2),
+                (&mut a.xn2, &xn2),
+                (&mut a.gate, &gate),
+                (&mut a.up, &up),
+                (&mut a.act, &act),
+            ] {
+                put_rows(dst, src, b, tmax, p0, tq);
+            }
+        }
         if let Some(acts) = acts.as_deref_mut() {
             acts.push(LayerActs {
                 x: x_in,
@@ -340,6 +361,13 @@ fn run(
         }
     }
     cache.len += tq;
+    if let Some(r) = rec {
+        put_rows(&mut r.xl, &x, b, tmax, p0, tq);
+        for bi in 0..b {
+            let d = bi * tmax + p0;
+            r.tokens[d..d + tq].copy_from_slice(&tokens[bi * tq..(bi + 1) * tq]);
+        }
+    }
     let mut rstdf = vec![0.0f32; n];
     let mut xf = vec![0.0f32; n * c];
     rmsnorm_forward(&mut xf, &mut rstdf, &x, &w.norm.data, n, c, eps);
@@ -350,6 +378,15 @@ fn run(
         rstdf,
         xf,
         pos,
+    }
+}
+
+/// Copies a chunk's rows (B * tq, row b * tq + i) to indices p0 + i of a (B, T) record.
+fn put_rows(dst: &mut [f32], src: &[f32], b: usize, t: usize, p0: usize, tq: usize) {
+    let width = src.len() / (b * tq);
+    for bi in 0..b {
+        let d = (bi * t + p0) * width;
+        dst[d..d + tq * width].copy_from_slice(&src[bi * tq * width..(bi + 1) * tq * width]);
     }
 }
 
@@ -414,6 +451,7 @@ pub fn forward(
         batch.t,
         &rows,
         Some(&mut layers),
+        None,
     );
     let shape = [positions.len(), model.config.vocab_size];
     Ok((
@@ -714,7 +752,16 @@ pub fn generate_with(
     }
     let mut cache = KvCache::new(model, b, prompts.t + max_new, prompts.start.clone());
     let last: Vec<usize> = (0..b).map(|bi| bi * prompts.t + prompts.t - 1).collect();
-    let mut logits = run(model, &prompts.tokens, &mut cache, prompts.t, &last, None).logits;
+    let mut logits = run(
+        model,
+        &prompts.tokens,
+        &mut cache,
+        prompts.t,
+        &last,
+        None,
+        None,
+    )
+    .logits;
     let mut done = vec![false; b];
     let filler = stop.unwrap_or(0);
     for step in 0..max_new {
@@ -737,7 +784,7 @@ pub fn generate_with(
             break;
         }
         let rows: Vec<usize> = (0..b).collect();
-        logits = run(model, &next, &mut cache, 1, &rows, None).logits;
+        logits = run(model, &next, &mut cache, 1, &rows, None, None).logits;
     }
     Ok(out)
 }
@@ -751,4 +798,213 @@ pub fn argmax(row: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+impl LlamaActivations {
+    /// Zeroed activations of a (B, T) batch whose rows start at `start`, filled by `run` as a
+    /// decoder feeds its chunks, then completed by `finish_record`. Indices never fed keep token
+    /// `pad` and zero activations; nothing downstream of a real token reads them.
+    fn recording(model: &Llama, t: usize, start: Vec<usize>, pad: u32) -> Self {
+        let cfg = &model.config;
+        let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+        let (qw, kw) = (cfg.num_attention_heads * d, cfg.n_kv_heads() * d);
+        let b = start.len();
+        let n = b * t;
+        let layer = || LayerActs {
+            x: vec![0.0; n * c],
+            rstd1: vec![0.0; n],
+            xn1: vec![0.0; n * c],
+            q: vec![0.0; n * qw],
+            k: vec![0.0; n * kw],
+            v: vec![0.0; n * kw],
+            att: Vec::new(),
+            ao: vec![0.0; n * qw],
+            x2: vec![0.0; n * c],
+            rstd2: vec![0.0; n],
+            xn2: vec![0.0; n * c],
+            gate: vec![0.0; n * f],
+            up: vec![0.0; n * f],
+            act: vec![0.0; n * f],
+        };
+        LlamaActivations {
+            b,
+            t,
+            tokens: vec![pad; n],
+            pos: rotary_positions(&start, 0, t),
+            start,
+            layers: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
+            xl: vec![0.0; n * c],
+            rstdf: Vec::new(),
+            xf: Vec::new(),
+            positions: Vec::new(),
+        }
+    }
+
+    /// Completes recorded activations for `backward` with dlogits at the flat indices `rows`
+    /// (b T + t): every layer's attention probabilities (cached decoding does not keep them) and
+    /// the final norm of every index.
+    fn finish_record(&mut self, model: &Llama, rows: Vec<usize>) {
+        let cfg = &model.config;
+        let (c, d) = (cfg.hidden_size, cfg.head_dim());
+        let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
+        let (b, t) = (self.b, self.t);
+        let n = b * t;
+        let shape = AttentionShape {
+            b,
+            t,
+            n_head: h,
+            n_kv_head: kv,
+            head_dim: d,
+        };
+        let layout = QkvLayout::split(h, kv, d);
+        let mut out = vec![0.0f32; n * h * d];
+        for a in &mut self.layers {
+            a.att = vec![0.0f32; b * h * t * t];
+            attention_forward(
+                &mut out,
+                &mut a.att,
+                &a.q,
+                &a.k,
+                &a.v,
+                &layout,
+                &self.start,
+                shape,
+            );
+        }
+        self.rstdf = vec![0.0f32; n];
+        self.xf = vec![0.0f32; n * c];
+        rmsnorm_forward(
+            &mut self.xf,
+            &mut self.rstdf,
+            &self.xl,
+            &model.weights.norm.data,
+            n,
+            c,
+            cfg.rms_norm_eps,
+        );
+        self.positions = rows;
+    }
+}
+
+/// A sampled batch whose forward pass was kept: the continuations, the activations of every
+/// position fed (prompts left padded to P, then one index per sampling step, the last sampled
+/// token included), and the logits each token was sampled from.
+pub struct LlamaRollout {
+    pub generations: Vec<Generation>,
+    acts: LlamaActivations,
+    /// Padded prompt length P: the first sampled token sits at index P.
+    prompt_len: usize,
+    /// (S, B, V): step s's logits of every row, before temperature.
+    logits: Vec<f32>,
+}
+
+/// `generate`, keeping the forward pass for an update with the same weights: the same `rng`
+/// state gives the same tokens and log-probabilities as `generate`. The last sampled token is
+/// fed too (without the head), since the value head reads its hidden state.
+pub fn generate_recorded(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Result<LlamaRollout> {
+    let max_new = params.max_new_tokens;
+    if prompts.is_empty() || max_new == 0 {
+        bail!("a recorded rollout needs at least one prompt and one new token");
+    }
+    let v = model.config.vocab_size;
+    let batch = Batch::left_padded(prompts, eos)?;
+    check_batch(&batch, v)?;
+    let ctx = model.config.max_position_embeddings;
+    if batch.t + max_new > ctx {
+        bail!(
+            "a prompt of {} tokens with {max_new} new tokens exceeds the model's context of {ctx} positions",
+            batch.t
+        );
+    }
+    let b = batch.b;
+    let tmax = batch.t + max_new;
+    let mut rec = LlamaActivations::recording(model, tmax, batch.start.clone(), eos);
+    let mut cache = KvCache::new(model, b, tmax, batch.start.clone());
+    let last: Vec<usize> = (0..b).map(|bi| bi * batch.t + batch.t - 1).collect();
+    let mut step_logits = run(
+        model,
+        &batch.tokens,
+        &mut cache,
+        batch.t,
+        &last,
+        None,
+        Some(&mut rec),
+    )
+    .logits;
+    let mut out = vec![Generation::default(); b];
+    let mut logits = Vec::with_capacity(max_new * b * v);
+    let mut done = vec![false; b];
+    let rows: Vec<usize> = (0..b).collect();
+    for step in 0..max_new {
+        let mut next = vec![eos; b];
+        for (bi, g) in out.iter_mut().enumerate() {
+            if done[bi] {
+                continue;
+            }
+            let (tok, lp) = sample(&step_logits[bi * v..(bi + 1) * v], params, rng);
+            g.tokens.push(tok);
+            g.logprobs.push(lp);
+            next[bi] = tok;
+            done[bi] = tok == eos;
+        }
+        logits.extend_from_slice(&step_logits);
+        let more = !(step + 1 == max_new || done.iter().all(|&x| x));
+        let heads: &[usize] = if more { &rows[..] } else { &[] };
+        step_logits = run(model, &next, &mut cache, 1, heads, None, Some(&mut rec)).logits;
+        if !more {
+            break;
+        }
+    }
+    Ok(LlamaRollout {
+        generations: out,
+        acts: rec,
+        prompt_len: batch.t,
+        logits,
+    })
+}
+
+impl LlamaRollout {
+    /// What the update's forward pass would give on the prompts followed by the first `kept[r]`
+    /// tokens of each continuation: the logits (M, V) predicting those tokens (row by row), the
+    /// final hidden state (B, C) of each row's last kept token (its last prompt token when none
+    /// is kept), and the activations for `llama::backward` with dlogits in that order.
+    pub fn finish(
+        mut self,
+        model: &Llama,
+        kept: &[usize],
+    ) -> Result<(Vec<f32>, Vec<f32>, LlamaActivations)> {
+        let b = self.generations.len();
+        let v = model.config.vocab_size;
+        let t = self.acts.t;
+        if kept.len() != b {
+            bail!("{} kept lengths for a rollout of {b} rows", kept.len());
+        }
+        let mut rows = Vec::new();
+        let mut logits = Vec::new();
+        for (r, &k) in kept.iter().enumerate() {
+            if k > self.generations[r].tokens.len() {
+                bail!(
+                    "row {r} keeps {k} tokens of a continuation of {}",
+                    self.generations[r].tokens.len()
+                );
+            }
+            for j in 0..k {
+                rows.push(r * t + self.prompt_len - 1 + j);
+                let o = (j * b + r) * v;
+                logits.extend_from_slice(&self.logits[o..o + v]);
+            }
+        }
+        self.acts.finish_record(model, rows);
+        let mut hidden = Vec::with_capacity(b * model.config.hidden_size);
+        for (r, &k) in kept.iter().enumerate() {
+            hidden.extend_from_slice(self.acts.final_hidden(r, self.prompt_len - 1 + k));
+        }
+        Ok((logits, hidden, self.acts))
+    }
 }

@@ -2,9 +2,9 @@
 //! either child family (actor forward and backward, the frozen reference's log-probs, the value
 //! head, the losses of `ppo::loss`, two AdamW optimisers with gradient clipping).
 
-use crate::cpu::decode::Generation;
+use crate::cpu::decode::{self, Generation, Gpt2Rollout};
 use crate::cpu::gpt2::{self, Batch, Gpt2Activations};
-use crate::cpu::llama::{self, LlamaActivations};
+use crate::cpu::llama::{self, LlamaActivations, LlamaRollout};
 use crate::cpu::refcache::RefCache;
 use crate::model::gpt2::Gpt2Weights;
 use crate::model::llama::LlamaWeights;
@@ -182,6 +182,52 @@ fn actor_forward(
     Ok((logits, last, acts))
 }
 
+/// A rollout's kept forward pass and the prompts it ran.
+struct Rollout {
+    prompts: Vec<Vec<u32>>,
+    recorded: Recorded,
+}
+
+enum Recorded {
+    Gpt2(Box<Gpt2Rollout>),
+    Llama(Box<LlamaRollout>),
+}
+
+impl Rollout {
+    fn generations(&self) -> &[Generation] {
+        match &self.recorded {
+            Recorded::Gpt2(r) => &r.generations,
+            Recorded::Llama(r) => &r.generations,
+        }
+    }
+
+    /// Whether `episodes` are exactly this rollout's prompts and continuations.
+    fn matches(&self, episodes: &[Episode]) -> bool {
+        let gens = self.generations();
+        episodes.len() == self.prompts.len()
+            && episodes
+                .iter()
+                .zip(&self.prompts)
+                .zip(gens)
+                .all(|((e, p), g)| e.prompt == *p && e.response == g.tokens)
+    }
+
+    /// `actor_forward` of the scored batch of the rollout's episodes, from the kept pass.
+    fn finish(self, model: &Model, kept: &[usize]) -> Result<(Vec<f32>, Vec<f32>, Acts)> {
+        Ok(match (model, self.recorded) {
+            (Model::Gpt2(m), Recorded::Gpt2(r)) => {
+                let (logits, hidden, acts) = r.finish(m, kept)?;
+                (logits, hidden, Acts::Gpt2(Box::new(acts)))
+            }
+            (Model::Llama(m), Recorded::Llama(r)) => {
+                let (logits, hidden, acts) = r.finish(m, kept)?;
+                (logits, hidden, Acts::Llama(acts))
+            }
+            _ => bail!("the kept rollout is of another model family"),
+        })
+    }
+}
+
 fn actor_backward(model: &Model, acts: &mut Acts, dlogits: &[f32]) -> Grads {
     match (model, acts) {
         (Model::Gpt2(m), Acts::Gpt2(a)) => Grads::Gpt2(gpt2::backward(m, a, dlogits)),
@@ -209,7 +255,12 @@ pub struct CpuPolicy {
     pub critic_opt: AdamW,
     pub cfg: PpoConfig,
     pub eos: u32,
+    /// With one optimiser step per update, `generate` keeps its forward pass and the update that
+    /// follows it (on exactly those episodes, with the same weights) differentiates that pass
+    /// instead of running the policy again. On by default; the result is the same either way.
+    pub reuse_rollout: bool,
     ref_cache: RefCache,
+    rollout: Option<Rollout>,
 }
 
 impl CpuPolicy {
@@ -261,7 +312,9 @@ impl CpuPolicy {
             critic_opt,
             cfg,
             eos,
+            reuse_rollout: true,
             ref_cache: RefCache::default(),
+            rollout: None,
         })
     }
 
@@ -287,6 +340,7 @@ impl CpuPolicy {
 
     /// One optimiser step on the episodes `idx`, with the reference log-probs and (when given)
     /// the values before the update of the whole batch.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         episodes: &[Episode],
@@ -295,11 +349,15 @@ impl CpuPolicy {
         old_values: Option<&[f32]>,
         batch_mean: Option<f32>,
         kl_coef: f32,
+        kept_pass: Option<(Vec<f32>, Vec<f32>, Acts)>,
     ) -> Result<UpdateLosses> {
         let cfg = &self.cfg;
         let eps: Vec<&Episode> = idx.iter().map(|&i| &episodes[i]).collect();
         let sb = scored_batch(&eps, self.eos, cfg.train_eos)?;
-        let (logits, hidden, mut acts) = actor_forward(&self.model, &sb.batch, &sb.positions)?;
+        let (logits, hidden, mut acts) = match kept_pass {
+            Some(pass) => pass,
+            None => actor_forward(&self.model, &sb.batch, &sb.positions)?,
+        };
         let c = hidden_size(&self.model);
         let values: Vec<f32> = hidden
             .chunks_exact(c)
@@ -389,6 +447,7 @@ impl CpuPolicy {
         episodes: &[Episode],
         kl_coef: f32,
         rng: &mut Rng,
+        rollout: Option<Rollout>,
     ) -> Result<UpdateLosses> {
         let all: Vec<&Episode> = episodes.iter().collect();
         let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
@@ -410,6 +469,16 @@ impl CpuPolicy {
         let batch_mean = (self.cfg.baseline == Baseline::BatchMean).then(|| {
             episodes.iter().map(|e| e.reward as f64).sum::<f64>() as f32 / episodes.len() as f32
         });
+        let mut kept_pass = match rollout {
+            Some(r) if steps == 1 && r.matches(episodes) => {
+                let kept: Vec<usize> = episodes
+                    .iter()
+                    .map(|e| kept_tokens(&e.response, self.eos, self.cfg.train_eos))
+                    .collect();
+                Some(r.finish(&self.model, &kept)?)
+            }
+            _ => None,
+        };
         let mut total = UpdateLosses::default();
         let mut order: Vec<usize> = (0..episodes.len()).collect();
         for _ in 0..epochs {
@@ -428,6 +497,7 @@ impl CpuPolicy {
                     old_values.as_deref(),
                     batch_mean,
                     kl_coef,
+                    kept_pass.take(),
                 )?;
                 let add = |a: &mut f32, b: f32| *a += b / steps as f32;
                 add(&mut total.policy_loss, s.policy_loss);
@@ -456,7 +526,26 @@ impl PolicyBackend for CpuPolicy {
         params: &SamplingParams,
         rng: &mut Rng,
     ) -> Result<Vec<Generation>> {
-        self.model.generate(prompts, params, self.eos, rng)
+        self.rollout = None;
+        let steps = self.cfg.ppo_epochs * self.cfg.minibatches.min(prompts.len());
+        if !(self.reuse_rollout && steps == 1 && params.max_new_tokens > 0) {
+            return self.model.generate(prompts, params, self.eos, rng);
+        }
+        let recorded = match &self.model {
+            Model::Gpt2(m) => Recorded::Gpt2(Box::new(decode::generate_recorded(
+                m, prompts, params, self.eos, rng,
+            )?)),
+            Model::Llama(m) => Recorded::Llama(Box::new(llama::generate_recorded(
+                m, prompts, params, self.eos, rng,
+            )?)),
+        };
+        let rollout = Rollout {
+            prompts: prompts.to_vec(),
+            recorded,
+        };
+        let gens = rollout.generations().to_vec();
+        self.rollout = Some(rollout);
+        Ok(gens)
     }
 
     /// PAPER.md's update on `episodes`. On an error (a non-finite loss or gradient among them)
@@ -475,7 +564,9 @@ impl PolicyBackend for CpuPolicy {
         // fall back to when a later one fails.
         let saved = (steps > 1).then(|| self.state());
         let rng_saved = rng.clone();
-        match self.update_inner(episodes, kl_coef, rng) {
+        // A kept pass belongs to the weights it ran with: it serves this update or none.
+        let rollout = self.rollout.take();
+        match self.update_inner(episodes, kl_coef, rng, rollout) {
             Ok(s) => Ok(s),
             Err(e) => {
                 if let Some(s) = saved {
@@ -514,6 +605,7 @@ impl PolicyBackend for CpuPolicy {
         {
             bail!("the saved value head or optimiser state does not match this policy");
         }
+        self.rollout = None;
         self.model = state.model;
         self.critic = state.critic;
         self.actor_opt = state.actor_opt;

@@ -1,0 +1,207 @@
+//! The update that differentiates the rollout's own forward pass equals the update that runs the
+//! policy again: tiny GPT-2 and Llama children, prompts of different lengths, responses with and
+//! without end-of-text, end-of-text trained or masked, two updates in a row. The rollout itself
+//! is unchanged: the same tokens and log-probabilities as without the kept pass.
+
+use pgsrm::cpu::policy::{CpuPolicy, hidden_size};
+use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
+use pgsrm::model::llama::{Llama, LlamaConfig};
+use pgsrm::model::spec::Model;
+use pgsrm::ppo::{Critic, Episode, PolicyBackend, PpoConfig, UpdateLosses};
+use pgsrm::rng::Rng;
+use pgsrm::sample::SamplingParams;
+
+fn gpt2_tiny() -> Model {
+    Model::Gpt2(Gpt2::random(Gpt2Config::named("tiny").unwrap(), 4))
+}
+
+fn llama_tiny() -> Model {
+    let cfg = LlamaConfig::from_json_str(
+        r#"{"vocab_size": 50, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
+            "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 100.0, "tie_word_embeddings": false, "max_position_embeddings": 64,
+            "model_type": "llama", "hidden_act": "silu"}"#,
+    )
+    .unwrap();
+    Model::Llama(Llama::random(cfg, 7))
+}
+
+fn prompts(model: &Model, round: usize) -> Vec<Vec<u32>> {
+    let v = model.vocab_size() as u32;
+    (0..6)
+        .map(|i| {
+            (0..1 + (i * 3 + round) % 7)
+                .map(|j| ((i * 11 + j * 5 + round * 3) as u32) % (v - 1))
+                .collect()
+        })
+        .collect()
+}
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: 3,
+        ..SamplingParams::default()
+    }
+}
+
+/// An end-of-text id that the rollouts of round 0 sample: the second token of the second row
+/// when end-of-text is some other id, so that this row stops there.
+fn pick_eos(model: &Model) -> u32 {
+    let g = model
+        .generate(&prompts(model, 0), &params(), 0, &mut Rng::new(17))
+        .unwrap();
+    g[1].tokens[1]
+}
+
+fn policy(model: &Model, cfg: PpoConfig, eos: u32, reuse: bool) -> CpuPolicy {
+    let critic = Critic::new(hidden_size(model), 1);
+    let mut p = CpuPolicy::new(cfg, model.clone(), model.clone(), critic, eos).unwrap();
+    p.reuse_rollout = reuse;
+    p
+}
+
+/// One trainer-like round: generate, reward, update. Returns the episodes and losses.
+fn round(p: &mut CpuPolicy, r: usize, rng: &mut Rng) -> (Vec<Episode>, UpdateLosses) {
+    let pr = prompts(&p.model, r);
+    let gens = p.generate(&pr, &params(), rng).unwrap();
+    let eps: Vec<Episode> = pr
+        .into_iter()
+        .zip(gens)
+        .enumerate()
+        .map(|(i, (prompt, g))| Episode {
+            prompt,
+            response: g.tokens,
+            logprobs: g.logprobs,
+            reward: (i % 3) as f32 * 0.4 - 0.3,
+        })
+        .collect();
+    let l = p.update(&eps, 0.05, rng).unwrap();
+    (eps, l)
+}
+
+/// max |a - b| over all weights, and max |a| for scale.
+fn diff(a: &Model, b: &Model) -> (f32, f32) {
+    let pa = pgsrm::cpu::policy::params(a);
+    let pb = pgsrm::cpu::policy::params(b);
+    let (mut d, mut s) = (0.0f32, 0.0f32);
+    for (x, y) in pa.iter().zip(&pb) {
+        for (u, w) in x.data.iter().zip(&y.data) {
+            d = d.max((u - w).abs());
+            s = s.max(u.abs());
+        }
+    }
+    (d, s)
+}
+
+fn close(x: f32, y: f32, what: &str) {
+    assert!(
+        (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-3),
+        "{what}: {x} with the kept pass, {y} without"
+    );
+}
+
+fn reuse_equals_plain(model: Model) {
+    let eos = pick_eos(&model);
+    for train_eos in [true, false] {
+        let cfg = PpoConfig {
+            train_eos,
+            // Large enough that every weight with a gradient moves visibly.
+            actor_lr: 1e-3,
+            ..PpoConfig::default()
+        };
+        let mut fast = policy(&model, cfg.clone(), eos, true);
+        let mut plain = policy(&model, cfg, eos, false);
+        let (mut rf, mut rp) = (Rng::new(17), Rng::new(17));
+        let mut saw_eos = false;
+        for r in 0..2 {
+            let (ef, lf) = round(&mut fast, r, &mut rf);
+            let (ep, lp) = round(&mut plain, r, &mut rp);
+            if r == 0 {
+                // The same weights: the rollouts are the same bit for bit.
+                assert_eq!(ef, ep);
+            } else {
+                // Weights equal up to rounding: the same tokens, log-probs up to rounding.
+                for (a, b) in ef.iter().zip(&ep) {
+                    assert_eq!(a.response, b.response);
+                    for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                        assert!((x - y).abs() <= 1e-5, "round {r}: log-prob {x} vs {y}");
+                    }
+                }
+            }
+            assert_eq!(rf.s, rp.s, "round {r}");
+            saw_eos |= ef.iter().any(|e| e.response.contains(&eos));
+            assert_eq!(lf.tokens, lp.tokens);
+            close(lf.policy_loss, lp.policy_loss, "policy loss");
+            close(lf.value_loss, lp.value_loss, "value loss");
+            close(lf.entropy, lp.entropy, "entropy");
+            close(lf.kl, lp.kl, "KL");
+            close(lf.actor_grad_norm, lp.actor_grad_norm, "actor grad norm");
+            close(lf.critic_grad_norm, lp.critic_grad_norm, "critic grad norm");
+            close(lf.value_mean, lp.value_mean, "value mean");
+            let (d, scale) = diff(&fast.model, &plain.model);
+            assert!(
+                d <= 1e-5 * scale,
+                "round {r}: weights differ by {d} (largest weight {scale})"
+            );
+            let (moved, _) = diff(&fast.model, &model);
+            assert!(moved > 1e-4, "the update moved the weights by only {moved}");
+            for (a, b) in fast.critic.w.data.iter().zip(&plain.critic.w.data) {
+                assert!((a - b).abs() <= 1e-6, "value head {a} vs {b}");
+            }
+        }
+        assert!(saw_eos, "some response holds end-of-text");
+    }
+}
+
+#[test]
+fn gpt2_update_on_the_kept_rollout_pass_equals_the_plain_update() {
+    reuse_equals_plain(gpt2_tiny());
+}
+
+#[test]
+fn llama_update_on_the_kept_rollout_pass_equals_the_plain_update() {
+    reuse_equals_plain(llama_tiny());
+}
+
+#[test]
+fn several_steps_and_changed_episodes_take_the_plain_path() {
+    let model = llama_tiny();
+    let eos = pick_eos(&model);
+    let cfg = PpoConfig {
+        ppo_epochs: 2,
+        actor_lr: 1e-3,
+        ..PpoConfig::default()
+    };
+    let mut fast = policy(&model, cfg.clone(), eos, true);
+    let mut plain = policy(&model, cfg, eos, false);
+    let (mut rf, mut rp) = (Rng::new(3), Rng::new(3));
+    let (ef, _) = round(&mut fast, 0, &mut rf);
+    let (ep, _) = round(&mut plain, 0, &mut rp);
+    assert_eq!(ef, ep);
+    // Two epochs: no kept pass, the same arithmetic bit for bit.
+    assert_eq!(diff(&fast.model, &plain.model).0, 0.0);
+
+    // Episodes that are not the rollout's: the update runs the policy on them.
+    let one = PpoConfig {
+        actor_lr: 1e-3,
+        ..PpoConfig::default()
+    };
+    let mut fast = policy(&model, one.clone(), eos, true);
+    let mut plain = policy(&model, one, eos, false);
+    let pr = prompts(&model, 1);
+    let mut gens = fast.generate(&pr, &params(), &mut Rng::new(8)).unwrap();
+    gens[0].tokens[0] = (gens[0].tokens[0] + 1) % (model.vocab_size() as u32);
+    let eps: Vec<Episode> = pr
+        .into_iter()
+        .zip(gens)
+        .map(|(prompt, g)| Episode {
+            prompt,
+            response: g.tokens,
+            logprobs: g.logprobs,
+            reward: 0.5,
+        })
+        .collect();
+    fast.update(&eps, 0.05, &mut Rng::new(1)).unwrap();
+    plain.update(&eps, 0.05, &mut Rng::new(1)).unwrap();
+    assert_eq!(diff(&fast.model, &plain.model).0, 0.0);
+}
