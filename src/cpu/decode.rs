@@ -4,6 +4,7 @@
 
 use crate::cpu::gpt2::{Batch, Gpt2Activations, Slot};
 use crate::cpu::ops::*;
+use crate::cpu::shared::SharedLayout;
 use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
@@ -92,8 +93,10 @@ pub struct Gpt2Decoder<'m> {
     fch_gelu: Vec<f32>,
     gathered: Vec<f32>,
     logits: Vec<f32>,
-    /// With `recording`, every fed position's activations, as `gpt2::forward` saves them.
+    /// When recording, every fed position's activations, as `gpt2::forward` saves them, and
+    /// the record row of each row of the next chunk.
     record: Option<Gpt2Activations>,
+    record_rows: Vec<usize>,
 }
 
 impl<'m> Gpt2Decoder<'m> {
@@ -131,6 +134,7 @@ impl<'m> Gpt2Decoder<'m> {
             gathered: Vec::new(),
             logits: Vec::new(),
             record: None,
+            record_rows: Vec::new(),
         };
         let last: Vec<usize> = (0..batch.b).map(|r| r * batch.t + batch.t - 1).collect();
         d.run(&batch.tokens, batch.t, &last);
@@ -186,6 +190,7 @@ impl<'m> Gpt2Decoder<'m> {
             gathered: Vec::new(),
             logits: Vec::new(),
             record: None,
+            record_rows: Vec::new(),
         })
     }
 
@@ -284,8 +289,8 @@ impl<'m> Gpt2Decoder<'m> {
         embedding_forward(&mut self.x, tokens, &pos, &w.wte.data, Some(&w.wpe.data), c);
         let mut rec = self.record.take();
         if let Some(r) = rec.as_mut() {
-            r.put_tokens(tokens, p0, tq);
-            r.put(0, Slot::Encoded, &self.x, p0, tq);
+            r.put_tokens(tokens, &self.record_rows);
+            r.put(0, Slot::Encoded, &self.x, &self.record_rows);
         }
         for l in 0..cfg.n_layer {
             let p = &w.blocks[l];
@@ -310,10 +315,10 @@ impl<'m> Gpt2Decoder<'m> {
                 3 * c,
             );
             if let Some(r) = rec.as_mut() {
-                r.put(l, Slot::Ln1, &self.ln, p0, tq);
-                r.put(l, Slot::Ln1Mean, &self.mean, p0, tq);
-                r.put(l, Slot::Ln1Rstd, &self.rstd, p0, tq);
-                r.put(l, Slot::Qkv, &self.qkv, p0, tq);
+                r.put(l, Slot::Ln1, &self.ln, &self.record_rows);
+                r.put(l, Slot::Ln1Mean, &self.mean, &self.record_rows);
+                r.put(l, Slot::Ln1Rstd, &self.rstd, &self.record_rows);
+                r.put(l, Slot::Qkv, &self.qkv, &self.record_rows);
             }
             for i in 0..n {
                 let (b, t) = (i / tq, p0 + i % tq);
@@ -349,8 +354,8 @@ impl<'m> Gpt2Decoder<'m> {
                 *x += y;
             }
             if let Some(r) = rec.as_mut() {
-                r.put(l, Slot::Atty, &self.atty, p0, tq);
-                r.put(l, Slot::Res1, &self.x, p0, tq);
+                r.put(l, Slot::Atty, &self.atty, &self.record_rows);
+                r.put(l, Slot::Res1, &self.x, &self.record_rows);
             }
             layernorm_forward(
                 &mut self.ln,
@@ -386,12 +391,12 @@ impl<'m> Gpt2Decoder<'m> {
                 *x += y;
             }
             if let Some(r) = rec.as_mut() {
-                r.put(l, Slot::Ln2, &self.ln, p0, tq);
-                r.put(l, Slot::Ln2Mean, &self.mean, p0, tq);
-                r.put(l, Slot::Ln2Rstd, &self.rstd, p0, tq);
-                r.put(l, Slot::Fch, &self.fch, p0, tq);
-                r.put(l, Slot::FchGelu, &self.fch_gelu, p0, tq);
-                r.put(l, Slot::Res2, &self.x, p0, tq);
+                r.put(l, Slot::Ln2, &self.ln, &self.record_rows);
+                r.put(l, Slot::Ln2Mean, &self.mean, &self.record_rows);
+                r.put(l, Slot::Ln2Rstd, &self.rstd, &self.record_rows);
+                r.put(l, Slot::Fch, &self.fch, &self.record_rows);
+                r.put(l, Slot::FchGelu, &self.fch_gelu, &self.record_rows);
+                r.put(l, Slot::Res2, &self.x, &self.record_rows);
             }
         }
         self.record = rec;
@@ -469,20 +474,59 @@ pub fn generate(
 }
 
 /// A sampled batch whose forward pass was kept: the continuations, the activations of every
-/// position fed (prompts left padded to P, then one index per sampling step, the last sampled
-/// token included), and the logits each token was sampled from.
+/// position fed (each distinct prompt once, then one row per continuation and step, the last
+/// sampled token included: `cpu::shared`), and the logits each token was sampled from.
 pub struct Gpt2Rollout {
     pub generations: Vec<Generation>,
     acts: Gpt2Activations,
-    /// Padded prompt length P: the first sampled token sits at index P.
-    prompt_len: usize,
+    /// The distinct prompt of each row, and each distinct prompt's first real index.
+    prompt_of: Vec<usize>,
+    prompt_start: Vec<usize>,
+    /// Padded prompt length P and steps S.
+    p: usize,
+    s: usize,
     /// (S, B, V): step s's logits of every row, before temperature.
     logits: Vec<f32>,
 }
 
-/// `generate`, keeping the forward pass for an update with the same weights: the same `rng`
-/// state gives the same tokens and log-probabilities as `generate`. The last sampled token is
-/// fed too (without the head), since the value head reads its hidden state.
+/// The distinct prompts in order of first appearance, and the index of each prompt among them.
+pub fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let mut distinct: Vec<Vec<u32>> = Vec::new();
+    let mut of = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        match distinct.iter().position(|q| q == p) {
+            Some(i) => of.push(i),
+            None => {
+                of.push(distinct.len());
+                distinct.push(p.clone());
+            }
+        }
+    }
+    (distinct, of)
+}
+
+/// Position ids of a shared record: distinct prompt u's index i is position i - start[u], row
+/// b's step s is position P + s - start of its prompt.
+pub fn shared_positions(
+    prompt_of: &[usize],
+    prompt_start: &[usize],
+    p: usize,
+    s: usize,
+) -> Vec<usize> {
+    let mut pos = Vec::with_capacity(prompt_start.len() * p + prompt_of.len() * s);
+    for &st in prompt_start {
+        pos.extend((0..p).map(|i| i.saturating_sub(st)));
+    }
+    for &u in prompt_of {
+        pos.extend((0..s).map(|j| p + j - prompt_start[u]));
+    }
+    pos
+}
+
+/// `generate`, keeping the forward pass for an update with the same weights, and running each
+/// distinct prompt once. The same `rng` state gives the same tokens as `generate`, with
+/// log-probabilities equal up to rounding. The last sampled token is fed too (without the
+/// head), since the value head reads its hidden state.
 pub fn generate_recorded(
     model: &Gpt2,
     prompts: &[Vec<u32>],
@@ -490,33 +534,55 @@ pub fn generate_recorded(
     eos: u32,
     rng: &mut Rng,
 ) -> Result<Gpt2Rollout> {
-    if prompts.is_empty() || params.max_new_tokens == 0 {
+    let s = params.max_new_tokens;
+    if prompts.is_empty() || s == 0 {
         bail!("a recorded rollout needs at least one prompt and one new token");
     }
-    let v = model.config.vocab_size;
     let cfg = &model.config;
-    check_prompts(cfg, prompts, params.max_new_tokens, eos)?;
-    let batch = Batch::left_padded(prompts, eos)?;
-    let b = batch.b;
-    let tmax = batch.t + params.max_new_tokens;
-    let zeros = || vec![vec![0.0f32; b * tmax * cfg.n_embd]; cfg.n_layer];
-    let mut dec = Gpt2Decoder::from_cache(model, batch.start.clone(), tmax, 0, zeros(), zeros())?;
-    dec.record = Some(Gpt2Activations::recording(
-        model,
-        tmax,
-        batch.start.clone(),
-        eos,
-    ));
-    let last: Vec<usize> = (0..b).map(|r| r * batch.t + batch.t - 1).collect();
-    dec.extend(&batch.tokens, batch.t, &last)?;
+    let (v, c) = (cfg.vocab_size, cfg.n_embd);
+    check_prompts(cfg, prompts, s, eos)?;
+    let (distinct, prompt_of) = distinct_prompts(prompts);
+    let ub = Batch::left_padded(&distinct, eos)?;
+    let (u, p, b) = (ub.b, ub.t, prompts.len());
+    let pos = shared_positions(&prompt_of, &ub.start, p, s);
+    let record = Gpt2Activations::recording(model, pos.iter().map(|&x| x as u32).collect(), eos);
+
+    // The distinct prompts, once each.
+    let zeros = |rows: usize, t: usize| vec![vec![0.0f32; rows * t * c]; cfg.n_layer];
+    let mut pre = Gpt2Decoder::from_cache(model, ub.start.clone(), p, 0, zeros(u, p), zeros(u, p))?;
+    pre.record = Some(record);
+    pre.record_rows = (0..u * p).collect();
+    let last: Vec<usize> = (0..u).map(|i| i * p + p - 1).collect();
+    let first = pre.extend(&ub.tokens, p, &last)?.to_vec();
+
+    // Every row continues from a copy of its prompt's keys and values.
+    let tmax = p + s;
+    let (mut k, mut vv) = (zeros(b, tmax), zeros(b, tmax));
+    for l in 0..cfg.n_layer {
+        let (pk, pv) = pre.layer_kv(l);
+        for (bi, &ui) in prompt_of.iter().enumerate() {
+            let (src, dst) = (ui * p * c, bi * tmax * c);
+            k[l][dst..dst + p * c].copy_from_slice(&pk[src..src + p * c]);
+            vv[l][dst..dst + p * c].copy_from_slice(&pv[src..src + p * c]);
+        }
+    }
+    let start: Vec<usize> = prompt_of.iter().map(|&ui| ub.start[ui]).collect();
+    let mut dec = Gpt2Decoder::from_cache(model, start, tmax, p, k, vv)?;
+    dec.record = pre.record.take();
+
     let mut out = vec![Generation::default(); b];
-    let mut logits = Vec::with_capacity(params.max_new_tokens * b * v);
+    let mut logits = Vec::with_capacity(s * b * v);
+    for &ui in &prompt_of {
+        logits.extend_from_slice(&first[ui * v..(ui + 1) * v]);
+    }
     let mut done = vec![false; b];
     let rows: Vec<usize> = (0..b).collect();
-    for step in 0..params.max_new_tokens {
+    for step in 0..s {
+        if step > 0 {
+            logits.extend_from_slice(dec.logits());
+        }
+        let step_logits = &logits[step * b * v..(step + 1) * b * v];
         let mut next = vec![eos; b];
-        let step_logits = dec.logits();
-        logits.extend_from_slice(step_logits);
         for (r, g) in out.iter_mut().enumerate() {
             if done[r] {
                 continue;
@@ -527,7 +593,8 @@ pub fn generate_recorded(
             next[r] = tok;
             done[r] = tok == eos;
         }
-        let more = !(done.iter().all(|&d| d) || step + 1 == params.max_new_tokens);
+        let more = !(done.iter().all(|&d| d) || step + 1 == s);
+        dec.record_rows = (0..b).map(|bi| u * p + bi * s + step).collect();
         dec.extend(&next, 1, if more { &rows[..] } else { &[] })?;
         if !more {
             break;
@@ -537,7 +604,10 @@ pub fn generate_recorded(
     Ok(Gpt2Rollout {
         generations: out,
         acts,
-        prompt_len: batch.t,
+        prompt_of,
+        prompt_start: ub.start,
+        p,
+        s,
         logits,
     })
 }
@@ -557,10 +627,11 @@ impl Gpt2Rollout {
             model.config.vocab_size,
             model.config.n_embd,
         );
-        let t = self.acts.padded_len();
         if kept.len() != b {
             bail!("{} kept lengths for a rollout of {b} rows", kept.len());
         }
+        let layout = SharedLayout::new(&self.prompt_of, &self.prompt_start, self.p, self.s);
+        let at = |r: usize, i: usize| layout.map[r * layout.t + i];
         let mut rows = Vec::new();
         let mut logits = Vec::new();
         for (r, &k) in kept.iter().enumerate() {
@@ -571,15 +642,20 @@ impl Gpt2Rollout {
                 );
             }
             for j in 0..k {
-                rows.push(r * t + self.prompt_len - 1 + j);
+                rows.push(at(r, self.p - 1 + j));
                 let o = (j * b + r) * v;
                 logits.extend_from_slice(&self.logits[o..o + v]);
             }
         }
-        self.acts.finish_record(model, rows);
+        let last: Vec<usize> = kept
+            .iter()
+            .enumerate()
+            .map(|(r, &k)| at(r, self.p - 1 + k))
+            .collect();
+        self.acts.finish_record(model, rows, layout);
         let mut hidden = Vec::with_capacity(b * c);
-        for (r, &k) in kept.iter().enumerate() {
-            hidden.extend_from_slice(self.acts.final_hidden(r, self.prompt_len - 1 + k));
+        for &row in &last {
+            hidden.extend_from_slice(self.acts.final_hidden_row(row));
         }
         Ok((logits, hidden, self.acts))
     }

@@ -8,6 +8,7 @@
 //! Logits are computed only for the (row, position) pairs asked for.
 
 use crate::cpu::ops::*;
+use crate::cpu::shared::{SharedLayout, gather_rows_backward, gather_rows_forward};
 use crate::model::gpt2::{Gpt2, Gpt2Weights};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
@@ -141,6 +142,8 @@ pub struct Gpt2Activations {
     lnf_mean: Vec<f32>, // (N)
     lnf_rstd: Vec<f32>, // (N)
     gathered: Vec<f32>, // (M, C)
+    /// For a record with shared prompt rows: the batch its rows make up, where attention runs.
+    shared: Option<SharedLayout>,
     /// (M, V) logits of the chosen pairs after `forward_into`.
     pub logits: Vec<f32>,
     // backward scratch
@@ -180,9 +183,10 @@ impl Gpt2Activations {
         &self.lnf[r * c..(r + 1) * c]
     }
 
-    /// Padded length T of the last batch.
-    pub fn padded_len(&self) -> usize {
-        self.t
+    /// The final hidden state of record row `row` (a recorded rollout's flat row).
+    pub(crate) fn final_hidden_row(&self, row: usize) -> &[f32] {
+        let c = self.lnf.len() / (self.b * self.t);
+        &self.lnf[row * c..(row + 1) * c]
     }
 
     /// Number of chosen (row, position) pairs of the last forward.
@@ -210,13 +214,13 @@ pub(crate) enum Slot {
 }
 
 impl Gpt2Activations {
-    /// Zeroed activations of a (B, T) batch whose rows start at `start`, to be filled by `put`
-    /// as a decoder runs its chunks, then completed by `finish_record`. Indices never fed keep
-    /// token `pad` and zero activations; nothing downstream of a real token reads them.
-    pub(crate) fn recording(model: &Gpt2, t: usize, start: Vec<usize>, pad: u32) -> Self {
-        let cfg = &model.config;
-        let (b, c) = (start.len(), cfg.n_embd);
-        let n = b * t;
+    /// Zeroed activations of `n` record rows with position ids `pos` (N), to be filled by `put`
+    /// as a decoder runs its chunks, then completed by `finish_record` with the batch the rows
+    /// make up (`cpu::shared`). Rows never fed keep token `pad` and zero activations; nothing
+    /// downstream of a real token reads them.
+    pub(crate) fn recording(model: &Gpt2, pos: Vec<u32>, pad: u32) -> Self {
+        let c = model.config.n_embd;
+        let n = pos.len();
         let block = || BlockActs {
             ln1: vec![0.0; n * c],
             ln1_mean: vec![0.0; n],
@@ -232,29 +236,23 @@ impl Gpt2Activations {
             fch_gelu: vec![0.0; n * 4 * c],
             res2: vec![0.0; n * c],
         };
-        let batch = Batch {
-            tokens: vec![pad; n],
-            start,
-            b,
-            t,
-        };
+        // One row of N: every per-row operation sees the record's rows as one sequence.
         Gpt2Activations {
-            b,
-            t,
-            pos: batch.position_ids(),
-            tokens: batch.tokens,
-            start: batch.start,
+            b: 1,
+            t: n,
+            pos,
+            tokens: vec![pad; n],
+            start: vec![0],
             encoded: vec![0.0; n * c],
-            blocks: (0..cfg.n_layer).map(|_| block()).collect(),
+            blocks: (0..model.config.n_layer).map(|_| block()).collect(),
             ..Default::default()
         }
     }
 
-    /// Copies a chunk's rows (B * tq of them, row b * tq + i) into indices p0 + i of `slot` of
-    /// layer `layer` (ignored for `Encoded`).
-    pub(crate) fn put(&mut self, layer: usize, slot: Slot, src: &[f32], p0: usize, tq: usize) {
-        let (b, t) = (self.b, self.t);
-        let width = src.len() / (b * tq);
+    /// Copies a chunk's rows into record rows `rows` (one per chunk row) of `slot` of layer
+    /// `layer` (ignored for `Encoded`).
+    pub(crate) fn put(&mut self, layer: usize, slot: Slot, src: &[f32], rows: &[usize]) {
+        let width = src.len() / rows.len();
         let dst: &mut Vec<f32> = match slot {
             Slot::Encoded => &mut self.encoded,
             _ => {
@@ -276,28 +274,27 @@ impl Gpt2Activations {
                 }
             }
         };
-        for bi in 0..b {
-            let d = (bi * t + p0) * width;
-            dst[d..d + tq * width].copy_from_slice(&src[bi * tq * width..(bi + 1) * tq * width]);
+        for (s, &r) in src.chunks_exact(width).zip(rows) {
+            dst[r * width..(r + 1) * width].copy_from_slice(s);
         }
     }
 
-    /// Records the tokens (B, tq) fed at indices p0..p0 + tq.
-    pub(crate) fn put_tokens(&mut self, tokens: &[u32], p0: usize, tq: usize) {
-        for bi in 0..self.b {
-            let d = bi * self.t + p0;
-            self.tokens[d..d + tq].copy_from_slice(&tokens[bi * tq..(bi + 1) * tq]);
+    /// Records the tokens of a chunk's rows.
+    pub(crate) fn put_tokens(&mut self, tokens: &[u32], rows: &[usize]) {
+        for (&tok, &r) in tokens.iter().zip(rows) {
+            self.tokens[r] = tok;
         }
     }
 
-    /// Completes recorded activations for `backward` with dlogits at the flat indices `rows`
-    /// (b T + t): the attention probabilities of every layer (the decoder's cached attention does
-    /// not keep them), and the final layernorm of every index.
-    pub(crate) fn finish_record(&mut self, model: &Gpt2, rows: Vec<usize>) {
+    /// Completes recorded activations for `backward` with dlogits at record rows `rows`: every
+    /// layer's attention probabilities over the batch the rows make up (the decoder's cached
+    /// attention does not keep them), and the final layernorm of every row.
+    pub(crate) fn finish_record(&mut self, model: &Gpt2, rows: Vec<usize>, layout: SharedLayout) {
         let cfg = &model.config;
         let w = &model.weights;
-        let (nb, nt, c) = (self.b, self.t, cfg.n_embd);
-        let n = nb * nt;
+        let c = cfg.n_embd;
+        let n = self.b * self.t;
+        let (nb, nt) = (layout.b, layout.t);
         let shape = AttentionShape {
             b: nb,
             t: nt,
@@ -305,19 +302,21 @@ impl Gpt2Activations {
             n_kv_head: cfg.n_head,
             head_dim: cfg.head_dim(),
         };
-        let layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
-        let mut out = vec![0.0f32; n * c];
+        let qkv_layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
+        let mut out = vec![0.0f32; nb * nt * c];
+        let mut qkv = vec![0.0f32; nb * nt * 3 * c];
         for a in &mut self.blocks {
+            gather_rows_forward(&mut qkv, &a.qkv, &layout.map, None, 3 * c);
             a.att.clear();
             a.att.resize(nb * cfg.n_head * nt * nt, 0.0);
             attention_forward(
                 &mut out,
                 &mut a.att,
-                &a.qkv,
-                &a.qkv,
-                &a.qkv,
-                &layout,
-                &self.start,
+                &qkv,
+                &qkv,
+                &qkv,
+                &qkv_layout,
+                &layout.start,
                 shape,
             );
         }
@@ -345,6 +344,7 @@ impl Gpt2Activations {
                 .extend_from_slice(&self.lnf[r * c..(r + 1) * c]);
         }
         self.rows = rows;
+        self.shared = Some(layout);
     }
 }
 
@@ -384,6 +384,7 @@ pub fn forward_into(
     let m = positions.len();
     acts.b = nb;
     acts.t = nt;
+    acts.shared = None;
     acts.tokens.clone_from(&batch.tokens);
     acts.start.clone_from(&batch.start);
     acts.pos = batch.position_ids();
@@ -654,17 +655,46 @@ pub fn backward_into(
             c,
             c,
         );
-        attention_backward(
-            QkvGrad::Fused(zeroed(&mut acts.dqkv, n * 3 * c)),
-            &acts.datty,
-            &a.att,
-            &a.qkv,
-            &a.qkv,
-            &a.qkv,
-            &layout,
-            &acts.start,
-            shape,
-        );
+        match &acts.shared {
+            None => attention_backward(
+                QkvGrad::Fused(zeroed(&mut acts.dqkv, n * 3 * c)),
+                &acts.datty,
+                &a.att,
+                &a.qkv,
+                &a.qkv,
+                &a.qkv,
+                &layout,
+                &acts.start,
+                shape,
+            ),
+            Some(sh) => {
+                // Attention runs on the batch the shared rows make up; each prompt row's own
+                // output gradient enters once, and the gradients of its keys and values from
+                // every continuation add up.
+                let full = sh.b * sh.t;
+                let mut qkv = vec![0.0f32; full * 3 * c];
+                let mut datty = vec![0.0f32; full * c];
+                let mut dqkv = vec![0.0f32; full * 3 * c];
+                gather_rows_forward(&mut qkv, &a.qkv, &sh.map, None, 3 * c);
+                gather_rows_forward(&mut datty, &acts.datty, &sh.map, Some(&sh.owner), c);
+                attention_backward(
+                    QkvGrad::Fused(&mut dqkv),
+                    &datty,
+                    &a.att,
+                    &qkv,
+                    &qkv,
+                    &qkv,
+                    &layout,
+                    &sh.start,
+                    AttentionShape {
+                        b: sh.b,
+                        t: sh.t,
+                        ..shape
+                    },
+                );
+                gather_rows_backward(zeroed(&mut acts.dqkv, n * 3 * c), &dqkv, &sh.map, 3 * c);
+            }
+        }
         matmul_backward(
             Some(zeroed(&mut acts.dln, n * c)),
             &mut g.attn_w.data,

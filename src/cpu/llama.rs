@@ -5,8 +5,10 @@
 //! `backward`, `cpu::decode::generate`), so the trainer can take either family.
 
 pub use crate::cpu::decode::Generation;
+use crate::cpu::decode::{distinct_prompts, shared_positions};
 pub use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
+use crate::cpu::shared::{SharedLayout, gather_rows_backward, gather_rows_forward};
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
@@ -64,6 +66,8 @@ pub struct LlamaActivations {
     xf: Vec<f32>,          // (N, C) after the final norm
     pos: Vec<usize>,       // (N) rotary positions
     positions: Vec<usize>, // flat row index b T + t of each chosen pair
+    /// For a record with shared prompt rows: the batch its rows make up, where attention runs.
+    shared: Option<SharedLayout>,
 }
 
 impl LlamaActivations {
@@ -211,7 +215,7 @@ fn run(
     tq: usize,
     positions: &[usize],
     mut acts: Option<&mut Vec<LayerActs>>,
-    mut rec: Option<&mut LlamaActivations>,
+    mut rec: Option<(&mut LlamaActivations, &[usize])>,
 ) -> RunOut {
     let cfg = &model.config;
     let w = &model.weights;
@@ -321,7 +325,7 @@ fn run(
             *a += r;
         }
         let x_in = std::mem::replace(&mut x, x3);
-        if let Some(r) = rec.as_deref_mut() {
+        if let Some((r, rows)) = rec.as_mut() {
             let a = &mut r.layers[li];
             for (dst, src) in [
                 (&mut a.x, &x_in),
@@ -338,7 +342,7 @@ fn run(
                 (&mut a.up, &up),
                 (&mut a.act, &act),
             ] {
-                put_rows(dst, src, b, tmax, p0, tq);
+                put_rows(dst, src, rows);
             }
         }
         if let Some(acts) = acts.as_deref_mut() {
@@ -361,11 +365,10 @@ fn run(
         }
     }
     cache.len += tq;
-    if let Some(r) = rec {
-        put_rows(&mut r.xl, &x, b, tmax, p0, tq);
-        for bi in 0..b {
-            let d = bi * tmax + p0;
-            r.tokens[d..d + tq].copy_from_slice(&tokens[bi * tq..(bi + 1) * tq]);
+    if let Some((r, rows)) = rec {
+        put_rows(&mut r.xl, &x, rows);
+        for (&tok, &row) in tokens.iter().zip(rows) {
+            r.tokens[row] = tok;
         }
     }
     let mut rstdf = vec![0.0f32; n];
@@ -381,12 +384,11 @@ fn run(
     }
 }
 
-/// Copies a chunk's rows (B * tq, row b * tq + i) to indices p0 + i of a (B, T) record.
-fn put_rows(dst: &mut [f32], src: &[f32], b: usize, t: usize, p0: usize, tq: usize) {
-    let width = src.len() / (b * tq);
-    for bi in 0..b {
-        let d = (bi * t + p0) * width;
-        dst[d..d + tq * width].copy_from_slice(&src[bi * tq * width..(bi + 1) * tq * width]);
+/// Copies a chunk's rows into record rows `rows` (one per chunk row).
+fn put_rows(dst: &mut [f32], src: &[f32], rows: &[usize]) {
+    let width = src.len() / rows.len();
+    for (s, &r) in src.chunks_exact(width).zip(rows) {
+        dst[r * width..(r + 1) * width].copy_from_slice(s);
     }
 }
 
@@ -467,6 +469,7 @@ pub fn forward(
             xf,
             pos,
             positions: rows,
+            shared: None,
         },
     ))
 }
@@ -601,17 +604,58 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             n_kv_head: kv,
             head_dim: d,
         };
-        attention_backward(
-            QkvGrad::Split(&mut dq, &mut dk, &mut dv),
-            &dao,
-            &a.att,
-            &a.q,
-            &a.k,
-            &a.v,
-            &QkvLayout::split(h, kv, d),
-            &acts.start,
-            shape,
-        );
+        match &acts.shared {
+            None => attention_backward(
+                QkvGrad::Split(&mut dq, &mut dk, &mut dv),
+                &dao,
+                &a.att,
+                &a.q,
+                &a.k,
+                &a.v,
+                &QkvLayout::split(h, kv, d),
+                &acts.start,
+                shape,
+            ),
+            Some(sh) => {
+                // Attention runs on the batch the shared rows make up; each prompt row's own
+                // output gradient enters once, and the gradients of its keys and values from
+                // every continuation add up.
+                let full = sh.b * sh.t;
+                let (mut fq, mut fk, mut fv) = (
+                    vec![0.0f32; full * qw],
+                    vec![0.0f32; full * kw],
+                    vec![0.0f32; full * kw],
+                );
+                let mut fdao = vec![0.0f32; full * qw];
+                gather_rows_forward(&mut fq, &a.q, &sh.map, None, qw);
+                gather_rows_forward(&mut fk, &a.k, &sh.map, None, kw);
+                gather_rows_forward(&mut fv, &a.v, &sh.map, None, kw);
+                gather_rows_forward(&mut fdao, &dao, &sh.map, Some(&sh.owner), qw);
+                let (mut fdq, mut fdk, mut fdv) = (
+                    vec![0.0f32; full * qw],
+                    vec![0.0f32; full * kw],
+                    vec![0.0f32; full * kw],
+                );
+                attention_backward(
+                    QkvGrad::Split(&mut fdq, &mut fdk, &mut fdv),
+                    &fdao,
+                    &a.att,
+                    &fq,
+                    &fk,
+                    &fv,
+                    &QkvLayout::split(h, kv, d),
+                    &sh.start,
+                    AttentionShape {
+                        b: sh.b,
+                        t: sh.t,
+                        ..shape
+                    },
+                );
+                gather_rows_backward(&mut dq, &fdq, &sh.map, qw);
+                gather_rows_backward(&mut dk, &fdk, &sh.map, kw);
+                gather_rows_backward(&mut dv, &fdv, &sh.map, kw);
+            }
+        }
         let mut dq0 = vec![0.0f32; n * qw];
         let mut dk0 = vec![0.0f32; n * kw];
         rope_backward(&mut dq0, &dq, &acts.pos, &cos, &sin, n, h, d);
@@ -801,15 +845,15 @@ pub fn argmax(row: &[f32]) -> u32 {
 }
 
 impl LlamaActivations {
-    /// Zeroed activations of a (B, T) batch whose rows start at `start`, filled by `run` as a
-    /// decoder feeds its chunks, then completed by `finish_record`. Indices never fed keep token
-    /// `pad` and zero activations; nothing downstream of a real token reads them.
-    fn recording(model: &Llama, t: usize, start: Vec<usize>, pad: u32) -> Self {
+    /// Zeroed activations of record rows with rotary positions `pos` (N), filled by `run` as a
+    /// decoder feeds its chunks, then completed by `finish_record` with the batch the rows make
+    /// up (`cpu::shared`). Rows never fed keep token `pad` and zero activations; nothing
+    /// downstream of a real token reads them.
+    fn recording(model: &Llama, pos: Vec<usize>, pad: u32) -> Self {
         let cfg = &model.config;
         let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
         let (qw, kw) = (cfg.num_attention_heads * d, cfg.n_kv_heads() * d);
-        let b = start.len();
-        let n = b * t;
+        let n = pos.len();
         let layer = || LayerActs {
             x: vec![0.0; n * c],
             rstd1: vec![0.0; n],
@@ -826,29 +870,32 @@ impl LlamaActivations {
             up: vec![0.0; n * f],
             act: vec![0.0; n * f],
         };
+        // One row of N: every per-row operation sees the record's rows as one sequence.
         LlamaActivations {
-            b,
-            t,
+            b: 1,
+            t: n,
             tokens: vec![pad; n],
-            pos: rotary_positions(&start, 0, t),
-            start,
+            pos,
+            start: vec![0],
             layers: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
             xl: vec![0.0; n * c],
             rstdf: Vec::new(),
             xf: Vec::new(),
             positions: Vec::new(),
+            shared: None,
         }
     }
 
-    /// Completes recorded activations for `backward` with dlogits at the flat indices `rows`
-    /// (b T + t): every layer's attention probabilities (cached decoding does not keep them) and
-    /// the final norm of every index.
-    fn finish_record(&mut self, model: &Llama, rows: Vec<usize>) {
+    /// Completes recorded activations for `backward` with dlogits at record rows `rows`: every
+    /// layer's attention probabilities over the batch the rows make up (cached decoding does not
+    /// keep them) and the final norm of every row.
+    fn finish_record(&mut self, model: &Llama, rows: Vec<usize>, layout: SharedLayout) {
         let cfg = &model.config;
         let (c, d) = (cfg.hidden_size, cfg.head_dim());
         let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
-        let (b, t) = (self.b, self.t);
-        let n = b * t;
+        let (qw, kw) = (h * d, kv * d);
+        let n = self.b * self.t;
+        let (b, t) = (layout.b, layout.t);
         let shape = AttentionShape {
             b,
             t,
@@ -856,18 +903,24 @@ impl LlamaActivations {
             n_kv_head: kv,
             head_dim: d,
         };
-        let layout = QkvLayout::split(h, kv, d);
-        let mut out = vec![0.0f32; n * h * d];
+        let qkv_layout = QkvLayout::split(h, kv, d);
+        let mut out = vec![0.0f32; b * t * qw];
+        let mut q = vec![0.0f32; b * t * qw];
+        let mut k = vec![0.0f32; b * t * kw];
+        let mut v = vec![0.0f32; b * t * kw];
         for a in &mut self.layers {
+            gather_rows_forward(&mut q, &a.q, &layout.map, None, qw);
+            gather_rows_forward(&mut k, &a.k, &layout.map, None, kw);
+            gather_rows_forward(&mut v, &a.v, &layout.map, None, kw);
             a.att = vec![0.0f32; b * h * t * t];
             attention_forward(
                 &mut out,
                 &mut a.att,
-                &a.q,
-                &a.k,
-                &a.v,
-                &layout,
-                &self.start,
+                &q,
+                &k,
+                &v,
+                &qkv_layout,
+                &layout.start,
                 shape,
             );
         }
@@ -883,24 +936,36 @@ impl LlamaActivations {
             cfg.rms_norm_eps,
         );
         self.positions = rows;
+        self.shared = Some(layout);
+    }
+
+    /// The final hidden state of record row `row`.
+    fn final_hidden_row(&self, row: usize) -> &[f32] {
+        let c = self.xf.len() / (self.b * self.t);
+        &self.xf[row * c..(row + 1) * c]
     }
 }
 
 /// A sampled batch whose forward pass was kept: the continuations, the activations of every
-/// position fed (prompts left padded to P, then one index per sampling step, the last sampled
-/// token included), and the logits each token was sampled from.
+/// position fed (each distinct prompt once, then one row per continuation and step, the last
+/// sampled token included: `cpu::shared`), and the logits each token was sampled from.
 pub struct LlamaRollout {
     pub generations: Vec<Generation>,
     acts: LlamaActivations,
-    /// Padded prompt length P: the first sampled token sits at index P.
-    prompt_len: usize,
+    /// The distinct prompt of each row, and each distinct prompt's first real index.
+    prompt_of: Vec<usize>,
+    prompt_start: Vec<usize>,
+    /// Padded prompt length P and steps S.
+    p: usize,
+    s: usize,
     /// (S, B, V): step s's logits of every row, before temperature.
     logits: Vec<f32>,
 }
 
-/// `generate`, keeping the forward pass for an update with the same weights: the same `rng`
-/// state gives the same tokens and log-probabilities as `generate`. The last sampled token is
-/// fed too (without the head), since the value head reads its hidden state.
+/// `generate`, keeping the forward pass for an update with the same weights, and running each
+/// distinct prompt once. The same `rng` state gives the same tokens as `generate`, with
+/// log-probabilities equal up to rounding. The last sampled token is fed too (without the
+/// head), since the value head reads its hidden state.
 pub fn generate_recorded(
     model: &Llama,
     prompts: &[Vec<u32>],
@@ -908,40 +973,68 @@ pub fn generate_recorded(
     eos: u32,
     rng: &mut Rng,
 ) -> Result<LlamaRollout> {
-    let max_new = params.max_new_tokens;
-    if prompts.is_empty() || max_new == 0 {
+    let s = params.max_new_tokens;
+    if prompts.is_empty() || s == 0 {
         bail!("a recorded rollout needs at least one prompt and one new token");
     }
     let v = model.config.vocab_size;
     let batch = Batch::left_padded(prompts, eos)?;
     check_batch(&batch, v)?;
     let ctx = model.config.max_position_embeddings;
-    if batch.t + max_new > ctx {
+    if batch.t + s > ctx {
         bail!(
-            "a prompt of {} tokens with {max_new} new tokens exceeds the model's context of {ctx} positions",
+            "a prompt of {} tokens with {s} new tokens exceeds the model's context of {ctx} positions",
             batch.t
         );
     }
-    let b = batch.b;
-    let tmax = batch.t + max_new;
-    let mut rec = LlamaActivations::recording(model, tmax, batch.start.clone(), eos);
-    let mut cache = KvCache::new(model, b, tmax, batch.start.clone());
-    let last: Vec<usize> = (0..b).map(|bi| bi * batch.t + batch.t - 1).collect();
-    let mut step_logits = run(
+    let (distinct, prompt_of) = distinct_prompts(prompts);
+    let ub = Batch::left_padded(&distinct, eos)?;
+    let (u, p, b) = (ub.b, ub.t, prompts.len());
+    let pos = shared_positions(&prompt_of, &ub.start, p, s);
+    let mut rec = LlamaActivations::recording(model, pos, eos);
+
+    // The distinct prompts, once each.
+    let mut pre = KvCache::new(model, u, p, ub.start.clone());
+    let last: Vec<usize> = (0..u).map(|i| i * p + p - 1).collect();
+    let prompt_rows: Vec<usize> = (0..u * p).collect();
+    let first = run(
         model,
-        &batch.tokens,
-        &mut cache,
-        batch.t,
+        &ub.tokens,
+        &mut pre,
+        p,
         &last,
         None,
-        Some(&mut rec),
+        Some((&mut rec, &prompt_rows)),
     )
     .logits;
+
+    // Every row continues from a copy of its prompt's keys and values.
+    let tmax = p + s;
+    let kw = model.config.n_kv_heads() * model.config.head_dim();
+    let layers = model.config.num_hidden_layers;
+    let (mut k, mut vv) = (
+        vec![vec![0.0f32; b * tmax * kw]; layers],
+        vec![vec![0.0f32; b * tmax * kw]; layers],
+    );
+    for l in 0..layers {
+        for (bi, &ui) in prompt_of.iter().enumerate() {
+            let (src, dst) = (ui * p * kw, bi * tmax * kw);
+            k[l][dst..dst + p * kw].copy_from_slice(&pre.k[l][src..src + p * kw]);
+            vv[l][dst..dst + p * kw].copy_from_slice(&pre.v[l][src..src + p * kw]);
+        }
+    }
+    let start: Vec<usize> = prompt_of.iter().map(|&ui| ub.start[ui]).collect();
+    let mut cache = KvCache::from_layers(model, k, vv, tmax, p, start)?;
+
     let mut out = vec![Generation::default(); b];
-    let mut logits = Vec::with_capacity(max_new * b * v);
+    let mut logits = Vec::with_capacity(s * b * v);
+    for &ui in &prompt_of {
+        logits.extend_from_slice(&first[ui * v..(ui + 1) * v]);
+    }
     let mut done = vec![false; b];
     let rows: Vec<usize> = (0..b).collect();
-    for step in 0..max_new {
+    for step in 0..s {
+        let step_logits = &logits[step * b * v..(step + 1) * b * v];
         let mut next = vec![eos; b];
         for (bi, g) in out.iter_mut().enumerate() {
             if done[bi] {
@@ -953,18 +1046,30 @@ pub fn generate_recorded(
             next[bi] = tok;
             done[bi] = tok == eos;
         }
-        logits.extend_from_slice(&step_logits);
-        let more = !(step + 1 == max_new || done.iter().all(|&x| x));
+        let more = !(step + 1 == s || done.iter().all(|&x| x));
         let heads: &[usize] = if more { &rows[..] } else { &[] };
-        step_logits = run(model, &next, &mut cache, 1, heads, None, Some(&mut rec)).logits;
+        let rec_rows: Vec<usize> = (0..b).map(|bi| u * p + bi * s + step).collect();
+        let step_out = run(
+            model,
+            &next,
+            &mut cache,
+            1,
+            heads,
+            None,
+            Some((&mut rec, &rec_rows)),
+        );
         if !more {
             break;
         }
+        logits.extend_from_slice(&step_out.logits);
     }
     Ok(LlamaRollout {
         generations: out,
         acts: rec,
-        prompt_len: batch.t,
+        prompt_of,
+        prompt_start: ub.start,
+        p,
+        s,
         logits,
     })
 }
@@ -981,10 +1086,11 @@ impl LlamaRollout {
     ) -> Result<(Vec<f32>, Vec<f32>, LlamaActivations)> {
         let b = self.generations.len();
         let v = model.config.vocab_size;
-        let t = self.acts.t;
         if kept.len() != b {
             bail!("{} kept lengths for a rollout of {b} rows", kept.len());
         }
+        let layout = SharedLayout::new(&self.prompt_of, &self.prompt_start, self.p, self.s);
+        let at = |r: usize, i: usize| layout.map[r * layout.t + i];
         let mut rows = Vec::new();
         let mut logits = Vec::new();
         for (r, &k) in kept.iter().enumerate() {
@@ -995,15 +1101,20 @@ impl LlamaRollout {
                 );
             }
             for j in 0..k {
-                rows.push(r * t + self.prompt_len - 1 + j);
+                rows.push(at(r, self.p - 1 + j));
                 let o = (j * b + r) * v;
                 logits.extend_from_slice(&self.logits[o..o + v]);
             }
         }
-        self.acts.finish_record(model, rows);
+        let last: Vec<usize> = kept
+            .iter()
+            .enumerate()
+            .map(|(r, &k)| at(r, self.p - 1 + k))
+            .collect();
+        self.acts.finish_record(model, rows, layout);
         let mut hidden = Vec::with_capacity(b * model.config.hidden_size);
-        for (r, &k) in kept.iter().enumerate() {
-            hidden.extend_from_slice(self.acts.final_hidden(r, self.prompt_len - 1 + k));
+        for &row in &last {
+            hidden.extend_from_slice(self.acts.final_hidden_row(row));
         }
         Ok((logits, hidden, self.acts))
     }

@@ -9,3 +9,4 @@ pub mod llama;
 pub mod ops;
 pub mod policy;
 pub mod refcache;
+pub mod shared;

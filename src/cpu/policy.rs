@@ -59,7 +59,7 @@ impl Grads {
 
 enum Acts {
     Gpt2(Box<Gpt2Activations>),
-    Llama(LlamaActivations),
+    Llama(Box<LlamaActivations>),
 }
 
 /// The number of response tokens the mask keeps: those before the first end-of-text, plus the
@@ -176,7 +176,7 @@ fn actor_forward(
             for r in 0..batch.b {
                 last.extend_from_slice(acts.final_hidden(r, batch.t - 1));
             }
-            (logits.data, Acts::Llama(acts))
+            (logits.data, Acts::Llama(Box::new(acts)))
         }
     };
     Ok((logits, last, acts))
@@ -221,7 +221,7 @@ impl Rollout {
             }
             (Model::Llama(m), Recorded::Llama(r)) => {
                 let (logits, hidden, acts) = r.finish(m, kept)?;
-                (logits, hidden, Acts::Llama(acts))
+                (logits, hidden, Acts::Llama(Box::new(acts)))
             }
             _ => bail!("the kept rollout is of another model family"),
         })

@@ -1,0 +1,83 @@
+//! Activations of a batch whose rows share prompts, stored once per distinct prompt.
+//!
+//! A rollout batch draws its prompts from a task's hundred or so, so the same prompt often comes
+//! back within one batch. Every per-row operation (norms, dense layers, activations) only needs
+//! each distinct prompt's rows once: the record holds U distinct prompts of P (left padded)
+//! indices, then B continuations of S indices. Attention is the one operation that mixes rows;
+//! it runs on the (B, P + S) batch the record stands for, gathered from the record's rows, and
+//! its gradients are added back onto them (a shared prompt row sums the gradients of every
+//! continuation that reads it).
+
+/// How the record's flat rows make up the left-padded (B, T) batch, T = P + S.
+#[derive(Clone, Debug, Default)]
+pub struct SharedLayout {
+    pub b: usize,
+    pub t: usize,
+    /// First real index of each batch row.
+    pub start: Vec<usize>,
+    /// (B T) the record row of every batch index.
+    pub map: Vec<usize>,
+    /// (B T) whether the batch index is where its record row's output gradient enters: one
+    /// batch index per record row, so that a shared prompt row's own output counts once.
+    pub owner: Vec<bool>,
+}
+
+impl SharedLayout {
+    /// The layout of U distinct prompts of P indices (record rows u P + i) and B continuations of
+    /// S indices (record rows U P + b S + s); batch row b continues prompt `prompt_of[b]`, whose
+    /// first real index is `prompt_start[prompt_of[b]]`. The first batch row of each prompt owns
+    /// its rows.
+    pub fn new(prompt_of: &[usize], prompt_start: &[usize], p: usize, s: usize) -> Self {
+        let (b, u, t) = (prompt_of.len(), prompt_start.len(), p + s);
+        let mut map = Vec::with_capacity(b * t);
+        let mut owner = Vec::with_capacity(b * t);
+        let mut seen = vec![false; u];
+        for (bi, &ui) in prompt_of.iter().enumerate() {
+            let first = !seen[ui];
+            seen[ui] = true;
+            for i in 0..t {
+                if i < p {
+                    map.push(ui * p + i);
+                    owner.push(first);
+                } else {
+                    map.push(u * p + bi * s + i - p);
+                    owner.push(true);
+                }
+            }
+        }
+        SharedLayout {
+            b,
+            t,
+            start: prompt_of.iter().map(|&ui| prompt_start[ui]).collect(),
+            map,
+            owner,
+        }
+    }
+}
+
+/// out (B T, W) = inp[map] (rows of N, W): the batch's rows gathered from the record; with
+/// `owner`, the indices that do not own their row get zeros
+pub fn gather_rows_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    map: &[usize],
+    owner: Option<&[bool]>,
+    w: usize,
+) {
+    for (i, (dst, &r)) in out.chunks_exact_mut(w).zip(map).enumerate() {
+        if owner.is_some_and(|o| !o[i]) {
+            dst.fill(0.0);
+        } else {
+            dst.copy_from_slice(&inp[r * w..(r + 1) * w]);
+        }
+    }
+}
+
+/// dinp[map] (N, W) += dout (B T, W): every batch index adds onto its record row
+pub fn gather_rows_backward(dinp: &mut [f32], dout: &[f32], map: &[usize], w: usize) {
+    for (src, &r) in dout.chunks_exact(w).zip(map) {
+        for (x, &y) in dinp[r * w..(r + 1) * w].iter_mut().zip(src) {
+            *x += y;
+        }
+    }
+}
