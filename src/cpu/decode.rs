@@ -505,8 +505,8 @@ pub fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
     (distinct, of)
 }
 
-/// Position ids of a shared record: distinct prompt u's index i is position i - start[u], row
-/// b's step s is position P + s - start of its prompt.
+/// Position ids of a shared record (`cpu::shared`): distinct prompt u's index i is position
+/// i - start[u], step s of row b is position P + s - start of its prompt.
 pub fn shared_positions(
     prompt_of: &[usize],
     prompt_start: &[usize],
@@ -517,8 +517,8 @@ pub fn shared_positions(
     for &st in prompt_start {
         pos.extend((0..p).map(|i| i.saturating_sub(st)));
     }
-    for &u in prompt_of {
-        pos.extend((0..s).map(|j| p + j - prompt_start[u]));
+    for j in 0..s {
+        pos.extend(prompt_of.iter().map(|&u| p + j - prompt_start[u]));
     }
     pos
 }
@@ -594,7 +594,7 @@ pub fn generate_recorded(
             done[r] = tok == eos;
         }
         let more = !(done.iter().all(|&d| d) || step + 1 == s);
-        dec.record_rows = (0..b).map(|bi| u * p + bi * s + step).collect();
+        dec.record_rows = (0..b).map(|bi| u * p + step * b + bi).collect();
         dec.extend(&next, 1, if more { &rows[..] } else { &[] })?;
         if !more {
             break;

@@ -553,6 +553,8 @@ pub fn backward_into(
     let w = &model.weights;
     let (nb, nt, c, v) = (acts.b, acts.t, cfg.n_embd, cfg.vocab_size);
     let n = nb * nt;
+    // Rows after `nl` receive no gradient (`cpu::shared`), so the per-row work stops there.
+    let nl = acts.shared.as_ref().map_or(n, |sh| sh.live);
     assert_eq!(
         dlogits.len(),
         acts.rows.len() * v,
@@ -592,7 +594,7 @@ pub fn backward_into(
         &w.ln_f_w.data,
         &acts.lnf_mean,
         &acts.lnf_rstd,
-        n,
+        nl,
         c,
     );
     // `dres` carries the gradient of the residual stream. A residual add passes its output
@@ -615,11 +617,15 @@ pub fn backward_into(
             &acts.dres,
             &a.fch_gelu,
             &p.fc_proj_w.data,
-            n,
+            nl,
             4 * c,
             c,
         );
-        gelu_tanh_backward(zeroed(&mut acts.dfch, n * 4 * c), &a.fch, &acts.dfch_gelu);
+        gelu_tanh_backward(
+            &mut zeroed(&mut acts.dfch, n * 4 * c)[..nl * 4 * c],
+            &a.fch[..nl * 4 * c],
+            &acts.dfch_gelu[..nl * 4 * c],
+        );
         matmul_backward(
             Some(zeroed(&mut acts.dln, n * c)),
             &mut g.fc_w.data,
@@ -627,7 +633,7 @@ pub fn backward_into(
             &acts.dfch,
             &a.ln2,
             &p.fc_w.data,
-            n,
+            nl,
             c,
             4 * c,
         );
@@ -640,7 +646,7 @@ pub fn backward_into(
             &p.ln_2_w.data,
             &a.ln2_mean,
             &a.ln2_rstd,
-            n,
+            nl,
             c,
         );
         // Attention branch: res1 = x + attn_proj(attention(c_attn(ln1(x))))
@@ -651,7 +657,7 @@ pub fn backward_into(
             &acts.dres,
             &a.atty,
             &p.attn_proj_w.data,
-            n,
+            nl,
             c,
             c,
         );
@@ -702,7 +708,7 @@ pub fn backward_into(
             &acts.dqkv,
             &a.ln1,
             &p.attn_w.data,
-            n,
+            nl,
             c,
             3 * c,
         );
@@ -715,7 +721,7 @@ pub fn backward_into(
             &p.ln_1_w.data,
             &a.ln1_mean,
             &a.ln1_rstd,
-            n,
+            nl,
             c,
         );
     }
@@ -723,8 +729,8 @@ pub fn backward_into(
         &mut grads.wte.data,
         Some(&mut grads.wpe.data),
         &acts.dres,
-        &acts.tokens,
-        &acts.pos,
+        &acts.tokens[..nl],
+        &acts.pos[..nl],
         c,
     );
 }

@@ -484,6 +484,8 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
     let (qw, kw) = (h * d, kv * d);
     let (b, t) = (acts.b, acts.t);
     let n = b * t;
+    // Rows after `nl` receive no gradient (`cpu::shared`), so the per-row work stops there.
+    let nl = acts.shared.as_ref().map_or(n, |sh| sh.live);
     let vocab = cfg.vocab_size;
     assert_eq!(
         dlogits.len(),
@@ -530,7 +532,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
         &acts.xl,
         &w.norm.data,
         &acts.rstdf,
-        n,
+        nl,
         c,
     );
 
@@ -544,13 +546,13 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dx,
             &a.act,
             &lw.down_proj.data,
-            n,
+            nl,
             f,
             c,
         );
         let mut dgate = vec![0.0f32; n * f];
         let mut dup = vec![0.0f32; n * f];
-        swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up, n, f);
+        swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up, nl, f);
         let mut dxn2 = vec![0.0f32; n * c];
         linear_backward(
             Some(&mut dxn2),
@@ -558,7 +560,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dgate,
             &a.xn2,
             &lw.gate_proj.data,
-            n,
+            nl,
             c,
             f,
         );
@@ -568,7 +570,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dup,
             &a.xn2,
             &lw.up_proj.data,
-            n,
+            nl,
             c,
             f,
         );
@@ -579,7 +581,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &a.x2,
             &lw.post_attention_layernorm.data,
             &a.rstd2,
-            n,
+            nl,
             c,
         );
         // Attention branch.
@@ -590,7 +592,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dx,
             &a.ao,
             &lw.o_proj.data,
-            n,
+            nl,
             qw,
             c,
         );
@@ -658,8 +660,8 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
         }
         let mut dq0 = vec![0.0f32; n * qw];
         let mut dk0 = vec![0.0f32; n * kw];
-        rope_backward(&mut dq0, &dq, &acts.pos, &cos, &sin, n, h, d);
-        rope_backward(&mut dk0, &dk, &acts.pos, &cos, &sin, n, kv, d);
+        rope_backward(&mut dq0, &dq, &acts.pos, &cos, &sin, nl, h, d);
+        rope_backward(&mut dk0, &dk, &acts.pos, &cos, &sin, nl, kv, d);
         let mut dxn1 = vec![0.0f32; n * c];
         linear_backward(
             Some(&mut dxn1),
@@ -667,7 +669,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dq0,
             &a.xn1,
             &lw.q_proj.data,
-            n,
+            nl,
             c,
             qw,
         );
@@ -677,7 +679,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dk0,
             &a.xn1,
             &lw.k_proj.data,
-            n,
+            nl,
             c,
             kw,
         );
@@ -687,7 +689,7 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &dv,
             &a.xn1,
             &lw.v_proj.data,
-            n,
+            nl,
             c,
             kw,
         );
@@ -698,11 +700,11 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             &a.x,
             &lw.input_layernorm.data,
             &a.rstd1,
-            n,
+            nl,
             c,
         );
     }
-    for (row, &tok) in dx.chunks_exact(c).zip(&acts.tokens) {
+    for (row, &tok) in dx.chunks_exact(c).zip(&acts.tokens[..nl]) {
         let e = &mut g.embed_tokens.data[tok as usize * c..][..c];
         for (a, &s) in e.iter_mut().zip(row) {
             *a += s;
@@ -1048,7 +1050,7 @@ pub fn generate_recorded(
         }
         let more = !(step + 1 == s || done.iter().all(|&x| x));
         let heads: &[usize] = if more { &rows[..] } else { &[] };
-        let rec_rows: Vec<usize> = (0..b).map(|bi| u * p + bi * s + step).collect();
+        let rec_rows: Vec<usize> = (0..b).map(|bi| u * p + step * b + bi).collect();
         let step_out = run(
             model,
             &next,

@@ -3,7 +3,7 @@
 //! A rollout batch draws its prompts from a task's hundred or so, so the same prompt often comes
 //! back within one batch. Every per-row operation (norms, dense layers, activations) only needs
 //! each distinct prompt's rows once: the record holds U distinct prompts of P (left padded)
-//! indices, then B continuations of S indices. Attention is the one operation that mixes rows;
+//! indices, then S steps of the B continuations. Attention is the one operation that mixes rows;
 //! it runs on the (B, P + S) batch the record stands for, gathered from the record's rows, and
 //! its gradients are added back onto them (a shared prompt row sums the gradients of every
 //! continuation that reads it).
@@ -20,11 +20,14 @@ pub struct SharedLayout {
     /// (B T) whether the batch index is where its record row's output gradient enters: one
     /// batch index per record row, so that a shared prompt row's own output counts once.
     pub owner: Vec<bool>,
+    /// Record rows that can receive a gradient, all before the others: the last step's rows
+    /// come last, and nothing scored reads them (they only give the value head its input).
+    pub live: usize,
 }
 
 impl SharedLayout {
-    /// The layout of U distinct prompts of P indices (record rows u P + i) and B continuations of
-    /// S indices (record rows U P + b S + s); batch row b continues prompt `prompt_of[b]`, whose
+    /// The layout of U distinct prompts of P indices (record rows u P + i) and S steps of B
+    /// continuations (record rows U P + s B + b); batch row b continues prompt `prompt_of[b]`, whose
     /// first real index is `prompt_start[prompt_of[b]]`. The first batch row of each prompt owns
     /// its rows.
     pub fn new(prompt_of: &[usize], prompt_start: &[usize], p: usize, s: usize) -> Self {
@@ -40,7 +43,7 @@ impl SharedLayout {
                     map.push(ui * p + i);
                     owner.push(first);
                 } else {
-                    map.push(u * p + bi * s + i - p);
+                    map.push(u * p + (i - p) * b + bi);
                     owner.push(true);
                 }
             }
@@ -51,6 +54,7 @@ impl SharedLayout {
             start: prompt_of.iter().map(|&ui| prompt_start[ui]).collect(),
             map,
             owner,
+            live: u * p + s.saturating_sub(1) * b,
         }
     }
 }
