@@ -477,6 +477,18 @@ pub fn forward(
 /// Gradients of all parameters given dlogits (P, V) at the positions `forward` was asked for.
 /// The tied head adds into `embed_tokens`.
 pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> LlamaWeights {
+    let mut g = LlamaWeights::zeros(&model.config);
+    backward_into(model, acts, dlogits, &mut g);
+    g
+}
+
+/// `backward`, adding into `g` (zero it first for a fresh step).
+pub fn backward_into(
+    model: &Llama,
+    acts: &mut LlamaActivations,
+    dlogits: &[f32],
+    g: &mut LlamaWeights,
+) {
     let cfg = &model.config;
     let w = &model.weights;
     let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
@@ -492,7 +504,6 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
         acts.positions.len() * vocab,
         "dlogits must be (M, V)"
     );
-    let mut g = LlamaWeights::zeros(cfg);
     let (cos, sin) = tables(model, t);
 
     // Head: only the selected rows receive gradient.
@@ -710,7 +721,6 @@ pub fn backward(model: &Llama, acts: &mut LlamaActivations, dlogits: &[f32]) -> 
             *a += s;
         }
     }
-    g
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {
