@@ -65,6 +65,9 @@ pub struct Args {
     /// Updates between checkpoints (the last update always writes one)
     #[arg(long, default_value_t = 10)]
     pub checkpoint_every: u64,
+    /// Checkpoints kept: older ones are deleted as new ones are written (0 keeps all)
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
     /// No progress line
     #[arg(long)]
     pub quiet: bool,
@@ -339,9 +342,11 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
         );
     }
     let save = |trainer: &Trainer, dir: &RunDir| -> Result<PathBuf> {
-        dir.write_checkpoint(trainer.updates(), |d| {
+        let ck = dir.write_checkpoint(trainer.updates(), |d| {
             save_trainer_state(d, trainer.state(), &template)
-        })
+        })?;
+        dir.prune_checkpoints(args.keep_checkpoints)?;
+        Ok(ck)
     };
     let mut last_saved = trainer.updates();
     while trainer.episodes() < total {
