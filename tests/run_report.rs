@@ -24,6 +24,7 @@ fn compare_writes_the_table_and_plots() {
     for (name, reward, curve) in [
         ("a", "pgsrm", [0.1, 0.2, 0.3, 0.4, 0.5]),
         ("b", "binary", [0.0, 0.4, 0.0, 0.4, 0.0]),
+        ("c", "binary", [0.0, 0.0, 0.0, 0.0, 0.0]),
     ] {
         let mut run = RunDir::create(
             &root.join(name),
@@ -48,6 +49,7 @@ fn compare_writes_the_table_and_plots() {
         .arg("compare")
         .arg(root.join("a"))
         .arg(root.join("b"))
+        .arg(root.join("c"))
         .arg("--out")
         .arg(&out_dir)
         .output()
@@ -68,6 +70,12 @@ fn compare_writes_the_table_and_plots() {
         "{md}"
     );
     assert!(md.contains("| 0.2500 | 0.5000 |"), "{md}");
+    // A curve that never moved is called flat, not smooth; one that moved is not.
+    assert!(
+        md.contains("c: the mean reward was 0 at every update"),
+        "{md}"
+    );
+    assert!(!md.contains("a: the mean reward was") && !md.contains("b: the mean reward was"));
     for stem in ["reward", "kl", "entropy"] {
         let svg = std::fs::read_to_string(out_dir.join(format!("{stem}.svg"))).unwrap();
         assert!(svg.contains("data-name=\"a\"") && svg.contains("data-name=\"b\""));

@@ -195,6 +195,39 @@ impl RunDir {
         write_atomic(&self.path.join(LATEST), format!("{name}\n").as_bytes())?;
         Ok(dst)
     }
+
+    /// Deletes all but the newest `keep` checkpoints (0 keeps every one). A long run writes a
+    /// child and its optimiser moments at every checkpoint, three copies of the weights, which
+    /// would fill a disk; the newest is always kept, and it is the one `latest` names.
+    pub fn prune_checkpoints(&self, keep: usize) -> Result<()> {
+        if keep == 0 {
+            return Ok(());
+        }
+        let mut steps = Vec::new();
+        let entries = std::fs::read_dir(&self.path)
+            .with_context(|| format!("cannot list {}", self.path.display()))?;
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(step) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("step-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                steps.push(step);
+            }
+        }
+        steps.sort_unstable();
+        let latest = latest_checkpoint(&self.path)?.map(|(s, _)| s);
+        for &step in steps.iter().rev().skip(keep) {
+            if Some(step) == latest {
+                continue;
+            }
+            let dir = self.path.join(format!("step-{step}"));
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot delete the old checkpoint {}", dir.display()))?;
+        }
+        Ok(())
+    }
 }
 
 fn append_line(f: &mut File, v: &Value) -> Result<()> {

@@ -243,6 +243,13 @@ fn fmt(v: Option<f64>) -> String {
     }
 }
 
+/// The one value every update of every run of `g` logged as its mean reward, if there is one.
+fn flat_reward(g: &Group) -> Option<f64> {
+    let mut all = g.runs.iter().flat_map(|r| r.reward_mean.iter().copied());
+    let first = all.next()?;
+    all.all(|x| x == first).then_some(first)
+}
+
 /// The summary figures of one group, as JSON (also the rows of the report's table).
 pub fn summary(g: &Group) -> Value {
     let per_run = |f: &dyn Fn(&RunCurves) -> Option<f64>| -> Option<f64> {
@@ -318,6 +325,16 @@ pub fn write_report(
          on the task's held-out prompts (`pgsrm eval`); exact match against the parent's answer \
          after strip + lower-case.\n"
     );
+    for g in groups {
+        if let Some(x) = flat_reward(g) {
+            let _ = writeln!(
+                md,
+                "{}: the mean reward was {x} at every update of every run, so its smoothness of 0 \
+                 says only that the curve is flat.\n",
+                g.name
+            );
+        }
+    }
     for (stem, what) in [
         ("reward", "Mean reward per update"),
         ("kl", "KL to the reference"),
