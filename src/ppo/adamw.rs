@@ -3,6 +3,12 @@
 
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
+use rayon::prelude::*;
+
+/// Elements per parallel piece: the step is elementwise and memory bound, so the pieces only need
+/// to be large enough to amortise scheduling, and fixed so that sums add up in the same order on
+/// any number of threads.
+const CHUNK: usize = 1 << 15;
 
 /// Optimiser state over a fixed list of tensors: first and second moments and the step count.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,17 +69,23 @@ impl AdamW {
         let step_size = (self.lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2_sqrt as f32;
         let decay = 1.0 - self.lr * self.weight_decay;
+        let eps = self.eps;
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let m = &mut self.m[i].data;
-            let v = &mut self.v[i].data;
-            for j in 0..p.data.len() {
-                let gj = g.data[j];
-                p.data[j] *= decay;
-                m[j] = b1 * m[j] + (1.0 - b1) * gj;
-                v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
-                let denom = v[j].sqrt() / bc2_sqrt + self.eps;
-                p.data[j] -= step_size * m[j] / denom;
-            }
+            p.data
+                .par_chunks_mut(CHUNK)
+                .zip(self.m[i].data.par_chunks_mut(CHUNK))
+                .zip(self.v[i].data.par_chunks_mut(CHUNK))
+                .zip(g.data.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for j in 0..p.len() {
+                        let gj = g[j];
+                        p[j] *= decay;
+                        m[j] = b1 * m[j] + (1.0 - b1) * gj;
+                        v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
+                        let denom = v[j].sqrt() / bc2_sqrt + eps;
+                        p[j] -= step_size * m[j] / denom;
+                    }
+                });
         }
         Ok(())
     }
@@ -85,9 +97,12 @@ impl AdamW {
 pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f32) -> Result<f32> {
     let mut sq = 0.0f64;
     for g in grads.iter() {
-        for &x in &g.data {
-            sq += x as f64 * x as f64;
-        }
+        let pieces: Vec<f64> = g
+            .data
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
+            .collect();
+        sq += pieces.iter().sum::<f64>();
     }
     let norm = sq.sqrt() as f32;
     if !norm.is_finite() {
@@ -96,9 +111,7 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f32) -> Result<f32> {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for g in grads.iter_mut() {
-            for x in g.data.iter_mut() {
-                *x *= coef;
-            }
+            g.data.par_iter_mut().for_each(|x| *x *= coef);
         }
     }
     Ok(norm)
