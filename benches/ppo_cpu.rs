@@ -1,7 +1,7 @@
 //! PPO throughput of the CPU backend: whole trainer updates (batched sampling, parent table,
 //! binary reward, the policy update with the frozen reference and the value head, both AdamW
 //! steps) of GPT-2 `small` (random init) and of SmolLM2-135M-Instruct (the `smollm2-135m-instruct`
-//! asset; skipped with a note when it cannot be had) on the colors task: batch 50, prompts of
+//! asset, fetched when missing) on the colors task: batch 50, prompts of
 //! about 20 tokens, 2 new tokens. The binary reward needs no embedder, so the figure measures
 //! the policy work. Reported as episodes per second (criterion "elements").
 
@@ -38,15 +38,12 @@ fn ppo_update(c: &mut Criterion) {
         bench.iter(|| gpt2.update().expect("update"));
     });
     drop(gpt2);
-    match load_model("smollm2-135m-instruct") {
-        Ok(loaded) => {
-            let mut smol = trainer(loaded);
-            group.bench_function("smollm2_135m_b50_colors_binary_update", |bench| {
-                bench.iter(|| smol.update().expect("update"));
-            });
-        }
-        Err(e) => eprintln!("SmolLM2 bench skipped: {e:#}"),
-    }
+    let loaded = load_model("smollm2-135m-instruct")
+        .unwrap_or_else(|e| panic!("SmolLM2-135M-Instruct (fetched by the asset code): {e:#}"));
+    let mut smol = trainer(loaded);
+    group.bench_function("smollm2_135m_b50_colors_binary_update", |bench| {
+        bench.iter(|| smol.update().expect("update"));
+    });
     group.finish();
 }
 

@@ -57,6 +57,13 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
             serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
         let em = eval["exact_match"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&em));
+        // One checkpoint, at the end.
+        let steps: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        assert_eq!(steps, ["step-3"]);
     }
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     assert!(md.contains("| pgsrm | 1 | 3 |"), "{md}");
@@ -98,6 +105,23 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
     );
     let after = std::fs::read(rep.join("colors-pgsrm-seed3/metrics.jsonl")).unwrap();
     assert_eq!(before, after);
+    // A run that stopped before its checkpoint is trained again from the start.
+    let binary = rep.join("colors-binary-seed3");
+    std::fs::remove_dir_all(binary.join("step-3")).unwrap();
+    std::fs::remove_file(binary.join("latest")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args(["reproduce", "--task", "colors", "--model", "random:tiny"])
+        .args(["--seeds", "3", "--episodes", "18", "--batch-size", "6"])
+        .args(["--quiet", "--out", "rep"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("starting it again"), "{err}");
+    assert!(binary.join("step-3").is_dir());
+    let lines = std::fs::read_to_string(binary.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -70,6 +70,17 @@ pub fn run(args: Args) -> Result<()> {
             };
             let name = format!("{}-{reward}-seed{seed}", args.task);
             let existing = out.join(&name);
+            if existing.join(pgsrm::run::folder::CONFIG).is_file()
+                && latest_checkpoint(&existing)?.is_none()
+            {
+                // Stopped before its one checkpoint: nothing in it can be continued.
+                eprintln!(
+                    "{}: stopped before its checkpoint; starting it again",
+                    existing.display()
+                );
+                std::fs::remove_dir_all(&existing)
+                    .with_context(|| format!("cannot clear {}", existing.display()))?;
+            }
             if existing.join(pgsrm::run::folder::CONFIG).is_file() {
                 // A reproduction run again continues (or just re-reads) the runs it already has.
                 flag("resume", existing.display().to_string());
@@ -88,6 +99,9 @@ pub fn run(args: Args) -> Result<()> {
             flag("runs-dir", out.display().to_string());
             flag("run-name", name);
             flag("embedder", args.embedder.clone());
+            // Runs of a reproduction are short: one checkpoint at the end, which evaluation
+            // reads, rather than one every ten updates (each is three copies of the weights).
+            flag("checkpoint-every", "0".into());
             if let Some(m) = &args.model {
                 flag("model", m.clone());
             }

@@ -81,7 +81,7 @@ pub struct Args {
     /// Continue the run in this folder from its newest checkpoint
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
-    /// Updates between checkpoints (the last update always writes one)
+    /// Updates between checkpoints (the last update always writes one; 0: only the last)
     #[arg(long, default_value_t = 10)]
     pub checkpoint_every: u64,
     /// Checkpoints kept: older ones are deleted as new ones are written (0 keeps all)
@@ -161,7 +161,7 @@ fn choose_child(args: &Args, task: &Task) -> (String, String) {
                 "child: {FALLBACK_CHILD}: no {hub} weights in the Hugging Face cache (the paper's child \
                  for {}), so the pretrained SmolLM2-135M-Instruct runs instead, with settings scaled to \
                  finish in minutes on a CPU (batch {FALLBACK_BATCH}, {FALLBACK_EPISODES} episodes, \
-                 actor lr {FALLBACK_ACTOR_LR}, the batch's mean reward as the baseline, no entropy \
+                 actor lr {FALLBACK_ACTOR_LR:e}, the batch's mean reward as the baseline, no entropy \
                  bonus, chat prompts; flags override each).\n  For the paper's child: put {hub} in the \
                  Hugging Face cache (huggingface-cli download openai-community/{hub}) or pass \
                  --model <folder with config.json + model.safetensors>.",
@@ -302,7 +302,7 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
     let ppo: PpoConfig = num(&cfg, "ppo", &path)?;
     let seed: u64 = num(&cfg, "seed", &path)?;
     let total: u64 = num(&cfg, "episodes", &path)?;
-    let every: u64 = num::<u64>(&cfg, "checkpoint_every", &path)?.max(1);
+    let every: u64 = num(&cfg, "checkpoint_every", &path)?;
     if !args.quiet {
         eprintln!(
             "{}",
@@ -420,7 +420,7 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
             episodes.as_array().map(Vec::as_slice).unwrap_or(&[]),
         )?;
         let done = trainer.episodes() >= total;
-        if done || stats.update % every == 0 {
+        if done || (every > 0 && stats.update % every == 0) {
             save(&trainer, &dir)?;
             last_saved = trainer.updates();
         }

@@ -284,9 +284,21 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| anyhow!("cannot serialise {}: {e}", path.display()))?;
-    write_atomic(path, &bytes)
+    // Streamed into a temporary sibling rather than serialised in memory first: a checkpoint's
+    // optimiser moments are gigabytes, and a second copy of them in memory costs seconds.
+    let tmp = temp_sibling(path, "tmp");
+    let result = safetensors::serialize_to_file(views, Some(meta), &tmp)
+        .map_err(|e| anyhow!("{e}"))
+        .and_then(|()| {
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
 }
 
 /// Settings of a Hugging Face GPT-2 config that our model does not implement; reject them rather
