@@ -4,7 +4,7 @@
 
 use crate::cpu::gpt2::{Batch, Gpt2Activations, Slot};
 use crate::cpu::ops::*;
-use crate::cpu::shared::SharedLayout;
+use crate::cpu::shared::{KeptRows, SharedLayout, kept_rows};
 use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
@@ -627,31 +627,9 @@ impl Gpt2Rollout {
             model.config.vocab_size,
             model.config.n_embd,
         );
-        if kept.len() != b {
-            bail!("{} kept lengths for a rollout of {b} rows", kept.len());
-        }
         let layout = SharedLayout::new(&self.prompt_of, &self.prompt_start, self.p, self.s);
-        let at = |r: usize, i: usize| layout.map[r * layout.t + i];
-        let mut rows = Vec::new();
-        let mut logits = Vec::new();
-        for (r, &k) in kept.iter().enumerate() {
-            if k > self.generations[r].tokens.len() {
-                bail!(
-                    "row {r} keeps {k} tokens of a continuation of {}",
-                    self.generations[r].tokens.len()
-                );
-            }
-            for j in 0..k {
-                rows.push(at(r, self.p - 1 + j));
-                let o = (j * b + r) * v;
-                logits.extend_from_slice(&self.logits[o..o + v]);
-            }
-        }
-        let last: Vec<usize> = kept
-            .iter()
-            .enumerate()
-            .map(|(r, &k)| at(r, self.p - 1 + k))
-            .collect();
+        let KeptRows { rows, logits, last } =
+            kept_rows(&layout, &self.generations, &self.logits, self.p, kept, v)?;
         self.acts.finish_record(model, rows, layout);
         let mut hidden = Vec::with_capacity(b * c);
         for &row in &last {

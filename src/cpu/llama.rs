@@ -8,7 +8,9 @@ pub use crate::cpu::decode::Generation;
 use crate::cpu::decode::{distinct_prompts, shared_positions};
 pub use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
-use crate::cpu::shared::{SharedLayout, gather_rows_backward, gather_rows_forward};
+use crate::cpu::shared::{
+    KeptRows, SharedLayout, gather_rows_backward, gather_rows_forward, kept_rows,
+};
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
@@ -1098,31 +1100,9 @@ impl LlamaRollout {
     ) -> Result<(Vec<f32>, Vec<f32>, LlamaActivations)> {
         let b = self.generations.len();
         let v = model.config.vocab_size;
-        if kept.len() != b {
-            bail!("{} kept lengths for a rollout of {b} rows", kept.len());
-        }
         let layout = SharedLayout::new(&self.prompt_of, &self.prompt_start, self.p, self.s);
-        let at = |r: usize, i: usize| layout.map[r * layout.t + i];
-        let mut rows = Vec::new();
-        let mut logits = Vec::new();
-        for (r, &k) in kept.iter().enumerate() {
-            if k > self.generations[r].tokens.len() {
-                bail!(
-                    "row {r} keeps {k} tokens of a continuation of {}",
-                    self.generations[r].tokens.len()
-                );
-            }
-            for j in 0..k {
-                rows.push(at(r, self.p - 1 + j));
-                let o = (j * b + r) * v;
-                logits.extend_from_slice(&self.logits[o..o + v]);
-            }
-        }
-        let last: Vec<usize> = kept
-            .iter()
-            .enumerate()
-            .map(|(r, &k)| at(r, self.p - 1 + k))
-            .collect();
+        let KeptRows { rows, logits, last } =
+            kept_rows(&layout, &self.generations, &self.logits, self.p, kept, v)?;
         self.acts.finish_record(model, rows, layout);
         let mut hidden = Vec::with_capacity(b * model.config.hidden_size);
         for &row in &last {

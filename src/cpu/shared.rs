@@ -8,6 +8,55 @@
 //! its gradients are added back onto them (a shared prompt row sums the gradients of every
 //! continuation that reads it).
 
+use crate::cpu::decode::Generation;
+use anyhow::{Result, bail};
+
+/// What a kept rollout hands the update: the record rows whose outputs predict the first
+/// `kept[r]` tokens of each continuation (row by row), those positions' logits (M, V) taken from
+/// the sampling steps' logits `steps` (S, B, V), and the record row of each continuation's last
+/// kept token (its last prompt token when none is kept), where the value head reads.
+pub struct KeptRows {
+    pub rows: Vec<usize>,
+    pub logits: Vec<f32>,
+    pub last: Vec<usize>,
+}
+
+/// The `KeptRows` of a rollout of `generations` with prompts padded to `p` indices.
+pub fn kept_rows(
+    layout: &SharedLayout,
+    generations: &[Generation],
+    steps: &[f32],
+    p: usize,
+    kept: &[usize],
+    v: usize,
+) -> Result<KeptRows> {
+    let b = generations.len();
+    if kept.len() != b {
+        bail!("{} kept lengths for a rollout of {b} rows", kept.len());
+    }
+    let at = |r: usize, i: usize| layout.map[r * layout.t + i];
+    let mut out = KeptRows {
+        rows: Vec::new(),
+        logits: Vec::new(),
+        last: Vec::with_capacity(b),
+    };
+    for (r, &k) in kept.iter().enumerate() {
+        if k > generations[r].tokens.len() {
+            bail!(
+                "row {r} keeps {k} tokens of a continuation of {}",
+                generations[r].tokens.len()
+            );
+        }
+        for j in 0..k {
+            out.rows.push(at(r, p - 1 + j));
+            let o = (j * b + r) * v;
+            out.logits.extend_from_slice(&steps[o..o + v]);
+        }
+        out.last.push(at(r, p - 1 + k));
+    }
+    Ok(out)
+}
+
 /// How the record's flat rows make up the left-padded (B, T) batch, T = P + S.
 #[derive(Clone, Debug, Default)]
 pub struct SharedLayout {
