@@ -8,13 +8,7 @@ use pgsrm::sample::SamplingParams;
 use std::collections::HashMap;
 
 fn tiny() -> Llama {
-    let cfg = LlamaConfig::from_json_str(
-        r#"{"vocab_size": 50, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
-            "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-            "rope_theta": 100.0, "tie_word_embeddings": false, "max_position_embeddings": 64,
-            "model_type": "llama", "hidden_act": "silu"}"#,
-    )
-    .unwrap();
+    let cfg = LlamaConfig::tiny();
     let mut m = Llama::random(cfg, 7);
     // Larger weights than the init so that attention and the next-token choice are far from flat.
     for (_, t) in m.weights.named_mut() {

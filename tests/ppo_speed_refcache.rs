@@ -16,13 +16,7 @@ fn gpt2_tiny() -> Model {
 }
 
 fn llama_tiny() -> Model {
-    let cfg = LlamaConfig::from_json_str(
-        r#"{"vocab_size": 50, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
-            "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-            "rope_theta": 100.0, "tie_word_embeddings": false, "max_position_embeddings": 64,
-            "model_type": "llama", "hidden_act": "silu"}"#,
-    )
-    .unwrap();
+    let cfg = LlamaConfig::tiny();
     Model::Llama(Llama::random(cfg, 7))
 }
 

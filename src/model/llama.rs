@@ -108,6 +108,18 @@ impl LlamaConfig {
         Self::from_json_str(&text).with_context(|| format!("config {}", path.display()))
     }
 
+    /// A tiny config for tests: 2 layers, 24 wide, 6 query heads sharing 2 key/value heads
+    /// (grouped-query attention), 50 tokens, untied head.
+    pub fn tiny() -> Self {
+        Self::from_json_str(
+            r#"{"vocab_size": 50, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
+                "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+                "rope_theta": 100.0, "tie_word_embeddings": false, "max_position_embeddings": 64,
+                "model_type": "llama", "hidden_act": "silu"}"#,
+        )
+        .expect("the tiny config parses")
+    }
+
     pub fn from_json_str(text: &str) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_str(text).context("invalid JSON")?;
         if let Some(mt) = v.get("model_type").and_then(|m| m.as_str())
