@@ -114,28 +114,8 @@ impl<'m> Gpt2Decoder<'m> {
         let batch = Batch::left_padded(prompts, pad)?;
         let c = cfg.n_embd;
         let tmax = batch.t + max_new_tokens;
-        let mut d = Gpt2Decoder {
-            model,
-            b: batch.b,
-            tmax,
-            start: batch.start.clone(),
-            len: 0,
-            k: vec![vec![0.0; batch.b * tmax * c]; cfg.n_layer],
-            v: vec![vec![0.0; batch.b * tmax * c]; cfg.n_layer],
-            x: Vec::new(),
-            ln: Vec::new(),
-            mean: Vec::new(),
-            rstd: Vec::new(),
-            qkv: Vec::new(),
-            atty: Vec::new(),
-            tmp: Vec::new(),
-            fch: Vec::new(),
-            fch_gelu: Vec::new(),
-            gathered: Vec::new(),
-            logits: Vec::new(),
-            record: None,
-            record_rows: Vec::new(),
-        };
+        let empty = || vec![vec![0.0; batch.b * tmax * c]; cfg.n_layer];
+        let mut d = Self::from_cache(model, batch.start.clone(), tmax, 0, empty(), empty())?;
         let last: Vec<usize> = (0..batch.b).map(|r| r * batch.t + batch.t - 1).collect();
         d.run(&batch.tokens, batch.t, &last);
         Ok(d)
@@ -489,6 +469,32 @@ pub struct Gpt2Rollout {
     logits: Vec<f32>,
 }
 
+/// One sampling step of a batch: each row not yet `done` samples from its logits (B, V), and the
+/// token and its log-probability are appended to its generation; a row that samples `eos` is
+/// done. Returns the tokens to feed next (`eos` for done rows).
+pub fn sample_step(
+    logits: &[f32],
+    v: usize,
+    out: &mut [Generation],
+    done: &mut [bool],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Vec<u32> {
+    let mut next = vec![eos; out.len()];
+    for (r, g) in out.iter_mut().enumerate() {
+        if done[r] {
+            continue;
+        }
+        let (tok, lp) = sample(&logits[r * v..(r + 1) * v], params, rng);
+        g.tokens.push(tok);
+        g.logprobs.push(lp);
+        next[r] = tok;
+        done[r] = tok == eos;
+    }
+    next
+}
+
 /// The distinct prompts in order of first appearance, and the index of each prompt among them.
 pub fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
     let mut distinct: Vec<Vec<u32>> = Vec::new();
@@ -582,17 +588,7 @@ pub fn generate_recorded(
             logits.extend_from_slice(dec.logits());
         }
         let step_logits = &logits[step * b * v..(step + 1) * b * v];
-        let mut next = vec![eos; b];
-        for (r, g) in out.iter_mut().enumerate() {
-            if done[r] {
-                continue;
-            }
-            let (tok, lp) = sample(&step_logits[r * v..(r + 1) * v], params, rng);
-            g.tokens.push(tok);
-            g.logprobs.push(lp);
-            next[r] = tok;
-            done[r] = tok == eos;
-        }
+        let next = sample_step(step_logits, v, &mut out, &mut done, params, eos, rng);
         let more = !(done.iter().all(|&d| d) || step + 1 == s);
         dec.record_rows = (0..b).map(|bi| u * p + step * b + bi).collect();
         dec.extend(&next, 1, if more { &rows[..] } else { &[] })?;

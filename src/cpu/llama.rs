@@ -5,7 +5,7 @@
 //! `backward`, `cpu::decode::generate`), so the trainer can take either family.
 
 pub use crate::cpu::decode::Generation;
-use crate::cpu::decode::{distinct_prompts, shared_positions};
+use crate::cpu::decode::{distinct_prompts, sample_step, shared_positions};
 pub use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
 use crate::cpu::shared::{
@@ -1049,17 +1049,7 @@ pub fn generate_recorded(
     let rows: Vec<usize> = (0..b).collect();
     for step in 0..s {
         let step_logits = &logits[step * b * v..(step + 1) * b * v];
-        let mut next = vec![eos; b];
-        for (bi, g) in out.iter_mut().enumerate() {
-            if done[bi] {
-                continue;
-            }
-            let (tok, lp) = sample(&step_logits[bi * v..(bi + 1) * v], params, rng);
-            g.tokens.push(tok);
-            g.logprobs.push(lp);
-            next[bi] = tok;
-            done[bi] = tok == eos;
-        }
+        let next = sample_step(step_logits, v, &mut out, &mut done, params, eos, rng);
         let more = !(step + 1 == s || done.iter().all(|&x| x));
         let heads: &[usize] = if more { &rows[..] } else { &[] };
         let rec_rows: Vec<usize> = (0..b).map(|bi| u * p + step * b + bi).collect();
