@@ -61,8 +61,15 @@ pub fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", args.task)));
     let mut paths = Vec::new();
+    let total = REWARDS.len() * args.seeds.len();
     for reward in REWARDS {
         for &seed in &args.seeds {
+            if !args.quiet {
+                eprintln!(
+                    "\nreproduce: run {} of {total} ({reward} reward, seed {seed})",
+                    paths.len() + 1
+                );
+            }
             let mut argv: Vec<String> = vec!["train".into()];
             let mut flag = |k: &str, v: String| {
                 argv.push(format!("--{k}"));
