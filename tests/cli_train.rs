@@ -194,3 +194,71 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     ok(&out);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With no GPT-2 weights in the Hugging Face cache the child is SmolLM2-135M-Instruct (fetched by
+/// the asset code) with the scaled settings the README lists, the first lines say so, and every
+/// flag still overrides them.
+#[test]
+fn without_gpt2_the_smollm2_fallback_runs_with_its_scaled_settings() {
+    let dir = root("fallback");
+    let empty_hub = dir.join("empty-hub");
+    std::fs::create_dir_all(&empty_hub).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+            .current_dir(&dir)
+            .env("HF_HUB_CACHE", &empty_hub)
+            .args(["train", "--task", "colors", "--checkpoint-every", "0"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--episodes", "8", "--run-name", "default"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.contains("smollm2-135m-instruct"), "{err}");
+    assert!(err.contains("--model"), "{err}");
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("runs/default/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["model"], "smollm2-135m-instruct");
+    let ppo = &cfg["ppo"];
+    assert_eq!(ppo["batch_size"], 8);
+    assert_eq!(ppo["max_new_tokens"], 2);
+    assert_eq!(ppo["baseline"], "batch-mean");
+    assert_eq!(ppo["entropy_coef"], 0.0);
+    assert_eq!(ppo["chat"], true);
+    assert!((ppo["actor_lr"].as_f64().unwrap() - 2e-5).abs() < 1e-9);
+    let lines = std::fs::read_to_string(dir.join("runs/default/metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 1);
+    let out = run(&[
+        "--episodes",
+        "2",
+        "--batch-size",
+        "2",
+        "--baseline",
+        "critic",
+        "--entropy-coef",
+        "0.01",
+        "--chat",
+        "false",
+        "--run-name",
+        "flags",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/flags/config.json")).unwrap())
+            .unwrap();
+    let ppo = &cfg["ppo"];
+    assert_eq!(ppo["batch_size"], 2);
+    assert_eq!(ppo["baseline"], "critic");
+    assert!((ppo["entropy_coef"].as_f64().unwrap() - 0.01).abs() < 1e-9);
+    assert_eq!(ppo["chat"], false);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
