@@ -2,8 +2,8 @@
 //! `pgsrm train` writing a checkpoint before the process exits.
 
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn root(name: &str) -> PathBuf {
@@ -13,31 +13,22 @@ fn root(name: &str) -> PathBuf {
     p
 }
 
+/// `pgsrm reproduce` on `random:tiny`, seed 3, three updates of 6 episodes per run, into
+/// `dir/rep`.
+fn reproduce(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(dir)
+        .args(["reproduce", "--task", "colors", "--model", "random:tiny"])
+        .args(["--seeds", "3", "--episodes", "18", "--batch-size", "6"])
+        .args(["--quiet", "--out", "rep"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn reproduce_trains_both_rewards_evaluates_and_reports() {
     let dir = root("repro");
-    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
-        .current_dir(&dir)
-        .args([
-            "reproduce",
-            "--task",
-            "colors",
-            "--model",
-            "random:tiny",
-            "--seeds",
-            "3",
-        ])
-        .args([
-            "--episodes",
-            "18",
-            "--batch-size",
-            "6",
-            "--quiet",
-            "--out",
-            "rep",
-        ])
-        .output()
-        .unwrap();
+    let out = reproduce(&dir);
     assert!(
         out.status.success(),
         "{}",
@@ -76,28 +67,7 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
     }
     // Run again, it continues the runs it has (complete here) instead of refusing them.
     let before = std::fs::read(rep.join("colors-pgsrm-seed3/metrics.jsonl")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
-        .current_dir(&dir)
-        .args([
-            "reproduce",
-            "--task",
-            "colors",
-            "--model",
-            "random:tiny",
-            "--seeds",
-            "3",
-        ])
-        .args([
-            "--episodes",
-            "18",
-            "--batch-size",
-            "6",
-            "--quiet",
-            "--out",
-            "rep",
-        ])
-        .output()
-        .unwrap();
+    let out = reproduce(&dir);
     assert!(
         out.status.success(),
         "{}",
@@ -109,13 +79,7 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
     let binary = rep.join("colors-binary-seed3");
     std::fs::remove_dir_all(binary.join("step-3")).unwrap();
     std::fs::remove_file(binary.join("latest")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
-        .current_dir(&dir)
-        .args(["reproduce", "--task", "colors", "--model", "random:tiny"])
-        .args(["--seeds", "3", "--episodes", "18", "--batch-size", "6"])
-        .args(["--quiet", "--out", "rep"])
-        .output()
-        .unwrap();
+    let out = reproduce(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("starting it again"), "{err}");
