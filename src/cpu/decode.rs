@@ -433,18 +433,7 @@ pub fn generate(
     let mut dec = Gpt2Decoder::new(model, prompts, params.max_new_tokens, eos)?;
     let mut done = vec![false; prompts.len()];
     for step in 0..params.max_new_tokens {
-        let mut next = vec![eos; prompts.len()];
-        let logits = dec.logits();
-        for (r, g) in out.iter_mut().enumerate() {
-            if done[r] {
-                continue;
-            }
-            let (tok, lp) = sample(&logits[r * v..(r + 1) * v], params, rng);
-            g.tokens.push(tok);
-            g.logprobs.push(lp);
-            next[r] = tok;
-            done[r] = tok == eos;
-        }
+        let next = sample_step(dec.logits(), v, &mut out, &mut done, params, eos, rng);
         if done.iter().all(|&d| d) || step + 1 == params.max_new_tokens {
             break;
         }
