@@ -4,7 +4,7 @@
 
 use crate::cpu::gpt2::{Batch, Gpt2Activations, Slot};
 use crate::cpu::ops::*;
-use crate::cpu::shared::{KeptRows, SharedLayout, kept_rows};
+use crate::cpu::shared::{KeptRows, SharedLayout, fan_out_prompt_kv, first_step_logits, kept_rows};
 use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;
 use crate::sample::{SamplingParams, sample};
@@ -552,24 +552,13 @@ pub fn generate_recorded(
 
     // Every row continues from a copy of its prompt's keys and values.
     let tmax = p + s;
-    let (mut k, mut vv) = (zeros(b, tmax), zeros(b, tmax));
-    for l in 0..cfg.n_layer {
-        let (pk, pv) = pre.layer_kv(l);
-        for (bi, &ui) in prompt_of.iter().enumerate() {
-            let (src, dst) = (ui * p * c, bi * tmax * c);
-            k[l][dst..dst + p * c].copy_from_slice(&pk[src..src + p * c]);
-            vv[l][dst..dst + p * c].copy_from_slice(&pv[src..src + p * c]);
-        }
-    }
+    let (k, vv) = fan_out_prompt_kv(cfg.n_layer, |l| pre.layer_kv(l), &prompt_of, p, tmax, c);
     let start: Vec<usize> = prompt_of.iter().map(|&ui| ub.start[ui]).collect();
     let mut dec = Gpt2Decoder::from_cache(model, start, tmax, p, k, vv)?;
     dec.record = pre.record.take();
 
     let mut out = vec![Generation::default(); b];
-    let mut logits = Vec::with_capacity(s * b * v);
-    for &ui in &prompt_of {
-        logits.extend_from_slice(&first[ui * v..(ui + 1) * v]);
-    }
+    let mut logits = first_step_logits(&first, &prompt_of, v, s);
     let mut done = vec![false; b];
     let rows: Vec<usize> = (0..b).collect();
     for step in 0..s {

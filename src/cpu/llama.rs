@@ -9,7 +9,8 @@ use crate::cpu::decode::{distinct_prompts, sample_step, shared_positions};
 pub use crate::cpu::gpt2::Batch;
 use crate::cpu::ops::*;
 use crate::cpu::shared::{
-    KeptRows, SharedLayout, gather_rows_backward, gather_rows_forward, kept_rows,
+    KeptRows, SharedLayout, fan_out_prompt_kv, first_step_logits, gather_rows_backward,
+    gather_rows_forward, kept_rows,
 };
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::rng::Rng;
@@ -1025,26 +1026,19 @@ pub fn generate_recorded(
     // Every row continues from a copy of its prompt's keys and values.
     let tmax = p + s;
     let kw = model.config.n_kv_heads() * model.config.head_dim();
-    let layers = model.config.num_hidden_layers;
-    let (mut k, mut vv) = (
-        vec![vec![0.0f32; b * tmax * kw]; layers],
-        vec![vec![0.0f32; b * tmax * kw]; layers],
+    let (k, vv) = fan_out_prompt_kv(
+        model.config.num_hidden_layers,
+        |l| (&pre.k[l][..], &pre.v[l][..]),
+        &prompt_of,
+        p,
+        tmax,
+        kw,
     );
-    for l in 0..layers {
-        for (bi, &ui) in prompt_of.iter().enumerate() {
-            let (src, dst) = (ui * p * kw, bi * tmax * kw);
-            k[l][dst..dst + p * kw].copy_from_slice(&pre.k[l][src..src + p * kw]);
-            vv[l][dst..dst + p * kw].copy_from_slice(&pre.v[l][src..src + p * kw]);
-        }
-    }
     let start: Vec<usize> = prompt_of.iter().map(|&ui| ub.start[ui]).collect();
     let mut cache = KvCache::from_layers(model, k, vv, tmax, p, start)?;
 
     let mut out = vec![Generation::default(); b];
-    let mut logits = Vec::with_capacity(s * b * v);
-    for &ui in &prompt_of {
-        logits.extend_from_slice(&first[ui * v..(ui + 1) * v]);
-    }
+    let mut logits = first_step_logits(&first, &prompt_of, v, s);
     let mut done = vec![false; b];
     let rows: Vec<usize> = (0..b).collect();
     for step in 0..s {

@@ -57,6 +57,41 @@ pub fn kept_rows(
     Ok(out)
 }
 
+/// Per layer, the keys and values (B, Tmax, W) of B rows that each start from a copy of their
+/// prompt's: `layer(l)` gives layer l's keys and values (U, P, W) of the U distinct prompts, and
+/// row b continues prompt `prompt_of[b]`. Positions P.. are left zero for the continuations.
+pub fn fan_out_prompt_kv<'a>(
+    layers: usize,
+    layer: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    prompt_of: &[usize],
+    p: usize,
+    tmax: usize,
+    w: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let b = prompt_of.len();
+    let mut k = vec![vec![0.0f32; b * tmax * w]; layers];
+    let mut v = vec![vec![0.0f32; b * tmax * w]; layers];
+    for l in 0..layers {
+        let (pk, pv) = layer(l);
+        for (bi, &ui) in prompt_of.iter().enumerate() {
+            let (src, dst) = (ui * p * w, bi * tmax * w);
+            k[l][dst..dst + p * w].copy_from_slice(&pk[src..src + p * w]);
+            v[l][dst..dst + p * w].copy_from_slice(&pv[src..src + p * w]);
+        }
+    }
+    (k, v)
+}
+
+/// The first step's logits (B, V) of B rows from their distinct prompts' (U, V), with room for
+/// all `steps` steps.
+pub fn first_step_logits(first: &[f32], prompt_of: &[usize], v: usize, steps: usize) -> Vec<f32> {
+    let mut logits = Vec::with_capacity(steps * prompt_of.len() * v);
+    for &ui in prompt_of {
+        logits.extend_from_slice(&first[ui * v..(ui + 1) * v]);
+    }
+    logits
+}
+
 /// How the record's flat rows make up the left-padded (B, T) batch, T = P + S.
 #[derive(Clone, Debug, Default)]
 pub struct SharedLayout {
