@@ -3,11 +3,11 @@
 use crate::cli::embedder_args::EmbedderArgs;
 use anyhow::{Context, Result, bail};
 use pgsrm::assets::Locations;
-use pgsrm::model::spec::{Loaded, Model, load_model};
+use pgsrm::model::spec::{Model, load_model};
 use pgsrm::ppo::config::Baseline;
 use pgsrm::ppo::{Critic, PpoConfig, Trainer};
 use pgsrm::run::RunDir;
-use pgsrm::run::checkpoint::{load_trainer_state, save_trainer_state};
+use pgsrm::run::checkpoint::{ChildFiles, load_trainer_state, save_trainer_state};
 use pgsrm::run::folder::{EPISODE_RULE, git_commit};
 use pgsrm::run::report::{Group, RunCurves, write_report};
 use pgsrm::tasks::Task;
@@ -323,14 +323,7 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
         Model::Gpt2(m) => m.config.n_embd,
         Model::Llama(m) => m.config.hidden_size,
     };
-    let template = Loaded {
-        model: reference.clone(),
-        tokenizer: loaded.tokenizer.clone(),
-        source: loaded.source.clone(),
-        eos: loaded.eos,
-        bos: loaded.bos,
-        chat_template: loaded.chat_template.clone(),
-    };
+    let child_files = ChildFiles::of(&loaded);
     let needs = pgsrm::reward::shaping::Shaping::from_name(&ppo.shaping)?.needs_embeddings();
     let embedder = if needs {
         Some(args.embedder.build()?)
@@ -374,7 +367,7 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
     }
     let save = |trainer: &Trainer, dir: &RunDir| -> Result<PathBuf> {
         let ck = dir.write_checkpoint(trainer.updates(), |d| {
-            save_trainer_state(d, trainer.state(), &template)
+            save_trainer_state(d, trainer.state(), &child_files)
         })?;
         dir.prune_checkpoints(args.keep_checkpoints)?;
         Ok(ck)

@@ -2,7 +2,8 @@
 //! loads `step-N/` as it is), the value head and optimiser moments as safetensors, and the
 //! scalars (KL coefficient, RNG words, counters, optimiser settings) as JSON.
 
-use crate::model::spec::{Loaded, load_model};
+use crate::model::spec::{Loaded, Model, load_model};
+use crate::model::tokenizer::Tokenizer;
 use crate::ppo::{AdamW, Critic, PolicyState, TrainerState};
 use crate::run::folder::{load_state, save_state};
 use crate::tensor::Tensor;
@@ -16,9 +17,45 @@ fn opt_json(o: &AdamW) -> Value {
         "weight_decay": o.weight_decay, "step": o.step, "tensors": o.m.len()})
 }
 
-/// Writes `state` into the (empty) checkpoint folder `dir`; `child` gives the tokenizer, end and
-/// start tokens and chat template saved beside the weights (its own model is not used).
-pub fn save_trainer_state(dir: &Path, state: TrainerState, child: &Loaded) -> Result<()> {
+/// What a checkpoint saves beside the child's weights: its tokenizer, source, end and start
+/// tokens and chat template. Kept apart from the weights so that a run holds no third copy of
+/// the model just for these.
+#[derive(Clone)]
+pub struct ChildFiles {
+    pub tokenizer: Tokenizer,
+    pub source: String,
+    pub eos: u32,
+    pub bos: Option<u32>,
+    pub chat_template: Option<String>,
+}
+
+impl ChildFiles {
+    pub fn of(child: &Loaded) -> Self {
+        ChildFiles {
+            tokenizer: child.tokenizer.clone(),
+            source: child.source.clone(),
+            eos: child.eos,
+            bos: child.bos,
+            chat_template: child.chat_template.clone(),
+        }
+    }
+
+    /// These files with `model` as the weights.
+    pub fn with_model(&self, model: Model) -> Loaded {
+        Loaded {
+            model,
+            tokenizer: self.tokenizer.clone(),
+            source: self.source.clone(),
+            eos: self.eos,
+            bos: self.bos,
+            chat_template: self.chat_template.clone(),
+        }
+    }
+}
+
+/// Writes `state` into the (empty) checkpoint folder `dir`, the child's weights with `child`'s
+/// tokenizer and settings.
+pub fn save_trainer_state(dir: &Path, state: TrainerState, child: &ChildFiles) -> Result<()> {
     let TrainerState {
         policy,
         kl_coef,
@@ -32,14 +69,7 @@ pub fn save_trainer_state(dir: &Path, state: TrainerState, child: &Loaded) -> Re
         actor_opt,
         critic_opt,
     } = policy;
-    let with_weights = Loaded {
-        model,
-        tokenizer: child.tokenizer.clone(),
-        source: child.source.clone(),
-        eos: child.eos,
-        bos: child.bos,
-        chat_template: child.chat_template.clone(),
-    };
+    let with_weights = child.with_model(model);
     with_weights.save_pretrained(dir)?;
     let p = PolicyState {
         model: with_weights.model,
