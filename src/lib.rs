@@ -12,6 +12,7 @@ pub mod run;
 pub mod sample;
 pub mod tasks;
 pub mod tensor;
+pub mod throughput;
 
 /// Training allocates and frees activation buffers of tens of megabytes every step; the system
 /// allocator hands each back to the kernel (munmap, then page faults and cross-core TLB flushes on

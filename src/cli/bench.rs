@@ -82,34 +82,27 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The same generation job on the CPU backend.
 fn cpu_generate(args: &Args) -> Result<serde_json::Value> {
-    use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
+    use pgsrm::model::gpt2::Gpt2;
     use pgsrm::rng::Rng;
     use pgsrm::sample::SamplingParams;
-    let cfg = Gpt2Config::named(&args.config)?;
-    let model = Gpt2::random(cfg.clone(), 1);
-    let mut rng = Rng::new(2);
-    let prompts: Vec<Vec<u32>> = (0..args.batch)
-        .map(|_| {
-            (0..args.prompt)
-                .map(|_| rng.below(cfg.vocab_size - 1) as u32)
-                .collect()
-        })
-        .collect();
-    let params = SamplingParams {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        max_new_tokens: args.new_tokens,
-    };
-    let mut times = Vec::new();
-    for _ in 0..args.runs {
-        let t = std::time::Instant::now();
-        pgsrm::cpu::decode::generate(&model, &prompts, &params, cfg.eos_token_id, &mut rng)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let secs = times[times.len() / 2];
-    Ok(
-        serde_json::json!({"config": args.config, "batch": args.batch, "prompt": args.prompt, "new_tokens": args.new_tokens, "runs": args.runs, "seconds_per_run": secs, "new_tokens_per_s": (args.batch * args.new_tokens) as f64 / secs}),
-    )
+    let fig = pgsrm::throughput::generate_throughput(
+        &args.config,
+        args.batch,
+        args.prompt,
+        args.new_tokens,
+        args.runs,
+        |_| {
+            Ok(
+                |model: &Gpt2,
+                 prompts: &[Vec<u32>],
+                 params: &SamplingParams,
+                 eos: u32,
+                 seed: u64| {
+                    pgsrm::cpu::decode::generate(model, prompts, params, eos, &mut Rng::new(seed))
+                        .map(|_| ())
+                },
+            )
+        },
+    )?;
+    Ok(serde_json::to_value(fig)?)
 }

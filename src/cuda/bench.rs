@@ -4,40 +4,16 @@
 use super::device::Gpu;
 use super::gpt2::{GpuGpt2, generate};
 use super::ops;
-use crate::model::gpt2::{Gpt2, Gpt2Config};
+use crate::model::gpt2::Gpt2;
 use crate::rng::Rng;
 use crate::sample::SamplingParams;
+use crate::throughput::{self, GenerateFigure, median_seconds};
 use anyhow::{Result, anyhow};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use serde::Serialize;
-use std::time::Instant;
 
-#[derive(Debug, Serialize)]
-pub struct GenerateFigure {
-    pub config: String,
-    pub batch: usize,
-    pub prompt: usize,
-    pub new_tokens: usize,
-    pub runs: usize,
-    pub seconds_per_run: f64,
-    pub new_tokens_per_s: f64,
-}
-
-/// Median seconds of `runs` timed calls after one warm-up.
-fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64());
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
-}
-
-/// New tokens per second of `cuda::gpt2::generate` (temperature 1; no end token is forced, and a
-/// random init rarely samples it, so every row runs all `new_tokens` steps).
+/// New tokens per second of `cuda::gpt2::generate` on the shared generation job
+/// (`throughput::generate_throughput`).
 pub fn generate_throughput(
     g: &Gpu,
     config: &str,
@@ -46,36 +22,13 @@ pub fn generate_throughput(
     new_tokens: usize,
     runs: usize,
 ) -> Result<GenerateFigure> {
-    let cfg = Gpt2Config::named(config)?;
-    let model = Gpt2::random(cfg.clone(), 1);
-    let dev = GpuGpt2::upload(g, &model)?;
-    let mut rng = Rng::new(2);
-    let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|_| {
-            (0..prompt)
-                .map(|_| rng.below(cfg.vocab_size - 1) as u32)
-                .collect()
-        })
-        .collect();
-    let params = SamplingParams {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        max_new_tokens: new_tokens,
-    };
-    let mut seed = 0;
-    let secs = median_seconds(runs, || {
-        seed += 1;
-        generate(g, &dev, &prompts, &params, cfg.eos_token_id, seed).map(|_| ())
-    })?;
-    Ok(GenerateFigure {
-        config: config.into(),
-        batch,
-        prompt,
-        new_tokens,
-        runs,
-        seconds_per_run: secs,
-        new_tokens_per_s: (batch * new_tokens) as f64 / secs,
+    throughput::generate_throughput(config, batch, prompt, new_tokens, runs, |model| {
+        let dev = GpuGpt2::upload(g, model)?;
+        Ok(
+            move |_: &Gpt2, prompts: &[Vec<u32>], params: &SamplingParams, eos: u32, seed: u64| {
+                generate(g, &dev, prompts, params, eos, seed).map(|_| ())
+            },
+        )
     })
 }
 
