@@ -196,6 +196,79 @@ fn resume_drops_what_came_after_the_checkpoint_and_bad_input_changes_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Floats whose shortest text does not come back unchanged from serde_json's default parse and a
+/// print (found by a search over random doubles): a resume that wrote its kept lines back from a
+/// parse changed them by one unit in the last place, on whichever CPU produced such a value.
+const FRAGILE_FLOATS: [&str; 4] = [
+    "4.663862002217239e-14",
+    "1.2350075938893521e-6",
+    "4.2033704998645095e-13",
+    "2.2201838057111728e-13",
+];
+
+#[test]
+fn resume_keeps_the_kept_lines_byte_for_byte() {
+    let dir = fresh("bytes");
+    let run = RunDir::create(&dir, &json!({"task": "colors"})).unwrap();
+    drop(run);
+    // Lines as any writer may leave them: fragile floats, keys in any order, spaces, an exponent
+    // with a capital E, and a last line cut short by a kill.
+    let mut metrics = String::new();
+    for (u, x) in FRAGILE_FLOATS.iter().enumerate() {
+        metrics.push_str(&format!(
+            "{{\"update\":{},\"approx_kl\":{x},\"kl_coef\":5E-5, \"a\": 0.10}}\n",
+            u + 1
+        ));
+    }
+    let episodes =
+        "{\"update\":1,\"reward\":1.2350075938893521e-6}\n{\"update\":3,\"reward\":0.5}\n";
+    std::fs::write(
+        dir.join(METRICS),
+        format!("{metrics}{{\"update\":5,\"appro"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(EPISODES), episodes).unwrap();
+    std::fs::create_dir(dir.join("step-2")).unwrap();
+    std::fs::write(dir.join(LATEST), "step-2\n").unwrap();
+
+    let mut r = RunDir::resume(&dir).unwrap();
+    r.dir.truncate_after(2).unwrap();
+    let kept: String = metrics.lines().take(2).map(|l| format!("{l}\n")).collect();
+    assert_eq!(std::fs::read_to_string(dir.join(METRICS)).unwrap(), kept);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(EPISODES)).unwrap(),
+        episodes.lines().next().unwrap().to_string() + "\n"
+    );
+    // Appends go on after the kept bytes, on a line of their own.
+    r.dir.append_metrics(&json!({"update": 3})).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join(METRICS)).unwrap(),
+        kept + "{\"update\":3}\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Everything we write as JSON and read back (trainer state, configs, caches, reports) reads its
+/// floats exactly: a resumed run's KL coefficient is the one that was saved, to the last bit.
+#[test]
+fn json_we_read_back_keeps_every_float_bit() {
+    let dir = fresh("floats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let want: Vec<f64> = FRAGILE_FLOATS.iter().map(|s| s.parse().unwrap()).collect();
+    save_state(&dir, &[], &json!({ "kl_coef": want[0], "values": want })).unwrap();
+    let (_, rest) = load_state(&dir).unwrap();
+    assert_eq!(
+        rest["kl_coef"].as_f64().unwrap().to_bits(),
+        want[0].to_bits()
+    );
+    let got: Vec<f64> = serde_json::from_value(rest["values"].clone()).unwrap();
+    assert_eq!(
+        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn old_checkpoints_are_pruned_and_the_latest_is_kept() {
     let dir = fresh("prune");

@@ -127,15 +127,21 @@ impl RunDir {
 
     /// Drops the metrics and episodes logged after update `step` (those a resumed run writes
     /// again), so the folder reads as if the run had never stopped. Call it once the checkpoint
-    /// has loaded.
+    /// has loaded. The lines kept are the bytes that were written: each line is parsed only to
+    /// read its `update`, never written back from the parse (a float's text need not survive a
+    /// parse and a print unchanged, and a user's metrics must not change on a resume).
     pub fn truncate_after(&mut self, step: u64) -> Result<()> {
-        let keep = |v: &Value| v.get("update").and_then(Value::as_u64).unwrap_or(0) <= step;
         for name in [METRICS, EPISODES] {
             let p = self.path.join(name);
-            let lines = read_jsonl(&p)?;
-            let kept: Vec<&Value> = lines.iter().filter(|v| keep(v)).collect();
-            if kept.len() != lines.len() {
-                rewrite_jsonl(&p, &kept)?;
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+            };
+            let kept = lines_up_to_update(&text, step)
+                .with_context(|| format!("cannot resume from {}", p.display()))?;
+            if kept.len() != text.len() {
+                write_atomic(&p, kept.as_bytes())?;
             }
         }
         // The rename replaced the files; appends must go to the new ones.
@@ -239,13 +245,29 @@ fn append_line(f: &mut File, v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn rewrite_jsonl(path: &Path, lines: &[&Value]) -> Result<()> {
-    let mut text = String::new();
-    for v in lines {
-        text.push_str(&serde_json::to_string(v)?);
-        text.push('\n');
+/// The complete lines of a JSON Lines text whose `update` is at most `step` (a line without one
+/// counts as update 0), byte for byte and in order. A last line without its newline is a write
+/// that was cut short and is dropped; a complete line that does not parse is an error naming it.
+fn lines_up_to_update(text: &str, step: u64) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Update {
+        update: Option<u64>,
     }
-    write_atomic(path, text.as_bytes())
+    let mut kept = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if !line.ends_with('\n') {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let u: Update = serde_json::from_str(line)
+            .with_context(|| format!("line {}: not a JSON object with a numeric update", i + 1))?;
+        if u.update.unwrap_or(0) <= step {
+            kept.push_str(line);
+        }
+    }
+    Ok(kept)
 }
 
 /// Reads a JSON Lines file that may be being appended to: every complete line must parse (the
