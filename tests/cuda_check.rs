@@ -1,9 +1,38 @@
-//! Every kernel against its CPU reference on a real device. Needs a CUDA GPU, which CI does not
-//! have: scripts/gpu-check.sh runs this binary with `--ignored` on a GPU machine.
+//! Every kernel against its CPU reference: `pgsrm check --device emu` in full on the emulated
+//! device (any machine with a C++ compiler), and the same table on a real device when one is
+//! present (scripts/gpu-check.sh runs the ignored test on a GPU machine).
+
+use std::process::Command;
+
+#[test]
+fn pgsrm_check_passes_every_row_on_the_emulated_device() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .args(["check", "--device", "emu"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{table}\n{err}");
+    let rows = table.lines().skip(1).count();
+    assert!(rows >= 80, "{rows} rows:\n{table}");
+    assert_eq!(
+        table.lines().skip(1).filter(|l| l.ends_with(" ok")).count(),
+        rows,
+        "{table}"
+    );
+    assert!(
+        table.lines().skip(1).all(|l| l.contains(" same ")),
+        "every row runs twice with the same bits:\n{table}"
+    );
+    assert!(
+        err.contains(&format!("all {rows} kernel checks passed")),
+        "{err}"
+    );
+}
 
 #[test]
 #[ignore = "needs a CUDA device (run by scripts/gpu-check.sh)"]
-fn every_kernel_matches_the_cpu_reference() {
+fn every_kernel_matches_the_cpu_reference_on_a_gpu() {
     let gpu = pgsrm::cuda::device::Gpu::new(0).expect("a CUDA device");
     let rows = pgsrm::cuda::check::run_all(&gpu, 7).expect("checks run");
     let failed: Vec<_> = rows.iter().filter(|r| !r.pass).collect();

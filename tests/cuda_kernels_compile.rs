@@ -33,7 +33,15 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "logprob.cu",
         &["log_softmax_gather_forward", "entropy_forward"],
     ),
-    ("matmul.cu", &["matmul_forward", "matmul_nt_forward"]),
+    (
+        "matmul.cu",
+        &[
+            "matmul_forward",
+            "matmul_forward_few_rows",
+            "matmul_nt_forward",
+            "matmul_nt_forward_few_rows",
+        ],
+    ),
     ("reward.cu", &["pool_cosine_shape_forward"]),
     ("sampling.cu", &["sample_forward"]),
 ];

@@ -41,6 +41,12 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--runs, --batch and --prompt must be at least 1");
     }
     match args.device {
+        DeviceChoice::Emu => {
+            bail!(
+                "--device emu: the emulated device checks kernels and is never a speed figure; \
+                 measure on --device cpu or --device cuda"
+            );
+        }
         DeviceChoice::Cpu => {
             if args.job == Job::Matmul {
                 bail!("--job matmul compares CUDA kernels with cuBLAS: it needs --device cuda");

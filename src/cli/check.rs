@@ -5,7 +5,8 @@ use pgsrm::cuda::{DeviceChoice, check, device::Gpu};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Device to check; `cpu` has no kernels to check
+    /// Device to check: a CUDA GPU, or the emulated device (`emu`), which also runs every kernel
+    /// under two thread schedules and requires the same bits; `cpu` has no kernels to check
     #[arg(long, value_enum, default_value = "cuda")]
     device: DeviceChoice,
     /// CUDA device ordinal
@@ -24,7 +25,9 @@ pub fn run(args: Args) -> Result<()> {
         println!("the CPU backend is the reference: nothing to check against");
         return Ok(());
     }
-    let gpu = Gpu::new(args.ordinal)?;
+    let Some(gpu) = Gpu::open(args.device, args.ordinal)? else {
+        bail!("--device auto found no CUDA device; use --device cuda or --device emu");
+    };
     eprintln!("checking kernels on {} ({})", gpu.name, gpu.arch);
     let rows = check::run_all(&gpu, args.seed)?;
     if args.json {

@@ -1,8 +1,9 @@
 //! GPU throughput figures for `pgsrm bench --device cuda`: batched generation of the GPT-2 `small`
 //! config (random init) and our matmul kernel beside cuBLAS at GPT-2 small's shapes.
 
+use super::decode::generate;
 use super::device::Gpu;
-use super::gpt2::{GpuGpt2, generate};
+use super::gpt2::GpuGpt2;
 use super::ops;
 use crate::model::gpt2::Gpt2;
 use crate::rng::Rng;
@@ -12,7 +13,7 @@ use anyhow::{Result, anyhow};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use serde::Serialize;
 
-/// New tokens per second of `cuda::gpt2::generate` on the shared generation job
+/// New tokens per second of `cuda::decode::generate` on the shared generation job
 /// (`throughput::generate_throughput`).
 pub fn generate_throughput(
     g: &Gpu,
@@ -52,7 +53,10 @@ pub fn matmul_vs_cublas(
     shapes: &[(usize, usize, usize, bool)],
     iters: usize,
 ) -> Result<Vec<MatmulFigure>> {
-    let blas = CudaBlas::new(g.stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+    let stream = g
+        .cuda_stream()
+        .ok_or_else(|| anyhow!("the matmul job compares with cuBLAS: it needs a CUDA device"))?;
+    let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
     let mut rng = Rng::new(3);
     let mut out = Vec::new();
     for &(n, c, oc, nt) in shapes {
@@ -89,7 +93,8 @@ pub fn matmul_vs_cublas(
         let theirs = median_seconds(3, || {
             for _ in 0..iters {
                 // SAFETY: the buffers hold n*c, c*oc and n*oc floats, as the config describes.
-                unsafe { blas.gemm(cfg, &dw, &di, &mut y) }
+                let (a, b) = (dw.cuda().unwrap(), di.cuda().unwrap());
+                unsafe { blas.gemm(cfg, a, b, y.cuda_mut().unwrap()) }
                     .map_err(|e| anyhow!("cuBLAS sgemm: {e:?}"))?;
             }
             g.sync()

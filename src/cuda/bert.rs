@@ -2,14 +2,14 @@
 //! layout (sequences back to back, no padding), and the fused reward: masked mean pool, L2
 //! normalise, cosine against the parent's vector and shaping in one launch per batch.
 
+use super::device::DevBuf;
 use super::device::Gpu;
 use super::ops as k;
 use crate::cpu::bert::EncoderInput;
 use crate::model::bert::{Activation, BertConfig, BertWeights};
 use anyhow::{Result, ensure};
-use cudarc::driver::CudaSlice;
 
-type Buf = CudaSlice<f32>;
+type Buf = DevBuf<f32>;
 
 struct Layer {
     qkv_w: Buf,
@@ -114,9 +114,9 @@ impl GpuBert {
             g.upload(&mask)?,
             g.upload(&starts)?,
         );
-        let mut sum = g.zeros::<f32>(n * c)?;
-        let mut x = g.zeros::<f32>(n * c)?;
-        let (mut mean, mut rstd) = (g.zeros::<f32>(n)?, g.zeros::<f32>(n)?);
+        let mut sum = g.alloc::<f32>(n * c)?;
+        let mut x = g.alloc::<f32>(n * c)?;
+        let (mut mean, mut rstd) = (g.alloc::<f32>(n)?, g.alloc::<f32>(n)?);
         k::bert_embedding_forward(
             g,
             &mut sum,
@@ -141,13 +141,13 @@ impl GpuBert {
             c,
             eps,
         )?;
-        let mut qkv = g.zeros::<f32>(n * 3 * c)?;
+        let mut qkv = g.alloc::<f32>(n * 3 * c)?;
         let (mut att, mut h, mut h2) = (
-            g.zeros::<f32>(n * c)?,
-            g.zeros::<f32>(n * c)?,
-            g.zeros::<f32>(n * c)?,
+            g.alloc::<f32>(n * c)?,
+            g.alloc::<f32>(n * c)?,
+            g.alloc::<f32>(n * c)?,
         );
-        let (mut ff, mut ff_act) = (g.zeros::<f32>(n * inter)?, g.zeros::<f32>(n * inter)?);
+        let (mut ff, mut ff_act) = (g.alloc::<f32>(n * inter)?, g.alloc::<f32>(n * inter)?);
         for l in &self.layers {
             k::matmul_forward(g, &mut qkv, &x, &l.qkv_w, Some(&l.qkv_b), n, c, 3 * c)?;
             k::encoder_attention_forward(
@@ -226,7 +226,7 @@ impl GpuBert {
         let hidden = self.forward(g, input)?;
         let mask: Vec<i32> = input.mask.iter().map(|&m| m as i32).collect();
         let starts: Vec<i32> = input.starts.iter().map(|&s| s as i32).collect();
-        let (mut r, mut e) = (g.zeros::<f32>(b)?, g.zeros::<f32>(b * c)?);
+        let (mut r, mut e) = (g.alloc::<f32>(b)?, g.alloc::<f32>(b * c)?);
         k::pool_cosine_shape_forward(
             g,
             &mut r,
@@ -242,5 +242,46 @@ impl GpuBert {
             power,
         )?;
         Ok((g.download(&r)?, g.download(&e)?))
+    }
+}
+
+/// A sentence encoder on a device: the BERT stack, then the fused kernel's masked mean pool and
+/// L2 normalisation (its reward output unused). The pooling `sentence-transformers` folders most
+/// often name; other poolings stay on the CPU encoder.
+pub struct DeviceEncoder {
+    gpu: Gpu,
+    bert: GpuBert,
+}
+
+impl DeviceEncoder {
+    pub fn new(gpu: Gpu, model: &crate::model::bert::SentenceModel) -> Result<Self> {
+        use crate::model::bert::Pooling;
+        ensure!(
+            model.sentence.pooling == Pooling::Mean && model.sentence.normalize,
+            "{}: the device encoder pools by mean and normalises; this model pools by {:?}{}",
+            model.dir.display(),
+            model.sentence.pooling,
+            if model.sentence.normalize {
+                ""
+            } else {
+                " without normalising"
+            }
+        );
+        let bert = GpuBert::upload(&gpu, &model.config, &model.weights)?;
+        Ok(DeviceEncoder { gpu, bert })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.gpu.name
+    }
+
+    /// Unit vectors (B, C) of the packed sequences of `input`.
+    pub fn pooled(&self, input: &EncoderInput) -> Result<Vec<f32>> {
+        let (b, c) = (input.batch(), self.bert.config.hidden_size);
+        let zeros = vec![0.0f32; b * c];
+        let (_, e) =
+            self.bert
+                .rewards(&self.gpu, input, &zeros, &vec![0; b], k::SHAPE_PGSRM, 1.0)?;
+        Ok(e)
     }
 }

@@ -1,13 +1,18 @@
-//! `pgsrm check`: every kernel against its CPU reference on fresh random inputs at several shapes.
+//! `pgsrm check`: every kernel against its CPU reference on fresh random inputs at several shapes,
+//! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend.
 //! Outputs are poisoned with NaN before each launch, so an element a kernel never writes fails.
-//! A case passes when max |gpu - cpu| <= tol * max(1, max |cpu|); the table shows that error both
-//! absolute and relative to the largest reference value.
+//! A case passes when max |device - cpu| <= tol * max(1, max |cpu|) (the table shows that error
+//! both absolute and relative to the largest reference value) and when a second run gives the
+//! same bits. On the emulated device the second run orders each block's threads at random and
+//! poisons fresh memory with another byte, so a missing barrier, a race or a read of unwritten
+//! memory changes the bits; the emulated device also gets smaller model shapes.
 
-use super::device::Gpu;
+use super::device::{DevBuf, Gpu};
 use super::ops::{self as k, AttnShape, SampleArgs};
 use crate::cpu::ops as c;
 use crate::rng::Rng;
 use anyhow::Result;
+use std::time::Instant;
 
 /// One line of the table.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -17,11 +22,19 @@ pub struct CheckRow {
     pub max_abs: f32,
     pub max_rel: f32,
     pub tol: f32,
+    /// Whether the second run (on the emulated device: under another schedule) gave the same bits.
+    pub same_bits: bool,
     pub pass: bool,
+    /// Wall time of the case, both runs and the CPU reference (on the emulated device, what the
+    /// case costs to check; never a speed figure).
+    pub seconds: f64,
 }
 
 /// Forward tolerance of DESIGN.md: CUDA f32 within 1e-4 of the CPU.
 pub const TOL: f32 = 1e-4;
+
+/// The poison byte of the emulated device's second run (the first uses `emu::POISON`).
+const SECOND_POISON: u8 = 0x7f;
 
 pub fn compare(kernel: &str, shape: String, got: &[f32], want: &[f32], tol: f32) -> CheckRow {
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -41,7 +54,9 @@ pub fn compare(kernel: &str, shape: String, got: &[f32], want: &[f32], tol: f32)
         max_abs,
         max_rel: max_abs / scale.max(f32::MIN_POSITIVE),
         tol,
+        same_bits: true,
         pass,
+        seconds: 0.0,
     }
 }
 
@@ -49,143 +64,159 @@ fn randn(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * std).collect()
 }
 
+fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+        })
+}
+
+/// The table being filled, and what every case needs.
+struct Checker<'a> {
+    g: &'a Gpu,
+    rng: Rng,
+    seed: u64,
+    rows: Vec<CheckRow>,
+}
+
+impl Checker<'_> {
+    /// Runs `run` (the device's part of a case) twice and returns the first run's outputs and
+    /// whether the second run gave the same bits. On the emulated device the first run takes the
+    /// threads of a block in order with the default poison, the second in a seeded random order
+    /// with another poison byte.
+    fn twice(&self, run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>) -> Result<(Vec<Vec<f32>>, bool)> {
+        let emu = self.g.emu();
+        if let Some(e) = emu {
+            e.set_schedule(0, super::emu::POISON);
+        }
+        let first = run(self.g);
+        if let Some(e) = emu {
+            e.set_schedule(self.seed | 1, SECOND_POISON);
+        }
+        let second = run(self.g);
+        if let Some(e) = emu {
+            e.set_schedule(0, super::emu::POISON);
+        }
+        let (first, second) = (first?, second?);
+        let same = same_bits(&first, &second);
+        Ok((first, same))
+    }
+
+    /// One row per (name, shape, reference) against the outputs of `run`, in order.
+    fn cases(
+        &mut self,
+        named: &[(&str, String)],
+        wants: &[&[f32]],
+        tol: f32,
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let (got, same) = self.twice(run)?;
+        let seconds = t.elapsed().as_secs_f64() / named.len() as f64;
+        for (i, ((kernel, shape), want)) in named.iter().zip(wants).enumerate() {
+            let mut row = compare(kernel, shape.clone(), &got[i], want, tol);
+            row.same_bits = same;
+            row.pass &= same;
+            row.seconds = seconds;
+            self.rows.push(row);
+        }
+        Ok(())
+    }
+
+    fn case(
+        &mut self,
+        kernel: &str,
+        shape: String,
+        want: &[f32],
+        run: impl Fn(&Gpu) -> Result<Vec<f32>>,
+    ) -> Result<()> {
+        self.cases(&[(kernel, shape)], &[want], TOL, |g| Ok(vec![run(g)?]))
+    }
+
+    fn small(&self) -> bool {
+        self.g.emu().is_some()
+    }
+}
+
 /// Runs every case; the rows come back in order, failures included.
 pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
-    let mut rng = Rng::new(seed);
-    let mut rows = Vec::new();
-    for (n, ci, oc) in [(1, 768, 2304), (64, 768, 3072), (130, 100, 77)] {
-        rows.push(matmul(g, &mut rng, n, ci, oc, false)?);
-        rows.push(matmul(g, &mut rng, n, ci, oc, true)?);
-    }
-    for (n, ci) in [(256, 768), (7, 100)] {
-        rows.push(layernorm(g, &mut rng, n, ci)?);
-        rows.push(rmsnorm(g, &mut rng, n, ci)?);
-    }
-    for n in [1000, 1_000_003] {
-        rows.extend(elementwise(g, &mut rng, n)?);
-    }
-    rows.push(embedding(g, &mut rng, 1000, 128, 70)?);
-    rows.push(logits(g, &mut rng, 97, 64, 1000, 5)?);
-    rows.push(logits(g, &mut rng, 300, 768, 50257, 4)?);
-    rows.push(attention(
+    let mut ck = Checker {
         g,
-        &mut rng,
-        AttnShape {
-            b: 3,
-            t: 17,
-            n_head: 4,
-            n_kv_head: 4,
-            head_dim: 32,
-        },
-        &[0, 5, 16],
-    )?);
-    rows.push(attention(
-        g,
-        &mut rng,
-        AttnShape {
-            b: 2,
-            t: 9,
-            n_head: 6,
-            n_kv_head: 2,
-            head_dim: 64,
-        },
-        &[3, 0],
-    )?);
-    rows.push(attention_cached(
-        g,
-        &mut rng,
-        AttnShape {
-            b: 2,
-            t: 12,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 64,
-        },
-        &[0, 2],
-        5,
-        3,
-    )?);
-    rows.push(encoder_attention(g, &mut rng, &[5, 9, 1], 384, 12)?);
-    rows.push(rope(g, &mut rng, 11, 9, 64, 100000.0)?);
-    for (p, v) in [(6, 50257), (3, 1000)] {
-        rows.extend(softmax_family(g, &mut rng, p, v)?);
-    }
-    rows.extend(sampling(g, &mut rng, 8, 1000)?);
-    rows.extend(reward(g, &mut rng, 5, 7, 384)?);
-    for config in ["tiny", "small"] {
-        rows.extend(gpt2_decoding(g, &mut rng, config)?);
-    }
-    rows.extend(llama_decoding(g, &mut rng, "tiny GQA", TINY_LLAMA)?);
-    rows.extend(bert_reward(g, &mut rng)?);
-    rows.extend(llama_decoding(
-        g,
-        &mut rng,
-        "SmolLM2-135M shapes",
-        crate::model::llama::SMOLLM2_135M_CONFIG,
-    )?);
-    Ok(rows)
-}
-
-/// GPT-2 with a seeded random init: the logits of the prefill and of two decoding steps against
-/// `cpu::decode::Gpt2Decoder`, and two generations with one seed giving the same tokens.
-fn gpt2_decoding(g: &Gpu, rng: &mut Rng, config: &str) -> Result<Vec<CheckRow>> {
-    use crate::cpu::decode::Gpt2Decoder;
-    use crate::cuda::gpt2::{GpuGpt2, GpuGpt2Decoder, generate};
-    let cfg = crate::model::gpt2::Gpt2Config::named(config)?;
-    let model = crate::model::gpt2::Gpt2::random(cfg.clone(), rng.next_u64());
-    let dev = GpuGpt2::upload(g, &model)?;
-    let prompts: Vec<Vec<u32>> = [5, 12, 20]
-        .iter()
-        .map(|&n| (0..n).map(|_| rng.below(cfg.vocab_size) as u32).collect())
-        .collect();
-    let eos = cfg.eos_token_id;
-    let mut cpu = Gpt2Decoder::new(&model, &prompts, 4, eos)?;
-    let mut gpu = GpuGpt2Decoder::new(g, &dev, &prompts, 4, eos)?;
-    let mut rows = vec![compare(
-        "gpt2 decode (prefill)",
-        format!("{config} B=3 T=20"),
-        &gpu.logits()?,
-        cpu.logits(),
-        TOL,
-    )];
-    for step in 1..=2 {
-        let next: Vec<u32> = (0..prompts.len())
-            .map(|_| rng.below(cfg.vocab_size) as u32)
-            .collect();
-        cpu.step(&next)?;
-        gpu.step(&next)?;
-        rows.push(compare(
-            "gpt2 decode (step)",
-            format!("{config} B=3 step {step}"),
-            &gpu.logits()?,
-            cpu.logits(),
-            TOL,
-        ));
-    }
-    let params = crate::sample::SamplingParams {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        max_new_tokens: 8,
+        rng: Rng::new(seed),
+        seed,
+        rows: Vec::new(),
     };
-    let a = generate(g, &dev, &prompts, &params, eos, 42)?;
-    let b = generate(g, &dev, &prompts, &params, eos, 42)?;
-    let same = a == b;
-    rows.push(CheckRow {
-        kernel: "gpt2 generate, same seed twice".into(),
-        shape: format!("{config} B=3 new=8"),
-        max_abs: if same { 0.0 } else { 1.0 },
-        max_rel: if same { 0.0 } else { 1.0 },
-        tol: 0.0,
-        pass: same,
-    });
-    Ok(rows)
+    let small = ck.small();
+    for (n, ci, oc) in [
+        (1, 768, 2304),
+        (64, 768, 3072),
+        (130, 100, 77),
+        (5, 33, 129),
+        (127, 96, 200),
+        (300, 64, 257),
+    ] {
+        matmul(&mut ck, n, ci, oc, false)?;
+        matmul(&mut ck, n, ci, oc, true)?;
+    }
+    for (n, ci) in [(256, 768), (7, 100), (3, 1)] {
+        layernorm(&mut ck, n, ci)?;
+        rmsnorm(&mut ck, n, ci)?;
+    }
+    for n in [1, 1000, 1_000_003] {
+        elementwise(&mut ck, n)?;
+    }
+    embedding(&mut ck, 1000, 128, 70, true)?;
+    embedding(&mut ck, 300, 96, 5, false)?;
+    bert_embedding(&mut ck, 500, 64, 9)?;
+    logits(&mut ck, 97, 64, 1000, 5)?;
+    // The GPT-2 head's vocabulary, with its last partial tile; narrower on the emulated device.
+    logits(&mut ck, 300, if small { 64 } else { 768 }, 50257, 4)?;
+    let shape = |b, t, n_head, n_kv_head, head_dim| AttnShape {
+        b,
+        t,
+        n_head,
+        n_kv_head,
+        head_dim,
+    };
+    attention(&mut ck, shape(3, 17, 4, 4, 32), &[0, 5, 16])?;
+    attention(&mut ck, shape(2, 9, 6, 2, 64), &[3, 0])?;
+    attention(&mut ck, shape(1, 40, 3, 1, 128), &[0])?;
+    attention_cached(&mut ck, shape(2, 12, 4, 2, 64), &[0, 2], 5, 3)?;
+    attention_cached(&mut ck, shape(3, 9, 6, 2, 16), &[8, 0, 4], 8, 1)?;
+    kv_append(&mut ck, 2, 3, 10, 4, 48)?;
+    encoder_attention(&mut ck, &[5, 9, 1], 384, 12)?;
+    encoder_attention(&mut ck, &[33], 64, 2)?;
+    rope(&mut ck, 11, 9, 64, 100000.0)?;
+    rope(&mut ck, 3, 2, 8, 10000.0)?;
+    for (p, v) in [(6, 50257), (3, 1000), (2, 7)] {
+        softmax_family(&mut ck, p, v)?;
+    }
+    sampling(&mut ck, 8, 1000)?;
+    sampling(&mut ck, 3, 50257)?;
+    reward(&mut ck, 5, 7, 384)?;
+    reward(&mut ck, 2, 3, 33)?;
+    gpt2_decoding(&mut ck, "tiny")?;
+    if !small {
+        gpt2_decoding(&mut ck, "small")?;
+    }
+    llama_decoding(&mut ck, "tiny GQA", TINY_LLAMA)?;
+    bert_reward(&mut ck)?;
+    if !small {
+        llama_decoding(
+            &mut ck,
+            "SmolLM2-135M shapes",
+            crate::model::llama::SMOLLM2_135M_CONFIG,
+        )?;
+    } else {
+        llama_decoding(&mut ck, "SmolLM2-135M widths, 2 layers", SMOLLM2_WIDTHS)?;
+    }
+    Ok(ck.rows)
 }
 
-fn matmul(g: &Gpu, rng: &mut Rng, n: usize, ci: usize, oc: usize, nt: bool) -> Result<CheckRow> {
-    let inp = randn(rng, n * ci, 1.0);
-    let w = randn(rng, ci * oc, 0.05);
-    let b = randn(rng, oc, 0.1);
+fn matmul(ck: &mut Checker, n: usize, ci: usize, oc: usize, nt: bool) -> Result<()> {
+    let inp = randn(&mut ck.rng, n * ci, 1.0);
+    let w = randn(&mut ck.rng, ci * oc, 0.05);
+    let b = randn(&mut ck.rng, oc, 0.1);
     let mut want = vec![0.0; n * oc];
     if nt {
         crate::cpu::gemm::sgemm(n, oc, ci, &inp, false, &w, true, &mut want, false);
@@ -197,207 +228,237 @@ fn matmul(g: &Gpu, rng: &mut Rng, n: usize, ci: usize, oc: usize, nt: bool) -> R
     } else {
         c::matmul_forward(&mut want, &inp, &w, Some(&b), n, ci, oc);
     }
-    let (di, dw, db) = (g.upload(&inp)?, g.upload(&w)?, g.upload(&b)?);
-    let mut out = g.poisoned(n * oc)?;
-    let name = if nt {
-        "matmul_nt_forward"
-    } else {
-        "matmul_forward"
-    };
-    if nt {
-        k::matmul_nt_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
-    } else {
-        k::matmul_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
-    }
-    g.sync()?;
-    Ok(compare(
-        name,
-        format!("N={n} C={ci} OC={oc}"),
-        &g.download(&out)?,
-        &want,
-        TOL,
-    ))
+    let name = k::gemm_kernel(
+        if nt {
+            "matmul_nt_forward"
+        } else {
+            "matmul_forward"
+        },
+        n,
+    );
+    ck.case(&name, format!("N={n} C={ci} OC={oc}"), &want, |g| {
+        let (di, dw, db) = (g.upload(&inp)?, g.upload(&w)?, g.upload(&b)?);
+        let mut out = g.poisoned(n * oc)?;
+        if nt {
+            k::matmul_nt_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
+        } else {
+            k::matmul_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
+        }
+        g.sync()?;
+        g.download(&out)
+    })
 }
 
-fn layernorm(g: &Gpu, rng: &mut Rng, n: usize, ci: usize) -> Result<CheckRow> {
-    let inp = randn(rng, n * ci, 2.0);
-    let w = randn(rng, ci, 1.0);
-    let b = randn(rng, ci, 1.0);
+fn layernorm(ck: &mut Checker, n: usize, ci: usize) -> Result<()> {
+    let inp = randn(&mut ck.rng, n * ci, 2.0);
+    let w = randn(&mut ck.rng, ci, 1.0);
+    let b = randn(&mut ck.rng, ci, 1.0);
     let (mut want, mut mean, mut rstd) = (vec![0.0; n * ci], vec![0.0; n], vec![0.0; n]);
     c::layernorm_forward(&mut want, &mut mean, &mut rstd, &inp, &w, &b, n, ci, 1e-5);
-    let mut out = g.poisoned(n * ci)?;
-    let (mut dm, mut dr) = (g.poisoned(n)?, g.poisoned(n)?);
-    k::layernorm_forward(
-        g,
-        &mut out,
-        &mut dm,
-        &mut dr,
-        &g.upload(&inp)?,
-        &g.upload(&w)?,
-        &g.upload(&b)?,
-        n,
-        ci,
-        1e-5,
-    )?;
-    g.sync()?;
-    let mut got = g.download(&out)?;
-    got.extend(g.download(&dr)?);
     want.extend(rstd);
-    Ok(compare(
-        "layernorm_forward",
-        format!("N={n} C={ci}"),
-        &got,
-        &want,
-        TOL,
-    ))
+    ck.case("layernorm_forward", format!("N={n} C={ci}"), &want, |g| {
+        let mut out = g.poisoned(n * ci)?;
+        let (mut dm, mut dr) = (g.poisoned(n)?, g.poisoned(n)?);
+        k::layernorm_forward(
+            g,
+            &mut out,
+            &mut dm,
+            &mut dr,
+            &g.upload(&inp)?,
+            &g.upload(&w)?,
+            &g.upload(&b)?,
+            n,
+            ci,
+            1e-5,
+        )?;
+        g.sync()?;
+        let mut got = g.download(&out)?;
+        got.extend(g.download(&dr)?);
+        Ok(got)
+    })
 }
 
-fn rmsnorm(g: &Gpu, rng: &mut Rng, n: usize, ci: usize) -> Result<CheckRow> {
-    let inp = randn(rng, n * ci, 2.0);
-    let w = randn(rng, ci, 1.0);
+fn rmsnorm(ck: &mut Checker, n: usize, ci: usize) -> Result<()> {
+    let inp = randn(&mut ck.rng, n * ci, 2.0);
+    let w = randn(&mut ck.rng, ci, 1.0);
     let (mut want, mut rrms) = (vec![0.0; n * ci], vec![0.0; n]);
     c::rmsnorm_forward(&mut want, &mut rrms, &inp, &w, n, ci, 1e-5);
-    let (mut out, mut dr) = (g.poisoned(n * ci)?, g.poisoned(n)?);
-    k::rmsnorm_forward(
-        g,
-        &mut out,
-        &mut dr,
-        &g.upload(&inp)?,
-        &g.upload(&w)?,
-        n,
-        ci,
-        1e-5,
-    )?;
-    g.sync()?;
-    let mut got = g.download(&out)?;
-    got.extend(g.download(&dr)?);
     want.extend(rrms);
-    Ok(compare(
-        "rmsnorm_forward",
-        format!("N={n} C={ci}"),
-        &got,
-        &want,
-        TOL,
-    ))
+    ck.case("rmsnorm_forward", format!("N={n} C={ci}"), &want, |g| {
+        let (mut out, mut dr) = (g.poisoned(n * ci)?, g.poisoned(n)?);
+        k::rmsnorm_forward(
+            g,
+            &mut out,
+            &mut dr,
+            &g.upload(&inp)?,
+            &g.upload(&w)?,
+            n,
+            ci,
+            1e-5,
+        )?;
+        g.sync()?;
+        let mut got = g.download(&out)?;
+        got.extend(g.download(&dr)?);
+        Ok(got)
+    })
 }
 
-fn elementwise(g: &Gpu, rng: &mut Rng, n: usize) -> Result<Vec<CheckRow>> {
-    let x = randn(rng, n, 3.0);
-    let y = randn(rng, n, 3.0);
-    let (dx, dy) = (g.upload(&x)?, g.upload(&y)?);
-    let mut rows = Vec::new();
+type Unary = fn(&Gpu, &mut DevBuf<f32>, &DevBuf<f32>, usize) -> Result<()>;
+type CpuUnary = fn(&mut [f32], &[f32]);
+type Binary = fn(&Gpu, &mut DevBuf<f32>, &DevBuf<f32>, &DevBuf<f32>, usize) -> Result<()>;
+
+fn elementwise(ck: &mut Checker, n: usize) -> Result<()> {
+    let x = randn(&mut ck.rng, n, 3.0);
+    let y = randn(&mut ck.rng, n, 3.0);
     let shape = format!("n={n}");
-    let mut want = vec![0.0; n];
-    let mut out = g.poisoned(n)?;
-    c::gelu_tanh_forward(&mut want, &x);
-    k::gelu_tanh_forward(g, &mut out, &dx, n)?;
-    g.sync()?;
-    rows.push(compare(
-        "gelu_tanh_forward",
-        shape.clone(),
-        &g.download(&out)?,
-        &want,
-        TOL,
-    ));
-    let mut out = g.poisoned(n)?;
-    c::gelu_erf_forward(&mut want, &x);
-    k::gelu_erf_forward(g, &mut out, &dx, n)?;
-    g.sync()?;
-    rows.push(compare(
-        "gelu_erf_forward",
-        shape.clone(),
-        &g.download(&out)?,
-        &want,
-        TOL,
-    ));
-    let mut out = g.poisoned(n)?;
-    c::residual_forward(&mut want, &x, &y);
-    k::residual_forward(g, &mut out, &dx, &dy, n)?;
-    g.sync()?;
-    rows.push(compare(
-        "residual_forward",
-        shape.clone(),
-        &g.download(&out)?,
-        &want,
-        TOL,
-    ));
-    let mut out = g.poisoned(n)?;
-    c::swiglu_forward(&mut want, &x, &y, 1, n);
-    k::swiglu_forward(g, &mut out, &dx, &dy, n)?;
-    g.sync()?;
-    rows.push(compare(
-        "swiglu_forward",
-        shape,
-        &g.download(&out)?,
-        &want,
-        TOL,
-    ));
-    Ok(rows)
+    let unary: [(&str, CpuUnary, Unary); 2] = [
+        (
+            "gelu_tanh_forward",
+            c::gelu_tanh_forward,
+            k::gelu_tanh_forward,
+        ),
+        ("gelu_erf_forward", c::gelu_erf_forward, k::gelu_erf_forward),
+    ];
+    for (name, cpu, dev) in unary {
+        let mut want = vec![0.0; n];
+        cpu(&mut want, &x);
+        ck.case(name, shape.clone(), &want, |g| {
+            let mut out = g.poisoned(n)?;
+            dev(g, &mut out, &g.upload(&x)?, n)?;
+            g.sync()?;
+            g.download(&out)
+        })?;
+    }
+    let mut want_res = vec![0.0; n];
+    c::residual_forward(&mut want_res, &x, &y);
+    let mut want_swi = vec![0.0; n];
+    c::swiglu_forward(&mut want_swi, &x, &y, 1, n);
+    let binary: [(&str, &[f32], Binary); 2] = [
+        ("residual_forward", &want_res, k::residual_forward),
+        ("swiglu_forward", &want_swi, k::swiglu_forward),
+    ];
+    for (name, want, dev) in binary {
+        ck.case(name, shape.clone(), want, |g| {
+            let mut out = g.poisoned(n)?;
+            dev(g, &mut out, &g.upload(&x)?, &g.upload(&y)?, n)?;
+            g.sync()?;
+            g.download(&out)
+        })?;
+    }
+    Ok(())
 }
 
-fn embedding(g: &Gpu, rng: &mut Rng, v: usize, ci: usize, n: usize) -> Result<CheckRow> {
-    let wte = randn(rng, v * ci, 0.02);
-    let wpe = randn(rng, 64 * ci, 0.02);
-    let ids: Vec<u32> = (0..n).map(|_| rng.below(v) as u32).collect();
-    let pos: Vec<u32> = (0..n).map(|_| rng.below(64) as u32).collect();
+fn embedding(ck: &mut Checker, v: usize, ci: usize, n: usize, with_pos: bool) -> Result<()> {
+    let wte = randn(&mut ck.rng, v * ci, 0.02);
+    let wpe = randn(&mut ck.rng, 64 * ci, 0.02);
+    let ids: Vec<u32> = (0..n).map(|_| ck.rng.below(v) as u32).collect();
+    let pos: Vec<u32> = (0..n).map(|_| ck.rng.below(64) as u32).collect();
     let mut want = vec![0.0; n * ci];
-    c::embedding_forward(&mut want, &ids, &pos, &wte, Some(&wpe), ci);
-    let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
-    let mut out = g.poisoned(n * ci)?;
-    k::embedding_forward(
-        g,
-        &mut out,
-        &g.upload(&ids)?,
-        &g.upload(&pos_i)?,
-        &g.upload(&wte)?,
-        Some(&g.upload(&wpe)?),
-        n,
+    c::embedding_forward(
+        &mut want,
+        &ids,
+        &pos,
+        &wte,
+        with_pos.then_some(&wpe[..]),
         ci,
-    )?;
-    g.sync()?;
-    Ok(compare(
-        "embedding_forward",
-        format!("V={v} C={ci} N={n}"),
-        &g.download(&out)?,
-        &want,
-        TOL,
-    ))
+    );
+    let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
+    let shape = format!(
+        "V={v} C={ci} N={n}{}",
+        if with_pos { "" } else { " no wpe" }
+    );
+    ck.case("embedding_forward", shape, &want, |g| {
+        let mut out = g.poisoned(n * ci)?;
+        let dpe = g.upload(&wpe)?;
+        k::embedding_forward(
+            g,
+            &mut out,
+            &g.upload(&ids)?,
+            &g.upload(&pos_i)?,
+            &g.upload(&wte)?,
+            with_pos.then_some(&dpe),
+            n,
+            ci,
+        )?;
+        g.sync()?;
+        g.download(&out)
+    })
 }
 
-fn logits(g: &Gpu, rng: &mut Rng, n: usize, ci: usize, v: usize, m: usize) -> Result<CheckRow> {
-    let inp = randn(rng, n * ci, 1.0);
-    let wte = randn(rng, v * ci, 0.05);
-    let rows: Vec<usize> = (0..m).map(|_| rng.below(n)).collect();
+fn bert_embedding(ck: &mut Checker, v: usize, ci: usize, n: usize) -> Result<()> {
+    let wte = randn(&mut ck.rng, v * ci, 0.02);
+    let wpe = randn(&mut ck.rng, 32 * ci, 0.02);
+    let wtt = randn(&mut ck.rng, 2 * ci, 0.02);
+    let ids: Vec<u32> = (0..n).map(|_| ck.rng.below(v) as u32).collect();
+    let pos: Vec<i32> = (0..n).map(|_| ck.rng.below(32) as i32).collect();
+    let types: Vec<u32> = (0..n).map(|_| ck.rng.below(2) as u32).collect();
+    let mut want = vec![0.0; n * ci];
+    for r in 0..n {
+        for j in 0..ci {
+            want[r * ci + j] = wte[ids[r] as usize * ci + j]
+                + wpe[pos[r] as usize * ci + j]
+                + wtt[types[r] as usize * ci + j];
+        }
+    }
+    ck.case(
+        "bert_embedding_forward",
+        format!("V={v} C={ci} N={n}"),
+        &want,
+        |g| {
+            let mut out = g.poisoned(n * ci)?;
+            k::bert_embedding_forward(
+                g,
+                &mut out,
+                &g.upload(&ids)?,
+                &g.upload(&pos)?,
+                &g.upload(&types)?,
+                &g.upload(&wte)?,
+                &g.upload(&wpe)?,
+                &g.upload(&wtt)?,
+                n,
+                ci,
+            )?;
+            g.sync()?;
+            g.download(&out)
+        },
+    )
+}
+
+fn logits(ck: &mut Checker, n: usize, ci: usize, v: usize, m: usize) -> Result<()> {
+    let inp = randn(&mut ck.rng, n * ci, 1.0);
+    let wte = randn(&mut ck.rng, v * ci, 0.05);
+    let rows: Vec<usize> = (0..m).map(|_| ck.rng.below(n)).collect();
     let (mut want, mut gathered) = (vec![0.0; m * v], vec![0.0; m * ci]);
     c::logits_forward(&mut want, &mut gathered, &inp, &rows, &wte, v, ci);
     let rows_i: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-    let (mut out, mut dg) = (g.poisoned(m * v)?, g.poisoned(m * ci)?);
-    k::logits_forward(
-        g,
-        &mut out,
-        &mut dg,
-        &g.upload(&inp)?,
-        &g.upload(&rows_i)?,
-        &g.upload(&wte)?,
-        m,
-        v,
-        ci,
-    )?;
-    g.sync()?;
-    Ok(compare(
+    ck.case(
         "logits_forward",
         format!("N={n} C={ci} V={v} M={m}"),
-        &g.download(&out)?,
         &want,
-        TOL,
-    ))
+        |g| {
+            let (mut out, mut dg) = (g.poisoned(m * v)?, g.poisoned(m * ci)?);
+            k::logits_forward(
+                g,
+                &mut out,
+                &mut dg,
+                &g.upload(&inp)?,
+                &g.upload(&rows_i)?,
+                &g.upload(&wte)?,
+                m,
+                v,
+                ci,
+            )?;
+            g.sync()?;
+            g.download(&out)
+        },
+    )
 }
 
-fn attention(g: &Gpu, rng: &mut Rng, s: AttnShape, start: &[usize]) -> Result<CheckRow> {
+fn attention(ck: &mut Checker, s: AttnShape, start: &[usize]) -> Result<()> {
     let (h, kv, hd) = (s.n_head, s.n_kv_head, s.head_dim);
     let width = (h + 2 * kv) * hd;
     let n = s.b * s.t;
-    let qkv = randn(rng, n * width, 1.0);
+    let qkv = randn(&mut ck.rng, n * width, 1.0);
     let layout = c::QkvLayout::fused(h, kv, hd);
     let cs = c::AttentionShape {
         b: s.b,
@@ -409,40 +470,40 @@ fn attention(g: &Gpu, rng: &mut Rng, s: AttnShape, start: &[usize]) -> Result<Ch
     let mut want = vec![0.0; n * h * hd];
     let mut att = vec![0.0; s.b * h * s.t * s.t];
     c::attention_forward(&mut want, &mut att, &qkv, &qkv, &qkv, &layout, start, cs);
-    let d = g.upload(&qkv)?;
     let st: Vec<i32> = start.iter().map(|&x| x as i32).collect();
-    let mut out = g.poisoned(n * h * hd)?;
-    k::attention_forward(
-        g,
-        &mut out,
-        (&d, layout.q.offset, width),
-        (&d, layout.k.offset, width),
-        (&d, layout.v.offset, width),
-        &g.upload(&st)?,
-        s,
-    )?;
-    g.sync()?;
-    Ok(compare(
+    ck.case(
         "attention_forward",
         format!("B={} T={} H={h} KVH={kv} hd={hd}", s.b, s.t),
-        &g.download(&out)?,
         &want,
-        TOL,
-    ))
+        |g| {
+            let d = g.upload(&qkv)?;
+            let mut out = g.poisoned(n * h * hd)?;
+            k::attention_forward(
+                g,
+                &mut out,
+                (&d, layout.q.offset, width),
+                (&d, layout.k.offset, width),
+                (&d, layout.v.offset, width),
+                &g.upload(&st)?,
+                s,
+            )?;
+            g.sync()?;
+            g.download(&out)
+        },
+    )
 }
 
 fn attention_cached(
-    g: &Gpu,
-    rng: &mut Rng,
+    ck: &mut Checker,
     s: AttnShape,
     start: &[usize],
     p0: usize,
     tq: usize,
-) -> Result<CheckRow> {
+) -> Result<()> {
     let (h, kv, hd, tmax) = (s.n_head, s.n_kv_head, s.head_dim, s.t);
-    let q = randn(rng, s.b * tq * h * hd, 1.0);
-    let kc = randn(rng, s.b * tmax * kv * hd, 1.0);
-    let vc = randn(rng, s.b * tmax * kv * hd, 1.0);
+    let q = randn(&mut ck.rng, s.b * tq * h * hd, 1.0);
+    let kc = randn(&mut ck.rng, s.b * tmax * kv * hd, 1.0);
+    let vc = randn(&mut ck.rng, s.b * tmax * kv * hd, 1.0);
     let ql = c::HeadsLayout {
         offset: 0,
         stride: h * hd,
@@ -457,139 +518,178 @@ fn attention_cached(
     let mut want = vec![0.0; s.b * tq * h * hd];
     c::attention_cached_forward(&mut want, &q, ql, &kc, &vc, start, p0, tq, tmax, cs);
     let st: Vec<i32> = start.iter().map(|&x| x as i32).collect();
-    let dq = g.upload(&q)?;
-    let mut out = g.poisoned(s.b * tq * h * hd)?;
-    k::attention_cached_forward(
-        g,
-        &mut out,
-        (&dq, 0, h * hd),
-        &g.upload(&kc)?,
-        &g.upload(&vc)?,
-        &g.upload(&st)?,
-        p0,
-        tq,
-        tmax,
-        s,
-    )?;
-    g.sync()?;
-    Ok(compare(
+    ck.case(
         "attention_cached_forward",
         format!("B={} Tmax={tmax} p0={p0} Tq={tq} H={h} KVH={kv}", s.b),
-        &g.download(&out)?,
         &want,
-        TOL,
-    ))
+        |g| {
+            let dq = g.upload(&q)?;
+            let mut out = g.poisoned(s.b * tq * h * hd)?;
+            k::attention_cached_forward(
+                g,
+                &mut out,
+                (&dq, 0, h * hd),
+                &g.upload(&kc)?,
+                &g.upload(&vc)?,
+                &g.upload(&st)?,
+                p0,
+                tq,
+                tmax,
+                s,
+            )?;
+            g.sync()?;
+            g.download(&out)
+        },
+    )
 }
 
-fn encoder_attention(
-    g: &Gpu,
-    rng: &mut Rng,
-    lens: &[usize],
-    ci: usize,
-    nh: usize,
-) -> Result<CheckRow> {
+/// The KV-cache append from a fused q|k|v buffer, against a plain copy.
+fn kv_append(
+    ck: &mut Checker,
+    b: usize,
+    tq: usize,
+    tmax: usize,
+    p0: usize,
+    w: usize,
+) -> Result<()> {
+    let stride = 3 * w;
+    let qkv = randn(&mut ck.rng, b * tq * stride, 1.0);
+    let cache = randn(&mut ck.rng, b * tmax * w, 1.0);
+    let (mut want_k, mut want_v) = (cache.clone(), cache.clone());
+    for bi in 0..b {
+        for t in 0..tq {
+            let src = (bi * tq + t) * stride;
+            let dst = (bi * tmax + p0 + t) * w;
+            want_k[dst..dst + w].copy_from_slice(&qkv[src + w..src + 2 * w]);
+            want_v[dst..dst + w].copy_from_slice(&qkv[src + 2 * w..src + 3 * w]);
+        }
+    }
+    let shape = format!("B={b} Tq={tq} Tmax={tmax} p0={p0} W={w}");
+    ck.cases(
+        &[("kv_append (k)", shape.clone()), ("kv_append (v)", shape)],
+        &[&want_k, &want_v],
+        TOL,
+        |g| {
+            let d = g.upload(&qkv)?;
+            let (mut kc, mut vc) = (g.upload(&cache)?, g.upload(&cache)?);
+            k::kv_append(
+                g,
+                &mut kc,
+                &mut vc,
+                (&d, w, stride),
+                (&d, 2 * w, stride),
+                p0,
+                b,
+                tq,
+                tmax,
+                w,
+            )?;
+            g.sync()?;
+            Ok(vec![g.download(&kc)?, g.download(&vc)?])
+        },
+    )
+}
+
+fn encoder_attention(ck: &mut Checker, lens: &[usize], ci: usize, nh: usize) -> Result<()> {
     let mut starts = vec![0usize];
     for l in lens {
         starts.push(starts.last().unwrap() + l);
     }
     let n = *starts.last().unwrap();
-    let qkv = randn(rng, n * 3 * ci, 1.0);
+    let qkv = randn(&mut ck.rng, n * 3 * ci, 1.0);
     let mask: Vec<bool> = (0..n).map(|i| i % 4 != 3).collect();
     let mut want = vec![0.0; n * ci];
     c::encoder_attention_forward(&mut want, &qkv, &mask, &starts, ci, nh);
     let mask_i: Vec<i32> = mask.iter().map(|&m| m as i32).collect();
     let st: Vec<i32> = starts.iter().map(|&x| x as i32).collect();
-    let mut out = g.poisoned(n * ci)?;
-    k::encoder_attention_forward(
-        g,
-        &mut out,
-        &g.upload(&qkv)?,
-        &g.upload(&mask_i)?,
-        &g.upload(&st)?,
-        lens.len(),
-        n,
-        ci,
-        nh,
-    )?;
-    g.sync()?;
-    Ok(compare(
+    ck.case(
         "encoder_attention_forward",
         format!("lens={lens:?} C={ci} NH={nh}"),
-        &g.download(&out)?,
         &want,
-        TOL,
-    ))
+        |g| {
+            let mut out = g.poisoned(n * ci)?;
+            k::encoder_attention_forward(
+                g,
+                &mut out,
+                &g.upload(&qkv)?,
+                &g.upload(&mask_i)?,
+                &g.upload(&st)?,
+                lens.len(),
+                n,
+                ci,
+                nh,
+            )?;
+            g.sync()?;
+            g.download(&out)
+        },
+    )
 }
 
-fn rope(g: &Gpu, rng: &mut Rng, n: usize, h: usize, hd: usize, base: f32) -> Result<CheckRow> {
-    let x = randn(rng, n * h * hd, 1.0);
-    let pos: Vec<usize> = (0..n).map(|_| rng.below(2048)).collect();
+fn rope(ck: &mut Checker, n: usize, h: usize, hd: usize, base: f32) -> Result<()> {
+    let x = randn(&mut ck.rng, n * h * hd, 1.0);
+    let pos: Vec<usize> = (0..n).map(|_| ck.rng.below(2048)).collect();
     let (cos, sin) = c::rope_table(2048, hd, base);
     let mut want = vec![0.0; n * h * hd];
     c::rope_forward(&mut want, &x, &pos, &cos, &sin, n, h, hd);
     let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
-    let mut dx = g.upload(&x)?;
-    let (dc, ds) = (g.upload(&cos)?, g.upload(&sin)?);
-    k::rope_forward(
-        g,
-        &mut dx,
-        0,
-        h * hd,
-        &g.upload(&pos_i)?,
-        &dc,
-        &ds,
-        n,
-        h,
-        hd,
-    )?;
-    g.sync()?;
-    Ok(compare(
-        "rope_forward",
-        format!("N={n} H={h} hd={hd}"),
-        &g.download(&dx)?,
-        &want,
-        TOL,
-    ))
+    ck.case("rope_forward", format!("N={n} H={h} hd={hd}"), &want, |g| {
+        let mut dx = g.upload(&x)?;
+        let (dc, ds) = (g.upload(&cos)?, g.upload(&sin)?);
+        k::rope_forward(
+            g,
+            &mut dx,
+            0,
+            h * hd,
+            &g.upload(&pos_i)?,
+            &dc,
+            &ds,
+            n,
+            h,
+            hd,
+        )?;
+        g.sync()?;
+        g.download(&dx)
+    })
 }
 
-fn softmax_family(g: &Gpu, rng: &mut Rng, p: usize, v: usize) -> Result<Vec<CheckRow>> {
-    let logits = randn(rng, p * v, 3.0);
-    let targets: Vec<u32> = (0..p).map(|_| rng.below(v) as u32).collect();
-    let mut logp = vec![0.0; p * v];
-    c::log_softmax_forward(&mut logp, &logits, v);
-    let mut want = vec![0.0; p];
-    c::gather_forward(&mut want, &logp, &targets, v);
-    let dl = g.upload(&logits)?;
-    let mut out = g.poisoned(p)?;
-    k::log_softmax_gather_forward(g, &mut out, &dl, &g.upload(&targets)?, p, v, 1.0)?;
-    g.sync()?;
+fn softmax_family(ck: &mut Checker, p: usize, v: usize) -> Result<()> {
+    let logits = randn(&mut ck.rng, p * v, 3.0);
+    let targets: Vec<u32> = (0..p).map(|_| ck.rng.below(v) as u32).collect();
     let shape = format!("P={p} V={v}");
-    let lp_row = compare(
-        "log_softmax_gather_forward",
-        shape.clone(),
-        &g.download(&out)?,
-        &want,
-        TOL,
-    );
+    for inv_temp in [1.0f32, 1.0 / 0.7] {
+        let scaled: Vec<f32> = logits.iter().map(|x| x * inv_temp).collect();
+        let mut logp = vec![0.0; p * v];
+        c::log_softmax_forward(&mut logp, &scaled, v);
+        let mut want = vec![0.0; p];
+        c::gather_forward(&mut want, &logp, &targets, v);
+        let shape = if inv_temp == 1.0 {
+            shape.clone()
+        } else {
+            format!("{shape} T=0.7")
+        };
+        ck.case("log_softmax_gather_forward", shape, &want, |g| {
+            let mut out = g.poisoned(p)?;
+            let (dl, dt) = (g.upload(&logits)?, g.upload(&targets)?);
+            k::log_softmax_gather_forward(g, &mut out, &dl, &dt, p, v, inv_temp)?;
+            g.sync()?;
+            g.download(&out)
+        })?;
+    }
     let (mut ent, mut lse) = (vec![0.0; p], vec![0.0; p]);
     c::entropy_forward(&mut ent, &mut lse, &logits, v);
-    let mut out = g.poisoned(p)?;
-    k::entropy_forward(g, &mut out, &dl, p, v)?;
-    g.sync()?;
-    Ok(vec![
-        lp_row,
-        compare("entropy_forward", shape, &g.download(&out)?, &ent, TOL),
-    ])
+    ck.case("entropy_forward", shape, &ent, |g| {
+        let mut out = g.poisoned(p)?;
+        k::entropy_forward(g, &mut out, &g.upload(&logits)?, p, v)?;
+        g.sync()?;
+        g.download(&out)
+    })
 }
 
-/// The sampler: with the same uniform draws, the GPU must pick the CPU's tokens and report the
+/// The sampler: with the same uniform draws, the device must pick the CPU's tokens and report the
 /// same log-probabilities. The "error" column counts differing tokens plus the log-prob error.
-fn sampling(g: &Gpu, rng: &mut Rng, b: usize, v: usize) -> Result<Vec<CheckRow>> {
-    let logits = randn(rng, b * v, 2.0);
-    let u: Vec<f32> = (0..b).map(|_| rng.uniform() as f32).collect();
-    let dl = g.upload(&logits)?;
-    let du = g.upload(&u)?;
-    let mut rows = Vec::new();
+fn sampling(ck: &mut Checker, b: usize, v: usize) -> Result<()> {
+    let logits = randn(&mut ck.rng, b * v, 2.0);
+    let u: Vec<f32> = (0..b).map(|_| ck.rng.uniform() as f32).collect();
     for (temperature, top_k, top_p) in [
         (0.0, 0, 1.0),
         (1.0, 0, 1.0),
@@ -610,11 +710,9 @@ fn sampling(g: &Gpu, rng: &mut Rng, b: usize, v: usize) -> Result<Vec<CheckRow>>
                 &params,
                 u[r] as f64,
             );
-            want_tok.push(t);
+            want_tok.push(t as f32);
             want_lp.push(lp);
         }
-        let mut tok = g.upload(&vec![u32::MAX; b])?;
-        let mut lp = g.poisoned(b)?;
         let s = SampleArgs {
             temperature,
             top_k,
@@ -622,37 +720,48 @@ fn sampling(g: &Gpu, rng: &mut Rng, b: usize, v: usize) -> Result<Vec<CheckRow>>
             seed: 0,
             step: 0,
         };
-        k::sample_forward(g, &mut tok, &mut lp, &dl, Some(&du), b, v, s)?;
-        g.sync()?;
-        let got_tok = g.download(&tok)?;
-        let mut row = compare(
-            "sample_forward",
-            format!("B={b} V={v} T={temperature} k={top_k} p={top_p}"),
-            &g.download(&lp)?,
-            &want_lp,
+        let shape = format!("B={b} V={v} T={temperature} k={top_k} p={top_p}");
+        let before = ck.rows.len();
+        ck.cases(
+            &[
+                ("sample_forward", shape.clone()),
+                ("sample_forward tokens", shape),
+            ],
+            &[&want_lp, &want_tok],
             TOL,
-        );
-        let differing = got_tok
-            .iter()
-            .zip(&want_tok)
-            .filter(|(a, b)| a != b)
-            .count();
-        row.max_abs += differing as f32;
-        row.pass &= differing == 0;
-        rows.push(row);
+            |g| {
+                let mut tok = g.upload(&vec![u32::MAX; b])?;
+                let mut lp = g.poisoned(b)?;
+                let (dl, du) = (g.upload(&logits)?, g.upload(&u)?);
+                k::sample_forward(g, &mut tok, &mut lp, &dl, Some(&du), b, v, s)?;
+                g.sync()?;
+                let tokens = g.download(&tok)?.iter().map(|&t| t as f32).collect();
+                Ok(vec![g.download(&lp)?, tokens])
+            },
+        )?;
+        // One row: tokens must be equal, not near.
+        let tokens = ck.rows.pop().unwrap();
+        let row = &mut ck.rows[before];
+        let differing = if tokens.max_abs.is_finite() && tokens.max_abs == 0.0 {
+            0.0
+        } else {
+            tokens.max_abs.max(1.0)
+        };
+        row.max_abs += differing;
+        row.pass &= differing == 0.0;
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Fused pooling + normalise + cosine + shaping against the CPU pooling and `reward::shaping`.
-fn reward(g: &Gpu, rng: &mut Rng, b: usize, t: usize, d: usize) -> Result<Vec<CheckRow>> {
+fn reward(ck: &mut Checker, b: usize, t: usize, d: usize) -> Result<()> {
     use crate::reward::shaping::Shaping;
-    let hidden = randn(rng, b * t * d, 1.0);
+    let hidden = randn(&mut ck.rng, b * t * d, 1.0);
     let mut mask: Vec<u32> = (0..b * t)
         .map(|i| (i % t < 1 + (i / t) % t) as u32)
         .collect();
     mask[(b - 1) * t..].fill(0); // an answer with no token: a zero vector
-    let parent = randn(rng, b * d, 1.0);
+    let parent = randn(&mut ck.rng, b * d, 1.0);
     let exact: Vec<i32> = (0..b).map(|i| (i % 2) as i32).collect();
     let input =
         crate::cpu::bert::EncoderInput::padded(&vec![0; b * t], &vec![0; b * t], &mask, b, t);
@@ -665,19 +774,15 @@ fn reward(g: &Gpu, rng: &mut Rng, b: usize, t: usize, d: usize) -> Result<Vec<Ch
         crate::model::bert::Pooling::Mean,
         true,
     );
-    let (dh, dp, de) = (g.upload(&hidden)?, g.upload(&parent)?, g.upload(&exact)?);
     let mask_i: Vec<i32> = mask.iter().map(|&m| m as i32).collect();
-    let dm = g.upload(&mask_i)?;
     let starts: Vec<i32> = (0..=b).map(|i| (i * t) as i32).collect();
-    let dst = g.upload(&starts)?;
-    let mut rows = Vec::new();
     for (code, shaping) in [
         (k::SHAPE_PGSRM, Shaping::Pgsrm),
         (k::SHAPE_TRUNCATE, Shaping::Truncate),
         (k::SHAPE_EUCLIDEAN, Shaping::Euclidean),
         (k::SHAPE_BINARY, Shaping::Binary),
     ] {
-        let want: Vec<f32> = (0..b)
+        let mut want: Vec<f32> = (0..b)
             .map(|i| {
                 let (pt, ct) = if exact[i] == 1 {
                     ("same", "same")
@@ -693,55 +798,111 @@ fn reward(g: &Gpu, rng: &mut Rng, b: usize, t: usize, d: usize) -> Result<Vec<Ch
                 )
             })
             .collect();
-        let (mut r, mut e) = (g.poisoned(b)?, g.poisoned(b * d)?);
-        k::pool_cosine_shape_forward(
-            g,
-            &mut r,
-            &mut e,
-            &dh,
-            &dm,
-            &dst,
-            &dp,
-            Some(&de),
-            b,
-            d,
-            code,
-            4.0,
-        )?;
-        g.sync()?;
-        let mut got = g.download(&r)?;
-        let mut want = want;
-        got.extend(g.download(&e)?);
         want.extend(&pooled);
-        rows.push(compare(
+        ck.case(
             "pool_cosine_shape_forward",
             format!("B={b} T={t} D={d} {shaping}"),
-            &got,
             &want,
-            TOL,
-        ));
+            |g| {
+                let (mut r, mut e) = (g.poisoned(b)?, g.poisoned(b * d)?);
+                k::pool_cosine_shape_forward(
+                    g,
+                    &mut r,
+                    &mut e,
+                    &g.upload(&hidden)?,
+                    &g.upload(&mask_i)?,
+                    &g.upload(&starts)?,
+                    &g.upload(&parent)?,
+                    Some(&g.upload(&exact)?),
+                    b,
+                    d,
+                    code,
+                    4.0,
+                )?;
+                g.sync()?;
+                let mut got = g.download(&r)?;
+                got.extend(g.download(&e)?);
+                Ok(got)
+            },
+        )?;
     }
-    Ok(rows)
+    Ok(())
 }
 
-/// The table `pgsrm check` prints.
-pub fn format_table(rows: &[CheckRow]) -> String {
-    let mut s = format!(
-        "{:<28} {:<44} {:>10} {:>10} {:>8}  {}\n",
-        "kernel", "shape", "max abs", "max rel", "tol", "pass"
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "{:<28} {:<44} {:>10.3e} {:>10.3e} {:>8.0e}  {}\n",
-            r.kernel,
-            r.shape,
-            r.max_abs,
-            r.max_rel,
-            r.tol,
-            if r.pass { "ok" } else { "FAIL" }
-        ));
+/// GPT-2 with a seeded random init: the logits of the prefill and of two decoding steps against
+/// `cpu::decode::Gpt2Decoder`, and a seeded generation (its tokens and log-probabilities must
+/// come out the same on both runs).
+fn gpt2_decoding(ck: &mut Checker, config: &str) -> Result<()> {
+    use crate::cpu::decode::Gpt2Decoder;
+    use crate::cuda::decode::{Decoder, generate};
+    use crate::cuda::gpt2::GpuGpt2;
+    let cfg = crate::model::gpt2::Gpt2Config::named(config)?;
+    let model = crate::model::gpt2::Gpt2::random(cfg.clone(), ck.rng.next_u64());
+    let v = cfg.vocab_size;
+    let prompts: Vec<Vec<u32>> = [5, 12, 20]
+        .iter()
+        .map(|&n| (0..n).map(|_| ck.rng.below(v) as u32).collect())
+        .collect();
+    let forced: Vec<Vec<u32>> = (0..2)
+        .map(|_| (0..prompts.len()).map(|_| ck.rng.below(v) as u32).collect())
+        .collect();
+    let eos = cfg.eos_token_id;
+    let mut cpu = Gpt2Decoder::new(&model, &prompts, 4, eos)?;
+    let mut want = vec![cpu.logits().to_vec()];
+    for next in &forced {
+        cpu.step(next)?;
+        want.push(cpu.logits().to_vec());
     }
-    s
+    let dev = GpuGpt2::upload(ck.g, &model)?;
+    ck.cases(
+        &[
+            ("gpt2 decode (prefill)", format!("{config} B=3 T=20")),
+            ("gpt2 decode (step)", format!("{config} B=3 step 1")),
+            ("gpt2 decode (step)", format!("{config} B=3 step 2")),
+        ],
+        &[&want[0], &want[1], &want[2]],
+        TOL,
+        |g| {
+            let mut d = Decoder::new(g, &dev, &prompts, 4, eos)?;
+            let mut out = vec![d.logits()?];
+            for next in &forced {
+                d.step(next)?;
+                out.push(d.logits()?);
+            }
+            Ok(out)
+        },
+    )?;
+    let params = crate::sample::SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 8,
+    };
+    let (runs, same) = ck.twice(|g| {
+        let rows = generate(g, &dev, &prompts, &params, eos, 42)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                r.tokens
+                    .iter()
+                    .map(|&t| t as f32)
+                    .chain(r.logprobs.iter().copied())
+                    .collect()
+            })
+            .collect())
+    })?;
+    let ok = same && runs.iter().all(|r| !r.is_empty());
+    ck.rows.push(CheckRow {
+        kernel: "gpt2 generate, seeded, twice".into(),
+        shape: format!("{config} B=3 new=8"),
+        max_abs: if ok { 0.0 } else { 1.0 },
+        max_rel: if ok { 0.0 } else { 1.0 },
+        tol: 0.0,
+        same_bits: same,
+        pass: ok,
+        seconds: 0.0,
+    });
+    Ok(())
 }
 
 /// A small Llama with grouped-query attention (6 query heads over 2 key/value heads) and an
@@ -750,23 +911,29 @@ const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate
     "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": false, "max_position_embeddings": 128}"#;
 
+/// SmolLM2-135M's widths, heads and vocabulary with 2 of its 30 layers: the emulated device's
+/// stand-in for the whole model (the same shapes through every kernel, a fifteenth of the work).
+const SMOLLM2_WIDTHS: &str = r#"{"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 2, "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0, "tie_word_embeddings": true, "max_position_embeddings": 8192}"#;
+
 /// A seeded random Llama of `config` (SmolLM2's shapes included: its weights cannot travel to a
 /// machine without network, and the code path is the same): the logits of the prefill and of two
-/// decoding steps with the same forced tokens, GPU against `cpu::llama::generate_with`.
-fn llama_decoding(g: &Gpu, rng: &mut Rng, name: &str, config: &str) -> Result<Vec<CheckRow>> {
-    use crate::cuda::llama::{GpuLlama, GpuLlamaDecoder};
+/// decoding steps with the same forced tokens, device against `cpu::llama::generate_with`.
+fn llama_decoding(ck: &mut Checker, name: &str, config: &str) -> Result<()> {
+    use crate::cuda::decode::Decoder;
+    use crate::cuda::llama::GpuLlama;
     use crate::model::llama::{Llama, LlamaConfig};
     let cfg = LlamaConfig::from_json_str(config)?;
-    let model = Llama::random(cfg.clone(), rng.next_u64());
-    let dev = GpuLlama::upload(g, &model)?;
+    let model = Llama::random(cfg.clone(), ck.rng.next_u64());
     let v = cfg.vocab_size;
     let prompts: Vec<Vec<u32>> = [4, 9, 16]
         .iter()
-        .map(|&n| (0..n).map(|_| rng.below(v) as u32).collect())
+        .map(|&n| (0..n).map(|_| ck.rng.below(v) as u32).collect())
         .collect();
     let steps = 2;
     let forced: Vec<Vec<u32>> = (0..steps)
-        .map(|_| (0..prompts.len()).map(|_| rng.below(v) as u32).collect())
+        .map(|_| (0..prompts.len()).map(|_| ck.rng.below(v) as u32).collect())
         .collect();
     // CPU: the logits each row sees at each step, with the forced tokens fed back.
     let batch = crate::cpu::gpt2::Batch::left_padded(&prompts, 0)?;
@@ -778,25 +945,25 @@ fn llama_decoding(g: &Gpu, rng: &mut Rng, name: &str, config: &str) -> Result<Ve
         seen[step].extend_from_slice(logits);
         if step < steps { forced[step][r] } else { 0 }
     })?;
-    let mut gpu = GpuLlamaDecoder::new(g, &dev, &prompts, steps + 1, 0)?;
-    let mut rows = vec![compare(
-        "llama decode (prefill)",
-        format!("{name} B=3 T=16"),
-        &gpu.logits()?,
-        &seen[0],
+    let dev = GpuLlama::upload(ck.g, &model)?;
+    ck.cases(
+        &[
+            ("llama decode (prefill)", format!("{name} B=3 T=16")),
+            ("llama decode (step)", format!("{name} B=3 step 1")),
+            ("llama decode (step)", format!("{name} B=3 step 2")),
+        ],
+        &[&seen[0], &seen[1], &seen[2]],
         TOL,
-    )];
-    for step in 0..steps {
-        gpu.step(&forced[step])?;
-        rows.push(compare(
-            "llama decode (step)",
-            format!("{name} B=3 step {}", step + 1),
-            &gpu.logits()?,
-            &seen[step + 1],
-            TOL,
-        ));
-    }
-    Ok(rows)
+        |g| {
+            let mut d = Decoder::new(g, &dev, &prompts, steps + 1, 0)?;
+            let mut out = vec![d.logits()?];
+            for next in &forced {
+                d.step(next)?;
+                out.push(d.logits()?);
+            }
+            Ok(out)
+        },
+    )
 }
 
 /// all-MiniLM-L6-v2's shapes (its weights stay behind on a machine without network; a seeded
@@ -805,14 +972,15 @@ const MINILM_CONFIG: &str = r#"{"vocab_size": 30522, "hidden_size": 384, "num_hi
     "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
     "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}"#;
 
-/// The encoder's last hidden state and the fused PGSRM reward on the GPU against
+/// The encoder's last hidden state and the fused PGSRM reward on the device against
 /// `cpu::bert::bert_forward`, `sentence_pool_forward` and `reward::shaping`, on five packed answers.
-fn bert_reward(g: &Gpu, rng: &mut Rng) -> Result<Vec<CheckRow>> {
+fn bert_reward(ck: &mut Checker) -> Result<()> {
     use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
     use crate::model::bert::{BertConfig, BertLayer, BertWeights, Pooling};
     use crate::reward::shaping::Shaping;
     let cfg: BertConfig = serde_json::from_str(MINILM_CONFIG)?;
     let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let rng = &mut ck.rng;
     let mut normal = |n: usize, std: f32| randn(rng, n, std);
     let ones = |n: usize| vec![1.0f32; n];
     let layers = (0..cfg.num_hidden_layers)
@@ -841,27 +1009,16 @@ fn bert_reward(g: &Gpu, rng: &mut Rng) -> Result<Vec<CheckRow>> {
     };
     let mut input = EncoderInput::new();
     for len in [3usize, 8, 5, 4, 6] {
-        let ids: Vec<u32> = (0..len).map(|_| rng.below(cfg.vocab_size) as u32).collect();
+        let ids: Vec<u32> = (0..len)
+            .map(|_| ck.rng.below(cfg.vocab_size) as u32)
+            .collect();
         input.push(&ids, &vec![0; len]);
     }
     let b = input.batch();
-    let parents = randn(rng, b * c, 1.0);
+    let parents = randn(&mut ck.rng, b * c, 1.0);
     let want_hidden = bert_forward(&cfg, &w, &input)?;
     let mut pooled = vec![0.0; b * c];
     sentence_pool_forward(&mut pooled, &want_hidden, &input, c, Pooling::Mean, true);
-    let dev = crate::cuda::bert::GpuBert::upload(g, &cfg, &w)?;
-    let hidden = dev.forward(g, &input)?;
-    g.sync()?;
-    let mut rows = vec![compare(
-        "bert forward (MiniLM shapes)",
-        format!("B={b} N={}", input.rows()),
-        &g.download(&hidden)?,
-        &want_hidden,
-        TOL,
-    )];
-    let (r, e) = dev.rewards(g, &input, &parents, &vec![0; b], k::SHAPE_PGSRM, 4.0)?;
-    let mut got = r;
-    got.extend(e);
     let mut want: Vec<f32> = (0..b)
         .map(|j| {
             Shaping::Pgsrm.reward(
@@ -874,12 +1031,45 @@ fn bert_reward(g: &Gpu, rng: &mut Rng) -> Result<Vec<CheckRow>> {
         })
         .collect();
     want.extend(&pooled);
-    rows.push(compare(
-        "bert + fused pgsrm reward",
-        format!("B={b} D={c}"),
-        &got,
-        &want,
+    let dev = crate::cuda::bert::GpuBert::upload(ck.g, &cfg, &w)?;
+    ck.cases(
+        &[
+            (
+                "bert forward (MiniLM shapes)",
+                format!("B={b} N={}", input.rows()),
+            ),
+            ("bert + fused pgsrm reward", format!("B={b} D={c}")),
+        ],
+        &[&want_hidden, &want],
         TOL,
-    ));
-    Ok(rows)
+        |g| {
+            let hidden = dev.forward(g, &input)?;
+            g.sync()?;
+            let (r, e) = dev.rewards(g, &input, &parents, &vec![0; b], k::SHAPE_PGSRM, 4.0)?;
+            let mut got = r;
+            got.extend(e);
+            Ok(vec![g.download(&hidden)?, got])
+        },
+    )
+}
+
+/// The table `pgsrm check` prints.
+pub fn format_table(rows: &[CheckRow]) -> String {
+    let mut s = format!(
+        "{:<30} {:<44} {:>10} {:>10} {:>8} {:>5}  {}\n",
+        "kernel", "shape", "max abs", "max rel", "tol", "bits", "pass"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<30} {:<44} {:>10.3e} {:>10.3e} {:>8.0e} {:>5}  {}\n",
+            r.kernel,
+            r.shape,
+            r.max_abs,
+            r.max_rel,
+            r.tol,
+            if r.same_bits { "same" } else { "DIFF" },
+            if r.pass { "ok" } else { "FAIL" }
+        ));
+    }
+    s
 }

@@ -1,58 +1,335 @@
-//! One CUDA device: its context and stream, the kernels loaded from the registry, and transfers.
+//! One device interface over a CUDA GPU (cudarc, kernels compiled by NVRTC) and the emulated
+//! device (the same kernels compiled as C++ and run on the CPU): buffers of one type, `DevBuf`,
+//! and launches through one call, `Gpu::launch`, so every launcher and host model runs on both
+//! with no per-backend branch.
 
+use super::emu::{self, ArgBytes, EmuDevice, HostMem};
 use super::{nvrtc, registry};
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-pub struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    pub name: String,
-    pub arch: &'static str,
+/// The element types device buffers hold.
+pub trait DevElem: DeviceRepr + ValidAsZeroBits + bytemuck::Pod + Default + Send + Sync {}
+impl DevElem for f32 {}
+impl DevElem for i32 {}
+impl DevElem for u32 {}
+
+enum Mem<T> {
+    Cuda(CudaSlice<T>),
+    Emu(HostMem, PhantomData<T>),
+}
+
+/// A buffer of `len` elements on a device.
+pub struct DevBuf<T: DevElem> {
+    len: usize,
+    addr: u64,
+    mem: Mem<T>,
+}
+
+impl<T: DevElem> DevBuf<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address of element `offset`, as a kernel argument (a view into the buffer).
+    pub fn at(&self, offset: usize) -> Result<Arg> {
+        if offset > self.len {
+            bail!(
+                "offset {offset} is past the end of a buffer of {} elements",
+                self.len
+            );
+        }
+        Ok(Arg::Ptr(self.addr + (offset * size_of::<T>()) as u64))
+    }
+
+    /// The CUDA slice behind the buffer, for libraries that take one (cuBLAS); `None` on the
+    /// emulated device.
+    pub fn cuda(&self) -> Option<&CudaSlice<T>> {
+        match &self.mem {
+            Mem::Cuda(s) => Some(s),
+            Mem::Emu(..) => None,
+        }
+    }
+
+    pub fn cuda_mut(&mut self) -> Option<&mut CudaSlice<T>> {
+        match &mut self.mem {
+            Mem::Cuda(s) => Some(s),
+            Mem::Emu(..) => None,
+        }
+    }
+}
+
+/// A kernel argument: a device address or a scalar of the kernel parameter's exact type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+    I64(i64),
+    U64(u64),
+}
+
+impl Arg {
+    /// A null pointer, for an optional buffer left out.
+    pub const NULL: Arg = Arg::Ptr(0);
+
+    fn bytes(self) -> ArgBytes {
+        let (bits, size) = match self {
+            Arg::Ptr(p) | Arg::U64(p) => (p, 8),
+            Arg::I64(x) => (x as u64, 8),
+            Arg::I32(x) => (x as u32 as u64, 4),
+            Arg::U32(x) => (x as u64, 4),
+            Arg::F32(x) => (x.to_bits() as u64, 4),
+        };
+        ArgBytes { bits, size }
+    }
+}
+
+impl From<i32> for Arg {
+    fn from(x: i32) -> Arg {
+        Arg::I32(x)
+    }
+}
+impl From<u32> for Arg {
+    fn from(x: u32) -> Arg {
+        Arg::U32(x)
+    }
+}
+impl From<f32> for Arg {
+    fn from(x: f32) -> Arg {
+        Arg::F32(x)
+    }
+}
+impl From<i64> for Arg {
+    fn from(x: i64) -> Arg {
+        Arg::I64(x)
+    }
+}
+impl From<u64> for Arg {
+    fn from(x: u64) -> Arg {
+        Arg::U64(x)
+    }
+}
+impl<T: DevElem> From<&DevBuf<T>> for Arg {
+    fn from(b: &DevBuf<T>) -> Arg {
+        Arg::Ptr(b.addr)
+    }
+}
+impl<T: DevElem> From<&mut DevBuf<T>> for Arg {
+    fn from(b: &mut DevBuf<T>) -> Arg {
+        Arg::Ptr(b.addr)
+    }
+}
+impl<T: DevElem> From<Option<&DevBuf<T>>> for Arg {
+    fn from(b: Option<&DevBuf<T>>) -> Arg {
+        b.map_or(Arg::NULL, Arg::from)
+    }
+}
+
+/// The shape of a launch: blocks in the grid, threads in a block, dynamic shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub blocks: [u32; 3],
+    pub threads: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl Grid {
+    /// Enough blocks of `threads` for `n` threads in a line (at least one block).
+    pub fn linear(n: usize, threads: u32) -> Grid {
+        Grid {
+            blocks: [n.div_ceil(threads as usize).max(1) as u32, 1, 1],
+            threads: [threads, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+
+    /// One block of `threads` per row.
+    pub fn per_row(rows: usize, threads: u32) -> Grid {
+        Grid {
+            blocks: [rows.max(1) as u32, 1, 1],
+            threads: [threads, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+
+    fn threads_per_block(&self) -> u64 {
+        self.threads.iter().map(|&t| t as u64).product()
+    }
+}
+
+/// What a launch of `entry` may not exceed on any CUDA device we compile for; the errors say what
+/// the driver says, before anything runs.
+fn check_grid(entry: &str, g: &Grid, launch_bound: Option<u32>) -> Result<()> {
+    let t = g.threads_per_block();
+    let [bx, by, bz] = g.threads;
+    if t == 0 || t > 1024 || bx > 1024 || by > 1024 || bz > 64 {
+        bail!(
+            "launching {entry}: CUDA_ERROR_INVALID_VALUE: a block of {:?} = {t} threads; a block \
+             holds 1 to 1024 threads, at most (1024, 1024, 64) per dimension",
+            g.threads
+        );
+    }
+    let [gx, gy, gz] = g.blocks;
+    if gx == 0 || gy == 0 || gz == 0 || gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {
+        bail!(
+            "launching {entry}: CUDA_ERROR_INVALID_VALUE: a grid of {:?} blocks; each dimension \
+             needs at least 1 block, at most (2^31 - 1, 65535, 65535)",
+            g.blocks
+        );
+    }
+    if let Some(max) = launch_bound.filter(|&m| t > m as u64) {
+        bail!(
+            "launching {entry}: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (too many resources requested \
+             for launch): {t} threads per block, but the kernel is built for at most {max} \
+             (its __launch_bounds__)"
+        );
+    }
+    if g.shared_bytes > 48 * 1024 {
+        bail!(
+            "launching {entry}: CUDA_ERROR_INVALID_VALUE: {} bytes of dynamic shared memory; a \
+             launch gets at most 49152 without opting in",
+            g.shared_bytes
+        );
+    }
+    Ok(())
+}
+
+/// The `__launch_bounds__` limit of every kernel of `kernels/`, read from the sources once.
+fn launch_bound(file: &str, entry: &str) -> Result<Option<u32>> {
+    static BOUNDS: Mutex<Option<HashMap<String, Option<u32>>>> = Mutex::new(None);
+    let mut guard = BOUNDS.lock().unwrap();
+    let map = match &mut *guard {
+        Some(m) => m,
+        None => {
+            let mut m = HashMap::new();
+            for f in registry::kernel_files() {
+                for d in emu::compile::kernel_decls(&registry::source(f)?)? {
+                    m.insert(format!("{f}:{}", d.name), d.max_threads);
+                }
+            }
+            guard.insert(m)
+        }
+    };
+    map.get(&format!("{file}:{entry}"))
+        .copied()
+        .ok_or_else(|| anyhow!("no kernel {entry} in kernels/{file}"))
+}
+
+/// A CUDA device: its context and one stream for everything, and the kernels loaded from the registry.
+struct Driver {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
 }
 
+enum Dev {
+    Cuda(Driver),
+    Emu(EmuDevice),
+}
+
+/// A device: a CUDA GPU or the emulated device.
+pub struct Gpu {
+    pub name: String,
+    /// `compute_XY` on a GPU, `emulated` on the emulated device.
+    pub arch: &'static str,
+    dev: Dev,
+}
+
 impl Gpu {
-    /// Opens device `ordinal`; fails with a reason when there is no driver, no device or no NVRTC.
+    /// Opens CUDA device `ordinal`; fails with a reason when there is no driver, no device or no NVRTC.
     pub fn new(ordinal: usize) -> Result<Self> {
         if !super::driver_present() {
-            bail!("no CUDA driver library (libcuda.so) could be loaded");
+            bail!("--device cuda: no CUDA driver library (libcuda.so) could be loaded");
         }
         let count = super::device_count();
         if ordinal >= count {
-            bail!("CUDA device {ordinal} requested, {count} present");
+            bail!("--device cuda: CUDA device {ordinal} requested, {count} present");
         }
-        nvrtc::ensure_loaded()?;
+        nvrtc::ensure_loaded().context("--device cuda")?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| anyhow!("creating a context on device {ordinal}: {e:?}"))?;
+        // SAFETY: everything runs on the one stream below, so no cross-stream ordering is needed.
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         let arch = registry::arch_for(major, minor)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
         let stream = ctx.default_stream();
         Ok(Gpu {
-            ctx,
-            stream,
             name,
             arch,
-            modules: Mutex::new(HashMap::new()),
+            dev: Dev::Cuda(Driver {
+                ctx,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
-    /// A kernel entry point of `kernels/<file>`, compiling and loading the file on first use.
-    pub fn function(&self, file: &'static str, entry: &str) -> Result<CudaFunction> {
-        let mut modules = self.modules.lock().unwrap();
+    /// The emulated device; fails when there is no C++ compiler to build it with.
+    pub fn emulated() -> Result<Self> {
+        let e = EmuDevice::open().context("--device emu")?;
+        Ok(Gpu {
+            name: format!("emulated device ({} workers, {})", e.workers, e.compiler),
+            arch: "emulated",
+            dev: Dev::Emu(e),
+        })
+    }
+
+    /// The device `choice` names: `None` for the CPU backend (and for `auto` without a GPU).
+    pub fn open(choice: super::DeviceChoice, ordinal: usize) -> Result<Option<Gpu>> {
+        use super::DeviceChoice as D;
+        Ok(match choice {
+            D::Cpu => None,
+            D::Cuda => Some(Gpu::new(ordinal)?),
+            D::Emu => Some(Gpu::emulated()?),
+            D::Auto if super::device_count() > ordinal => Some(Gpu::new(ordinal)?),
+            D::Auto => None,
+        })
+    }
+
+    /// The emulated device behind this one, if it is that (to set its schedule).
+    pub fn emu(&self) -> Option<&EmuDevice> {
+        match &self.dev {
+            Dev::Emu(e) => Some(e),
+            Dev::Cuda(_) => None,
+        }
+    }
+
+    /// The CUDA stream everything runs on; `None` on the emulated device.
+    pub fn cuda_stream(&self) -> Option<&Arc<CudaStream>> {
+        match &self.dev {
+            Dev::Cuda(d) => Some(&d.stream),
+            Dev::Emu(_) => None,
+        }
+    }
+
+    fn cuda_function(
+        d: &Driver,
+        arch: &'static str,
+        file: &'static str,
+        entry: &str,
+    ) -> Result<CudaFunction> {
+        let mut modules = d.modules.lock().unwrap();
         let module = match modules.get(file) {
             Some(m) => m.clone(),
             None => {
-                let ptx = registry::ptx(file, self.arch)?;
-                let m = self
+                let ptx = registry::ptx(file, arch)?;
+                let m = d
                     .ctx
                     .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                    .map_err(|e| anyhow!("loading kernels/{file} on {}: {e:?}", self.name))?;
+                    .map_err(|e| anyhow!("loading kernels/{file}: {e:?}"))?;
                 modules.insert(file, m.clone());
                 m
             }
@@ -62,34 +339,214 @@ impl Gpu {
             .map_err(|e| anyhow!("no kernel {entry} in kernels/{file}: {e:?}"))
     }
 
-    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
-        self.stream
-            .clone_htod(host)
-            .map_err(|e| anyhow!("copy to device: {e:?}"))
+    /// Launches kernel `entry` of `kernels/<file>` on `grid` with `args`, which must match the
+    /// kernel's parameters in order and type. Launch shapes no device accepts fail first.
+    pub fn launch(&self, file: &'static str, entry: &str, grid: Grid, args: &[Arg]) -> Result<()> {
+        check_grid(entry, &grid, launch_bound(file, entry)?)?;
+        match &self.dev {
+            Dev::Cuda(d) => {
+                let f = Self::cuda_function(d, self.arch, file, entry)?;
+                let mut b = d.stream.launch_builder(&f);
+                for a in args {
+                    match a {
+                        Arg::Ptr(x) | Arg::U64(x) => b.arg(x),
+                        Arg::I32(x) => b.arg(x),
+                        Arg::U32(x) => b.arg(x),
+                        Arg::F32(x) => b.arg(x),
+                        Arg::I64(x) => b.arg(x),
+                    };
+                }
+                let cfg = cudarc::driver::LaunchConfig {
+                    grid_dim: (grid.blocks[0], grid.blocks[1], grid.blocks[2]),
+                    block_dim: (grid.threads[0], grid.threads[1], grid.threads[2]),
+                    shared_mem_bytes: grid.shared_bytes,
+                };
+                // SAFETY: each launcher passes the arguments its kernel declares, in order, with
+                // buffers whose lengths it checked against the sizes it passes.
+                unsafe { b.launch(cfg) }.map_err(|e| anyhow!("launching {entry}: {e:?}"))?;
+                Ok(())
+            }
+            Dev::Emu(e) => {
+                let m = e.module(file)?;
+                Self::emu_launch(e, &m, entry, grid, args)
+            }
+        }
     }
 
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream
-            .clone_dtoh(dev)
-            .map_err(|e| anyhow!("copy from device: {e:?}"))
+    /// Launches `entry` of a kernel source given as text, named `name` in messages: the emulated
+    /// device only (for kernels kept outside `kernels/`, such as deliberately broken ones).
+    pub fn launch_source(
+        &self,
+        name: &str,
+        cuda: &str,
+        entry: &str,
+        grid: Grid,
+        args: &[Arg],
+    ) -> Result<()> {
+        let Dev::Emu(e) = &self.dev else {
+            bail!("launching kernels from text needs the emulated device");
+        };
+        let m = e.module_from_source(name, cuda)?;
+        check_grid(entry, &grid, m.max_threads(entry))?;
+        Self::emu_launch(e, &m, entry, grid, args)
     }
 
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.stream
-            .alloc_zeros(n)
-            .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))
+    fn emu_launch(
+        e: &EmuDevice,
+        m: &emu::Module,
+        entry: &str,
+        grid: Grid,
+        args: &[Arg],
+    ) -> Result<()> {
+        let bytes: Vec<ArgBytes> = args.iter().map(|a| a.bytes()).collect();
+        e.launch(
+            m,
+            entry,
+            grid.blocks,
+            grid.threads,
+            grid.shared_bytes as usize,
+            &bytes,
+        )
+    }
+
+    /// A buffer of `n` elements whose contents are not set: on the emulated device, filled with
+    /// the poison byte, so a kernel that reads what nobody wrote shows it.
+    pub fn alloc<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
+        match &self.dev {
+            Dev::Cuda(d) => {
+                // SAFETY: the memory is uninitialised; every user writes before it reads, which
+                // the emulated device's poisoning checks.
+                let s = unsafe { d.stream.alloc::<T>(n) }
+                    .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))?;
+                Ok(Self::wrap_cuda(d, s, n))
+            }
+            Dev::Emu(e) => {
+                let m = e.alloc(n * size_of::<T>(), align_of::<T>())?;
+                // SAFETY: the allocation holds n elements.
+                unsafe {
+                    std::ptr::write_bytes(m.addr() as *mut u8, e.poison(), n * size_of::<T>())
+                };
+                Ok(DevBuf {
+                    len: n,
+                    addr: m.addr(),
+                    mem: Mem::Emu(m, PhantomData),
+                })
+            }
+        }
+    }
+
+    fn wrap_cuda<T: DevElem>(d: &Driver, s: CudaSlice<T>, n: usize) -> DevBuf<T> {
+        let addr = s.device_ptr(&d.stream).0;
+        DevBuf {
+            len: n,
+            addr,
+            mem: Mem::Cuda(s),
+        }
+    }
+
+    pub fn zeros<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
+        match &self.dev {
+            Dev::Cuda(d) => {
+                let s = d
+                    .stream
+                    .alloc_zeros(n)
+                    .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))?;
+                Ok(Self::wrap_cuda(d, s, n))
+            }
+            Dev::Emu(e) => {
+                let m = e.alloc(n * size_of::<T>(), align_of::<T>())?;
+                Ok(DevBuf {
+                    len: n,
+                    addr: m.addr(),
+                    mem: Mem::Emu(m, PhantomData),
+                })
+            }
+        }
+    }
+
+    pub fn upload<T: DevElem>(&self, host: &[T]) -> Result<DevBuf<T>> {
+        match &self.dev {
+            Dev::Cuda(d) => {
+                let s = d
+                    .stream
+                    .clone_htod(host)
+                    .map_err(|e| anyhow!("copy to device: {e:?}"))?;
+                Ok(Self::wrap_cuda(d, s, host.len()))
+            }
+            Dev::Emu(_) => {
+                let mut b = self.zeros::<T>(host.len())?;
+                self.write(&mut b, host)?;
+                Ok(b)
+            }
+        }
+    }
+
+    /// Copies `host` into the start of `buf`.
+    pub fn write<T: DevElem>(&self, buf: &mut DevBuf<T>, host: &[T]) -> Result<()> {
+        if host.len() > buf.len {
+            bail!(
+                "copy to device: {} values into a buffer of {}",
+                host.len(),
+                buf.len
+            );
+        }
+        match (&self.dev, &mut buf.mem) {
+            (Dev::Cuda(d), Mem::Cuda(s)) => {
+                let mut view = s.slice_mut(0..host.len());
+                d.stream
+                    .memcpy_htod(host, &mut view)
+                    .map_err(|e| anyhow!("copy to device: {e:?}"))
+            }
+            (Dev::Emu(_), Mem::Emu(m, _)) => {
+                let bytes: &[u8] = bytemuck::cast_slice(host);
+                // SAFETY: the buffer holds at least host.len() elements (checked above).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.addr() as *mut u8, bytes.len())
+                };
+                Ok(())
+            }
+            _ => bail!("a buffer of one device used on another"),
+        }
+    }
+
+    pub fn download<T: DevElem>(&self, buf: &DevBuf<T>) -> Result<Vec<T>> {
+        match (&self.dev, &buf.mem) {
+            (Dev::Cuda(d), Mem::Cuda(s)) => d
+                .stream
+                .clone_dtoh(s)
+                .map_err(|e| anyhow!("copy from device: {e:?}")),
+            (Dev::Emu(_), Mem::Emu(m, _)) => {
+                let mut out = vec![T::default(); buf.len];
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+                // SAFETY: the buffer holds buf.len elements.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        m.addr() as *const u8,
+                        bytes.as_mut_ptr(),
+                        bytes.len(),
+                    )
+                };
+                Ok(out)
+            }
+            _ => bail!("a buffer of one device used on another"),
+        }
     }
 
     /// A buffer of NaNs, so that an element a kernel fails to write shows up in a comparison.
-    pub fn poisoned(&self, n: usize) -> Result<CudaSlice<f32>> {
+    pub fn poisoned(&self, n: usize) -> Result<DevBuf<f32>> {
         self.upload(&vec![f32::NAN; n])
     }
 
-    /// Waits for the stream; an asynchronous kernel fault surfaces here.
+    /// Waits for the device; an asynchronous kernel fault surfaces here. (The emulated device
+    /// runs each launch to completion, so there is nothing to wait for.)
     pub fn sync(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| anyhow!("CUDA stream failed: {e:?}"))
-            .context("after a kernel launch")
+        match &self.dev {
+            Dev::Cuda(d) => d
+                .stream
+                .synchronize()
+                .map_err(|e| anyhow!("CUDA stream failed: {e:?}"))
+                .context("after a kernel launch"),
+            Dev::Emu(_) => Ok(()),
+        }
     }
 }

@@ -7,18 +7,25 @@ pub mod bert;
 pub mod check;
 pub mod decode;
 pub mod device;
+pub mod emu;
 pub mod gpt2;
 pub mod llama;
 pub mod nvrtc;
 pub mod ops;
 pub mod registry;
 
-/// Which backend runs the models: `auto` picks CUDA when a device and its driver are present.
+/// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
+/// never picks the emulated device, which is for checking kernels, not for speed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
+    /// CUDA when a GPU and its driver are present, else the CPU
     Auto,
+    /// The CPU reference backend
     Cpu,
+    /// A CUDA GPU (kernels compiled by NVRTC)
     Cuda,
+    /// The emulated device: the CUDA kernels compiled as C++ and run on the CPU, with checks
+    Emu,
 }
 
 /// Whether the CUDA driver library can be loaded (it says nothing about a device being present).

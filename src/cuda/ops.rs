@@ -2,38 +2,22 @@
 //! slices of the same shapes as the CPU functions' (given in the kernels' comments); every launch is
 //! checked, and `Gpu::sync` surfaces asynchronous faults.
 
-use super::device::Gpu;
+use super::device::{Arg, DevBuf, Gpu, Grid};
 use anyhow::{Result, anyhow, bail};
-use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
-type Buf = CudaSlice<f32>;
+type Buf = DevBuf<f32>;
 
 fn int(what: &str, x: usize) -> Result<i32> {
     i32::try_from(x).map_err(|_| anyhow!("{what} = {x} does not fit the kernels' 32-bit sizes"))
 }
 
-fn blocks(n: usize, threads: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(threads).max(1) as u32, 1, 1),
-        block_dim: (threads as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+fn blocks(n: usize, threads: u32) -> Grid {
+    Grid::linear(n, threads)
 }
 
 /// One block of `threads` per row.
-fn per_row(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.max(1) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn go(name: &str, mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
-    // SAFETY: each launcher passes the arguments its kernel declares, in order, with buffers whose
-    // lengths the launcher checked against the sizes it passes.
-    unsafe { args.launch(cfg) }.map_err(|e| anyhow!("launching {name}: {e:?}"))?;
-    Ok(())
+fn per_row(rows: usize, threads: u32) -> Grid {
+    Grid::per_row(rows, threads)
 }
 
 fn need(what: &str, buf_len: usize, want: usize) -> Result<()> {
@@ -43,31 +27,35 @@ fn need(what: &str, buf_len: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
-const NULL: u64 = 0;
-
 /// out (N, C) = wte[ids] + wpe[pos] (wpe optional)
 #[allow(clippy::too_many_arguments)]
 pub fn embedding_forward(
     g: &Gpu,
     out: &mut Buf,
-    ids: &CudaSlice<u32>,
-    pos: &CudaSlice<i32>,
+    ids: &DevBuf<u32>,
+    pos: &DevBuf<i32>,
     wte: &Buf,
     wpe: Option<&Buf>,
     n: usize,
     c: usize,
 ) -> Result<()> {
     need("embedding_forward out", out.len(), n * c)?;
-    let f = g.function("elementwise.cu", "embedding_forward")?;
-    let (n_, c_) = (int("N", n)?, int("C", c)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(ids).arg(pos).arg(wte);
-    match wpe {
-        Some(w) => a.arg(w),
-        None => a.arg(&NULL),
-    };
-    a.arg(&n_).arg(&c_);
-    go("embedding_forward", a, blocks(n * c, 256))
+    need("embedding_forward ids", ids.len().min(pos.len()), n)?;
+    let args = [
+        out.into(),
+        ids.into(),
+        pos.into(),
+        wte.into(),
+        wpe.into(),
+        int("N", n)?.into(),
+        int("C", c)?.into(),
+    ];
+    g.launch(
+        "elementwise.cu",
+        "embedding_forward",
+        blocks(n * c, 256),
+        &args,
+    )
 }
 
 /// out (N, C) = wte[ids] + wpe[pos] + wtt[types]
@@ -75,9 +63,9 @@ pub fn embedding_forward(
 pub fn bert_embedding_forward(
     g: &Gpu,
     out: &mut Buf,
-    ids: &CudaSlice<u32>,
-    pos: &CudaSlice<i32>,
-    types: &CudaSlice<u32>,
+    ids: &DevBuf<u32>,
+    pos: &DevBuf<i32>,
+    types: &DevBuf<u32>,
     wte: &Buf,
     wpe: &Buf,
     wtt: &Buf,
@@ -85,19 +73,28 @@ pub fn bert_embedding_forward(
     c: usize,
 ) -> Result<()> {
     need("bert_embedding_forward out", out.len(), n * c)?;
-    let f = g.function("elementwise.cu", "bert_embedding_forward")?;
-    let (n_, c_) = (int("N", n)?, int("C", c)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out)
-        .arg(ids)
-        .arg(pos)
-        .arg(types)
-        .arg(wte)
-        .arg(wpe)
-        .arg(wtt)
-        .arg(&n_)
-        .arg(&c_);
-    go("bert_embedding_forward", a, blocks(n * c, 256))
+    need(
+        "bert_embedding_forward ids",
+        ids.len().min(pos.len()).min(types.len()),
+        n,
+    )?;
+    let args = [
+        out.into(),
+        ids.into(),
+        pos.into(),
+        types.into(),
+        wte.into(),
+        wpe.into(),
+        wtt.into(),
+        int("N", n)?.into(),
+        int("C", c)?.into(),
+    ];
+    g.launch(
+        "elementwise.cu",
+        "bert_embedding_forward",
+        blocks(n * c, 256),
+        &args,
+    )
 }
 
 /// out (N, C) = layernorm(inp) * w + b; mean, rstd (N)
@@ -114,56 +111,99 @@ pub fn layernorm_forward(
     c: usize,
     eps: f32,
 ) -> Result<()> {
-    need("layernorm_forward out", out.len(), n * c)?;
-    let f = g.function("elementwise.cu", "layernorm_forward")?;
-    let (n_, c_) = (int("N", n)?, int("C", c)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out)
-        .arg(mean)
-        .arg(rstd)
-        .arg(inp)
-        .arg(w)
-        .arg(b)
-        .arg(&n_)
-        .arg(&c_)
-        .arg(&eps);
-    go("layernorm_forward", a, per_row(n, 256))
+    need("layernorm_forward out", out.len().min(inp.len()), n * c)?;
+    need("layernorm_forward mean", mean.len().min(rstd.len()), n)?;
+    let args = [
+        out.into(),
+        mean.into(),
+        rstd.into(),
+        inp.into(),
+        w.into(),
+        b.into(),
+        int("N", n)?.into(),
+        int("C", c)?.into(),
+        eps.into(),
+    ];
+    g.launch(
+        "elementwise.cu",
+        "layernorm_forward",
+        per_row(n, 256),
+        &args,
+    )
 }
 
-fn unary(g: &Gpu, entry: &str, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
+/// out (n) = f(inp) for the one-input elementwise kernels of `file`
+fn unary(
+    g: &Gpu,
+    file: &'static str,
+    entry: &str,
+    out: &mut Buf,
+    inp: &Buf,
+    n: usize,
+) -> Result<()> {
     need(entry, out.len().min(inp.len()), n)?;
-    let f = g.function("elementwise.cu", entry)?;
-    let n_ = n as i64;
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(inp).arg(&n_);
-    go(entry, a, blocks(n, 256))
+    let args = [out.into(), inp.into(), (n as i64).into()];
+    g.launch(file, entry, blocks(n, 256), &args)
+}
+
+/// out (n) = f(x, y) for the two-input elementwise kernels of `file`
+fn binary(
+    g: &Gpu,
+    file: &'static str,
+    entry: &str,
+    out: &mut Buf,
+    x: &Buf,
+    y: &Buf,
+    n: usize,
+) -> Result<()> {
+    need(entry, out.len().min(x.len()).min(y.len()), n)?;
+    let args = [out.into(), x.into(), y.into(), (n as i64).into()];
+    g.launch(file, entry, blocks(n, 256), &args)
 }
 
 /// out (n) = gelu_tanh(inp)
 pub fn gelu_tanh_forward(g: &Gpu, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
-    unary(g, "gelu_tanh_forward", out, inp, n)
+    unary(g, "elementwise.cu", "gelu_tanh_forward", out, inp, n)
 }
 
 /// out (n) = gelu_erf(inp)
 pub fn gelu_erf_forward(g: &Gpu, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
-    unary(g, "gelu_erf_forward", out, inp, n)
+    unary(g, "elementwise.cu", "gelu_erf_forward", out, inp, n)
 }
 
 /// out (n) = a + b
 pub fn residual_forward(g: &Gpu, out: &mut Buf, x: &Buf, y: &Buf, n: usize) -> Result<()> {
-    need("residual_forward", out.len().min(x.len()).min(y.len()), n)?;
-    let f = g.function("elementwise.cu", "residual_forward")?;
-    let n_ = n as i64;
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(x).arg(y).arg(&n_);
-    go("residual_forward", a, blocks(n, 256))
+    binary(g, "elementwise.cu", "residual_forward", out, x, y, n)
 }
 
-fn gemm_grid(n: usize, oc: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (oc.div_ceil(128) as u32, n.div_ceil(128) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+/// out (n) = silu(gate) * up
+pub fn swiglu_forward(g: &Gpu, out: &mut Buf, gate: &Buf, up: &Buf, n: usize) -> Result<()> {
+    binary(g, "llama.cu", "swiglu_forward", out, gate, up, n)
+}
+
+/// The rows of one tile of the `_few_rows` product kernels, which take products of fewer rows
+/// than one tile of the others (128).
+const FEW_ROWS: usize = 32;
+
+/// The kernel that computes `entry`'s product for `n` rows: the 32-row tiles below 128 rows.
+pub fn gemm_kernel(entry: &str, n: usize) -> String {
+    if n < 128 {
+        format!("{entry}_few_rows")
+    } else {
+        entry.to_string()
+    }
+}
+
+fn gemm_grid(n: usize, oc: usize) -> Grid {
+    let rows = if n < 128 { FEW_ROWS } else { 128 };
+    Grid {
+        blocks: [
+            oc.div_ceil(128).max(1) as u32,
+            n.div_ceil(rows).max(1) as u32,
+            1,
+        ],
+        threads: [256, 1, 1],
+        shared_bytes: 0,
     }
 }
 
@@ -182,16 +222,19 @@ fn gemm(
     need(entry, out.len(), n * oc)?;
     need(entry, inp.len(), n * c)?;
     need(entry, w.len(), c * oc)?;
-    let f = g.function("matmul.cu", entry)?;
-    let (n_, c_, oc_) = (int("N", n)?, int("C", c)?, int("OC", oc)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(inp).arg(w);
-    match bias {
-        Some(b) => a.arg(b),
-        None => a.arg(&NULL),
-    };
-    a.arg(&n_).arg(&c_).arg(&oc_);
-    go(entry, a, gemm_grid(n, oc))
+    if let Some(b) = bias {
+        need(entry, b.len(), oc)?;
+    }
+    let args = [
+        out.into(),
+        inp.into(),
+        w.into(),
+        bias.into(),
+        int("N", n)?.into(),
+        int("C", c)?.into(),
+        int("OC", oc)?.into(),
+    ];
+    g.launch("matmul.cu", &gemm_kernel(entry, n), gemm_grid(n, oc), &args)
 }
 
 /// out (N, OC) = inp (N, C) @ w (C, OC) + bias
@@ -229,16 +272,20 @@ pub fn logits_forward_rows(
     g: &Gpu,
     out: &mut Buf,
     inp: &Buf,
-    rows: &CudaSlice<i32>,
+    rows: &DevBuf<i32>,
     m: usize,
     c: usize,
 ) -> Result<()> {
     need("gather_rows out", out.len(), m * c)?;
-    let f = g.function("elementwise.cu", "gather_rows")?;
-    let (m_, c_) = (int("M", m)?, int("C", c)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(inp).arg(rows).arg(&m_).arg(&c_);
-    go("gather_rows", a, blocks(m * c, 256))
+    need("gather_rows rows", rows.len(), m)?;
+    let args = [
+        out.into(),
+        inp.into(),
+        rows.into(),
+        int("M", m)?.into(),
+        int("C", c)?.into(),
+    ];
+    g.launch("elementwise.cu", "gather_rows", blocks(m * c, 256), &args)
 }
 
 /// out (M, V) = inp[rows] (M, C) @ wte^T; gathered (M, C) receives inp[rows]
@@ -248,7 +295,7 @@ pub fn logits_forward(
     out: &mut Buf,
     gathered: &mut Buf,
     inp: &Buf,
-    rows: &CudaSlice<i32>,
+    rows: &DevBuf<i32>,
     wte: &Buf,
     m: usize,
     v: usize,
@@ -283,45 +330,59 @@ impl AttnShape {
     }
 }
 
-fn warps(n: usize) -> LaunchConfig {
+/// One warp per (row, head).
+fn warps(n: usize) -> Grid {
     blocks(n * 32, 128)
+}
+
+/// A view of heads inside a buffer: (buffer, offset of the first row, row stride), in floats.
+pub type Heads<'a> = (&'a Buf, usize, usize);
+
+/// The start of a view, checked to leave `rows` rows of `width` in the buffer.
+fn view(what: &str, (buf, offset, stride): Heads<'_>, rows: usize, width: usize) -> Result<Arg> {
+    need(
+        what,
+        buf.len(),
+        offset + rows.saturating_sub(1) * stride + width,
+    )?;
+    buf.at(offset)
 }
 
 /// out (B*T, H*hd) = causal attention with left padding; q, k, v given as (buffer, offset, row stride)
 pub fn attention_forward(
     g: &Gpu,
     out: &mut Buf,
-    q: (&Buf, usize, usize),
-    k: (&Buf, usize, usize),
-    v: (&Buf, usize, usize),
-    start: &CudaSlice<i32>,
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    start: &DevBuf<i32>,
     s: AttnShape,
 ) -> Result<()> {
     s.check("attention_forward")?;
-    need(
-        "attention_forward out",
-        out.len(),
-        s.b * s.t * s.n_head * s.head_dim,
-    )?;
-    let f = g.function("attention.cu", "attention_forward")?;
-    let (qv, kv, vv) = (q.0.slice(q.1..), k.0.slice(k.1..), v.0.slice(v.1..));
-    let dims = [
-        int("B", s.b)?,
-        int("T", s.t)?,
-        int("NH", s.n_head)?,
-        int("NKV", s.n_kv_head)?,
-        int("HS", s.head_dim)?,
+    let (n, qw, kw) = (s.b * s.t, s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
+    need("attention_forward out", out.len(), n * qw)?;
+    need("attention_forward start", start.len(), s.b)?;
+    let args = [
+        out.into(),
+        view("attention_forward q", q, n, qw)?,
+        view("attention_forward k", k, n, kw)?,
+        view("attention_forward v", v, n, kw)?,
+        start.into(),
+        int("B", s.b)?.into(),
+        int("T", s.t)?.into(),
+        int("NH", s.n_head)?.into(),
+        int("NKV", s.n_kv_head)?.into(),
+        int("HS", s.head_dim)?.into(),
+        (q.2 as i64).into(),
+        (k.2 as i64).into(),
+        (v.2 as i64).into(),
     ];
-    let strides = [q.2 as i64, k.2 as i64, v.2 as i64];
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(&qv).arg(&kv).arg(&vv).arg(start);
-    for d in &dims {
-        a.arg(d);
-    }
-    for st in &strides {
-        a.arg(st);
-    }
-    go("attention_forward", a, warps(s.b * s.t * s.n_head))
+    g.launch(
+        "attention.cu",
+        "attention_forward",
+        warps(n * s.n_head),
+        &args,
+    )
 }
 
 /// out (B*Tq, H*hd): queries at positions p0.. attend to the cache (B, Tmax, KVH*hd)
@@ -329,44 +390,51 @@ pub fn attention_forward(
 pub fn attention_cached_forward(
     g: &Gpu,
     out: &mut Buf,
-    q: (&Buf, usize, usize),
+    q: Heads<'_>,
     kcache: &Buf,
     vcache: &Buf,
-    start: &CudaSlice<i32>,
+    start: &DevBuf<i32>,
     p0: usize,
     tq: usize,
     tmax: usize,
     s: AttnShape,
 ) -> Result<()> {
     s.check("attention_cached_forward")?;
+    let (qw, kw) = (s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
+    need("attention_cached_forward out", out.len(), s.b * tq * qw)?;
     need(
-        "attention_cached_forward out",
-        out.len(),
-        s.b * tq * s.n_head * s.head_dim,
+        "attention_cached_forward cache",
+        kcache.len().min(vcache.len()),
+        s.b * tmax * kw,
     )?;
-    let f = g.function("attention.cu", "attention_cached_forward")?;
-    let qv = q.0.slice(q.1..);
-    let q_stride = q.2 as i64;
-    let dims = [
-        int("p0", p0)?,
-        int("Tq", tq)?,
-        int("Tmax", tmax)?,
-        int("B", s.b)?,
-        int("NH", s.n_head)?,
-        int("NKV", s.n_kv_head)?,
-        int("HS", s.head_dim)?,
-    ];
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out)
-        .arg(&qv)
-        .arg(&q_stride)
-        .arg(kcache)
-        .arg(vcache)
-        .arg(start);
-    for d in &dims {
-        a.arg(d);
+    need("attention_cached_forward start", start.len(), s.b)?;
+    if p0 + tq > tmax {
+        bail!(
+            "attention_cached_forward: positions {p0}..{} past the cache's {tmax}",
+            p0 + tq
+        );
     }
-    go("attention_cached_forward", a, warps(s.b * tq * s.n_head))
+    let args = [
+        out.into(),
+        view("attention_cached_forward q", q, s.b * tq, qw)?,
+        (q.2 as i64).into(),
+        kcache.into(),
+        vcache.into(),
+        start.into(),
+        int("p0", p0)?.into(),
+        int("Tq", tq)?.into(),
+        int("Tmax", tmax)?.into(),
+        int("B", s.b)?.into(),
+        int("NH", s.n_head)?.into(),
+        int("NKV", s.n_kv_head)?.into(),
+        int("HS", s.head_dim)?.into(),
+    ];
+    g.launch(
+        "attention.cu",
+        "attention_cached_forward",
+        warps(s.b * tq * s.n_head),
+        &args,
+    )
 }
 
 /// out (N, C) = bidirectional attention within packed sequences [starts[s], starts[s+1])
@@ -375,8 +443,8 @@ pub fn encoder_attention_forward(
     g: &Gpu,
     out: &mut Buf,
     qkv: &Buf,
-    key_mask: &CudaSlice<i32>,
-    starts: &CudaSlice<i32>,
+    key_mask: &DevBuf<i32>,
+    starts: &DevBuf<i32>,
     n_seq: usize,
     n: usize,
     c: usize,
@@ -386,17 +454,24 @@ pub fn encoder_attention_forward(
         bail!("encoder_attention_forward: C {c} and NH {nh} must give a head width of at most 128");
     }
     need("encoder_attention_forward out", out.len(), n * c)?;
-    let f = g.function("attention.cu", "encoder_attention_forward")?;
-    let (s_, c_, nh_) = (int("n_seq", n_seq)?, int("C", c)?, int("NH", nh)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out)
-        .arg(qkv)
-        .arg(key_mask)
-        .arg(starts)
-        .arg(&s_)
-        .arg(&c_)
-        .arg(&nh_);
-    go("encoder_attention_forward", a, warps(n * nh))
+    need("encoder_attention_forward qkv", qkv.len(), n * 3 * c)?;
+    need("encoder_attention_forward key_mask", key_mask.len(), n)?;
+    need("encoder_attention_forward starts", starts.len(), n_seq + 1)?;
+    let args = [
+        out.into(),
+        qkv.into(),
+        key_mask.into(),
+        starts.into(),
+        int("n_seq", n_seq)?.into(),
+        int("C", c)?.into(),
+        int("NH", nh)?.into(),
+    ];
+    g.launch(
+        "attention.cu",
+        "encoder_attention_forward",
+        warps(n * nh),
+        &args,
+    )
 }
 
 /// cache_k, cache_v (B, Tmax, W) at positions p0..p0+Tq <- k, v (B*Tq rows, W) with row strides
@@ -405,8 +480,8 @@ pub fn kv_append(
     g: &Gpu,
     cache_k: &mut Buf,
     cache_v: &mut Buf,
-    k: (&Buf, usize, usize),
-    v: (&Buf, usize, usize),
+    k: Heads<'_>,
+    v: Heads<'_>,
     p0: usize,
     b: usize,
     tq: usize,
@@ -424,23 +499,20 @@ pub fn kv_append(
             p0 + tq
         );
     }
-    let f = g.function("attention.cu", "kv_append")?;
-    let (kv, vv) = (k.0.slice(k.1..), v.0.slice(v.1..));
-    let dims = [
-        int("p0", p0)?,
-        int("B", b)?,
-        int("Tq", tq)?,
-        int("Tmax", tmax)?,
-        int("W", w)?,
+    let args = [
+        cache_k.into(),
+        cache_v.into(),
+        view("kv_append k", k, b * tq, w)?,
+        view("kv_append v", v, b * tq, w)?,
+        int("p0", p0)?.into(),
+        int("B", b)?.into(),
+        int("Tq", tq)?.into(),
+        int("Tmax", tmax)?.into(),
+        int("W", w)?.into(),
+        (k.2 as i64).into(),
+        (v.2 as i64).into(),
     ];
-    let (ks, vs) = (k.2 as i64, v.2 as i64);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(cache_k).arg(cache_v).arg(&kv).arg(&vv);
-    for d in &dims {
-        a.arg(d);
-    }
-    a.arg(&ks).arg(&vs);
-    go("kv_append", a, blocks(b * tq * w, 256))
+    g.launch("attention.cu", "kv_append", blocks(b * tq * w, 256), &args)
 }
 
 /// lp (P) = log_softmax(logits * inv_temp)[targets]; logits (P, V)
@@ -448,32 +520,44 @@ pub fn log_softmax_gather_forward(
     g: &Gpu,
     lp: &mut Buf,
     logits: &Buf,
-    targets: &CudaSlice<u32>,
+    targets: &DevBuf<u32>,
     p: usize,
     v: usize,
     inv_temp: f32,
 ) -> Result<()> {
     need("log_softmax_gather_forward logits", logits.len(), p * v)?;
-    let f = g.function("logprob.cu", "log_softmax_gather_forward")?;
-    let (p_, v_) = (int("P", p)?, int("V", v)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(lp)
-        .arg(logits)
-        .arg(targets)
-        .arg(&p_)
-        .arg(&v_)
-        .arg(&inv_temp);
-    go("log_softmax_gather_forward", a, per_row(p, 256))
+    need(
+        "log_softmax_gather_forward lp",
+        lp.len().min(targets.len()),
+        p,
+    )?;
+    let args = [
+        lp.into(),
+        logits.into(),
+        targets.into(),
+        int("P", p)?.into(),
+        int("V", v)?.into(),
+        inv_temp.into(),
+    ];
+    g.launch(
+        "logprob.cu",
+        "log_softmax_gather_forward",
+        per_row(p, 256),
+        &args,
+    )
 }
 
 /// ent (P) = entropy of softmax(logits) per row
 pub fn entropy_forward(g: &Gpu, ent: &mut Buf, logits: &Buf, p: usize, v: usize) -> Result<()> {
     need("entropy_forward logits", logits.len(), p * v)?;
-    let f = g.function("logprob.cu", "entropy_forward")?;
-    let (p_, v_) = (int("P", p)?, int("V", v)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(ent).arg(logits).arg(&p_).arg(&v_);
-    go("entropy_forward", a, per_row(p, 256))
+    need("entropy_forward ent", ent.len(), p)?;
+    let args = [
+        ent.into(),
+        logits.into(),
+        int("P", p)?.into(),
+        int("V", v)?.into(),
+    ];
+    g.launch("logprob.cu", "entropy_forward", per_row(p, 256), &args)
 }
 
 /// Sampling settings of one launch, as `sample::SamplingParams` (top_k 0 = off, top_p 1 = off).
@@ -490,7 +574,7 @@ pub struct SampleArgs {
 #[allow(clippy::too_many_arguments)]
 pub fn sample_forward(
     g: &Gpu,
-    tokens: &mut CudaSlice<u32>,
+    tokens: &mut DevBuf<u32>,
     logprobs: &mut Buf,
     logits: &Buf,
     u: Option<&Buf>,
@@ -499,22 +583,24 @@ pub fn sample_forward(
     s: SampleArgs,
 ) -> Result<()> {
     need("sample_forward logits", logits.len(), b * v)?;
-    let f = g.function("sampling.cu", "sample_forward")?;
-    let (b_, v_, k_) = (int("B", b)?, int("V", v)?, int("top_k", s.top_k)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(tokens).arg(logprobs).arg(logits);
-    match u {
-        Some(u) => a.arg(u),
-        None => a.arg(&NULL),
-    };
-    a.arg(&b_)
-        .arg(&v_)
-        .arg(&s.temperature)
-        .arg(&k_)
-        .arg(&s.top_p)
-        .arg(&s.seed)
-        .arg(&s.step);
-    go("sample_forward", a, per_row(b, 1024))
+    need("sample_forward tokens", tokens.len().min(logprobs.len()), b)?;
+    if let Some(u) = u {
+        need("sample_forward u", u.len(), b)?;
+    }
+    let args = [
+        tokens.into(),
+        logprobs.into(),
+        logits.into(),
+        u.into(),
+        int("B", b)?.into(),
+        int("V", v)?.into(),
+        s.temperature.into(),
+        int("top_k", s.top_k)?.into(),
+        s.top_p.into(),
+        s.seed.into(),
+        s.step.into(),
+    ];
+    g.launch("sampling.cu", "sample_forward", per_row(b, 1024), &args)
 }
 
 /// out (N, C) = inp / rms(inp) * w; rrms (N)
@@ -529,18 +615,18 @@ pub fn rmsnorm_forward(
     c: usize,
     eps: f32,
 ) -> Result<()> {
-    need("rmsnorm_forward out", out.len(), n * c)?;
-    let f = g.function("llama.cu", "rmsnorm_forward")?;
-    let (n_, c_) = (int("N", n)?, int("C", c)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out)
-        .arg(rrms)
-        .arg(inp)
-        .arg(w)
-        .arg(&n_)
-        .arg(&c_)
-        .arg(&eps);
-    go("rmsnorm_forward", a, per_row(n, 256))
+    need("rmsnorm_forward out", out.len().min(inp.len()), n * c)?;
+    need("rmsnorm_forward rrms", rrms.len(), n)?;
+    let args = [
+        out.into(),
+        rrms.into(),
+        inp.into(),
+        w.into(),
+        int("N", n)?.into(),
+        int("C", c)?.into(),
+        eps.into(),
+    ];
+    g.launch("llama.cu", "rmsnorm_forward", per_row(n, 256), &args)
 }
 
 /// x (N, H, HS) rotated in place by pos (N) with the tables cos, sin (max_pos, HS/2) of
@@ -551,42 +637,30 @@ pub fn rope_forward(
     x: &mut Buf,
     offset: usize,
     stride: usize,
-    pos: &CudaSlice<i32>,
+    pos: &DevBuf<i32>,
     cos: &Buf,
     sin: &Buf,
     n: usize,
     h: usize,
     hs: usize,
 ) -> Result<()> {
-    need(
-        "rope_forward x",
-        x.len(),
-        offset + n.saturating_sub(1) * stride + h * hs,
-    )?;
-    let f = g.function("llama.cu", "rope_forward")?;
-    let mut xv = x.slice_mut(offset..);
-    let (n_, h_, hs_) = (int("N", n)?, int("H", h)?, int("HS", hs)?);
-    let st = stride as i64;
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(&mut xv)
-        .arg(pos)
-        .arg(cos)
-        .arg(sin)
-        .arg(&n_)
-        .arg(&h_)
-        .arg(&hs_)
-        .arg(&st);
-    go("rope_forward", a, blocks(n * h * hs / 2, 256))
-}
-
-/// out (n) = silu(gate) * up
-pub fn swiglu_forward(g: &Gpu, out: &mut Buf, gate: &Buf, up: &Buf, n: usize) -> Result<()> {
-    need("swiglu_forward", out.len().min(gate.len()).min(up.len()), n)?;
-    let f = g.function("llama.cu", "swiglu_forward")?;
-    let n_ = n as i64;
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(out).arg(gate).arg(up).arg(&n_);
-    go("swiglu_forward", a, blocks(n, 256))
+    need("rope_forward pos", pos.len(), n)?;
+    let args = [
+        view("rope_forward x", (&*x, offset, stride), n, h * hs)?,
+        pos.into(),
+        cos.into(),
+        sin.into(),
+        int("N", n)?.into(),
+        int("H", h)?.into(),
+        int("HS", hs)?.into(),
+        (stride as i64).into(),
+    ];
+    g.launch(
+        "llama.cu",
+        "rope_forward",
+        blocks(n * h * hs / 2, 256),
+        &args,
+    )
 }
 
 /// Shaping codes of `pool_cosine_shape_forward`, in the kernel's order.
@@ -603,10 +677,10 @@ pub fn pool_cosine_shape_forward(
     reward: &mut Buf,
     emb: &mut Buf,
     hidden: &Buf,
-    mask: &CudaSlice<i32>,
-    starts: &CudaSlice<i32>,
+    mask: &DevBuf<i32>,
+    starts: &DevBuf<i32>,
     parent: &Buf,
-    exact: Option<&CudaSlice<i32>>,
+    exact: Option<&DevBuf<i32>>,
     b: usize,
     d: usize,
     shaping: i32,
@@ -614,19 +688,25 @@ pub fn pool_cosine_shape_forward(
 ) -> Result<()> {
     need("pool_cosine_shape_forward starts", starts.len(), b + 1)?;
     need("pool_cosine_shape_forward parent", parent.len(), b * d)?;
-    let f = g.function("reward.cu", "pool_cosine_shape_forward")?;
-    let (b_, d_) = (int("B", b)?, int("D", d)?);
-    let mut a = g.stream.launch_builder(&f);
-    a.arg(reward)
-        .arg(emb)
-        .arg(hidden)
-        .arg(mask)
-        .arg(starts)
-        .arg(parent);
-    match exact {
-        Some(e) => a.arg(e),
-        None => a.arg(&NULL),
-    };
-    a.arg(&b_).arg(&d_).arg(&shaping).arg(&power);
-    go("pool_cosine_shape_forward", a, per_row(b, 128))
+    need("pool_cosine_shape_forward emb", emb.len(), b * d)?;
+    need("pool_cosine_shape_forward reward", reward.len(), b)?;
+    let args = [
+        reward.into(),
+        emb.into(),
+        hidden.into(),
+        mask.into(),
+        starts.into(),
+        parent.into(),
+        exact.into(),
+        int("B", b)?.into(),
+        int("D", d)?.into(),
+        shaping.into(),
+        power.into(),
+    ];
+    g.launch(
+        "reward.cu",
+        "pool_cosine_shape_forward",
+        per_row(b, 128),
+        &args,
+    )
 }

@@ -45,14 +45,14 @@ fn inline(name: &str, seen: &mut HashSet<String>) -> Result<String> {
     if !seen.insert(name.to_string()) {
         return Ok(String::new());
     }
-    // `#line` directives keep NVRTC's messages pointing at the right file and line.
-    let mut out = format!("#line 1 \"{name}\"\n");
+    // `#line` directives keep compiler messages pointing at the right file and line.
+    let mut out = format!("#line 1 \"kernels/{name}\"\n");
     for (i, line) in raw_source(name)?.lines().enumerate() {
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("#include \"") {
             let header = rest.trim_end_matches('"');
             out.push_str(&inline(header, seen).with_context(|| format!("included from {name}"))?);
-            out.push_str(&format!("#line {} \"{name}\"\n", i + 2));
+            out.push_str(&format!("#line {} \"kernels/{name}\"\n", i + 2));
         } else {
             // A blank line in place of `#pragma once` keeps the line numbers.
             out.push_str(if t == "#pragma once" { "" } else { line });
@@ -63,7 +63,7 @@ fn inline(name: &str, seen: &mut HashSet<String>) -> Result<String> {
 }
 
 /// FNV-1a, 64 bits: a cache key that is the same for every build and Rust version.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in *p {

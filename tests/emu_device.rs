@@ -1,0 +1,241 @@
+//! The emulated device's own checks, on deliberately broken kernels kept in tests/emu_kernels/
+//! (never in kernels/): a missing barrier caught by running a block's threads in another order, a
+//! barrier half the block never reaches named by kernel and block, a write past the end of a
+//! buffer caught by its guard page, a shuffle reading outside its mask; then the errors a GPU
+//! gives for launches no device accepts, and a compile error naming the file and line.
+
+use pgsrm::cuda::device::{Arg, Gpu, Grid};
+use pgsrm::cuda::emu::POISON;
+
+fn emu() -> Gpu {
+    Gpu::emulated().expect("the emulated device needs a C++ compiler (c++ or $CXX)")
+}
+
+const MISSING_BARRIER: &str = include_str!("emu_kernels/missing_barrier.cu");
+const DIVERGENT: &str = include_str!("emu_kernels/divergent_barrier.cu");
+const OUT_OF_BOUNDS: &str = include_str!("emu_kernels/out_of_bounds.cu");
+const WARP_MASK: &str = include_str!("emu_kernels/warp_mask.cu");
+
+/// Runs a reversal kernel of missing_barrier.cu over 4 blocks of 256 under a schedule.
+fn reverse(g: &Gpu, entry: &str, shuffle_seed: u64, poison: u8) -> Vec<f32> {
+    let n = 1024;
+    let input: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let din = g.upload(&input).unwrap();
+    let mut out = g.alloc::<f32>(n).unwrap();
+    g.emu().unwrap().set_schedule(shuffle_seed, poison);
+    let r = g.launch_source(
+        "tests/emu_kernels/missing_barrier.cu",
+        MISSING_BARRIER,
+        entry,
+        Grid::linear(n, 256),
+        &[(&mut out).into(), (&din).into()],
+    );
+    g.emu().unwrap().set_schedule(0, POISON);
+    r.unwrap();
+    g.download(&out).unwrap()
+}
+
+#[test]
+fn a_missing_barrier_changes_the_bits_under_another_schedule() {
+    let g = emu();
+    let want: Vec<f32> = (0..1024)
+        .map(|i| ((i / 256) * 256 + 255 - i % 256) as f32)
+        .collect();
+    // The barrier in place: right, and the same bits whatever the order of the threads.
+    let a = reverse(&g, "reverse_with_barrier", 0, POISON);
+    let b = reverse(&g, "reverse_with_barrier", 12345, 0x7f);
+    assert_eq!(a, want);
+    assert_eq!(
+        a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    // Without it: a thread that runs before its partner reads poisoned shared memory, and which
+    // threads those are depends on the schedule.
+    let a = reverse(&g, "reverse_without_barrier", 0, POISON);
+    let b = reverse(&g, "reverse_without_barrier", 12345, 0x7f);
+    assert_ne!(a, want);
+    assert!(
+        a.iter().any(|x| x.is_nan()),
+        "in order, the first half reads poison"
+    );
+    assert_ne!(
+        a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        "a second schedule must expose the race"
+    );
+}
+
+#[test]
+fn a_barrier_not_every_thread_reaches_is_reported_by_kernel_and_block() {
+    let g = emu();
+    let mut out = g.zeros::<f32>(64).unwrap();
+    let e = g
+        .launch_source(
+            "tests/emu_kernels/divergent_barrier.cu",
+            DIVERGENT,
+            "half_leave_before_barrier",
+            Grid::linear(64, 64),
+            &[(&mut out).into(), Arg::I32(64)],
+        )
+        .unwrap_err();
+    let e = format!("{e:#}");
+    for part in [
+        "half_leave_before_barrier",
+        "block (0,0,0)",
+        "divergent __syncthreads",
+        "divergent_barrier.cu:6",
+        "threads 0-31 wait there",
+        "threads 32-63 have exited",
+    ] {
+        assert!(e.contains(part), "{part:?} missing from: {e}");
+    }
+}
+
+#[test]
+fn a_write_past_the_end_faults_on_the_guard_page_and_names_the_kernel() {
+    let g = emu();
+    let n = 100;
+    let mut out = g.zeros::<f32>(n).unwrap();
+    let e = g
+        .launch_source(
+            "tests/emu_kernels/out_of_bounds.cu",
+            OUT_OF_BOUNDS,
+            "fill_without_bounds_check",
+            Grid::linear(n, 64),
+            &[(&mut out).into(), Arg::I32(n as i32)],
+        )
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.starts_with("emulated device: kernel fill_without_bounds_check"),
+        "{e}"
+    );
+    for part in [
+        "block (1,0,0)",
+        "thread (36,0,0)",
+        "invalid write",
+        "0 bytes past the end of a buffer of 400 bytes",
+    ] {
+        assert!(e.contains(part), "{part:?} missing from: {e}");
+    }
+    // The device goes on working after the fault, unlike a GPU's context.
+    let fine = g.zeros::<f32>(128).unwrap();
+    let mut fine = fine;
+    g.launch_source(
+        "tests/emu_kernels/out_of_bounds.cu",
+        OUT_OF_BOUNDS,
+        "fill_without_bounds_check",
+        Grid::linear(128, 64),
+        &[(&mut fine).into(), Arg::I32(7)],
+    )
+    .unwrap();
+    assert!(g.download(&fine).unwrap().iter().all(|&x| x == 7.0));
+}
+
+#[test]
+fn a_shuffle_outside_its_mask_is_reported() {
+    let g = emu();
+    let mut out = g.zeros::<f32>(32).unwrap();
+    let e = g
+        .launch_source(
+            "tests/emu_kernels/warp_mask.cu",
+            WARP_MASK,
+            "shuffle_outside_mask",
+            Grid::linear(32, 32),
+            &[(&mut out).into()],
+        )
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("shuffle_outside_mask"), "{e}");
+    assert!(e.contains("mask 0xffff"), "{e}");
+    assert!(e.contains("warp_mask.cu:5"), "{e}");
+}
+
+#[test]
+fn launches_no_device_accepts_fail_first_with_the_gpus_error() {
+    let g = emu();
+    let (mut out, x) = (g.zeros::<f32>(4096).unwrap(), g.zeros::<f32>(4096).unwrap());
+    let args = [(&mut out).into(), (&x).into(), (&x).into(), Arg::I64(4096)];
+    let big_block = Grid {
+        blocks: [2, 1, 1],
+        threads: [2048, 1, 1],
+        shared_bytes: 0,
+    };
+    let e = format!(
+        "{:#}",
+        g.launch("elementwise.cu", "residual_forward", big_block, &args)
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("CUDA_ERROR_INVALID_VALUE") && e.contains("2048 threads"),
+        "{e}"
+    );
+    let big_smem = Grid {
+        shared_bytes: 64 * 1024,
+        ..Grid::linear(4096, 256)
+    };
+    let e = format!(
+        "{:#}",
+        g.launch("elementwise.cu", "residual_forward", big_smem, &args)
+            .unwrap_err()
+    );
+    assert!(e.contains("65536 bytes of dynamic shared memory"), "{e}");
+    // matmul_forward is built with __launch_bounds__(256).
+    let e = format!(
+        "{:#}",
+        g.launch(
+            "matmul.cu",
+            "matmul_forward",
+            Grid::linear(512, 512),
+            &[Arg::NULL; 7]
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("too many resources requested for launch"), "{e}");
+    // Arguments that do not match the kernel's parameters are refused, not run.
+    let e = format!(
+        "{:#}",
+        g.launch(
+            "elementwise.cu",
+            "residual_forward",
+            Grid::linear(4096, 256),
+            &args[..3]
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("takes 4 parameters"), "{e}");
+    // None of these ran: the output is as it was.
+    assert!(g.download(&out).unwrap().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn a_kernel_that_does_not_compile_names_its_file_and_line() {
+    let g = emu();
+    let src = "extern \"C\" __global__ void k(float* o) {\n  undeclared_thing = 1;\n}\n";
+    let e = format!(
+        "{:#}",
+        g.launch_source(
+            "kernels/broken.cu",
+            src,
+            "k",
+            Grid::linear(1, 32),
+            &[Arg::NULL]
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("kernels/broken.cu:2"), "{e}");
+    assert!(e.contains("undeclared_thing"), "{e}");
+}
+
+#[test]
+fn without_a_compiler_the_error_names_cxx() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .args(["check", "--device", "emu"])
+        .env("CXX", "/nonexistent/c++")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("CXX is set to \"/nonexistent/c++\""), "{e}");
+    assert!(e.contains("C++ compiler"), "{e}");
+}
