@@ -2,6 +2,7 @@
 //! Semantic Reward Model. See README.md for the commands and DESIGN.md for the architecture.
 
 pub mod assets;
+pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod model;

@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use pgsrm::assets;
+use pgsrm::cuda::DeviceChoice;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::api_embedder::ApiEmbedder;
 use pgsrm::reward::embedder::{self, EmbedderOptions, MINILM_ASSET};
@@ -23,6 +24,10 @@ pub struct EmbedderArgs {
     vectors: Option<PathBuf>,
     #[command(flatten)]
     api: Box<ApiArgs>,
+    /// Where the sentence encoders run: auto (a CUDA GPU when present, else the CPU), cpu, cuda,
+    /// or emu (the emulated device, which runs the CUDA kernels on the CPU to check them)
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 /// Flags of `--embedder api`.
@@ -55,6 +60,7 @@ impl EmbedderArgs {
 fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn Embedder>> {
     match args.embedder.as_str() {
         "api" | "openai" => {
+            embedder::check_device("api", Some(args.device))?;
             if !(args.api.api_timeout.is_finite() && args.api.api_timeout > 0.0) {
                 bail!("--api-timeout must be a positive number of seconds");
             }
@@ -80,6 +86,7 @@ fn local_embedder(args: &EmbedderArgs, name: &str) -> Result<Box<dyn Embedder>> 
     let mut opts = EmbedderOptions {
         model_dir: args.model_dir.clone(),
         vectors: args.vectors.clone(),
+        device: Some(args.device),
         ..EmbedderOptions::default()
     };
     if opts.model_dir.is_none() && matches!(name, "minilm" | "all-minilm-l6-v2" | "static") {

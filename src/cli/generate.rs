@@ -1,8 +1,9 @@
 //! `pgsrm generate`: sample continuations of a prompt.
 
 use anyhow::{Result, bail};
+use pgsrm::backend::Runner;
+use pgsrm::cuda::DeviceChoice;
 use pgsrm::model::spec::load_model;
-use pgsrm::rng::Rng;
 use pgsrm::sample::SamplingParams;
 use serde_json::json;
 
@@ -33,9 +34,14 @@ pub struct Args {
     /// Samples of the prompt, decoded together
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
-    /// Seed of the sampler: the same seed gives the same tokens
+    /// Seed of the sampler: the same seed gives the same tokens on the same backend (the CPU and
+    /// a device draw from different generators, so only greedy decoding agrees across them)
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Backend: auto (a CUDA GPU when present, else the CPU), cpu, cuda, or emu (the emulated
+    /// device, which runs the CUDA kernels on the CPU to check them)
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
     /// Print JSON (tokens, ids and log-probabilities) instead of the texts
     #[arg(long)]
     json: bool,
@@ -72,10 +78,8 @@ pub fn run(args: Args) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
     };
     let prompts = vec![prompt; args.num_samples];
-    let mut rng = Rng::new(args.seed);
-    let gens = loaded
-        .model
-        .generate(&prompts, &params, loaded.eos, &mut rng)?;
+    let runner = Runner::new(&loaded.model, args.device)?;
+    let gens = runner.generate(&prompts, &params, loaded.eos, args.seed)?;
     let mut samples = Vec::new();
     for g in &gens {
         // The end token is kept in `tokens` (with its log-probability) but not in the text.
@@ -100,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"model": loaded.source, "prompt": text, "seed": args.seed, "samples": samples})
+                &json!({"model": loaded.source, "device": runner.device_name(), "prompt": text, "seed": args.seed, "samples": samples})
             )?
         );
     }

@@ -1,7 +1,8 @@
 //! `pgsrm score`: the log-probability of every token of a text under a model, as JSON.
 
 use anyhow::{Result, bail};
-use pgsrm::cpu::gpt2::Batch;
+use pgsrm::backend::Runner;
+use pgsrm::cuda::DeviceChoice;
 use pgsrm::model::spec::load_model;
 use serde_json::json;
 
@@ -20,6 +21,10 @@ pub struct Args {
     /// Do not put the model's start token in front (the first token then has no log-probability)
     #[arg(long)]
     no_bos: bool,
+    /// Backend: auto (a CUDA GPU when present, else the CPU), cpu, cuda, or emu (the emulated
+    /// device, which runs the CUDA kernels on the CPU to check them)
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -38,9 +43,6 @@ pub fn run(args: Args) -> Result<()> {
     let mut seq: Vec<u32> = bos.into_iter().collect();
     seq.extend(&ids);
     let offset = seq.len() - ids.len();
-    let batch = Batch::left_padded(std::slice::from_ref(&seq), loaded.eos)?;
-    // Position p predicts token p + 1; the scored tokens are those after the first of `seq`.
-    let positions: Vec<(usize, usize)> = (0..seq.len() - 1).map(|p| (0, p)).collect();
     let context = match &loaded.model {
         pgsrm::model::spec::Model::Gpt2(m) => m.config.n_positions,
         pgsrm::model::spec::Model::Llama(m) => m.config.max_position_embeddings,
@@ -52,21 +54,20 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let v = loaded.model.vocab_size();
-    let logits = if positions.is_empty() {
-        Vec::new()
-    } else {
-        loaded.model.logits(&batch, &positions)?.data
-    };
+    let runner = Runner::new(&loaded.model, args.device)?;
+    // Row p of the logits predicts token p + 1; the scored tokens are those after the first.
+    let logits = runner.next_token_logits(&seq)?;
     let mut logp = vec![0.0f32; logits.len()];
     pgsrm::cpu::ops::log_softmax_forward(&mut logp, &logits, v);
     let mut logprobs: Vec<Option<f32>> = vec![None; ids.len()];
-    for (i, &(_, p)) in positions.iter().enumerate() {
+    for p in 0..seq.len() - 1 {
         let target = seq[p + 1] as usize;
-        logprobs[p + 1 - offset] = Some(logp[i * v + target]);
+        logprobs[p + 1 - offset] = Some(logp[p * v + target]);
     }
     let sum: f32 = logprobs.iter().flatten().sum();
     let out = json!({
         "model": loaded.source,
+        "device": runner.device_name(),
         "text": text,
         "tokens": loaded.tokenizer.token_strings(&ids)?,
         "ids": ids,

@@ -1,10 +1,13 @@
 //! The sentence encoder as an embedder: any BERT folder in the `sentence-transformers` layout,
 //! all-MiniLM-L6-v2 by default. Texts are tokenised in one call, packed without padding into
-//! batches of bounded size, run through the CPU encoder, pooled and normalised as the folder says.
+//! batches of bounded size, run through the encoder (the CPU's, or a device's), pooled and
+//! normalised as the folder says.
 //! An empty text is encoded as [CLS] [SEP], as `sentence-transformers` does, so it has a vector
 //! like any other text (not the zero vector).
 
 use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
+use crate::cuda::bert::DeviceEncoder;
+use crate::cuda::device::Gpu;
 use crate::model::bert::SentenceModel;
 use crate::reward::Embedder;
 use anyhow::{Result, anyhow};
@@ -26,6 +29,8 @@ pub struct SentenceEncoder {
     model: SentenceModel,
     name: String,
     dedup: bool,
+    /// The encoder on a device, when one was given; else the CPU reference runs.
+    device: Option<DeviceEncoder>,
 }
 
 /// The default sentence encoder, all-MiniLM-L6-v2, is a `SentenceEncoder` on its folder.
@@ -38,7 +43,20 @@ impl SentenceEncoder {
             model: SentenceModel::load(dir)?,
             name: name.to_string(),
             dedup: true,
+            device: None,
         })
+    }
+
+    /// Runs the encoder on `gpu` (a CUDA device or the emulated one) from now on: the weights
+    /// are copied there once.
+    pub fn on_device(mut self, gpu: Gpu) -> Result<Self> {
+        self.device = Some(DeviceEncoder::new(gpu, &self.model)?);
+        Ok(self)
+    }
+
+    /// The device the encoder runs on, if not the CPU.
+    pub fn device_name(&self) -> Option<&str> {
+        self.device.as_ref().map(|d| d.device_name())
     }
 
     /// all-MiniLM-L6-v2, found or fetched by the asset code.
@@ -91,16 +109,22 @@ impl SentenceEncoder {
                 input.push(&encoded[i].ids, &encoded[i].type_ids);
                 i += 1;
             }
-            let hidden = bert_forward(&self.model.config, &self.model.weights, &input)?;
-            let mut pooled = vec![0.0f32; input.batch() * c];
-            sentence_pool_forward(
-                &mut pooled,
-                &hidden,
-                &input,
-                c,
-                self.model.sentence.pooling,
-                self.model.sentence.normalize,
-            );
+            let pooled = match &self.device {
+                Some(d) => d.pooled(&input)?,
+                None => {
+                    let hidden = bert_forward(&self.model.config, &self.model.weights, &input)?;
+                    let mut pooled = vec![0.0f32; input.batch() * c];
+                    sentence_pool_forward(
+                        &mut pooled,
+                        &hidden,
+                        &input,
+                        c,
+                        self.model.sentence.pooling,
+                        self.model.sentence.normalize,
+                    );
+                    pooled
+                }
+            };
             vectors.extend(pooled.chunks_exact(c).map(|v| v.to_vec()));
         }
         Ok(vectors)

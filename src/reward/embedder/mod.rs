@@ -9,6 +9,8 @@ pub use minilm::{Encoded, MiniLm, SentenceEncoder};
 pub use static_mean::StaticMean;
 pub use word_vectors::WordVectors;
 
+use crate::cuda::DeviceChoice;
+use crate::cuda::device::Gpu;
 use crate::reward::Embedder;
 use crate::reward::api_embedder::ApiEmbedder;
 use crate::reward::http::ApiConfig;
@@ -36,6 +38,9 @@ pub struct EmbedderOptions {
     pub api_dim: Option<usize>,
     /// The `api` embedder's on-disk cache file (JSON Lines), kept across runs.
     pub api_cache: Option<PathBuf>,
+    /// Where the sentence encoders (`minilm`, `sentence`) run; unset, the CPU. The other
+    /// embedders run on the CPU and refuse `cuda` and `emu`.
+    pub device: Option<DeviceChoice>,
 }
 
 /// The paper's sentence embedder.
@@ -52,21 +57,43 @@ fn minilm_dir(opts: &EmbedderOptions) -> Result<PathBuf> {
     }
 }
 
+/// Refuses a device for the embedders that run on the CPU only (all but the sentence encoders).
+pub fn check_device(name: &str, device: Option<DeviceChoice>) -> Result<()> {
+    let sentence = matches!(name, "minilm" | "all-minilm-l6-v2" | "sentence");
+    if let Some(d @ (DeviceChoice::Cuda | DeviceChoice::Emu)) = device
+        && !sentence
+    {
+        bail!(
+            "--device {}: only the sentence encoders (minilm, sentence) run on a device; \
+             embedder '{name}' runs on the CPU",
+            format!("{d:?}").to_lowercase()
+        );
+    }
+    Ok(())
+}
+
 /// Builds the embedder called `name` (one of `EMBEDDER_NAMES`; `numberbatch` is another name for
 /// `word-vectors`).
 pub fn by_name(name: &str, opts: &EmbedderOptions) -> Result<Box<dyn Embedder>> {
+    check_device(name, opts.device)?;
+    // The sentence encoder on the device `--device` names, if any.
+    let placed = |e: SentenceEncoder| -> Result<Box<dyn Embedder>> {
+        match opts.device.map(|d| Gpu::open(d, 0)).transpose()?.flatten() {
+            Some(gpu) => Ok(Box::new(e.on_device(gpu)?)),
+            None => Ok(Box::new(e)),
+        }
+    };
     match name {
-        "minilm" | "all-minilm-l6-v2" => Ok(Box::new(SentenceEncoder::load(
-            &minilm_dir(opts)?,
-            "minilm",
-        )?)),
+        "minilm" | "all-minilm-l6-v2" => {
+            placed(SentenceEncoder::load(&minilm_dir(opts)?, "minilm")?)
+        }
         "sentence" => match &opts.model_dir {
             Some(d) => {
                 let label = format!(
                     "sentence:{}",
                     d.file_name().unwrap_or_default().to_string_lossy()
                 );
-                Ok(Box::new(SentenceEncoder::load(d, &label)?))
+                placed(SentenceEncoder::load(d, &label)?)
             }
             None => {
                 bail!("embedder 'sentence' needs the path of a sentence-transformers BERT folder")
