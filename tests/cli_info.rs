@@ -33,6 +33,8 @@ fn info_reports_version_threads_cuda_and_cache() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["threads"].as_u64().unwrap() >= 1);
     assert!(v["cuda"]["driver"].is_boolean());
+    // The emulated device's compiler (the tests build with one, so there is one).
+    assert!(v["emulated_device"]["compiler"].is_string(), "{v}");
     assert_eq!(v["cache"], tmp.join("pgsrm").display().to_string());
     assert_eq!(v["hf_caches"][0], tmp.join("hf").display().to_string());
     assert_eq!(v["assets"].as_array().unwrap().len(), 3);
@@ -45,6 +47,10 @@ fn info_reports_version_threads_cuda_and_cache() {
         "{s}"
     );
     assert!(s.contains("threads: ") && s.contains("cuda: "), "{s}");
+    assert!(
+        s.contains("emulated device (--device emu): built by "),
+        "{s}"
+    );
 }
 
 #[test]

@@ -239,3 +239,41 @@ fn without_a_compiler_the_error_names_cxx() {
     assert!(e.contains("CXX is set to \"/nonexistent/c++\""), "{e}");
     assert!(e.contains("C++ compiler"), "{e}");
 }
+
+#[test]
+fn the_portable_fiber_switch_gives_the_same_bits() {
+    // ucontext is what machines other than x86-64 use; PGSRM_EMU_UCONTEXT selects it here.
+    let run = |portable: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgsrm"));
+        cmd.args([
+            "generate",
+            "--model",
+            "random:tiny:2",
+            "--prompt",
+            "The opposite of 'hot' is",
+            "--num-samples",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "9",
+            "--json",
+            "--device",
+            "emu",
+        ]);
+        if portable {
+            cmd.env("PGSRM_EMU_UCONTEXT", "1");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["samples"].clone()
+    };
+    let (asm, portable) = (run(false), run(true));
+    assert_eq!(asm.as_array().unwrap().len(), 3);
+    assert_eq!(asm, portable);
+}

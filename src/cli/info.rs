@@ -44,6 +44,15 @@ fn cuda() -> Value {
     }
 }
 
+/// Whether `--device emu` can build its libraries: the C++ compiler it would use.
+fn emulated_device() -> Value {
+    match pgsrm::cuda::emu::compile::Compiler::find() {
+        Ok(c) => json!({"compiler": c.program, "version": c.version,
+                        "cache": pgsrm::cuda::emu::compile::cache_dir().display().to_string()}),
+        Err(e) => json!({"error": format!("{e:#}")}),
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let loc = Locations::from_env();
     // The model loads first, so that an asset it fetches shows in the list below.
@@ -81,6 +90,7 @@ fn info_inner(args: Args, loc: Locations, model: Value) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "threads": rayon::current_num_threads(),
         "cuda": cuda(),
+        "emulated_device": emulated_device(),
         "cache": loc.cache.display().to_string(),
         "hf_caches": loc.hf_hubs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "hf_endpoint": loc.hf_endpoint,
@@ -114,6 +124,19 @@ fn info_inner(args: Args, loc: Locations, model: Value) -> Result<()> {
         }
     } else {
         println!("cuda: no driver library (libcuda) could be loaded; the CPU backend is used");
+    }
+    let emu = &info["emulated_device"];
+    match emu.get("error") {
+        Some(e) => println!(
+            "emulated device: unavailable: {}",
+            e.as_str().unwrap_or_default()
+        ),
+        None => println!(
+            "emulated device (--device emu): built by {} ({}), libraries in {}",
+            emu["compiler"].as_str().unwrap_or_default(),
+            emu["version"].as_str().unwrap_or_default(),
+            emu["cache"].as_str().unwrap_or_default()
+        ),
     }
     println!(
         "asset cache: {} (set PGSRM_HOME to change)",

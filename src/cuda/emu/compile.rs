@@ -104,7 +104,8 @@ pub fn build(compiler: &Compiler, stem: &str, source: &str, what: &str) -> Resul
     // The source stays beside the library, so a compiler message can be read against it.
     let src = dir.join(format!("{stem}-{key:016x}.cpp"));
     crate::model::io::write_atomic(&src, source.as_bytes())?;
-    let tmp = dir.join(format!("{stem}-{key:016x}.so.tmp{}", std::process::id()));
+    // A name of its own per build: threads and processes may build the same library at once.
+    let tmp = crate::model::io::temp_sibling(&lib, "build");
     let out = Command::new(&compiler.program)
         .args(FLAGS)
         .arg("-o")
@@ -133,10 +134,16 @@ fn header_text() -> String {
     )
 }
 
-/// The runtime's source: the header, then runtime.cpp.
+/// The runtime's source: the header, then runtime.cpp. With `PGSRM_EMU_UCONTEXT` set, fibers
+/// switch through ucontext, as on machines other than x86-64, so that path can be tried anywhere.
 pub fn runtime_source() -> String {
+    let portable = if std::env::var_os("PGSRM_EMU_UCONTEXT").is_some() {
+        "#define EMU_UCONTEXT\n"
+    } else {
+        ""
+    };
     format!(
-        "#define EMU_RUNTIME\n{}\n#line 1 \"pgsrm-emu/runtime.cpp\"\n{RUNTIME}",
+        "#define EMU_RUNTIME\n{portable}{}\n#line 1 \"pgsrm-emu/runtime.cpp\"\n{RUNTIME}",
         header_text()
     )
 }
