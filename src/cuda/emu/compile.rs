@@ -77,6 +77,8 @@ fn machine_id() -> String {
 const FLAGS: &[&str] = &[
     "-std=gnu++17",
     "-O2",
+    // Line tables, so gdb and perf can place a kernel's instructions on its source lines.
+    "-g1",
     "-march=native",
     // The GPU fuses multiplies and adds by default; so does the emulated device.
     "-ffp-contract=fast",
