@@ -96,31 +96,18 @@ impl Arg {
     }
 }
 
-impl From<i32> for Arg {
-    fn from(x: i32) -> Arg {
-        Arg::I32(x)
-    }
+/// Each scalar type a kernel parameter has, and its `Arg`.
+macro_rules! scalar_args {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Arg {
+            fn from(x: $t) -> Arg {
+                Arg::$v(x)
+            }
+        }
+    )*};
 }
-impl From<u32> for Arg {
-    fn from(x: u32) -> Arg {
-        Arg::U32(x)
-    }
-}
-impl From<f32> for Arg {
-    fn from(x: f32) -> Arg {
-        Arg::F32(x)
-    }
-}
-impl From<i64> for Arg {
-    fn from(x: i64) -> Arg {
-        Arg::I64(x)
-    }
-}
-impl From<u64> for Arg {
-    fn from(x: u64) -> Arg {
-        Arg::U64(x)
-    }
-}
+scalar_args!(i32 => I32, u32 => U32, f32 => F32, i64 => I64, u64 => U64);
+
 impl<T: DevElem> From<&DevBuf<T>> for Arg {
     fn from(b: &DevBuf<T>) -> Arg {
         Arg::Ptr(b.addr)
@@ -421,16 +408,10 @@ impl Gpu {
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
-                let m = e.alloc(n * size_of::<T>(), align_of::<T>())?;
+                let b = self.zeros::<T>(n)?;
                 // SAFETY: the allocation holds n elements.
-                unsafe {
-                    std::ptr::write_bytes(m.addr() as *mut u8, e.poison(), n * size_of::<T>())
-                };
-                Ok(DevBuf {
-                    len: n,
-                    addr: m.addr(),
-                    mem: Mem::Emu(m, PhantomData),
-                })
+                unsafe { std::ptr::write_bytes(b.addr as *mut u8, e.poison(), n * size_of::<T>()) };
+                Ok(b)
             }
         }
     }
