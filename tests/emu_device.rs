@@ -1,7 +1,8 @@
 //! The emulated device's own checks, on deliberately broken kernels kept in tests/emu_kernels/
 //! (never in kernels/): a missing barrier caught by running a block's threads in another order, a
 //! barrier half the block never reaches named by kernel and block, a write past the end of a
-//! buffer caught by its guard page, a shuffle reading outside its mask; then the errors a GPU
+//! buffer caught by its guard page, a shuffle reading outside its mask, an integer division by
+//! zero and a stack overflow; then the errors a GPU
 //! gives for launches no device accepts, and a compile error naming the file and line.
 
 use pgsrm::cuda::device::{Arg, Gpu, Grid};
@@ -15,6 +16,7 @@ const MISSING_BARRIER: &str = include_str!("emu_kernels/missing_barrier.cu");
 const DIVERGENT: &str = include_str!("emu_kernels/divergent_barrier.cu");
 const OUT_OF_BOUNDS: &str = include_str!("emu_kernels/out_of_bounds.cu");
 const WARP_MASK: &str = include_str!("emu_kernels/warp_mask.cu");
+const FAULTS: &str = include_str!("emu_kernels/faults.cu");
 
 /// Runs a reversal kernel of missing_barrier.cu over 4 blocks of 256 under a schedule.
 fn reverse(g: &Gpu, entry: &str, shuffle_seed: u64, poison: u8) -> Vec<f32> {
@@ -130,6 +132,50 @@ fn a_write_past_the_end_faults_on_the_guard_page_and_names_the_kernel() {
     )
     .unwrap();
     assert!(g.download(&fine).unwrap().iter().all(|&x| x == 7.0));
+}
+
+#[test]
+fn division_by_zero_and_stack_overflow_are_named() {
+    let g = emu();
+    let mut out = g.zeros::<i32>(32).unwrap();
+    let name = "tests/emu_kernels/faults.cu";
+    let e = g
+        .launch_source(
+            name,
+            FAULTS,
+            "divide_by_zero",
+            Grid::linear(32, 32),
+            &[(&mut out).into(), Arg::I32(0)],
+        )
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("divide_by_zero") && e.contains("integer division by zero"),
+        "{e}"
+    );
+    let e = g
+        .launch_source(
+            name,
+            FAULTS,
+            "recurse_too_deep",
+            Grid::linear(32, 32),
+            &[(&mut out).into(), Arg::I32(100_000)],
+        )
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("recurse_too_deep") && e.contains("stack overflow"),
+        "{e}"
+    );
+    // A shallow recursion fits.
+    g.launch_source(
+        name,
+        FAULTS,
+        "recurse_too_deep",
+        Grid::linear(32, 32),
+        &[(&mut out).into(), Arg::I32(10)],
+    )
+    .unwrap();
 }
 
 #[test]

@@ -111,7 +111,7 @@ struct Fiber {
     Context ctx;
     Worker* worker;
     int state;
-    unsigned linear, lane, warp;
+    unsigned lane, warp;
     const char* file;  // where it waits
     int line;
     int coll;  // the warp collective it waits in
@@ -261,7 +261,7 @@ std::string ranges(Worker* w, P pick) {
 
 std::string where_block(Worker* w) {
     const Thread& t = w->fibers[0]->t;
-    return fmt("kernel %s, block %s of grid %s (block %s)", w->launch->d->name, xyz(t.bid).c_str(),
+    return fmt("kernel %s, block %s of a %s grid of %s blocks", w->launch->d->name, xyz(t.bid).c_str(),
                xyz(t.gdim).c_str(), xyz(t.bdim).c_str());
 }
 
@@ -527,7 +527,6 @@ bool run_block(Worker* w, Launch* L, unsigned b) {
         f->t.gdim = dim3(d->grid[0], d->grid[1], d->grid[2]);
         f->worker = w;
         f->state = READY;
-        f->linear = i;
         f->lane = i % 32;
         f->warp = i / 32;
         char* region = reinterpret_cast<char*>(f);
