@@ -48,8 +48,8 @@ export PGSRM_HOME=${PGSRM_HOME:-$PWD/$OUT/pgsrm-home}
 
 status=0
 "$BIN" info | tee "$OUT/info.txt"
-timeout 300 "$BIN" check --json > "$OUT/check.json" 2> "$OUT/check.err" || status=1
-timeout 300 "$BIN" check 2>&1 | tee "$OUT/check.txt"
+timeout 300 "$BIN" check --device cuda --save "$OUT/check.json" 2>&1 | tee "$OUT/check.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 if [ -x gpu-bin/cuda_check ]; then
     timeout 300 gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
 fi

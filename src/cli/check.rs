@@ -18,6 +18,9 @@ pub struct Args {
     /// Print the rows as JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Also write the rows as JSON to this file (one run gives both the table and the data)
+    #[arg(long, value_name = "FILE")]
+    save: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -30,6 +33,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     eprintln!("checking kernels on {} ({})", gpu.name, gpu.arch);
     let rows = check::run_all(&gpu, args.seed)?;
+    if let Some(p) = &args.save {
+        pgsrm::model::io::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
