@@ -471,16 +471,22 @@ fn attention(ck: &mut Checker, s: AttnShape, start: &[usize]) -> Result<()> {
     let mut att = vec![0.0; s.b * h * s.t * s.t];
     c::attention_forward(&mut want, &mut att, &qkv, &qkv, &qkv, &layout, start, cs);
     let st: Vec<i32> = start.iter().map(|&x| x as i32).collect();
-    ck.case(
-        "attention_forward",
-        format!("B={} T={} H={h} KVH={kv} hd={hd}", s.b, s.t),
-        &want,
+    let shape = format!("B={} T={} H={h} KVH={kv} hd={hd}", s.b, s.t);
+    ck.cases(
+        &[
+            ("attention_forward", shape.clone()),
+            ("attention_forward (att)", shape),
+        ],
+        &[&want, &att],
+        TOL,
         |g| {
             let d = g.upload(&qkv)?;
             let mut out = g.poisoned(n * h * hd)?;
+            let mut datt = g.poisoned(att.len())?;
             k::attention_forward(
                 g,
                 &mut out,
+                Some(&mut datt),
                 (&d, layout.q.offset, width),
                 (&d, layout.k.offset, width),
                 (&d, layout.v.offset, width),
@@ -488,7 +494,7 @@ fn attention(ck: &mut Checker, s: AttnShape, start: &[usize]) -> Result<()> {
                 s,
             )?;
             g.sync()?;
-            g.download(&out)
+            Ok(vec![g.download(&out)?, g.download(&datt)?])
         },
     )
 }

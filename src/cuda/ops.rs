@@ -348,10 +348,14 @@ fn view(what: &str, (buf, offset, stride): Heads<'_>, rows: usize, width: usize)
     buf.at(offset)
 }
 
-/// out (B*T, H*hd) = causal attention with left padding; q, k, v given as (buffer, offset, row stride)
+/// out (B*T, H*hd) = causal attention with left padding; q, k, v given as (buffer, offset, row
+/// stride); att (B, H, T, T) receives the probabilities when given (training's forward saves them
+/// for `attention_backward`)
+#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     g: &Gpu,
     out: &mut Buf,
+    att: Option<&mut Buf>,
     q: Heads<'_>,
     k: Heads<'_>,
     v: Heads<'_>,
@@ -362,8 +366,12 @@ pub fn attention_forward(
     let (n, qw, kw) = (s.b * s.t, s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
     need("attention_forward out", out.len(), n * qw)?;
     need("attention_forward start", start.len(), s.b)?;
+    if let Some(a) = &att {
+        need("attention_forward att", a.len(), s.b * s.n_head * s.t * s.t)?;
+    }
     let args = [
         out.into(),
+        att.map_or(Arg::NULL, Arg::from),
         view("attention_forward q", q, n, qw)?,
         view("attention_forward k", k, n, kw)?,
         view("attention_forward v", v, n, kw)?,
