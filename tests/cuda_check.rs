@@ -15,6 +15,27 @@ fn pgsrm_check_passes_every_row_on_the_emulated_device() {
     assert!(out.status.success(), "{table}\n{err}");
     let rows = table.lines().skip(1).count();
     assert!(rows >= 80, "{rows} rows:\n{table}");
+    for kernel in [
+        "attention_forward (att)",
+        "matmul_backward",
+        "linear_backward",
+        "layernorm_backward",
+        "rmsnorm_backward",
+        "gelu_tanh_backward",
+        "swiglu_backward",
+        "residual_backward",
+        "embedding_backward",
+        "logits_backward",
+        "attention_backward",
+        "rope_backward",
+    ] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{kernel:<30} "))),
+            "no row for {kernel}:\n{table}"
+        );
+    }
     assert_eq!(
         table.lines().skip(1).filter(|l| l.ends_with(" ok")).count(),
         rows,

@@ -1,5 +1,6 @@
 //! `pgsrm check`: every kernel against its CPU reference on fresh random inputs at several shapes,
-//! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend.
+//! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend. The
+//! backward kernels' rows live beside this file (`check_backward`).
 //! Outputs are poisoned with NaN before each launch, so an element a kernel never writes fails.
 //! A case passes when max |device - cpu| <= tol * max(1, max |cpu|) (the table shows that error
 //! both absolute and relative to the largest reference value) and when a second run gives the
@@ -60,7 +61,48 @@ pub fn compare(kernel: &str, shape: String, got: &[f32], want: &[f32], tol: f32)
     }
 }
 
-fn randn(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
+/// One row over several outputs (a gradient's parts: input, weight, bias...), each compared
+/// relative to its own largest reference value: gradients' scales are far from 1, so
+/// `compare`'s floor of 1 would hide their errors. The row shows the largest absolute error and
+/// the largest of the parts' relative errors, which must be at most `tol`.
+pub fn compare_parts(
+    kernel: &str,
+    shape: String,
+    got: &[Vec<f32>],
+    want: &[&[f32]],
+    tol: f32,
+) -> CheckRow {
+    let (mut max_abs, mut max_rel) = (0.0f32, 0.0f32);
+    let mut finite = got.len() == want.len();
+    for (g, w) in got.iter().zip(want) {
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let mut part = 0.0f32;
+        finite &= g.len() == w.len();
+        for (a, b) in g.iter().zip(*w) {
+            finite &= a.is_finite();
+            part = part.max((a - b).abs());
+        }
+        max_abs = max_abs.max(part);
+        max_rel = max_rel.max(if part == 0.0 { 0.0 } else { part / scale });
+    }
+    let (max_abs, max_rel) = if finite {
+        (max_abs, max_rel)
+    } else {
+        (f32::NAN, f32::NAN)
+    };
+    CheckRow {
+        kernel: kernel.into(),
+        shape,
+        max_abs,
+        max_rel,
+        tol,
+        same_bits: true,
+        pass: finite && max_rel <= tol,
+        seconds: 0.0,
+    }
+}
+
+pub(super) fn randn(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * std).collect()
 }
 
@@ -72,11 +114,11 @@ fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
 }
 
 /// The table being filled, and what every case needs.
-struct Checker<'a> {
-    g: &'a Gpu,
-    rng: Rng,
+pub(super) struct Checker<'a> {
+    pub(super) g: &'a Gpu,
+    pub(super) rng: Rng,
     seed: u64,
-    rows: Vec<CheckRow>,
+    pub(super) rows: Vec<CheckRow>,
 }
 
 impl Checker<'_> {
@@ -84,7 +126,10 @@ impl Checker<'_> {
     /// whether the second run gave the same bits. On the emulated device the first run takes the
     /// threads of a block in order with the default poison, the second in a seeded random order
     /// with another poison byte.
-    fn twice(&self, run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>) -> Result<(Vec<Vec<f32>>, bool)> {
+    pub(super) fn twice(
+        &self,
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<(Vec<Vec<f32>>, bool)> {
         let emu = self.g.emu();
         if let Some(e) = emu {
             e.set_schedule(0, super::emu::POISON);
@@ -103,7 +148,7 @@ impl Checker<'_> {
     }
 
     /// One row per (name, shape, reference) against the outputs of `run`, in order.
-    fn cases(
+    pub(super) fn cases(
         &mut self,
         named: &[(&str, String)],
         wants: &[&[f32]],
@@ -123,7 +168,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn case(
+    pub(super) fn case(
         &mut self,
         kernel: &str,
         shape: String,
@@ -133,7 +178,26 @@ impl Checker<'_> {
         self.cases(&[(kernel, shape)], &[want], TOL, |g| Ok(vec![run(g)?]))
     }
 
-    fn small(&self) -> bool {
+    /// One row for the outputs of `run`, each compared with its reference by `compare_parts`.
+    pub(super) fn parts(
+        &mut self,
+        kernel: &str,
+        shape: String,
+        wants: &[&[f32]],
+        tol: f32,
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let (got, same) = self.twice(run)?;
+        let mut row = compare_parts(kernel, shape, &got, wants, tol);
+        row.same_bits = same;
+        row.pass &= same;
+        row.seconds = t.elapsed().as_secs_f64();
+        self.rows.push(row);
+        Ok(())
+    }
+
+    pub(super) fn small(&self) -> bool {
         self.g.emu().is_some()
     }
 }
@@ -195,6 +259,7 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     sampling(&mut ck, 3, 50257)?;
     reward(&mut ck, 5, 7, 384)?;
     reward(&mut ck, 2, 3, 33)?;
+    super::check_backward::run_all(&mut ck)?;
     gpt2_decoding(&mut ck, "tiny")?;
     if !small {
         gpt2_decoding(&mut ck, "small")?;

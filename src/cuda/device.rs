@@ -509,6 +509,22 @@ impl Gpu {
         }
     }
 
+    /// Sets every element of `buf` to zero (gradients and other buffers that kernels add into).
+    pub fn zero<T: DevElem>(&self, buf: &mut DevBuf<T>) -> Result<()> {
+        match (&self.dev, &mut buf.mem) {
+            (Dev::Cuda(d), Mem::Cuda(s)) => d
+                .stream
+                .memset_zeros(s)
+                .map_err(|e| anyhow!("zeroing a device buffer: {e:?}")),
+            (Dev::Emu(_), Mem::Emu(m, _)) => {
+                // SAFETY: the buffer holds buf.len elements.
+                unsafe { std::ptr::write_bytes(m.addr() as *mut u8, 0, buf.len * size_of::<T>()) };
+                Ok(())
+            }
+            _ => bail!("a buffer of one device used on another"),
+        }
+    }
+
     pub fn download<T: DevElem>(&self, buf: &DevBuf<T>) -> Result<Vec<T>> {
         match (&self.dev, &buf.mem) {
             (Dev::Cuda(d), Mem::Cuda(s)) => d

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bert;
 pub mod check;
+mod check_backward;
 pub mod decode;
 pub mod device;
 pub mod emu;
@@ -12,6 +13,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod nvrtc;
 pub mod ops;
+pub mod ops_backward;
 pub mod registry;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
