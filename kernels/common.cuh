@@ -51,6 +51,24 @@ __device__ float block_max(float v) {
     return r;
 }
 
+// Sum over the whole block in f64 (blockDim.x a multiple of 32), for reductions the CPU reference
+// adds in f64. Every thread gets the result.
+__device__ double block_sum_f64(double v) {
+    __shared__ double part_f64[WARP];
+    int lane = threadIdx.x % WARP, w = threadIdx.x / WARP, nw = blockDim.x / WARP;
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) part_f64[w] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? part_f64[threadIdx.x] : 0.0;
+    if (w == 0)
+        for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x == 0) part_f64[0] = v;
+    __syncthreads();
+    double r = part_f64[0];
+    __syncthreads();
+    return r;
+}
+
 // Rows of a column reduction that one block's threads share: blockDim (32, COLUMN_ROWS).
 #define COLUMN_ROWS 16
 

@@ -28,6 +28,12 @@ fn pgsrm_check_passes_every_row_on_the_emulated_device() {
         "logits_backward",
         "attention_backward",
         "rope_backward",
+        "actor_loss",
+        "critic_loss",
+        "value_forward + value_backward",
+        "grad_norm + grad_clip",
+        "adamw_step",
+        "adamw_step (clip folded in)",
     ] {
         assert!(
             table

@@ -72,6 +72,25 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "matmul_backward_dbias",
         ],
     ),
+    (
+        "optim.cu",
+        &[
+            "grad_norm_squares",
+            "grad_norm_finish",
+            "grad_clip",
+            "adamw_step",
+        ],
+    ),
+    (
+        "ppo_loss.cu",
+        &[
+            "actor_loss",
+            "actor_loss_means",
+            "critic_loss",
+            "value_forward",
+            "value_backward",
+        ],
+    ),
     ("reward.cu", &["pool_cosine_shape_forward"]),
     ("sampling.cu", &["sample_forward"]),
 ];

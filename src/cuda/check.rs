@@ -1,6 +1,7 @@
 //! `pgsrm check`: every kernel against its CPU reference on fresh random inputs at several shapes,
 //! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend. The
-//! backward kernels' rows live beside this file (`check_backward`).
+//! backward, loss and optimiser kernels' rows live beside this file (`check_backward`,
+//! `check_ppo`).
 //! Outputs are poisoned with NaN before each launch, so an element a kernel never writes fails.
 //! A case passes when max |device - cpu| <= tol * max(1, max |cpu|) (the table shows that error
 //! both absolute and relative to the largest reference value) and when a second run gives the
@@ -260,6 +261,7 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     reward(&mut ck, 5, 7, 384)?;
     reward(&mut ck, 2, 3, 33)?;
     super::check_backward::run_all(&mut ck)?;
+    super::check_ppo::run_all(&mut ck)?;
     gpt2_decoding(&mut ck, "tiny")?;
     if !small {
         gpt2_decoding(&mut ck, "small")?;

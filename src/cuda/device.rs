@@ -19,6 +19,7 @@ pub trait DevElem: DeviceRepr + ValidAsZeroBits + bytemuck::Pod + Default + Send
 impl DevElem for f32 {}
 impl DevElem for i32 {}
 impl DevElem for u32 {}
+impl DevElem for f64 {}
 
 enum Mem<T> {
     Cuda(CudaSlice<T>),

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bert;
 pub mod check;
 mod check_backward;
+mod check_ppo;
 pub mod decode;
 pub mod device;
 pub mod emu;
@@ -14,6 +15,8 @@ pub mod llama;
 pub mod nvrtc;
 pub mod ops;
 pub mod ops_backward;
+pub mod ops_loss;
+pub mod optim;
 pub mod registry;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
