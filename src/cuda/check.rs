@@ -1,7 +1,7 @@
 //! `pgsrm check`: every kernel against its CPU reference on fresh random inputs at several shapes,
 //! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend. The
-//! backward, loss and optimiser kernels' rows live beside this file (`check_backward`,
-//! `check_ppo`).
+//! backward, loss and optimiser kernels' rows and the whole-model training rows live beside this
+//! file (`check_backward`, `check_ppo`, `check_train`).
 //! Outputs are poisoned with NaN before each launch, so an element a kernel never writes fails.
 //! A case passes when max |device - cpu| <= tol * max(1, max |cpu|) (the table shows that error
 //! both absolute and relative to the largest reference value) and when a second run gives the
@@ -114,6 +114,15 @@ fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
         })
 }
 
+/// A row of `Checker::parts_rows`: its name, shape, how many outputs it compares and to what
+/// relative tolerance.
+pub(super) struct PartsRow<'a> {
+    pub(super) kernel: &'a str,
+    pub(super) shape: String,
+    pub(super) parts: usize,
+    pub(super) tol: f32,
+}
+
 /// The table being filled, and what every case needs.
 pub(super) struct Checker<'a> {
     pub(super) g: &'a Gpu,
@@ -188,13 +197,36 @@ impl Checker<'_> {
         tol: f32,
         run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
     ) -> Result<()> {
+        let row = PartsRow {
+            kernel,
+            shape,
+            parts: wants.len(),
+            tol,
+        };
+        self.parts_rows(vec![row], wants, run)
+    }
+
+    /// Rows over consecutive groups of the outputs of `run` (row i takes the next `parts` of
+    /// them), each compared with its references by `compare_parts`.
+    pub(super) fn parts_rows(
+        &mut self,
+        rows: Vec<PartsRow>,
+        wants: &[&[f32]],
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<()> {
         let t = Instant::now();
         let (got, same) = self.twice(run)?;
-        let mut row = compare_parts(kernel, shape, &got, wants, tol);
-        row.same_bits = same;
-        row.pass &= same;
-        row.seconds = t.elapsed().as_secs_f64();
-        self.rows.push(row);
+        let seconds = t.elapsed().as_secs_f64() / rows.len() as f64;
+        let mut at = 0;
+        for r in rows {
+            let end = (at + r.parts).min(got.len()).min(wants.len());
+            let mut row = compare_parts(r.kernel, r.shape, &got[at..end], &wants[at..end], r.tol);
+            row.pass &= same && end - at == r.parts;
+            row.same_bits = same;
+            row.seconds = seconds;
+            self.rows.push(row);
+            at = end;
+        }
         Ok(())
     }
 
@@ -277,6 +309,7 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     } else {
         llama_decoding(&mut ck, "SmolLM2-135M widths, 2 layers", SMOLLM2_WIDTHS)?;
     }
+    super::check_train::run_all(&mut ck)?;
     Ok(ck.rows)
 }
 
@@ -980,7 +1013,7 @@ fn gpt2_decoding(ck: &mut Checker, config: &str) -> Result<()> {
 
 /// A small Llama with grouped-query attention (6 query heads over 2 key/value heads) and an
 /// untied head.
-const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
+pub(super) const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
     "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": false, "max_position_embeddings": 128}"#;
 
