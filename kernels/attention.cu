@@ -2,14 +2,16 @@
 // `attention_cached_forward`: causal, left padding, grouped-query heads) and
 // src/cpu/ops/encoder_attention.rs (`encoder_attention_forward`: bidirectional over packed
 // sequences, BERT). One warp per (query row, head); keys are visited once with an online softmax,
-// so no T x T score matrix is stored. Heads up to 128 wide.
+// so no T x T score matrix is needed; training's forward saves the probabilities (B, H, T, T) for
+// attention_backward.cu, as the CPU's does. Heads up to 128 wide.
 #include "common.cuh"
 
 // One query row of one head: orow (HS) = softmax(scale q.k_j over the visible j) @ v_j, for j in
 // [j0, j1) with key_ok[j] (when given). k_j = kbase + j * kv_stride (same for v). No visible key -> 0.
-__device__ void attend_row(float* orow, const float* qrow, const float* kbase, const float* vbase,
-                           long k_stride, long v_stride, int j0, int j1, const int* key_ok,
-                           int HS, float scale) {
+// With prow, also the probabilities prow (row_len): 0 outside the visible keys.
+__device__ void attend_row(float* orow, float* prow, int row_len, const float* qrow,
+                           const float* kbase, const float* vbase, long k_stride, long v_stride,
+                           int j0, int j1, const int* key_ok, int HS, float scale) {
     int lane = threadIdx.x % WARP;
     float qr[4], acc[4];
 #pragma unroll
@@ -30,6 +32,8 @@ __device__ void attend_row(float* orow, const float* qrow, const float* kbase, c
             if (idx < HS) s += qr[d] * krow[idx];
         }
         s = warp_sum(s);
+        // The lane that normalises probability j below keeps its score, so no lane reads another's.
+        if (prow && lane == j % WARP) prow[j] = s;
         float mn = fmaxf(m, s);
         float corr = expf(m - mn);
         float p = expf(s - mn);
@@ -46,11 +50,17 @@ __device__ void attend_row(float* orow, const float* qrow, const float* kbase, c
         int idx = lane + WARP * d;
         if (idx < HS) orow[idx] = l > 0.0f ? acc[d] / l : 0.0f;
     }
+    if (!prow) return;
+    for (int j = lane; j < row_len; j += WARP) {
+        bool seen = j >= j0 && j < j1 && (!key_ok || key_ok[j]);
+        prow[j] = seen ? expf(prow[j] - m) / l : 0.0f;
+    }
 }
 
 // out (B*T, NH*HS) = causal attention of row b's queries over its keys [start[b], t]; q, k, v point
-// at their first element (the host adds the layout offsets) with row strides in floats
-extern "C" __global__ void attention_forward(float* out, const float* q, const float* k,
+// at their first element (the host adds the layout offsets) with row strides in floats; att
+// (B, NH, T, T) receives the probabilities when non-null
+extern "C" __global__ void attention_forward(float* out, float* att, const float* q, const float* k,
                                              const float* v, const int* start, int B, int T,
                                              int NH, int NKV, int HS, long q_stride, long k_stride,
                                              long v_stride) {
@@ -60,7 +70,8 @@ extern "C" __global__ void attention_forward(float* out, const float* q, const f
     long n = gw / NH;  // row b * T + t
     int b = n / T, t = n % T;
     int kvh = h / (NH / NKV);
-    attend_row(out + n * NH * HS + (long)h * HS, q + n * q_stride + (long)h * HS,
+    float* prow = att ? att + (((long)b * NH + h) * T + t) * T : nullptr;
+    attend_row(out + n * NH * HS + (long)h * HS, prow, T, q + n * q_stride + (long)h * HS,
                k + (long)b * T * k_stride + (long)kvh * HS, v + (long)b * T * v_stride + (long)kvh * HS,
                k_stride, v_stride, start[b], t + 1, nullptr, HS, rsqrtf((float)HS));
 }
@@ -78,7 +89,7 @@ extern "C" __global__ void attention_cached_forward(float* out, const float* q, 
     int b = n / Tq, i = n % Tq;
     int kvh = h / (NH / NKV);
     long kv_w = (long)NKV * HS;
-    attend_row(out + n * NH * HS + (long)h * HS, q + n * q_stride + (long)h * HS,
+    attend_row(out + n * NH * HS + (long)h * HS, nullptr, 0, q + n * q_stride + (long)h * HS,
                kcache + (long)b * Tmax * kv_w + (long)kvh * HS,
                vcache + (long)b * Tmax * kv_w + (long)kvh * HS, kv_w, kv_w, start[b], p0 + i + 1,
                nullptr, HS, rsqrtf((float)HS));
@@ -101,7 +112,7 @@ extern "C" __global__ void encoder_attention_forward(float* out, const float* qk
     }
     int HS = C / NH;
     long stride = 3L * C;
-    attend_row(out + (long)r * C + (long)h * HS, qkv + r * stride + (long)h * HS,
+    attend_row(out + (long)r * C + (long)h * HS, nullptr, 0, qkv + r * stride + (long)h * HS,
                qkv + C + (long)h * HS, qkv + 2L * C + (long)h * HS, stride, stride, starts[lo],
                starts[lo + 1], key_mask, HS, rsqrtf((float)HS));
 }

@@ -50,3 +50,48 @@ __device__ float block_max(float v) {
     __syncthreads();
     return r;
 }
+
+// Sum over the whole block in f64 (blockDim.x a multiple of 32), for reductions the CPU reference
+// adds in f64. Every thread gets the result.
+__device__ double block_sum_f64(double v) {
+    __shared__ double part_f64[WARP];
+    int lane = threadIdx.x % WARP, w = threadIdx.x / WARP, nw = blockDim.x / WARP;
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) part_f64[w] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? part_f64[threadIdx.x] : 0.0;
+    if (w == 0)
+        for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x == 0) part_f64[0] = v;
+    __syncthreads();
+    double r = part_f64[0];
+    __syncthreads();
+    return r;
+}
+
+// Rows of a column reduction that one block's threads share: blockDim (32, COLUMN_ROWS).
+#define COLUMN_ROWS 16
+
+// Column sums of a parameter gradient without atomics, in a fixed order: a block owns 32 columns;
+// thread (x, y) adds `term(r, c, s)` for rows r = y, y + COLUMN_ROWS, ... into its NV sums s, then
+// thread (x, 0) adds the COLUMN_ROWS partial sums in order and hands them to `done(c, sums)`.
+// Neighbouring threads read neighbouring columns of a row. Launch (ceil(C / 32)) blocks of
+// (32, COLUMN_ROWS) threads.
+template <int NV, class Term, class Done>
+__device__ void column_sums(int N, int C, Term term, Done done) {
+    __shared__ float part[NV][COLUMN_ROWS][WARP + 1];
+    int x = threadIdx.x, y = threadIdx.y;
+    int c = blockIdx.x * WARP + x;
+    float s[NV];
+    for (int i = 0; i < NV; i++) s[i] = 0.0f;
+    if (c < C)
+        for (int r = y; r < N; r += COLUMN_ROWS) term(r, c, s);
+    for (int i = 0; i < NV; i++) part[i][y][x] = s[i];
+    __syncthreads();
+    if (y != 0 || c >= C) return;
+    for (int i = 0; i < NV; i++) {
+        s[i] = 0.0f;
+        for (int j = 0; j < COLUMN_ROWS; j++) s[i] += part[i][j][x];
+    }
+    done(c, s);
+}

@@ -14,7 +14,36 @@ fn pgsrm_check_passes_every_row_on_the_emulated_device() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{table}\n{err}");
     let rows = table.lines().skip(1).count();
-    assert!(rows >= 80, "{rows} rows:\n{table}");
+    assert!(rows >= 140, "{rows} rows:\n{table}");
+    for kernel in [
+        "attention_forward (att)",
+        "matmul_backward",
+        "linear_backward",
+        "layernorm_backward",
+        "rmsnorm_backward",
+        "gelu_tanh_backward",
+        "swiglu_backward",
+        "residual_backward",
+        "embedding_backward",
+        "logits_backward",
+        "attention_backward",
+        "rope_backward",
+        "actor_loss",
+        "critic_loss",
+        "value_forward + value_backward",
+        "grad_norm + grad_clip",
+        "adamw_step",
+        "adamw_step (clip folded in)",
+        "gpt2 backward (all gradients)",
+        "llama backward (all gradients)",
+    ] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{kernel:<30} "))),
+            "no row for {kernel}:\n{table}"
+        );
+    }
     assert_eq!(
         table.lines().skip(1).filter(|l| l.ends_with(" ok")).count(),
         rows,

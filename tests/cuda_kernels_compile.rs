@@ -14,6 +14,20 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "attention_backward.cu",
+        &["attention_backward_dq", "attention_backward_dkv"],
+    ),
+    (
+        "backward.cu",
+        &[
+            "embedding_backward",
+            "layernorm_backward_dinp",
+            "layernorm_backward_params",
+            "gelu_tanh_backward",
+            "residual_backward",
+        ],
+    ),
+    (
         "elementwise.cu",
         &[
             "embedding_forward",
@@ -30,6 +44,15 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &["rmsnorm_forward", "rope_forward", "swiglu_forward"],
     ),
     (
+        "llama_backward.cu",
+        &[
+            "rmsnorm_backward_dinp",
+            "rmsnorm_backward_dweight",
+            "rope_backward",
+            "swiglu_backward",
+        ],
+    ),
+    (
         "logprob.cu",
         &["log_softmax_gather_forward", "entropy_forward"],
     ),
@@ -40,6 +63,32 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "matmul_forward_few_rows",
             "matmul_nt_forward",
             "matmul_nt_forward_few_rows",
+            "matmul_backward_dinp",
+            "matmul_backward_dinp_few_rows",
+            "matmul_backward_dweight",
+            "matmul_backward_dweight_few_rows",
+            "linear_backward_dinp",
+            "linear_backward_dinp_few_rows",
+            "matmul_backward_dbias",
+        ],
+    ),
+    (
+        "optim.cu",
+        &[
+            "grad_norm_squares",
+            "grad_norm_finish",
+            "grad_clip",
+            "adamw_step",
+        ],
+    ),
+    (
+        "ppo_loss.cu",
+        &[
+            "actor_loss",
+            "actor_loss_means",
+            "critic_loss",
+            "value_forward",
+            "value_backward",
         ],
     ),
     ("reward.cu", &["pool_cosine_shape_forward"]),

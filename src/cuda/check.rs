@@ -1,5 +1,7 @@
 //! `pgsrm check`: every kernel against its CPU reference on fresh random inputs at several shapes,
-//! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend.
+//! edge tiles included, then whole GPT-2, Llama and BERT passes against the CPU backend. The
+//! backward, loss and optimiser kernels' rows and the whole-model training rows live beside this
+//! file (`check_backward`, `check_ppo`, `check_train`).
 //! Outputs are poisoned with NaN before each launch, so an element a kernel never writes fails.
 //! A case passes when max |device - cpu| <= tol * max(1, max |cpu|) (the table shows that error
 //! both absolute and relative to the largest reference value) and when a second run gives the
@@ -60,7 +62,48 @@ pub fn compare(kernel: &str, shape: String, got: &[f32], want: &[f32], tol: f32)
     }
 }
 
-fn randn(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
+/// One row over several outputs (a gradient's parts: input, weight, bias...), each compared
+/// relative to its own largest reference value: gradients' scales are far from 1, so
+/// `compare`'s floor of 1 would hide their errors. The row shows the largest absolute error and
+/// the largest of the parts' relative errors, which must be at most `tol`.
+pub fn compare_parts(
+    kernel: &str,
+    shape: String,
+    got: &[Vec<f32>],
+    want: &[&[f32]],
+    tol: f32,
+) -> CheckRow {
+    let (mut max_abs, mut max_rel) = (0.0f32, 0.0f32);
+    let mut finite = got.len() == want.len();
+    for (g, w) in got.iter().zip(want) {
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let mut part = 0.0f32;
+        finite &= g.len() == w.len();
+        for (a, b) in g.iter().zip(*w) {
+            finite &= a.is_finite();
+            part = part.max((a - b).abs());
+        }
+        max_abs = max_abs.max(part);
+        max_rel = max_rel.max(if part == 0.0 { 0.0 } else { part / scale });
+    }
+    let (max_abs, max_rel) = if finite {
+        (max_abs, max_rel)
+    } else {
+        (f32::NAN, f32::NAN)
+    };
+    CheckRow {
+        kernel: kernel.into(),
+        shape,
+        max_abs,
+        max_rel,
+        tol,
+        same_bits: true,
+        pass: finite && max_rel <= tol,
+        seconds: 0.0,
+    }
+}
+
+pub(super) fn randn(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * std).collect()
 }
 
@@ -71,12 +114,21 @@ fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
         })
 }
 
+/// A row of `Checker::parts_rows`: its name, shape, how many outputs it compares and to what
+/// relative tolerance.
+pub(super) struct PartsRow<'a> {
+    pub(super) kernel: &'a str,
+    pub(super) shape: String,
+    pub(super) parts: usize,
+    pub(super) tol: f32,
+}
+
 /// The table being filled, and what every case needs.
-struct Checker<'a> {
-    g: &'a Gpu,
-    rng: Rng,
+pub(super) struct Checker<'a> {
+    pub(super) g: &'a Gpu,
+    pub(super) rng: Rng,
     seed: u64,
-    rows: Vec<CheckRow>,
+    pub(super) rows: Vec<CheckRow>,
 }
 
 impl Checker<'_> {
@@ -84,7 +136,10 @@ impl Checker<'_> {
     /// whether the second run gave the same bits. On the emulated device the first run takes the
     /// threads of a block in order with the default poison, the second in a seeded random order
     /// with another poison byte.
-    fn twice(&self, run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>) -> Result<(Vec<Vec<f32>>, bool)> {
+    pub(super) fn twice(
+        &self,
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<(Vec<Vec<f32>>, bool)> {
         let emu = self.g.emu();
         if let Some(e) = emu {
             e.set_schedule(0, super::emu::POISON);
@@ -103,7 +158,7 @@ impl Checker<'_> {
     }
 
     /// One row per (name, shape, reference) against the outputs of `run`, in order.
-    fn cases(
+    pub(super) fn cases(
         &mut self,
         named: &[(&str, String)],
         wants: &[&[f32]],
@@ -123,7 +178,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn case(
+    pub(super) fn case(
         &mut self,
         kernel: &str,
         shape: String,
@@ -133,7 +188,49 @@ impl Checker<'_> {
         self.cases(&[(kernel, shape)], &[want], TOL, |g| Ok(vec![run(g)?]))
     }
 
-    fn small(&self) -> bool {
+    /// One row for the outputs of `run`, each compared with its reference by `compare_parts`.
+    pub(super) fn parts(
+        &mut self,
+        kernel: &str,
+        shape: String,
+        wants: &[&[f32]],
+        tol: f32,
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<()> {
+        let row = PartsRow {
+            kernel,
+            shape,
+            parts: wants.len(),
+            tol,
+        };
+        self.parts_rows(vec![row], wants, run)
+    }
+
+    /// Rows over consecutive groups of the outputs of `run` (row i takes the next `parts` of
+    /// them), each compared with its references by `compare_parts`.
+    pub(super) fn parts_rows(
+        &mut self,
+        rows: Vec<PartsRow>,
+        wants: &[&[f32]],
+        run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let (got, same) = self.twice(run)?;
+        let seconds = t.elapsed().as_secs_f64() / rows.len() as f64;
+        let mut at = 0;
+        for r in rows {
+            let end = (at + r.parts).min(got.len()).min(wants.len());
+            let mut row = compare_parts(r.kernel, r.shape, &got[at..end], &wants[at..end], r.tol);
+            row.pass &= same && end - at == r.parts;
+            row.same_bits = same;
+            row.seconds = seconds;
+            self.rows.push(row);
+            at = end;
+        }
+        Ok(())
+    }
+
+    pub(super) fn small(&self) -> bool {
         self.g.emu().is_some()
     }
 }
@@ -195,6 +292,8 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     sampling(&mut ck, 3, 50257)?;
     reward(&mut ck, 5, 7, 384)?;
     reward(&mut ck, 2, 3, 33)?;
+    super::check_backward::run_all(&mut ck)?;
+    super::check_ppo::run_all(&mut ck)?;
     gpt2_decoding(&mut ck, "tiny")?;
     if !small {
         gpt2_decoding(&mut ck, "small")?;
@@ -210,6 +309,7 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     } else {
         llama_decoding(&mut ck, "SmolLM2-135M widths, 2 layers", SMOLLM2_WIDTHS)?;
     }
+    super::check_train::run_all(&mut ck)?;
     Ok(ck.rows)
 }
 
@@ -471,16 +571,22 @@ fn attention(ck: &mut Checker, s: AttnShape, start: &[usize]) -> Result<()> {
     let mut att = vec![0.0; s.b * h * s.t * s.t];
     c::attention_forward(&mut want, &mut att, &qkv, &qkv, &qkv, &layout, start, cs);
     let st: Vec<i32> = start.iter().map(|&x| x as i32).collect();
-    ck.case(
-        "attention_forward",
-        format!("B={} T={} H={h} KVH={kv} hd={hd}", s.b, s.t),
-        &want,
+    let shape = format!("B={} T={} H={h} KVH={kv} hd={hd}", s.b, s.t);
+    ck.cases(
+        &[
+            ("attention_forward", shape.clone()),
+            ("attention_forward (att)", shape),
+        ],
+        &[&want, &att],
+        TOL,
         |g| {
             let d = g.upload(&qkv)?;
             let mut out = g.poisoned(n * h * hd)?;
+            let mut datt = g.poisoned(att.len())?;
             k::attention_forward(
                 g,
                 &mut out,
+                Some(&mut datt),
                 (&d, layout.q.offset, width),
                 (&d, layout.k.offset, width),
                 (&d, layout.v.offset, width),
@@ -488,7 +594,7 @@ fn attention(ck: &mut Checker, s: AttnShape, start: &[usize]) -> Result<()> {
                 s,
             )?;
             g.sync()?;
-            g.download(&out)
+            Ok(vec![g.download(&out)?, g.download(&datt)?])
         },
     )
 }
@@ -907,7 +1013,7 @@ fn gpt2_decoding(ck: &mut Checker, config: &str) -> Result<()> {
 
 /// A small Llama with grouped-query attention (6 query heads over 2 key/value heads) and an
 /// untied head.
-const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
+pub(super) const TINY_LLAMA: &str = r#"{"vocab_size": 500, "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
     "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": false, "max_position_embeddings": 128}"#;
 

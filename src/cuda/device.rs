@@ -19,6 +19,7 @@ pub trait DevElem: DeviceRepr + ValidAsZeroBits + bytemuck::Pod + Default + Send
 impl DevElem for f32 {}
 impl DevElem for i32 {}
 impl DevElem for u32 {}
+impl DevElem for f64 {}
 
 enum Mem<T> {
     Cuda(CudaSlice<T>),
@@ -484,6 +485,22 @@ impl Gpu {
                 unsafe {
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.addr() as *mut u8, bytes.len())
                 };
+                Ok(())
+            }
+            _ => bail!("a buffer of one device used on another"),
+        }
+    }
+
+    /// Sets every element of `buf` to zero (gradients and other buffers that kernels add into).
+    pub fn zero<T: DevElem>(&self, buf: &mut DevBuf<T>) -> Result<()> {
+        match (&self.dev, &mut buf.mem) {
+            (Dev::Cuda(d), Mem::Cuda(s)) => d
+                .stream
+                .memset_zeros(s)
+                .map_err(|e| anyhow!("zeroing a device buffer: {e:?}")),
+            (Dev::Emu(_), Mem::Emu(m, _)) => {
+                // SAFETY: the buffer holds buf.len elements.
+                unsafe { std::ptr::write_bytes(m.addr() as *mut u8, 0, buf.len * size_of::<T>()) };
                 Ok(())
             }
             _ => bail!("a buffer of one device used on another"),

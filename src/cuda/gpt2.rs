@@ -5,63 +5,128 @@
 use super::decode::{CachedRows, DeviceModel, KvCache};
 use super::device::{DevBuf, Gpu};
 use super::ops::{self as k, AttnShape};
-use crate::model::gpt2::{Gpt2, Gpt2Config};
-use anyhow::Result;
+use crate::model::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
+use anyhow::{Result, bail};
 
 type Buf = DevBuf<f32>;
 
-struct Block {
-    ln_1_w: Buf,
-    ln_1_b: Buf,
-    attn_w: Buf,
-    attn_b: Buf,
-    attn_proj_w: Buf,
-    attn_proj_b: Buf,
-    ln_2_w: Buf,
-    ln_2_b: Buf,
-    fc_w: Buf,
-    fc_b: Buf,
-    fc_proj_w: Buf,
-    fc_proj_b: Buf,
+/// One transformer block's tensors, as `model::gpt2::Gpt2Block`.
+pub struct Block {
+    pub ln_1_w: Buf,
+    pub ln_1_b: Buf,
+    pub attn_w: Buf,
+    pub attn_b: Buf,
+    pub attn_proj_w: Buf,
+    pub attn_proj_b: Buf,
+    pub ln_2_w: Buf,
+    pub ln_2_b: Buf,
+    pub fc_w: Buf,
+    pub fc_b: Buf,
+    pub fc_proj_w: Buf,
+    pub fc_proj_b: Buf,
 }
 
-/// GPT-2's parameters on the device, in the same layout as on the host.
+/// All of GPT-2's tensors on the device, in the host's layout: like `Gpt2Weights`, the same
+/// struct holds the parameters and their gradients.
+pub struct GpuGpt2Weights {
+    pub wte: Buf,
+    pub wpe: Buf,
+    pub blocks: Vec<Block>,
+    pub ln_f_w: Buf,
+    pub ln_f_b: Buf,
+}
+
+impl GpuGpt2Weights {
+    /// Tensors of `cfg`'s shapes made by `make(len)`, one after another in `Gpt2Weights::named`
+    /// order.
+    fn build(cfg: &Gpt2Config, mut make: impl FnMut(usize) -> Result<Buf>) -> Result<Self> {
+        let (c, v) = (cfg.n_embd, cfg.vocab_size);
+        let wte = make(v * c)?;
+        let wpe = make(cfg.n_positions * c)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for _ in 0..cfg.n_layer {
+            blocks.push(Block {
+                ln_1_w: make(c)?,
+                ln_1_b: make(c)?,
+                attn_w: make(c * 3 * c)?,
+                attn_b: make(3 * c)?,
+                attn_proj_w: make(c * c)?,
+                attn_proj_b: make(c)?,
+                ln_2_w: make(c)?,
+                ln_2_b: make(c)?,
+                fc_w: make(c * 4 * c)?,
+                fc_b: make(4 * c)?,
+                fc_proj_w: make(4 * c * c)?,
+                fc_proj_b: make(c)?,
+            });
+        }
+        Ok(GpuGpt2Weights {
+            wte,
+            wpe,
+            blocks,
+            ln_f_w: make(c)?,
+            ln_f_b: make(c)?,
+        })
+    }
+
+    pub fn upload(g: &Gpu, cfg: &Gpt2Config, w: &Gpt2Weights) -> Result<Self> {
+        let mut host = w.named().into_iter();
+        Self::build(cfg, |n| match host.next() {
+            Some((_, t)) if t.numel() == n => g.upload(&t.data),
+            Some((name, t)) => bail!("{name} holds {} values, the config needs {n}", t.numel()),
+            None => bail!("the weights hold fewer tensors than the config needs"),
+        })
+    }
+
+    /// Zeros of every tensor (gradients to add into).
+    pub fn zeros(g: &Gpu, cfg: &Gpt2Config) -> Result<Self> {
+        Self::build(cfg, |n| g.zeros(n))
+    }
+
+    /// Every tensor in `Gpt2Weights::named` order.
+    pub fn list(&self) -> Vec<&Buf> {
+        let mut out = vec![&self.wte, &self.wpe];
+        for b in &self.blocks {
+            out.extend([
+                &b.ln_1_w,
+                &b.ln_1_b,
+                &b.attn_w,
+                &b.attn_b,
+                &b.attn_proj_w,
+                &b.attn_proj_b,
+                &b.ln_2_w,
+                &b.ln_2_b,
+                &b.fc_w,
+                &b.fc_b,
+                &b.fc_proj_w,
+                &b.fc_proj_b,
+            ]);
+        }
+        out.extend([&self.ln_f_w, &self.ln_f_b]);
+        out
+    }
+
+    /// The tensors on the host.
+    pub fn download(&self, g: &Gpu, cfg: &Gpt2Config) -> Result<Gpt2Weights> {
+        let mut w = Gpt2Weights::zeros(cfg);
+        for ((_, t), b) in w.named_mut().into_iter().zip(self.list()) {
+            t.data = g.download(b)?;
+        }
+        Ok(w)
+    }
+}
+
+/// GPT-2 on the device: its config and parameters.
 pub struct GpuGpt2 {
     pub config: Gpt2Config,
-    wte: Buf,
-    wpe: Buf,
-    blocks: Vec<Block>,
-    ln_f_w: Buf,
-    ln_f_b: Buf,
+    pub weights: GpuGpt2Weights,
 }
 
 impl GpuGpt2 {
     pub fn upload(g: &Gpu, m: &Gpt2) -> Result<Self> {
-        let w = &m.weights;
-        let mut blocks = Vec::with_capacity(w.blocks.len());
-        for b in &w.blocks {
-            blocks.push(Block {
-                ln_1_w: g.upload(&b.ln_1_w.data)?,
-                ln_1_b: g.upload(&b.ln_1_b.data)?,
-                attn_w: g.upload(&b.attn_w.data)?,
-                attn_b: g.upload(&b.attn_b.data)?,
-                attn_proj_w: g.upload(&b.attn_proj_w.data)?,
-                attn_proj_b: g.upload(&b.attn_proj_b.data)?,
-                ln_2_w: g.upload(&b.ln_2_w.data)?,
-                ln_2_b: g.upload(&b.ln_2_b.data)?,
-                fc_w: g.upload(&b.fc_w.data)?,
-                fc_b: g.upload(&b.fc_b.data)?,
-                fc_proj_w: g.upload(&b.fc_proj_w.data)?,
-                fc_proj_b: g.upload(&b.fc_proj_b.data)?,
-            });
-        }
         Ok(GpuGpt2 {
             config: m.config.clone(),
-            wte: g.upload(&w.wte.data)?,
-            wpe: g.upload(&w.wpe.data)?,
-            blocks,
-            ln_f_w: g.upload(&w.ln_f_w.data)?,
-            ln_f_b: g.upload(&w.ln_f_b.data)?,
+            weights: GpuGpt2Weights::upload(g, &m.config, &m.weights)?,
         })
     }
 }
@@ -108,12 +173,12 @@ impl DeviceModel for GpuGpt2 {
             &mut x,
             rows.ids,
             rows.pos,
-            &self.wte,
-            Some(&self.wpe),
+            &self.weights.wte,
+            Some(&self.weights.wpe),
             n,
             c,
         )?;
-        for (l, p) in self.blocks.iter().enumerate() {
+        for (l, p) in self.weights.blocks.iter().enumerate() {
             k::layernorm_forward(
                 g, &mut ln, &mut mean, &mut rstd, &x, &p.ln_1_w, &p.ln_1_b, n, c, eps,
             )?;
@@ -185,12 +250,21 @@ impl DeviceModel for GpuGpt2 {
             &mut mean,
             &mut rstd,
             hidden,
-            &self.ln_f_w,
-            &self.ln_f_b,
+            &self.weights.ln_f_w,
+            &self.weights.ln_f_b,
             m,
             c,
             cfg.layer_norm_epsilon,
         )?;
-        k::matmul_nt_forward(g, logits, &ln, &self.wte, None, m, c, cfg.vocab_size)
+        k::matmul_nt_forward(
+            g,
+            logits,
+            &ln,
+            &self.weights.wte,
+            None,
+            m,
+            c,
+            cfg.vocab_size,
+        )
     }
 }

@@ -7,53 +7,133 @@ use super::decode::{CachedRows, DeviceModel, KvCache};
 use super::device::{DevBuf, Gpu};
 use super::ops::{self as k, AttnShape};
 use crate::cpu::ops::rope_table;
-use crate::model::llama::{Llama, LlamaConfig};
+use crate::model::llama::{Llama, LlamaConfig, LlamaWeights};
 use anyhow::{Result, bail};
 
 type Buf = DevBuf<f32>;
 
-struct Layer {
-    input_layernorm: Buf,
-    q_proj: Buf,
-    k_proj: Buf,
-    v_proj: Buf,
-    o_proj: Buf,
-    post_attention_layernorm: Buf,
-    gate_proj: Buf,
-    up_proj: Buf,
-    down_proj: Buf,
+/// One decoder layer's tensors, as `model::llama::LlamaLayer`.
+pub struct Layer {
+    pub input_layernorm: Buf,
+    pub q_proj: Buf,
+    pub k_proj: Buf,
+    pub v_proj: Buf,
+    pub o_proj: Buf,
+    pub post_attention_layernorm: Buf,
+    pub gate_proj: Buf,
+    pub up_proj: Buf,
+    pub down_proj: Buf,
 }
 
-/// A Llama model's parameters on the device.
+/// All of a Llama model's tensors on the device, in the host's layout: like `LlamaWeights`, the
+/// same struct holds the parameters and their gradients.
+pub struct GpuLlamaWeights {
+    pub embed_tokens: Buf,
+    pub layers: Vec<Layer>,
+    pub norm: Buf,
+    /// The untied head, when the model has one; else `embed_tokens` serves.
+    pub lm_head: Option<Buf>,
+}
+
+impl GpuLlamaWeights {
+    /// Tensors of `cfg`'s shapes made by `make(len)`, one after another in `LlamaWeights::named`
+    /// order.
+    fn build(cfg: &LlamaConfig, mut make: impl FnMut(usize) -> Result<Buf>) -> Result<Self> {
+        let (c, d, f) = (cfg.hidden_size, cfg.head_dim(), cfg.intermediate_size);
+        let (qw, kw) = (cfg.num_attention_heads * d, cfg.n_kv_heads() * d);
+        let embed_tokens = make(cfg.vocab_size * c)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            layers.push(Layer {
+                input_layernorm: make(c)?,
+                q_proj: make(qw * c)?,
+                k_proj: make(kw * c)?,
+                v_proj: make(kw * c)?,
+                o_proj: make(c * qw)?,
+                post_attention_layernorm: make(c)?,
+                gate_proj: make(f * c)?,
+                up_proj: make(f * c)?,
+                down_proj: make(c * f)?,
+            });
+        }
+        let norm = make(c)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(make(cfg.vocab_size * c)?)
+        };
+        Ok(GpuLlamaWeights {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn upload(g: &Gpu, cfg: &LlamaConfig, w: &LlamaWeights) -> Result<Self> {
+        if w.lm_head.is_none() != cfg.tie_word_embeddings {
+            bail!("the weights' head and the config's tie_word_embeddings disagree");
+        }
+        let mut host = w.named().into_iter();
+        Self::build(cfg, |n| match host.next() {
+            Some((_, t)) if t.numel() == n => g.upload(&t.data),
+            Some((name, t)) => bail!("{name} holds {} values, the config needs {n}", t.numel()),
+            None => bail!("the weights hold fewer tensors than the config needs"),
+        })
+    }
+
+    /// Zeros of every tensor (gradients to add into).
+    pub fn zeros(g: &Gpu, cfg: &LlamaConfig) -> Result<Self> {
+        Self::build(cfg, |n| g.zeros(n))
+    }
+
+    /// The output head: `lm_head` or, when tied, the embedding.
+    pub fn head(&self) -> &Buf {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Every tensor in `LlamaWeights::named` order.
+    pub fn list(&self) -> Vec<&Buf> {
+        let mut out = vec![&self.embed_tokens];
+        for l in &self.layers {
+            out.extend([
+                &l.input_layernorm,
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.post_attention_layernorm,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]);
+        }
+        out.push(&self.norm);
+        out.extend(&self.lm_head);
+        out
+    }
+
+    /// The tensors on the host.
+    pub fn download(&self, g: &Gpu, cfg: &LlamaConfig) -> Result<LlamaWeights> {
+        let mut w = LlamaWeights::zeros(cfg);
+        for ((_, t), b) in w.named_mut().into_iter().zip(self.list()) {
+            t.data = g.download(b)?;
+        }
+        Ok(w)
+    }
+}
+
+/// A Llama model on the device: its config, parameters and rotary tables.
 pub struct GpuLlama {
     pub config: LlamaConfig,
-    embed_tokens: Buf,
-    layers: Vec<Layer>,
-    norm: Buf,
-    /// The untied head, when the model has one; else `embed_tokens` serves.
-    lm_head: Option<Buf>,
+    pub weights: GpuLlamaWeights,
     /// The rotary tables (max_position_embeddings, head_dim / 2) of `cpu::ops::rope_table`.
-    cos: Buf,
-    sin: Buf,
+    pub cos: Buf,
+    pub sin: Buf,
 }
 
 impl GpuLlama {
     pub fn upload(g: &Gpu, m: &Llama) -> Result<Self> {
-        let w = &m.weights;
-        let mut layers = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
-            layers.push(Layer {
-                input_layernorm: g.upload(&l.input_layernorm.data)?,
-                q_proj: g.upload(&l.q_proj.data)?,
-                k_proj: g.upload(&l.k_proj.data)?,
-                v_proj: g.upload(&l.v_proj.data)?,
-                o_proj: g.upload(&l.o_proj.data)?,
-                post_attention_layernorm: g.upload(&l.post_attention_layernorm.data)?,
-                gate_proj: g.upload(&l.gate_proj.data)?,
-                up_proj: g.upload(&l.up_proj.data)?,
-                down_proj: g.upload(&l.down_proj.data)?,
-            });
-        }
         let cfg = &m.config;
         let (cos, sin) = rope_table(
             cfg.max_position_embeddings.max(1),
@@ -62,17 +142,10 @@ impl GpuLlama {
         );
         Ok(GpuLlama {
             config: m.config.clone(),
+            weights: GpuLlamaWeights::upload(g, cfg, &m.weights)?,
             cos: g.upload(&cos)?,
             sin: g.upload(&sin)?,
-            embed_tokens: g.upload(&w.embed_tokens.data)?,
-            layers,
-            norm: g.upload(&w.norm.data)?,
-            lm_head: w.lm_head.as_ref().map(|t| g.upload(&t.data)).transpose()?,
         })
-    }
-
-    fn head_weight(&self) -> &Buf {
-        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 }
 
@@ -136,12 +209,12 @@ impl DeviceModel for GpuLlama {
             &mut x,
             rows.ids,
             rows.pos,
-            &self.embed_tokens,
+            &self.weights.embed_tokens,
             None,
             n,
             c,
         )?;
-        for (li, l) in self.layers.iter().enumerate() {
+        for (li, l) in self.weights.layers.iter().enumerate() {
             k::rmsnorm_forward(g, &mut xn, &mut rrms, &x, &l.input_layernorm, n, c, eps)?;
             k::matmul_nt_forward(g, &mut q, &xn, &l.q_proj, None, n, c, qw)?;
             k::matmul_nt_forward(g, &mut kk, &xn, &l.k_proj, None, n, c, kw)?;
@@ -202,7 +275,7 @@ impl DeviceModel for GpuLlama {
             &mut normed,
             &mut rr,
             hidden,
-            &self.norm,
+            &self.weights.norm,
             m,
             c,
             cfg.rms_norm_eps,
@@ -211,7 +284,7 @@ impl DeviceModel for GpuLlama {
             g,
             logits,
             &normed,
-            self.head_weight(),
+            self.weights.head(),
             None,
             m,
             c,

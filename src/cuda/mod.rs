@@ -5,14 +5,23 @@
 pub mod bench;
 pub mod bert;
 pub mod check;
+mod check_backward;
+mod check_ppo;
+mod check_train;
 pub mod decode;
 pub mod device;
 pub mod emu;
 pub mod gpt2;
+pub mod gpt2_train;
 pub mod llama;
+pub mod llama_train;
 pub mod nvrtc;
 pub mod ops;
+pub mod ops_backward;
+pub mod ops_loss;
+pub mod optim;
 pub mod registry;
+pub mod train_batch;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
 /// never picks the emulated device, which is for checking kernels, not for speed).

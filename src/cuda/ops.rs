@@ -7,20 +7,20 @@ use anyhow::{Result, anyhow, bail};
 
 type Buf = DevBuf<f32>;
 
-fn int(what: &str, x: usize) -> Result<i32> {
+pub(super) fn int(what: &str, x: usize) -> Result<i32> {
     i32::try_from(x).map_err(|_| anyhow!("{what} = {x} does not fit the kernels' 32-bit sizes"))
 }
 
-fn blocks(n: usize, threads: u32) -> Grid {
+pub(super) fn blocks(n: usize, threads: u32) -> Grid {
     Grid::linear(n, threads)
 }
 
 /// One block of `threads` per row.
-fn per_row(rows: usize, threads: u32) -> Grid {
+pub(super) fn per_row(rows: usize, threads: u32) -> Grid {
     Grid::per_row(rows, threads)
 }
 
-fn need(what: &str, buf_len: usize, want: usize) -> Result<()> {
+pub(super) fn need(what: &str, buf_len: usize, want: usize) -> Result<()> {
     if buf_len < want {
         bail!("{what}: buffer holds {buf_len} values, needs {want}");
     }
@@ -194,7 +194,7 @@ pub fn gemm_kernel(entry: &str, n: usize) -> String {
     }
 }
 
-fn gemm_grid(n: usize, oc: usize) -> Grid {
+pub(super) fn gemm_grid(n: usize, oc: usize) -> Grid {
     let rows = if n < 128 { FEW_ROWS } else { 128 };
     Grid {
         blocks: [
@@ -316,7 +316,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn check(&self, what: &str) -> Result<()> {
+    pub(super) fn check(&self, what: &str) -> Result<()> {
         if self.head_dim > 128 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head)
         {
             bail!(
@@ -331,7 +331,7 @@ impl AttnShape {
 }
 
 /// One warp per (row, head).
-fn warps(n: usize) -> Grid {
+pub(super) fn warps(n: usize) -> Grid {
     blocks(n * 32, 128)
 }
 
@@ -339,7 +339,12 @@ fn warps(n: usize) -> Grid {
 pub type Heads<'a> = (&'a Buf, usize, usize);
 
 /// The start of a view, checked to leave `rows` rows of `width` in the buffer.
-fn view(what: &str, (buf, offset, stride): Heads<'_>, rows: usize, width: usize) -> Result<Arg> {
+pub(super) fn view(
+    what: &str,
+    (buf, offset, stride): Heads<'_>,
+    rows: usize,
+    width: usize,
+) -> Result<Arg> {
     need(
         what,
         buf.len(),
@@ -348,10 +353,14 @@ fn view(what: &str, (buf, offset, stride): Heads<'_>, rows: usize, width: usize)
     buf.at(offset)
 }
 
-/// out (B*T, H*hd) = causal attention with left padding; q, k, v given as (buffer, offset, row stride)
+/// out (B*T, H*hd) = causal attention with left padding; q, k, v given as (buffer, offset, row
+/// stride); att (B, H, T, T) receives the probabilities when given (training's forward saves them
+/// for `attention_backward`)
+#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     g: &Gpu,
     out: &mut Buf,
+    att: Option<&mut Buf>,
     q: Heads<'_>,
     k: Heads<'_>,
     v: Heads<'_>,
@@ -362,8 +371,12 @@ pub fn attention_forward(
     let (n, qw, kw) = (s.b * s.t, s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
     need("attention_forward out", out.len(), n * qw)?;
     need("attention_forward start", start.len(), s.b)?;
+    if let Some(a) = &att {
+        need("attention_forward att", a.len(), s.b * s.n_head * s.t * s.t)?;
+    }
     let args = [
         out.into(),
+        att.map_or(Arg::NULL, Arg::from),
         view("attention_forward q", q, n, qw)?,
         view("attention_forward k", k, n, kw)?,
         view("attention_forward v", v, n, kw)?,

@@ -1,0 +1,453 @@
+//! Llama's training passes on a device, mirroring `cpu::llama::{forward, backward_into}` op for
+//! op: a forward over a whole left-padded batch that keeps what backward needs (rotated q and k,
+//! attention probabilities) and computes logits only at the chosen rows, then a backward that
+//! adds every parameter's gradient into a `GpuLlamaWeights` (a tied head into `embed_tokens`).
+
+use super::device::{DevBuf, Gpu};
+use super::llama::{GpuLlama, GpuLlamaWeights};
+use super::ops::{self as k, AttnShape};
+use super::ops_backward::{self as kb, QkvGrad};
+use super::train_batch::TrainBatch;
+use crate::model::llama::LlamaConfig;
+use anyhow::{Result, bail};
+
+type Buf = DevBuf<f32>;
+
+/// Activations of one layer saved for backward. N = B T rows.
+struct LayerActs {
+    x: Buf,     // (N, C) residual stream entering the layer
+    rstd1: Buf, // (N)
+    xn1: Buf,   // (N, C)
+    q: Buf,     // (N, H*D) after rotation
+    k: Buf,     // (N, KV*D) after rotation
+    v: Buf,     // (N, KV*D)
+    att: Buf,   // (B, H, T, T)
+    ao: Buf,    // (N, H*D) attention output before o_proj
+    x2: Buf,    // (N, C) residual after attention
+    rstd2: Buf, // (N)
+    xn2: Buf,   // (N, C)
+    gate: Buf,  // (N, F)
+    up: Buf,    // (N, F)
+    act: Buf,   // (N, F)
+}
+
+/// Saved activations and backward scratch of one batch shape (B, T, M) on the device.
+pub struct LlamaActivations {
+    b: usize,
+    t: usize,
+    m: usize,
+    layers: Vec<LayerActs>,
+    xl: Buf,       // (N, C) output of the last layer
+    rstdf: Buf,    // (N)
+    xf: Buf,       // (N, C) after the final norm
+    gathered: Buf, // (M, C)
+    /// (M, V) logits of the chosen rows after `forward`.
+    pub logits: Buf,
+    tmp: Buf, // (N, C)
+    // backward scratch
+    dx: Buf,        // (N, C)
+    dxf: Buf,       // (N, C)
+    dxn: Buf,       // (N, C)
+    dact: Buf,      // (N, F)
+    dgate: Buf,     // (N, F)
+    dup: Buf,       // (N, F)
+    dao: Buf,       // (N, H*D)
+    dq: Buf,        // (N, H*D)
+    dk: Buf,        // (N, KV*D)
+    dv: Buf,        // (N, KV*D)
+    dq0: Buf,       // (N, H*D)
+    dk0: Buf,       // (N, KV*D)
+    dscores: Buf,   // (B, H, T, T)
+    dgathered: Buf, // (M, C)
+}
+
+impl LlamaActivations {
+    pub fn new(g: &Gpu, cfg: &LlamaConfig, b: usize, t: usize, m: usize) -> Result<Self> {
+        let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+        let (qw, kw) = (cfg.num_attention_heads * d, cfg.n_kv_heads() * d);
+        let n = b * t;
+        let scores = b * cfg.num_attention_heads * t * t;
+        let rows = |w: usize| g.alloc::<f32>(n * w);
+        let layer = || -> Result<LayerActs> {
+            Ok(LayerActs {
+                x: rows(c)?,
+                rstd1: rows(1)?,
+                xn1: rows(c)?,
+                q: rows(qw)?,
+                k: rows(kw)?,
+                v: rows(kw)?,
+                att: g.alloc(scores)?,
+                ao: rows(qw)?,
+                x2: rows(c)?,
+                rstd2: rows(1)?,
+                xn2: rows(c)?,
+                gate: rows(f)?,
+                up: rows(f)?,
+                act: rows(f)?,
+            })
+        };
+        Ok(LlamaActivations {
+            b,
+            t,
+            m,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| layer())
+                .collect::<Result<_>>()?,
+            xl: rows(c)?,
+            rstdf: rows(1)?,
+            xf: rows(c)?,
+            gathered: g.alloc((m * c).max(1))?,
+            logits: g.alloc((m * cfg.vocab_size).max(1))?,
+            tmp: rows(c)?,
+            dx: rows(c)?,
+            dxf: rows(c)?,
+            dxn: rows(c)?,
+            dact: rows(f)?,
+            dgate: rows(f)?,
+            dup: rows(f)?,
+            dao: rows(qw)?,
+            dq: rows(qw)?,
+            dk: rows(kw)?,
+            dv: rows(kw)?,
+            dq0: rows(qw)?,
+            dk0: rows(kw)?,
+            dscores: g.alloc(scores)?,
+            dgathered: g.alloc((m * c).max(1))?,
+        })
+    }
+
+    /// The final hidden states (N, C) after the last norm: what the head multiplies and the value
+    /// head reads.
+    pub fn final_hidden(&self) -> &Buf {
+        &self.xf
+    }
+
+    fn check(&self, batch: &TrainBatch) -> Result<()> {
+        if (self.b, self.t, self.m) != (batch.b, batch.t, batch.m) {
+            bail!(
+                "activations of a {} x {} batch with {} logit rows given a {} x {} batch with {}",
+                self.b,
+                self.t,
+                self.m,
+                batch.b,
+                batch.t,
+                batch.m
+            );
+        }
+        Ok(())
+    }
+}
+
+fn attn_shape(cfg: &LlamaConfig, batch: &TrainBatch) -> AttnShape {
+    AttnShape {
+        b: batch.b,
+        t: batch.t,
+        n_head: cfg.num_attention_heads,
+        n_kv_head: cfg.n_kv_heads(),
+        head_dim: cfg.head_dim(),
+    }
+}
+
+/// Runs the model on `batch`, leaving the logits (M, V) of its chosen rows in `acts.logits` and
+/// what `backward` needs in `acts`.
+pub fn forward(
+    g: &Gpu,
+    model: &GpuLlama,
+    batch: &TrainBatch,
+    acts: &mut LlamaActivations,
+) -> Result<()> {
+    acts.check(batch)?;
+    let cfg = &model.config;
+    let w = &model.weights;
+    let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+    let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
+    let (qw, kw) = (h * d, kv * d);
+    let (n, m) = (batch.n(), batch.m);
+    let eps = cfg.rms_norm_eps;
+    let shape = attn_shape(cfg, batch);
+    let first = acts.layers.first_mut().map_or(&mut acts.xl, |a| &mut a.x);
+    k::embedding_forward(
+        g,
+        first,
+        &batch.tokens,
+        &batch.pos,
+        &w.embed_tokens,
+        None,
+        n,
+        c,
+    )?;
+    for li in 0..cfg.num_hidden_layers {
+        let (here, next) = acts.layers.split_at_mut(li + 1);
+        let a = &mut here[li];
+        // The layer's output is the next layer's input, or the last hidden state.
+        let out = next.first_mut().map_or(&mut acts.xl, |b| &mut b.x);
+        let lw = &w.layers[li];
+        k::rmsnorm_forward(
+            g,
+            &mut a.xn1,
+            &mut a.rstd1,
+            &a.x,
+            &lw.input_layernorm,
+            n,
+            c,
+            eps,
+        )?;
+        k::matmul_nt_forward(g, &mut a.q, &a.xn1, &lw.q_proj, None, n, c, qw)?;
+        k::matmul_nt_forward(g, &mut a.k, &a.xn1, &lw.k_proj, None, n, c, kw)?;
+        k::matmul_nt_forward(g, &mut a.v, &a.xn1, &lw.v_proj, None, n, c, kw)?;
+        k::rope_forward(
+            g, &mut a.q, 0, qw, &batch.pos, &model.cos, &model.sin, n, h, d,
+        )?;
+        k::rope_forward(
+            g, &mut a.k, 0, kw, &batch.pos, &model.cos, &model.sin, n, kv, d,
+        )?;
+        k::attention_forward(
+            g,
+            &mut a.ao,
+            Some(&mut a.att),
+            (&a.q, 0, qw),
+            (&a.k, 0, kw),
+            (&a.v, 0, kw),
+            &batch.start,
+            shape,
+        )?;
+        k::matmul_nt_forward(g, &mut acts.tmp, &a.ao, &lw.o_proj, None, n, qw, c)?;
+        k::residual_forward(g, &mut a.x2, &acts.tmp, &a.x, n * c)?;
+        k::rmsnorm_forward(
+            g,
+            &mut a.xn2,
+            &mut a.rstd2,
+            &a.x2,
+            &lw.post_attention_layernorm,
+            n,
+            c,
+            eps,
+        )?;
+        k::matmul_nt_forward(g, &mut a.gate, &a.xn2, &lw.gate_proj, None, n, c, f)?;
+        k::matmul_nt_forward(g, &mut a.up, &a.xn2, &lw.up_proj, None, n, c, f)?;
+        k::swiglu_forward(g, &mut a.act, &a.gate, &a.up, n * f)?;
+        k::matmul_nt_forward(g, &mut acts.tmp, &a.act, &lw.down_proj, None, n, f, c)?;
+        k::residual_forward(g, out, &acts.tmp, &a.x2, n * c)?;
+    }
+    k::rmsnorm_forward(
+        g,
+        &mut acts.xf,
+        &mut acts.rstdf,
+        &acts.xl,
+        &w.norm,
+        n,
+        c,
+        eps,
+    )?;
+    if m > 0 {
+        k::logits_forward(
+            g,
+            &mut acts.logits,
+            &mut acts.gathered,
+            &acts.xf,
+            &batch.rows,
+            w.head(),
+            m,
+            cfg.vocab_size,
+            c,
+        )?;
+    }
+    Ok(())
+}
+
+/// Adds the gradient of every parameter, given dlogits (M, V) for the chosen rows of the last
+/// `forward`, into `grads` (zero it first for a fresh step). A tied head adds into
+/// `embed_tokens`.
+pub fn backward(
+    g: &Gpu,
+    model: &GpuLlama,
+    batch: &TrainBatch,
+    acts: &mut LlamaActivations,
+    dlogits: &Buf,
+    grads: &mut GpuLlamaWeights,
+) -> Result<()> {
+    acts.check(batch)?;
+    let cfg = &model.config;
+    let w = &model.weights;
+    let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+    let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
+    let (qw, kw) = (h * d, kv * d);
+    let (n, m) = (batch.n(), batch.m);
+    let shape = attn_shape(cfg, batch);
+    let a = acts;
+    // Head: only the chosen rows receive gradient.
+    g.zero(&mut a.dxf)?;
+    if m > 0 {
+        let dhead = match &mut grads.lm_head {
+            Some(hd) => hd,
+            None => &mut grads.embed_tokens,
+        };
+        kb::logits_backward(
+            g,
+            &mut a.dxf,
+            dhead,
+            &mut a.dgathered,
+            dlogits,
+            &a.gathered,
+            &batch.row_buckets,
+            w.head(),
+            m,
+            cfg.vocab_size,
+            c,
+        )?;
+    }
+    g.zero(&mut a.dx)?;
+    kb::rmsnorm_backward(
+        g,
+        &mut a.dx,
+        &mut grads.norm,
+        &a.dxf,
+        &a.xl,
+        &w.norm,
+        &a.rstdf,
+        n,
+        c,
+    )?;
+    for li in (0..cfg.num_hidden_layers).rev() {
+        let (lw, s, lg) = (&w.layers[li], &a.layers[li], &mut grads.layers[li]);
+        // MLP branch; dx is also the gradient of x2 through the residual.
+        g.zero(&mut a.dact)?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dact),
+            &mut lg.down_proj,
+            &a.dx,
+            &s.act,
+            &lw.down_proj,
+            n,
+            f,
+            c,
+        )?;
+        g.zero(&mut a.dgate)?;
+        g.zero(&mut a.dup)?;
+        kb::swiglu_backward(g, &mut a.dgate, &mut a.dup, &a.dact, &s.gate, &s.up, n * f)?;
+        g.zero(&mut a.dxn)?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dxn),
+            &mut lg.gate_proj,
+            &a.dgate,
+            &s.xn2,
+            &lw.gate_proj,
+            n,
+            c,
+            f,
+        )?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dxn),
+            &mut lg.up_proj,
+            &a.dup,
+            &s.xn2,
+            &lw.up_proj,
+            n,
+            c,
+            f,
+        )?;
+        kb::rmsnorm_backward(
+            g,
+            &mut a.dx,
+            &mut lg.post_attention_layernorm,
+            &a.dxn,
+            &s.x2,
+            &lw.post_attention_layernorm,
+            &s.rstd2,
+            n,
+            c,
+        )?;
+        // Attention branch.
+        g.zero(&mut a.dao)?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dao),
+            &mut lg.o_proj,
+            &a.dx,
+            &s.ao,
+            &lw.o_proj,
+            n,
+            qw,
+            c,
+        )?;
+        g.zero(&mut a.dq)?;
+        g.zero(&mut a.dk)?;
+        g.zero(&mut a.dv)?;
+        kb::attention_backward(
+            g,
+            QkvGrad::Split(&mut a.dq, &mut a.dk, &mut a.dv),
+            &mut a.dscores,
+            &a.dao,
+            &s.att,
+            (&s.q, 0, qw),
+            (&s.k, 0, kw),
+            (&s.v, 0, kw),
+            &batch.start,
+            shape,
+        )?;
+        g.zero(&mut a.dq0)?;
+        g.zero(&mut a.dk0)?;
+        kb::rope_backward(
+            g, &mut a.dq0, &a.dq, &batch.pos, &model.cos, &model.sin, n, h, d,
+        )?;
+        kb::rope_backward(
+            g, &mut a.dk0, &a.dk, &batch.pos, &model.cos, &model.sin, n, kv, d,
+        )?;
+        g.zero(&mut a.dxn)?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dxn),
+            &mut lg.q_proj,
+            &a.dq0,
+            &s.xn1,
+            &lw.q_proj,
+            n,
+            c,
+            qw,
+        )?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dxn),
+            &mut lg.k_proj,
+            &a.dk0,
+            &s.xn1,
+            &lw.k_proj,
+            n,
+            c,
+            kw,
+        )?;
+        kb::linear_backward(
+            g,
+            Some(&mut a.dxn),
+            &mut lg.v_proj,
+            &a.dv,
+            &s.xn1,
+            &lw.v_proj,
+            n,
+            c,
+            kw,
+        )?;
+        kb::rmsnorm_backward(
+            g,
+            &mut a.dx,
+            &mut lg.input_layernorm,
+            &a.dxn,
+            &s.x,
+            &lw.input_layernorm,
+            &s.rstd1,
+            n,
+            c,
+        )?;
+    }
+    kb::embedding_backward(
+        g,
+        &mut grads.embed_tokens,
+        None,
+        &a.dx,
+        &batch.token_buckets,
+        c,
+    )
+}

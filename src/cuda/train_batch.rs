@@ -1,0 +1,98 @@
+//! A training batch on the device, for the forward passes that keep activations and their
+//! backward passes (`cuda::gpt2_train`, `cuda::llama_train`): the left-padded tokens of a
+//! `cpu::gpt2::Batch` with their positions, the rows whose logits are wanted, and the index
+//! buckets the backward passes scatter by.
+
+use super::device::{DevBuf, Gpu};
+use super::ops_backward::RowBuckets;
+use crate::cpu::gpt2::Batch;
+use anyhow::{Result, bail};
+
+pub struct TrainBatch {
+    pub b: usize,
+    pub t: usize,
+    /// (B*T) token ids, padding included.
+    pub tokens: DevBuf<u32>,
+    /// (B*T) position ids t - start[b] (0 on padding): GPT-2's learned positions and Llama's
+    /// rotary ones alike.
+    pub pos: DevBuf<i32>,
+    /// (B) first real index of each row.
+    pub start: DevBuf<i32>,
+    /// Number of chosen (row, position) pairs.
+    pub m: usize,
+    /// (M) flat row b T + t of each chosen pair, in the order given (one unused entry more, so
+    /// that the buffer is never empty: a CUDA allocation cannot be).
+    pub rows: DevBuf<i32>,
+    /// (B) flat row of each row's last index, where the value head reads.
+    pub last: DevBuf<i32>,
+    /// The chosen rows, the token ids and the position ids as scatter buckets.
+    pub row_buckets: RowBuckets,
+    pub token_buckets: RowBuckets,
+    pub pos_buckets: RowBuckets,
+}
+
+impl TrainBatch {
+    /// Uploads `batch` with logits wanted at `positions` ((row, index) pairs, each at most once),
+    /// for a model of `vocab` tokens and a context of `max_len`.
+    pub fn new(
+        g: &Gpu,
+        batch: &Batch,
+        positions: &[(usize, usize)],
+        vocab: usize,
+        max_len: usize,
+    ) -> Result<Self> {
+        let (b, t) = (batch.b, batch.t);
+        if batch.tokens.len() != b * t || batch.start.len() != b || b == 0 {
+            bail!(
+                "a batch of {b} x {t} needs {} tokens and {b} starts, has {} and {}",
+                b * t,
+                batch.tokens.len(),
+                batch.start.len()
+            );
+        }
+        for (r, &st) in batch.start.iter().enumerate() {
+            if st >= t || t - st > max_len {
+                bail!(
+                    "row {r} holds {} tokens: at least 1 and at most the model's context of {max_len}",
+                    t.saturating_sub(st)
+                );
+            }
+        }
+        if let Some(&tok) = batch.tokens.iter().find(|&&x| x as usize >= vocab) {
+            bail!("token id {tok} is outside the vocabulary of {vocab}");
+        }
+        let mut rows = Vec::with_capacity(positions.len());
+        let mut seen = vec![false; b * t];
+        for &(r, i) in positions {
+            if r >= b || i >= t {
+                bail!("logit position ({r}, {i}) is outside the batch of {b} x {t}");
+            }
+            if std::mem::replace(&mut seen[r * t + i], true) {
+                bail!("logit position ({r}, {i}) is asked for twice");
+            }
+            rows.push(r * t + i);
+        }
+        let pos: Vec<usize> = batch.position_ids().iter().map(|&p| p as usize).collect();
+        let tokens: Vec<usize> = batch.tokens.iter().map(|&x| x as usize).collect();
+        let to_i32 = |xs: &[usize]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
+        Ok(TrainBatch {
+            b,
+            t,
+            tokens: g.upload(&batch.tokens)?,
+            pos: g.upload(&to_i32(&pos))?,
+            start: g.upload(&to_i32(&batch.start))?,
+            m: rows.len(),
+            rows: g.upload(&to_i32(&rows).into_iter().chain([0]).collect::<Vec<_>>())?,
+            last: g.upload(&to_i32(&last))?,
+            row_buckets: RowBuckets::new(g, &rows)?,
+            token_buckets: RowBuckets::new(g, &tokens)?,
+            pos_buckets: RowBuckets::new(g, &pos)?,
+        })
+    }
+
+    /// Rows in the batch, B T.
+    pub fn n(&self) -> usize {
+        self.b * self.t
+    }
+}
