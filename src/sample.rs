@@ -1,6 +1,15 @@
-//! Choosing the next token from a row of logits; independent of the backend.
+//! Choosing the next token from a row of logits, and what sampling gives back; independent of
+//! the backend.
 
 use crate::rng::Rng;
+
+/// One sampled continuation: its tokens (ending with end-of-text if it stopped there) and each
+/// token's log-probability under softmax(logits / temperature), before top-k/top-p filtering.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
 
 /// How tokens are drawn. `temperature == 0` is greedy decoding; `top_k == 0` and `top_p >= 1`
 /// switch those filters off.
@@ -117,4 +126,30 @@ pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, u: f64) -> (
     }
     cand.clear();
     (pick as u32, lp[pick] as f32)
+}
+
+/// One sampling step of a batch: each row not yet `done` samples from its logits (B, V), and the
+/// token and its log-probability are appended to its generation; a row that samples `eos` is
+/// done. Returns the tokens to feed next (`eos` for done rows).
+pub fn sample_step(
+    logits: &[f32],
+    v: usize,
+    out: &mut [Generation],
+    done: &mut [bool],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Vec<u32> {
+    let mut next = vec![eos; out.len()];
+    for (r, g) in out.iter_mut().enumerate() {
+        if done[r] {
+            continue;
+        }
+        let (tok, lp) = sample(&logits[r * v..(r + 1) * v], params, rng);
+        g.tokens.push(tok);
+        g.logprobs.push(lp);
+        next[r] = tok;
+        done[r] = tok == eos;
+    }
+    next
 }

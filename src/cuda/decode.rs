@@ -3,7 +3,7 @@
 
 use super::device::Gpu;
 use super::ops::{self as k, SampleArgs};
-use crate::cpu::decode::Generation;
+use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;

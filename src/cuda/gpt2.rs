@@ -6,9 +6,9 @@
 use super::decode::{DeviceDecoder, generate_rows, sample_rows};
 use super::device::Gpu;
 use super::ops::{self as k, AttnShape};
-use crate::cpu::decode::Generation;
 use crate::cpu::gpt2::Batch;
 use crate::model::gpt2::{Gpt2, Gpt2Config};
+use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use anyhow::{Result, bail};
 use cudarc::driver::CudaSlice;

@@ -19,6 +19,16 @@ pub struct Episode {
     pub reward: f32,
 }
 
+/// The number of response tokens the mask keeps: those before the first end-of-text, plus the
+/// end-of-text itself with `train_eos`.
+pub fn kept_tokens(response: &[u32], eos: u32, train_eos: bool) -> usize {
+    match response.iter().position(|&t| t == eos) {
+        Some(i) if train_eos => i + 1,
+        Some(i) => i,
+        None => response.len(),
+    }
+}
+
 /// The value head: a linear map hidden -> 1 with a bias, on a detached hidden state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Critic {
