@@ -9,7 +9,7 @@ use crate::cpu::rollout::{Rollout, generate_recorded};
 use crate::model::gpt2::{Gpt2, Gpt2Weights};
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::model::spec::Model;
-use crate::ppo::adamw::{AdamW, clip_grad_norm};
+use crate::ppo::adamw::{AdamW, clip_coef, clip_grad_norm, grad_norm};
 use crate::ppo::config::{Baseline, PpoConfig};
 use crate::ppo::loss::{
     ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, kept_tokens, whiten,
@@ -49,6 +49,13 @@ enum Grads {
 }
 
 impl Grads {
+    fn list(&self) -> Vec<&Tensor> {
+        match self {
+            Grads::Gpt2(g) => g.named().into_iter().map(|x| x.1).collect(),
+            Grads::Llama(g) => g.named().into_iter().map(|x| x.1).collect(),
+        }
+    }
+
     fn list_mut(&mut self) -> Vec<&mut Tensor> {
         match self {
             Grads::Gpt2(g) => g.named_mut().into_iter().map(|x| x.1).collect(),
@@ -423,16 +430,19 @@ impl CpuPolicy {
                 *g += dv[r] * x;
             }
         }
-        let mut grads = actor_backward(&self.model, &mut acts, &al.dlogits, self.grads.take());
+        let grads = actor_backward(&self.model, &mut acts, &al.dlogits, self.grads.take());
         drop(acts);
-        let mut glist = grads.list_mut();
-        let actor_norm = clip_grad_norm(&mut glist, cfg.actor_max_grad_norm)
-            .context("actor gradient: nothing was applied to the weights")?;
+        let gref = grads.list();
+        let actor_norm =
+            grad_norm(&gref).context("actor gradient: nothing was applied to the weights")?;
         let critic_norm = clip_grad_norm(&mut [&mut cw, &mut cb], cfg.critic_max_grad_norm)
             .context("critic gradient: nothing was applied to the weights")?;
-        let gref: Vec<&Tensor> = glist.into_iter().map(|g| &*g).collect();
-        self.actor_opt
-            .step(&mut params_mut(&mut self.model), &gref)?;
+        // The actor's clipping scale goes into its step: one pass less over its gradients.
+        self.actor_opt.step_scaled(
+            &mut params_mut(&mut self.model),
+            &gref,
+            clip_coef(actor_norm, cfg.actor_max_grad_norm),
+        )?;
         self.critic_opt
             .step(&mut [&mut self.critic.w, &mut self.critic.b], &[&cw, &cb])?;
         self.grads = Some(grads);
