@@ -9,6 +9,7 @@ use pgsrm::ppo::{Critic, PpoConfig, Trainer};
 use pgsrm::run::RunDir;
 use pgsrm::run::checkpoint::{ChildFiles, load_trainer_state, save_trainer_state};
 use pgsrm::run::folder::{EPISODE_RULE, git_commit};
+use pgsrm::run::progress::JobProgress;
 use pgsrm::run::report::{Group, RunCurves, write_report};
 use pgsrm::tasks::Task;
 use serde_json::{Value, json};
@@ -172,7 +173,7 @@ fn choose_child(args: &Args, task: &Task) -> (String, String) {
 }
 
 /// Everything a run is made of, resolved: written as config.json and read back on --resume.
-fn resolve(args: &Args) -> Result<(Value, String)> {
+pub fn resolve(args: &Args) -> Result<(Value, String)> {
     let task = pgsrm::tasks::by_name(args.task.as_deref().context("--task is required")?)?;
     pgsrm::reward::shaping::Shaping::from_name(&args.reward).context("--reward")?;
     let (model, why) = choose_child(args, &task);
@@ -265,13 +266,21 @@ fn resolve(args: &Args) -> Result<(Value, String)> {
 
 /// Runs `pgsrm train`; returns the run folder.
 pub fn train(args: &Args) -> Result<PathBuf> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second handler cannot be set (reproduce trains several runs): the first one stays.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
-    train_until(args, &stop)
+    train_with(args, None)
+}
+
+/// `train` as one run of a job: the progress line is the job's (`JobProgress`), whose current
+/// run this is.
+pub fn train_with(args: &Args, job: Option<&mut JobProgress>) -> Result<PathBuf> {
+    // Set once per process: a second handler cannot be set, so every run of a job shares it.
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let stop = STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        stop
+    });
+    train_until(args, stop, job)
 }
 
 fn num<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, path: &Path) -> Result<T> {
@@ -279,7 +288,11 @@ fn num<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, path: &Path) -> R
         .with_context(|| format!("{}/config.json: bad or missing {key:?}", path.display()))
 }
 
-fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
+fn train_until(
+    args: &Args,
+    stop: &AtomicBool,
+    mut job: Option<&mut JobProgress>,
+) -> Result<PathBuf> {
     let (mut dir, mut cfg, checkpoint) = match &args.resume {
         Some(path) => {
             let r = RunDir::resume(path)?;
@@ -373,6 +386,9 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
         Ok(ck)
     };
     let mut last_saved = trainer.updates();
+    if let Some(j) = job.as_deref_mut() {
+        j.resume_run(trainer.episodes());
+    }
     while trainer.episodes() < total {
         if stop.load(Ordering::SeqCst) {
             let ck = save(&trainer, &dir)?;
@@ -417,16 +433,27 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
             save(&trainer, &dir)?;
             last_saved = trainer.updates();
         }
-        if !args.quiet {
-            eprint!(
-                "\rupdate {} | episodes {}/{} | {:.2} episodes/s | reward {:.4} | KL {:.5}   ",
+        let progress = match job.as_deref_mut() {
+            Some(j) => {
+                j.record_update(
+                    stats.episodes.len() as u64,
+                    stats.seconds as f64,
+                    stats.episode,
+                );
+                j.line(stats.episodes_per_s, stats.reward_mean, stats.losses.kl)
+            }
+            None => format!(
+                "update {} | episodes {}/{} | {:.2} episodes/s | reward {:.4} | KL {:.5}",
                 stats.update,
                 stats.episode,
                 total,
                 stats.episodes_per_s,
                 stats.reward_mean,
                 stats.losses.kl
-            );
+            ),
+        };
+        if !args.quiet {
+            eprint!("\r{progress}   ");
             let _ = std::io::stderr().flush();
         }
     }
