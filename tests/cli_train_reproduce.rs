@@ -71,7 +71,28 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
             "{stem}.svg"
         );
     }
-    // Run again, it continues the runs it has (complete here) instead of refusing them.
+    // The last checkpoint of a reproduction run holds no optimiser moments, so it is a third
+    // of the size, and a run cannot continue from it: `train --resume` says so.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(rep.join("colors-pgsrm-seed3/step-3/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["optimizer_moments"], false);
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "train",
+            "--resume",
+            "rep/colors-pgsrm-seed3",
+            "--episodes",
+            "24",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("optimiser moments"), "{err}");
+    // Run again, it reads the runs it has (complete here) instead of refusing them.
     let before = std::fs::read(rep.join("colors-pgsrm-seed3/metrics.jsonl")).unwrap();
     let out = reproduce(&dir);
     assert!(

@@ -7,7 +7,7 @@ use pgsrm::model::spec::{Model, load_model};
 use pgsrm::ppo::config::Baseline;
 use pgsrm::ppo::{Critic, PpoConfig, Trainer};
 use pgsrm::run::RunDir;
-use pgsrm::run::checkpoint::{ChildFiles, load_trainer_state, save_trainer_state};
+use pgsrm::run::checkpoint::{ChildFiles, Keep, load_trainer_state, save_trainer_state};
 use pgsrm::run::folder::{EPISODE_RULE, git_commit};
 use pgsrm::run::progress::JobProgress;
 use pgsrm::run::report::{Group, RunCurves, write_report};
@@ -111,6 +111,10 @@ pub struct Args {
     /// Checkpoints kept: older ones are deleted as new ones are written (0 keeps all)
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// The run's last checkpoint keeps the child and value head but not the optimiser moments:
+    /// a third of the size, and the run cannot be continued from it
+    #[arg(long, conflicts_with = "resume")]
+    pub lean_last_checkpoint: bool,
     /// No progress line
     #[arg(long)]
     pub quiet: bool,
@@ -282,6 +286,7 @@ pub fn resolve(args: &Args) -> Result<(Value, String)> {
         "embedder": args.embedder.embedder,
         "parent": format!("table:data/parents/{}.jsonl", task.name),
         "checkpoint_every": args.checkpoint_every,
+        "lean_last_checkpoint": args.lean_last_checkpoint,
         "episode_log": EPISODE_RULE,
         "ppo": ppo,
         "git_commit": git_commit(),
@@ -404,9 +409,10 @@ fn train_until(
             path.display()
         );
     }
-    let save = |trainer: &Trainer, dir: &RunDir| -> Result<PathBuf> {
+    let lean_last = cfg["lean_last_checkpoint"].as_bool().unwrap_or(false);
+    let save = |trainer: &Trainer, dir: &RunDir, keep: Keep| -> Result<PathBuf> {
         let ck = dir.write_checkpoint(trainer.updates(), |d| {
-            save_trainer_state(d, trainer.state(), &child_files)
+            save_trainer_state(d, trainer.state(), &child_files, keep)
         })?;
         dir.prune_checkpoints(args.keep_checkpoints)?;
         Ok(ck)
@@ -417,7 +423,7 @@ fn train_until(
     }
     while trainer.episodes() < total {
         if stop.load(Ordering::SeqCst) {
-            let ck = save(&trainer, &dir)?;
+            let ck = save(&trainer, &dir, Keep::All)?;
             eprintln!(
                 "\ninterrupted: checkpoint {} written; continue with --resume {}",
                 ck.display(),
@@ -456,7 +462,12 @@ fn train_until(
         )?;
         let done = trainer.episodes() >= total;
         if done || (every > 0 && stats.update % every == 0) {
-            save(&trainer, &dir)?;
+            let keep = if done && lean_last {
+                Keep::NoMoments
+            } else {
+                Keep::All
+            };
+            save(&trainer, &dir, keep)?;
             last_saved = trainer.updates();
         }
         let progress = match job.as_deref_mut() {
