@@ -218,15 +218,36 @@ fn evaluate_run(path: &Path, task: &str, embedder: &dyn Embedder, quiet: bool) -
     Ok(())
 }
 
-/// The one-line description of a task's runs for a report: the child and its settings.
+/// Seconds, and from a minute on the same in minutes.
+fn wall_time(seconds: f64) -> String {
+    if seconds >= 60.0 {
+        format!("{seconds:.0} s ({})", duration(seconds))
+    } else {
+        format!("{seconds:.0} s")
+    }
+}
+
+/// A markdown table of each task's child and settings.
+fn settings_table(reports: &[TaskReport]) -> String {
+    let mut t = String::from("| task | child | settings |\n| --- | --- | --- |\n");
+    for r in reports {
+        t.push_str(&format!("| {} | {} | {} |\n", r.task, r.child, r.settings));
+    }
+    t
+}
+
+/// The one-line description of a task's runs for a report: its settings.
 fn settings_line(cfg: &Value) -> String {
     let ppo = &cfg["ppo"];
+    // The learning rate is an f32 in the config: shown as one, not as the f64 that holds it.
+    let lr = ppo["actor_lr"]
+        .as_f64()
+        .map_or_else(|| "?".into(), |x| format!("{:e}", x as f32));
     format!(
-        "{} episodes per run, batch {}, {} new tokens, actor lr {}, {}",
+        "{} episodes per run, batch {}, {} new tokens, actor lr {lr}, {}",
         cfg["episodes"],
         ppo["batch_size"],
         ppo["max_new_tokens"],
-        ppo["actor_lr"],
         if ppo["chat"].as_bool() == Some(true) {
             "chat prompts"
         } else {
@@ -284,6 +305,7 @@ pub fn run(args: Args) -> Result<()> {
     let embedder = pgsrm::reward::embedder::by_name(&args.embedder, &Default::default())?;
     let mut reports = Vec::new();
     let n = jobs.len();
+    let mut finished_before = 0;
     for (k, job) in jobs.iter().enumerate() {
         if !args.quiet {
             eprintln!(
@@ -305,6 +327,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         progress.start_run(k);
         let path = if job.complete()? {
+            finished_before += 1;
             // Trained already: its last checkpoint is only read, for evaluation.
             progress.resume_run(progress.runs()[k].episodes);
             job.dir.clone()
@@ -330,13 +353,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     let wall = t0.elapsed().as_secs_f64();
     if !single {
-        let child = reports.first().map(|r| r.child.clone()).unwrap_or_default();
+        let read = if finished_before > 0 {
+            format!(
+                "; {finished_before} of its {n} runs were finished before and only read, so a \
+                 job that trains them all takes longer"
+            )
+        } else {
+            String::new()
+        };
         let preamble = format!(
-            "Tasks {}; seeds {:?}; every seed under both rewards. {child}\n\nWall time of the whole \
-             reproduction (training, evaluation, reports): {wall:.0} s ({}).",
+            "Tasks {}; seeds {:?}; every seed under both rewards. Each task's child and settings:\n\n\
+             {}\nWall time of this run of the command (training, evaluation, reports): {}{read}.",
             tasks.join(", "),
             args.seeds,
-            duration(wall)
+            settings_table(&reports),
+            wall_time(wall)
         );
         write_tasks_report(
             &reports,
@@ -346,9 +377,9 @@ pub fn run(args: Args) -> Result<()> {
         )?;
     }
     eprintln!(
-        "\nwrote {} ({wall:.0} s, {})",
+        "\nwrote {} ({})",
         out.join("report.md").display(),
-        duration(wall)
+        wall_time(wall)
     );
     Ok(())
 }
@@ -374,7 +405,7 @@ fn task_report(
         })
         .collect();
     let cfg = &curves[0].config;
-    let child = cfg["child_choice"].as_str().unwrap_or("").to_string();
+    let child_choice = cfg["child_choice"].as_str().unwrap_or("");
     let seeds: Vec<u64> = curves
         .iter()
         .filter(|c| c.reward() == Some(REWARDS[0]))
@@ -383,9 +414,9 @@ fn task_report(
     let settings = settings_line(cfg);
     let preamble = match wall {
         Some(wall) => format!(
-            "Task `{task}`, seeds {seeds:?}, {settings}. {child}\n\nWall time of the whole \
-             reproduction (training, evaluation, report): {wall:.0} s ({}).",
-            duration(wall)
+            "Task `{task}`, seeds {seeds:?}, {settings}. {child_choice}\n\nWall time of the whole \
+             reproduction (training, evaluation, report): {}.",
+            wall_time(wall)
         ),
         None => format!("Task `{task}`, seeds {seeds:?}, {settings}."),
     };
@@ -405,7 +436,7 @@ fn task_report(
         task: task.to_string(),
         folder,
         settings,
-        child,
+        child: cfg["model"].as_str().unwrap_or("").to_string(),
         summaries,
         reward,
     })

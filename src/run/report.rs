@@ -360,7 +360,7 @@ pub fn write_report(
 }
 
 /// One task of a report over several tasks: its report's folder (relative to the overall one),
-/// its settings and child in words, its groups' summaries (`summary`) and its reward chart.
+/// its child, its settings in words, its groups' summaries (`summary`) and its reward chart.
 pub struct TaskReport {
     pub task: String,
     pub folder: String,
