@@ -2,6 +2,7 @@
 //! the backend.
 
 use crate::rng::Rng;
+use rayon::prelude::*;
 
 /// One sampled continuation: its tokens (ending with end-of-text if it stopped there) and each
 /// token's log-probability under softmax(logits / temperature), before top-k/top-p filtering.
@@ -130,7 +131,9 @@ pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, u: f64) -> (
 
 /// One sampling step of a batch: each row not yet `done` samples from its logits (B, V), and the
 /// token and its log-probability are appended to its generation; a row that samples `eos` is
-/// done. Returns the tokens to feed next (`eos` for done rows).
+/// done. Returns the tokens to feed next (`eos` for done rows). The rows' uniform draws are taken
+/// from `rng` in row order, as `sample` would take them one row after another; the rows then
+/// sample in parallel, so the tokens are the same on any number of threads.
 pub fn sample_step(
     logits: &[f32],
     v: usize,
@@ -140,12 +143,24 @@ pub fn sample_step(
     eos: u32,
     rng: &mut Rng,
 ) -> Vec<u32> {
+    let draws: Vec<(usize, f64)> = (0..out.len())
+        .filter(|&r| !done[r])
+        .map(|r| {
+            let u = if params.temperature <= 0.0 {
+                0.0
+            } else {
+                rng.uniform()
+            };
+            (r, u)
+        })
+        .collect();
+    let picked: Vec<(u32, f32)> = draws
+        .par_iter()
+        .map(|&(r, u)| sample_with_uniform(&logits[r * v..(r + 1) * v], params, u))
+        .collect();
     let mut next = vec![eos; out.len()];
-    for (r, g) in out.iter_mut().enumerate() {
-        if done[r] {
-            continue;
-        }
-        let (tok, lp) = sample(&logits[r * v..(r + 1) * v], params, rng);
+    for (&(r, _), &(tok, lp)) in draws.iter().zip(&picked) {
+        let g = &mut out[r];
         g.tokens.push(tok);
         g.logprobs.push(lp);
         next[r] = tok;

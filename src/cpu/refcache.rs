@@ -17,6 +17,7 @@ use crate::model::spec::Model;
 use crate::ppo::loss::Episode;
 use crate::ppo::loss::kept_tokens;
 use anyhow::{Result, bail};
+use rayon::prelude::*;
 use std::collections::HashSet;
 
 /// Default bound on the bytes kept: the prompts of a hundred-prompt task take far less (the
@@ -221,12 +222,19 @@ impl RefCache {
         }
         let logits = model.head_logits(&picked);
         let v = vocab as usize;
+        let tokens: Vec<u32> = active
+            .iter()
+            .flat_map(|&(r, k)| episodes[r].response[..k].iter().copied())
+            .collect();
+        let lps: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(&tokens)
+            .map(|(row, &tok)| logprob(row, tok))
+            .collect();
         let mut at = 0;
         for &(r, k) in &active {
-            for &tok in &episodes[r].response[..k] {
-                out[r].push(logprob(&logits[at * v..(at + 1) * v], tok));
-                at += 1;
-            }
+            out[r].extend_from_slice(&lps[at..at + k]);
+            at += k;
         }
 
         // Keep the prompts' rows, unless that goes over the bound; never the responses'.
