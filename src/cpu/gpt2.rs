@@ -198,7 +198,7 @@ impl Gpt2Activations {
 
 /// A buffer of the saved activations, for a decoder that fills them chunk by chunk.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Slot {
+enum Slot {
     Encoded,
     Ln1,
     Ln1Mean,
