@@ -1,9 +1,15 @@
 //! PPO throughput of the CPU backend: whole trainer updates (batched sampling, parent table,
 //! binary reward, the policy update with the frozen reference and the value head, both AdamW
 //! steps) of GPT-2 `small` (random init) and of SmolLM2-135M-Instruct (the `smollm2-135m-instruct`
-//! asset, fetched when missing) on the colors task: batch 50, prompts of
-//! about 20 tokens, 2 new tokens. The binary reward needs no embedder, so the figure measures
-//! the policy work. Reported as episodes per second (criterion "elements").
+//! asset, fetched when missing) on the colors task, 2 new tokens, in two shapes:
+//! - the paper's: batch 50, raw prompts of about 20 tokens;
+//! - the SmolLM2 fallback's (`pgsrm train` without GPT-2 weights): batch 8, prompts written as a
+//!   user turn of SmolLM2's chat template, about 55 tokens of which about 40 (the system turn and
+//!   the task's instruction) are the same in every prompt. GPT-2 has no chat template of its own,
+//!   so its prompts are the same ChatML text, tokenized by GPT-2's tokenizer.
+//!
+//! The binary reward needs no embedder, so the figures measure the policy work. Reported as
+//! episodes per second (criterion "elements").
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pgsrm::cpu::policy::hidden_size;
@@ -12,38 +18,70 @@ use pgsrm::ppo::{Critic, PpoConfig, Trainer};
 use pgsrm::tasks;
 use std::time::Duration;
 
-fn trainer(loaded: Loaded) -> Trainer {
-    let reference = loaded.model.clone();
-    let critic = Critic::new(hidden_size(&loaded.model), 0);
-    let task = tasks::by_name("colors").expect("colors task");
-    let parent = Box::new(task.table_parent());
-    let cfg = PpoConfig {
+/// The paper's shape: batch 50, raw prompts.
+fn paper_shape() -> PpoConfig {
+    PpoConfig {
         shaping: "binary".into(),
         batch_size: Some(50),
         max_new_tokens: Some(2),
         ..PpoConfig::default()
-    };
+    }
+}
+
+/// The fallback's shape: batch 8, chat prompts.
+fn fallback_shape() -> PpoConfig {
+    PpoConfig {
+        batch_size: Some(8),
+        chat: true,
+        ..paper_shape()
+    }
+}
+
+fn trainer(loaded: Loaded, cfg: PpoConfig) -> Trainer {
+    let reference = loaded.model.clone();
+    let critic = Critic::new(hidden_size(&loaded.model), 0);
+    let task = tasks::by_name("colors").expect("colors task");
+    let parent = Box::new(task.table_parent());
     Trainer::new(cfg, loaded, reference, critic, task, None, parent, 1).expect("trainer")
 }
 
+fn smollm2() -> Loaded {
+    load_model("smollm2-135m-instruct")
+        .unwrap_or_else(|e| panic!("SmolLM2-135M-Instruct (fetched by the asset code): {e:#}"))
+}
+
+/// GPT-2 small (random init) with SmolLM2's chat template, for the fallback's prompt shape.
+fn gpt2_small(chat_template: Option<String>) -> Loaded {
+    let mut loaded = load_model("random:small").expect("GPT-2 small random init and its tokenizer");
+    loaded.chat_template = chat_template;
+    loaded
+}
+
 fn ppo_update(c: &mut Criterion) {
-    let loaded = load_model("random:small").expect("GPT-2 small random init and its tokenizer");
-    let mut gpt2 = trainer(loaded);
+    let template = smollm2().chat_template;
+    assert!(template.is_some(), "SmolLM2 has a chat template");
     let mut group = c.benchmark_group("ppo_cpu");
-    group.throughput(Throughput::Elements(gpt2.batch_size() as u64));
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(60));
-    group.bench_function("gpt2_small_b50_colors_binary_update", |bench| {
-        bench.iter(|| gpt2.update().expect("update"));
-    });
-    drop(gpt2);
-    let loaded = load_model("smollm2-135m-instruct")
-        .unwrap_or_else(|e| panic!("SmolLM2-135M-Instruct (fetched by the asset code): {e:#}"));
-    let mut smol = trainer(loaded);
-    group.bench_function("smollm2_135m_b50_colors_binary_update", |bench| {
-        bench.iter(|| smol.update().expect("update"));
-    });
+    let shapes = [
+        ("b50_colors", paper_shape()),
+        ("b8_chat_colors", fallback_shape()),
+    ];
+    for (shape, cfg) in &shapes {
+        let mut t = trainer(gpt2_small(template.clone()), cfg.clone());
+        group.throughput(Throughput::Elements(t.batch_size() as u64));
+        group.bench_function(format!("gpt2_small_{shape}_binary_update"), |bench| {
+            bench.iter(|| t.update().expect("update"));
+        });
+    }
+    for (shape, cfg) in &shapes {
+        let mut t = trainer(smollm2(), cfg.clone());
+        group.throughput(Throughput::Elements(t.batch_size() as u64));
+        group.bench_function(format!("smollm2_135m_{shape}_binary_update"), |bench| {
+            bench.iter(|| t.update().expect("update"));
+        });
+    }
     group.finish();
 }
 

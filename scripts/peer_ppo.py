@@ -30,6 +30,13 @@ after --warmup untimed updates; the time split of one update (median per part) g
                          forward through the backbone, LM head and log-softmax only at the positions
                          that predict response tokens; reference likewise under inference_mode.
 
+  --chat                 the SmolLM2 fallback's prompt shape (`pgsrm train` without GPT-2 weights,
+                         and the `b8_chat` rows of the bench): each prompt written as a user turn of
+                         SmolLM2's chat template (the CHATML text below: its default system turn,
+                         the user turn, the assistant turn opened), for both models; run it with
+                         --batch 8. About 48 SmolLM2 tokens, of which the first 37 are the same in
+                         every prompt.
+
 Every colour is a single token in both tokenizers, so all prompts of a batch have the same length
 and the reference path's right-padding quirk never puts pad tokens between prompt and response on
 this task; it costs nothing here but is kept as coded.
@@ -46,6 +53,8 @@ Regenerate the environment and run (from the repository root):
   .venv/bin/python scripts/peer_ppo.py --model small --workflow tuned --threads 2
   .venv/bin/python scripts/peer_ppo.py --model smollm2 --workflow reference --threads 2
   .venv/bin/python scripts/peer_ppo.py --model smollm2 --workflow tuned --threads 2
+  .venv/bin/python scripts/peer_ppo.py --model small --workflow tuned --threads 2 --chat --batch 8
+  .venv/bin/python scripts/peer_ppo.py --model smollm2 --workflow tuned --threads 2 --chat --batch 8
 """
 
 import argparse
@@ -68,6 +77,10 @@ DEFAULT_GGUF = str(PGSRM_ASSETS / "smollm2-135m-instruct" / "SmolLM2-135M-Instru
 DEFAULT_GPT2_BPE = str(PGSRM_ASSETS / "gpt2-tokenizer")
 
 TEMPLATE = "Mix the two colors and output only one lowercase color name: {c1} and {c2} is => "
+# One user turn as SmolLM2's chat template writes it, with its default system turn, and the
+# assistant's turn opened.
+CHATML = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+          "<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
 COLORS = ["red", "blue", "yellow", "green", "orange", "purple", "pink", "brown", "black", "white"]
 
 # The mix of each unordered pair of colours, one lowercase word.
@@ -157,11 +170,12 @@ class Episodes:
         self.new_tokens = new_tokens
 
 
-def draw_prompts(rng: random.Random, batch: int):
+def draw_prompts(rng: random.Random, batch: int, chat: bool):
     out = []
     for _ in range(batch):
         c1, c2 = rng.sample(COLORS, 2)
-        out.append((TEMPLATE.format(c1=c1, c2=c2), MIX[frozenset((c1, c2))]))
+        text = TEMPLATE.format(c1=c1, c2=c2)
+        out.append((CHATML.format(text=text) if chat else text, MIX[frozenset((c1, c2))]))
     return out
 
 
@@ -311,8 +325,9 @@ def losses(f: dict, rewards: torch.Tensor, kl_coef: float) -> dict:
 # ---------------------------------------------------------------- the update
 
 class Trainer:
-    def __init__(self, model, tok, workflow: str, batch: int, new_tokens: int, seed: int):
-        self.actor, self.tok, self.workflow = model, tok, workflow
+    def __init__(self, model, tok, workflow: str, batch: int, new_tokens: int, seed: int,
+                 chat: bool = False):
+        self.actor, self.tok, self.workflow, self.chat = model, tok, workflow, chat
         self.ref = copy.deepcopy(model).eval()
         for p in self.ref.parameters():
             p.requires_grad_(False)
@@ -327,7 +342,7 @@ class Trainer:
         self.prompt_tokens = []
 
     def sample(self) -> Episodes:
-        drawn = draw_prompts(self.rng, self.batch)
+        drawn = draw_prompts(self.rng, self.batch, self.chat)
         fn = sample_reference if self.workflow == "reference" else sample_tuned
         ep = fn(self.actor, self.tok, drawn, self.new_tokens)
         self.prompt_tokens.extend(len(p) for p in ep.prompts)
@@ -405,6 +420,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed updates first (default 1)")
     ap.add_argument("--updates", type=int, default=5, help="timed updates (default 5)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chat", action="store_true",
+                    help="prompts as a user turn of SmolLM2's chat template (the fallback's shape)")
     ap.add_argument("--check", action="store_true",
                     help="run one batch through both loss computations, compare, and exit")
     args = ap.parse_args()
@@ -426,7 +443,7 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model, tok = load(args.model, args.gguf, args.gpt2_bpe, args.seed)
-    tr = Trainer(model, tok, args.workflow, args.batch, args.new_tokens, args.seed)
+    tr = Trainer(model, tok, args.workflow, args.batch, args.new_tokens, args.seed, args.chat)
     if args.check:
         return run_check(tr)
 
@@ -443,6 +460,7 @@ def main() -> int:
         "model": "gpt2-small" if args.model == "small" else "smollm2-135m-instruct",
         "batch": args.batch,
         "new_tokens": args.new_tokens,
+        "chat": args.chat,
         "prompt_tokens_mean": statistics.mean(tr.prompt_tokens),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

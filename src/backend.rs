@@ -2,7 +2,6 @@
 //! training (`generate`, `score`): the CPU reference, or a device (a CUDA GPU or the emulated one)
 //! holding a copy of the weights.
 
-use crate::cpu::decode::Generation;
 use crate::cpu::gpt2::Batch;
 use crate::cuda::DeviceChoice;
 use crate::cuda::decode;
@@ -11,6 +10,7 @@ use crate::cuda::gpt2::GpuGpt2;
 use crate::cuda::llama::GpuLlama;
 use crate::model::spec::Model;
 use crate::rng::Rng;
+use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use anyhow::Result;
 

@@ -1,6 +1,16 @@
-//! Choosing the next token from a row of logits; independent of the backend.
+//! Choosing the next token from a row of logits, and what sampling gives back; independent of
+//! the backend.
 
 use crate::rng::Rng;
+use rayon::prelude::*;
+
+/// One sampled continuation: its tokens (ending with end-of-text if it stopped there) and each
+/// token's log-probability under softmax(logits / temperature), before top-k/top-p filtering.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
 
 /// How tokens are drawn. `temperature == 0` is greedy decoding; `top_k == 0` and `top_p >= 1`
 /// switch those filters off.
@@ -117,4 +127,44 @@ pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, u: f64) -> (
     }
     cand.clear();
     (pick as u32, lp[pick] as f32)
+}
+
+/// One sampling step of a batch: each row not yet `done` samples from its logits (B, V), and the
+/// token and its log-probability are appended to its generation; a row that samples `eos` is
+/// done. Returns the tokens to feed next (`eos` for done rows). The rows' uniform draws are taken
+/// from `rng` in row order, as `sample` would take them one row after another; the rows then
+/// sample in parallel, so the tokens are the same on any number of threads.
+pub fn sample_step(
+    logits: &[f32],
+    v: usize,
+    out: &mut [Generation],
+    done: &mut [bool],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Vec<u32> {
+    let draws: Vec<(usize, f64)> = (0..out.len())
+        .filter(|&r| !done[r])
+        .map(|r| {
+            let u = if params.temperature <= 0.0 {
+                0.0
+            } else {
+                rng.uniform()
+            };
+            (r, u)
+        })
+        .collect();
+    let picked: Vec<(u32, f32)> = draws
+        .par_iter()
+        .map(|&(r, u)| sample_with_uniform(&logits[r * v..(r + 1) * v], params, u))
+        .collect();
+    let mut next = vec![eos; out.len()];
+    for (&(r, _), &(tok, lp)) in draws.iter().zip(&picked) {
+        let g = &mut out[r];
+        g.tokens.push(tok);
+        g.logprobs.push(lp);
+        next[r] = tok;
+        done[r] = tok == eos;
+    }
+    next
 }

@@ -260,5 +260,31 @@ fn without_gpt2_the_smollm2_fallback_runs_with_its_scaled_settings() {
     assert_eq!(ppo["baseline"], "critic");
     assert!((ppo["entropy_coef"].as_f64().unwrap() - 0.01).abs() < 1e-9);
     assert_eq!(ppo["chat"], false);
+    // Settings that differ by task: opposites learns at half colors' rate.
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .env("HF_HUB_CACHE", &empty_hub)
+        .args(["train", "--task", "opposites", "--checkpoint-every", "0"])
+        .args([
+            "--episodes",
+            "2",
+            "--batch-size",
+            "2",
+            "--run-name",
+            "opp",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/opp/config.json")).unwrap())
+            .unwrap();
+    assert!((cfg["ppo"]["actor_lr"].as_f64().unwrap() - 1e-5).abs() < 1e-12);
+    assert_eq!(cfg["ppo"]["chat"], true);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,4 +1,5 @@
-//! `pgsrm reproduce` on `random:tiny` (both rewards, one seed, a few updates), and Ctrl-C during
+//! `pgsrm reproduce` on `random:tiny` (both rewards, one seed, a few updates) for one task and for
+//! a list of tasks (a report over them, with progress for the whole job), and Ctrl-C during
 //! `pgsrm train` writing a checkpoint before the process exits.
 
 use serde_json::Value;
@@ -62,10 +63,36 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
     assert!(md.contains("Wall time"));
     for stem in ["reward", "kl", "entropy"] {
         assert!(rep.join(format!("{stem}.png")).is_file());
-        let svg = std::fs::read_to_string(rep.join(format!("{stem}.svg"))).unwrap();
-        assert!(svg.contains("data-name=\"pgsrm\"") && svg.contains("data-name=\"binary\""));
+        let svg = std::fs::read_to_string(rep.join(format!("{stem}.svg")))
+            .unwrap()
+            .replace('\n', "");
+        assert!(
+            svg.contains(">pgsrm<") && svg.contains(">binary<"),
+            "{stem}.svg"
+        );
     }
-    // Run again, it continues the runs it has (complete here) instead of refusing them.
+    // The last checkpoint of a reproduction run holds no optimiser moments, so it is a third
+    // of the size, and a run cannot continue from it: `train --resume` says so.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(rep.join("colors-pgsrm-seed3/step-3/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["optimizer_moments"], false);
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "train",
+            "--resume",
+            "rep/colors-pgsrm-seed3",
+            "--episodes",
+            "24",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("optimiser moments"), "{err}");
+    // Run again, it reads the runs it has (complete here) instead of refusing them.
     let before = std::fs::read(rep.join("colors-pgsrm-seed3/metrics.jsonl")).unwrap();
     let out = reproduce(&dir);
     assert!(
@@ -86,6 +113,84 @@ fn reproduce_trains_both_rewards_evaluates_and_reports() {
     assert!(binary.join("step-3").is_dir());
     let lines = std::fs::read_to_string(binary.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reproduce_over_several_tasks_reports_each_and_all_with_progress() {
+    let dir = root("tasks");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "reproduce",
+            "--task",
+            "colors,copy",
+            "--model",
+            "random:tiny",
+        ])
+        .args(["--seeds", "3", "--episodes", "8", "--batch-size", "4"])
+        .args(["--out", "rep"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Progress names the run of the whole job and the time left.
+    assert!(err.contains("run 4 of 4 (copy binary, seed 3)"), "{err}");
+    assert!(err.contains(" left"), "{err}");
+    let rep = dir.join("rep");
+    for task in ["colors", "copy"] {
+        for reward in ["pgsrm", "binary"] {
+            let run = rep.join(task).join(format!("{task}-{reward}-seed3"));
+            assert!(run.join("eval.json").is_file(), "{}", run.display());
+        }
+        let md = std::fs::read_to_string(rep.join(task).join("report.md")).unwrap();
+        assert!(md.contains("| pgsrm | 1 | 2 |"), "{md}");
+        assert!(rep.join(task).join("reward.svg").is_file());
+    }
+    // The sentence task keeps its longer answers.
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(rep.join("copy/copy-pgsrm-seed3/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["max_new_tokens"], 10);
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    for row in [
+        "| colors | pgsrm | 1 |",
+        "| colors | binary | 1 |",
+        "| copy | pgsrm | 1 |",
+        "| copy | binary | 1 |",
+    ] {
+        assert!(md.contains(row), "{row}: {md}");
+    }
+    assert!(
+        md.contains("(overall.svg)") && md.contains("(copy/reward.svg)"),
+        "{md}"
+    );
+    assert!(md.contains("Wall time"), "{md}");
+    for f in ["overall.svg", "overall.png", "summary.json"] {
+        assert!(rep.join(f).is_file(), "{f}");
+    }
+    let svg = std::fs::read_to_string(rep.join("overall.svg"))
+        .unwrap()
+        .replace('\n', "");
+    assert!(svg.contains(">colors<") && svg.contains(">copy<"));
+    // A task that does not exist is refused before anything runs, naming the flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args([
+            "reproduce",
+            "--task",
+            "colors,nope",
+            "--model",
+            "random:tiny",
+        ])
+        .args(["--out", "bad"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--task") && err.contains("nope"), "{err}");
+    assert!(!dir.join("bad").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,5 +1,6 @@
 //! AdamW, gradient-norm clipping and the adaptive KL controller against hand-computed values.
 
+use pgsrm::ppo::adamw::{clip_coef, grad_norm};
 use pgsrm::ppo::{AdamW, KlController, clip_grad_norm};
 use pgsrm::tensor::Tensor;
 
@@ -36,6 +37,31 @@ fn adamw_matches_hand_computed_steps() {
     // A mismatched list is an error, not a panic.
     let g = Tensor::zeros(&[2]);
     assert!(opt.step(&mut [], &[&g]).is_err());
+}
+
+#[test]
+fn a_step_on_scaled_gradients_equals_clipping_then_stepping_bit_for_bit() {
+    let g0: Vec<f32> = (0..50)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+        .collect();
+    let p0: Vec<f32> = (0..50).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.1).collect();
+    let mut p1 = Tensor::from_vec(&[50], p0.clone());
+    let mut p2 = Tensor::from_vec(&[50], p0);
+    let mut o1 = AdamW::new(&[&p1], 1e-3, 0.9, 0.999, 1e-8, 0.01);
+    let mut o2 = o1.clone();
+    for round in 0..3 {
+        let mut g1 = Tensor::from_vec(&[50], g0.iter().map(|x| x * round as f32).collect());
+        let g2 = g1.clone();
+        let n1 = clip_grad_norm(&mut [&mut g1], 1.0).unwrap();
+        o1.step(&mut [&mut p1], &[&g1]).unwrap();
+        let n2 = grad_norm(&[&g2]).unwrap();
+        o2.step_scaled(&mut [&mut p2], &[&g2], clip_coef(n2, 1.0))
+            .unwrap();
+        assert_eq!(n1, n2);
+        assert_eq!(p1.data, p2.data, "round {round}");
+        assert_eq!(o1, o2);
+    }
+    assert!(clip_coef(5.0, 1.0) < 1.0 && clip_coef(0.5, 1.0) == 1.0);
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! The reference model's prompt cache: log-probabilities of the kept response tokens equal the
 //! full forward's (`token_logprobs`) on tiny GPT-2 and Llama models, with prompts of different
-//! lengths (one of a single token), responses with and without end-of-text, and a second call
-//! that finds its prompts in the cache.
+//! lengths (one of a single token), some sharing a prefix, responses with and without
+//! end-of-text, and a second call that finds its prompts in the cache.
 
-use pgsrm::cpu::policy::{kept_tokens, scored_batch, token_logprobs};
+use pgsrm::cpu::policy::{scored_batch, token_logprobs};
 use pgsrm::cpu::refcache::RefCache;
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
 use pgsrm::ppo::Episode;
+use pgsrm::ppo::loss::kept_tokens;
 use pgsrm::rng::Rng;
 
 fn gpt2_tiny() -> Model {
@@ -20,15 +21,27 @@ fn llama_tiny() -> Model {
     Model::Llama(Llama::random(cfg, 7))
 }
 
-/// Prompts of 1 to 9 tokens drawn from a fixed pool of `n_prompts`, responses of 1 to 4 random
-/// tokens where some hold end-of-text (at the start, in the middle, at the end) and some do not.
+/// Prompts drawn from a fixed pool of `n_prompts`: the first of one token, odd ones of 1 to 9
+/// random tokens, even ones a shared prefix of 4 tokens and 0 to 5 more (so one may be the
+/// prefix alone, or the start of another); responses of 1 to 4 random tokens where some hold
+/// end-of-text (at the start, in the middle, at the end) and some do not.
 fn episodes(model: &Model, eos: u32, n: usize, n_prompts: usize, seed: u64) -> Vec<Episode> {
     let v = model.vocab_size();
     let mut fixed = Rng::new(99);
+    let prefix: Vec<u32> = (0..4).map(|_| fixed.below(v - 1) as u32).collect();
     let pool: Vec<Vec<u32>> = (0..n_prompts)
         .map(|i| {
-            let len = if i == 0 { 1 } else { 1 + fixed.below(9) };
-            (0..len).map(|_| fixed.below(v - 1) as u32).collect()
+            if i == 0 {
+                vec![fixed.below(v - 1) as u32]
+            } else if i % 2 == 1 {
+                let len = 1 + fixed.below(9);
+                (0..len).map(|_| fixed.below(v - 1) as u32).collect()
+            } else {
+                let mut p = prefix.clone();
+                let more = fixed.below(6);
+                p.extend((0..more).map(|_| fixed.below(v - 1) as u32));
+                p
+            }
         })
         .collect();
     let mut rng = Rng::new(seed);

@@ -1,7 +1,11 @@
-//! The update that differentiates the rollout's own forward pass equals the update that runs the
-//! policy again: tiny GPT-2 and Llama children, prompts of different lengths, responses with and
-//! without end-of-text, end-of-text trained or masked, two updates in a row. The rollout itself
-//! is unchanged: the same tokens and log-probabilities as without the kept pass.
+//! The update that differentiates the rollout's own forward pass, where every token prefix that
+//! prompts share runs once, equals the update that runs the policy again on the padded batch:
+//! tiny GPT-2 and Llama children; prompts that share nothing, part of their tokens (one common
+//! prefix, or two groups with prefixes of their own) or all of them (a repeated prompt, a prompt
+//! that is the start of another); prompts of different lengths, so the plain batch is padded;
+//! responses with and without end-of-text, end-of-text trained or masked, two updates in a row.
+//! The rollout itself is unchanged: the same tokens and log-probabilities as without the kept
+//! pass.
 
 use pgsrm::cpu::policy::{CpuPolicy, hidden_size};
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
@@ -20,17 +24,61 @@ fn llama_tiny() -> Model {
     Model::Llama(Llama::random(cfg, 7))
 }
 
-/// Six prompts of different lengths, then three that repeat earlier ones: the kept pass runs a
-/// repeated prompt once for all its rows.
-fn prompts(model: &Model, round: usize) -> Vec<Vec<u32>> {
+/// How the prompts of a test batch share their tokens.
+#[derive(Clone, Copy, Debug)]
+enum Sharing {
+    /// Six prompts of different lengths with different first tokens, then three that repeat
+    /// earlier ones.
+    Nothing,
+    /// One prefix of six tokens, then suffixes of 1 to 4 tokens; one prompt is the prefix
+    /// alone, one is the start of another prompt, two are repeats.
+    OnePrefix,
+    /// Two groups with prefixes of their own (5 and 3 tokens) and a prompt that shares nothing.
+    TwoGroups,
+}
+
+const SHARINGS: [Sharing; 3] = [Sharing::Nothing, Sharing::OnePrefix, Sharing::TwoGroups];
+
+fn prompts(model: &Model, round: usize, sharing: Sharing) -> Vec<Vec<u32>> {
     let v = model.vocab_size() as u32;
-    let mut out: Vec<Vec<u32>> = (0..6)
-        .map(|i| {
-            (0..1 + (i * 3 + round) % 7)
-                .map(|j| ((i * 11 + j * 5 + round * 3) as u32) % (v - 1))
-                .collect()
-        })
-        .collect();
+    let tok = |x: usize| (x as u32) % (v - 1);
+    let seq = |from: usize, len: usize, step: usize| -> Vec<u32> {
+        (0..len).map(|j| tok(from + j * step)).collect()
+    };
+    let mut out: Vec<Vec<u32>> = match sharing {
+        Sharing::Nothing => (0..6)
+            .map(|i| seq(i * 11 + round * 3, 1 + (i * 3 + round) % 7, 5))
+            .collect(),
+        Sharing::OnePrefix => {
+            let prefix = seq(3 + round, 6, 7);
+            let mut p: Vec<Vec<u32>> = (0..5)
+                .map(|i| {
+                    let mut x = prefix.clone();
+                    x.extend(seq(40 + i * 13 + round, 1 + (i + round) % 4, 3));
+                    x
+                })
+                .collect();
+            p.push(prefix.clone());
+            let mut start_of_another = p[1].clone();
+            start_of_another.extend(seq(90, 2, 1));
+            p.push(start_of_another);
+            p
+        }
+        Sharing::TwoGroups => {
+            let (a, b) = (seq(5 + round, 5, 2), seq(60 + round, 3, 9));
+            let mut p = Vec::new();
+            for i in 0..3 {
+                let mut x = a.clone();
+                x.extend(seq(20 + i * 5, 1 + i, 1));
+                p.push(x);
+                let mut y = b.clone();
+                y.extend(seq(70 + i * 3, 2 + i % 2, 4));
+                p.push(y);
+            }
+            p.push(seq(99 + round, 4, 1));
+            p
+        }
+    };
     for i in [0, 2, 2] {
         out.push(out[i].clone());
     }
@@ -46,9 +94,9 @@ fn params() -> SamplingParams {
 
 /// An end-of-text id that the rollouts of round 0 sample: the second token of the second row
 /// when end-of-text is some other id, so that this row stops there.
-fn pick_eos(model: &Model) -> u32 {
+fn pick_eos(model: &Model, sharing: Sharing) -> u32 {
     let g = model
-        .generate(&prompts(model, 0), &params(), 0, &mut Rng::new(17))
+        .generate(&prompts(model, 0, sharing), &params(), 0, &mut Rng::new(17))
         .unwrap();
     g[1].tokens[1]
 }
@@ -61,8 +109,13 @@ fn policy(model: &Model, cfg: PpoConfig, eos: u32, reuse: bool) -> CpuPolicy {
 }
 
 /// One trainer-like round: generate, reward, update. Returns the episodes and losses.
-fn round(p: &mut CpuPolicy, r: usize, rng: &mut Rng) -> (Vec<Episode>, UpdateLosses) {
-    let pr = prompts(&p.model, r);
+fn round(
+    p: &mut CpuPolicy,
+    r: usize,
+    sharing: Sharing,
+    rng: &mut Rng,
+) -> (Vec<Episode>, UpdateLosses) {
+    let pr = prompts(&p.model, r, sharing);
     let gens = p.generate(&pr, &params(), rng).unwrap();
     let eps: Vec<Episode> = pr
         .into_iter()
@@ -101,7 +154,13 @@ fn close(x: f32, y: f32, what: &str) {
 }
 
 fn reuse_equals_plain(model: Model) {
-    let eos = pick_eos(&model);
+    for sharing in SHARINGS {
+        reuse_equals_plain_with(&model, sharing);
+    }
+}
+
+fn reuse_equals_plain_with(model: &Model, sharing: Sharing) {
+    let eos = pick_eos(model, sharing);
     for train_eos in [true, false] {
         let cfg = PpoConfig {
             train_eos,
@@ -113,47 +172,58 @@ fn reuse_equals_plain(model: Model) {
             eps: 1.0,
             ..PpoConfig::default()
         };
-        let mut fast = policy(&model, cfg.clone(), eos, true);
-        let mut plain = policy(&model, cfg, eos, false);
+        let mut fast = policy(model, cfg.clone(), eos, true);
+        let mut plain = policy(model, cfg, eos, false);
         let (mut rf, mut rp) = (Rng::new(17), Rng::new(17));
         let mut saw_eos = false;
         for r in 0..2 {
-            let (ef, lf) = round(&mut fast, r, &mut rf);
-            let (ep, lp) = round(&mut plain, r, &mut rp);
-            if r == 0 {
-                // The same weights: the rollouts are the same bit for bit.
-                assert_eq!(ef, ep);
-            } else {
-                // Weights equal up to rounding: the same tokens, log-probs up to rounding.
-                for (a, b) in ef.iter().zip(&ep) {
-                    assert_eq!(a.response, b.response);
-                    for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
-                        assert!((x - y).abs() <= 1e-5, "round {r}: log-prob {x} vs {y}");
-                    }
+            let what = format!("{sharing:?}, train_eos {train_eos}, round {r}");
+            let (ef, lf) = round(&mut fast, r, sharing, &mut rf);
+            let (ep, lp) = round(&mut plain, r, sharing, &mut rp);
+            // The same tokens; log-probs equal up to rounding, since the kept pass computes
+            // a shared prefix once, in products of other shapes (and, from round 1, the weights
+            // are equal up to rounding).
+            for (a, b) in ef.iter().zip(&ep) {
+                assert_eq!(a.prompt, b.prompt);
+                assert_eq!(a.response, b.response, "{what}");
+                for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                    assert!((x - y).abs() <= 1e-5, "{what}: log-prob {x} vs {y}");
                 }
             }
-            assert_eq!(rf.s, rp.s, "round {r}");
+            assert_eq!(rf.s, rp.s, "{what}");
             saw_eos |= ef.iter().any(|e| e.response.contains(&eos));
             assert_eq!(lf.tokens, lp.tokens);
-            close(lf.policy_loss, lp.policy_loss, "policy loss");
-            close(lf.value_loss, lp.value_loss, "value loss");
-            close(lf.entropy, lp.entropy, "entropy");
-            close(lf.kl, lp.kl, "KL");
-            close(lf.actor_grad_norm, lp.actor_grad_norm, "actor grad norm");
-            close(lf.critic_grad_norm, lp.critic_grad_norm, "critic grad norm");
-            close(lf.value_mean, lp.value_mean, "value mean");
+            close(
+                lf.policy_loss,
+                lp.policy_loss,
+                &format!("{what}: policy loss"),
+            );
+            close(lf.value_loss, lp.value_loss, &format!("{what}: value loss"));
+            close(lf.entropy, lp.entropy, &format!("{what}: entropy"));
+            close(lf.kl, lp.kl, &format!("{what}: KL"));
+            close(
+                lf.actor_grad_norm,
+                lp.actor_grad_norm,
+                &format!("{what}: actor grad norm"),
+            );
+            close(
+                lf.critic_grad_norm,
+                lp.critic_grad_norm,
+                &format!("{what}: critic grad norm"),
+            );
+            close(lf.value_mean, lp.value_mean, &format!("{what}: value mean"));
             let (d, scale) = diff(&fast.model, &plain.model);
             assert!(
                 d <= 1e-5 * scale,
-                "round {r}: weights differ by {d} (largest weight {scale})"
+                "{what}: weights differ by {d} (largest weight {scale})"
             );
-            let (moved, _) = diff(&fast.model, &model);
+            let (moved, _) = diff(&fast.model, model);
             assert!(moved > 1e-4, "the update moved the weights by only {moved}");
             for (a, b) in fast.critic.w.data.iter().zip(&plain.critic.w.data) {
                 assert!((a - b).abs() <= 1e-6, "value head {a} vs {b}");
             }
         }
-        assert!(saw_eos, "some response holds end-of-text");
+        assert!(saw_eos, "{sharing:?}: some response holds end-of-text");
     }
 }
 
@@ -170,7 +240,7 @@ fn llama_update_on_the_kept_rollout_pass_equals_the_plain_update() {
 #[test]
 fn several_steps_and_changed_episodes_take_the_plain_path() {
     let model = llama_tiny();
-    let eos = pick_eos(&model);
+    let eos = pick_eos(&model, Sharing::OnePrefix);
     let cfg = PpoConfig {
         ppo_epochs: 2,
         actor_lr: 1e-3,
@@ -179,8 +249,8 @@ fn several_steps_and_changed_episodes_take_the_plain_path() {
     let mut fast = policy(&model, cfg.clone(), eos, true);
     let mut plain = policy(&model, cfg, eos, false);
     let (mut rf, mut rp) = (Rng::new(3), Rng::new(3));
-    let (ef, _) = round(&mut fast, 0, &mut rf);
-    let (ep, _) = round(&mut plain, 0, &mut rp);
+    let (ef, _) = round(&mut fast, 0, Sharing::OnePrefix, &mut rf);
+    let (ep, _) = round(&mut plain, 0, Sharing::OnePrefix, &mut rp);
     assert_eq!(ef, ep);
     // Two epochs: no kept pass, the same arithmetic bit for bit.
     assert_eq!(diff(&fast.model, &plain.model).0, 0.0);
@@ -192,7 +262,7 @@ fn several_steps_and_changed_episodes_take_the_plain_path() {
     };
     let mut fast = policy(&model, one.clone(), eos, true);
     let mut plain = policy(&model, one, eos, false);
-    let pr = prompts(&model, 1);
+    let pr = prompts(&model, 1, Sharing::OnePrefix);
     let mut gens = fast.generate(&pr, &params(), &mut Rng::new(8)).unwrap();
     gens[0].tokens[0] = (gens[0].tokens[0] + 1) % (model.vocab_size() as u32);
     let eps: Vec<Episode> = pr

@@ -2,10 +2,11 @@
 //! reference's update with one epoch and one minibatch, the weights and value head move, a
 //! non-finite loss is an error that leaves everything as it was.
 
-use pgsrm::cpu::policy::{CpuPolicy, hidden_size, kept_tokens, scored_batch};
+use pgsrm::cpu::policy::{CpuPolicy, hidden_size, scored_batch};
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
+use pgsrm::ppo::loss::kept_tokens;
 use pgsrm::ppo::{Critic, Episode, PolicyBackend, PpoConfig};
 use pgsrm::rng::Rng;
 use pgsrm::sample::SamplingParams;

@@ -7,8 +7,9 @@ use pgsrm::model::spec::{Model, load_model};
 use pgsrm::ppo::config::Baseline;
 use pgsrm::ppo::{Critic, PpoConfig, Trainer};
 use pgsrm::run::RunDir;
-use pgsrm::run::checkpoint::{ChildFiles, load_trainer_state, save_trainer_state};
+use pgsrm::run::checkpoint::{ChildFiles, Keep, load_trainer_state, save_trainer_state};
 use pgsrm::run::folder::{EPISODE_RULE, git_commit};
+use pgsrm::run::progress::JobProgress;
 use pgsrm::run::report::{Group, RunCurves, write_report};
 use pgsrm::tasks::Task;
 use serde_json::{Value, json};
@@ -20,26 +21,49 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The child when no GPT-2 weights are found.
 pub const FALLBACK_CHILD: &str = "smollm2-135m-instruct";
 
-/// Settings of the SmolLM2 fallback, scaled so that a run takes a minute or two on 2 CPU cores
-/// instead of the paper's batch 50 and 100,000 episodes:
-/// - batch 8 and 240 episodes (30 updates), with twice the paper's actor learning rate, so that
-///   the few updates move the policy (batch 16 learned about as much per episode with half the
-///   updates per minute);
+/// Settings of the SmolLM2 fallback that every task shares, scaled for short runs on 2 CPU
+/// cores instead of the paper's 100,000 episodes (README, "Training runs"):
 /// - the batch's mean reward as the baseline: a freshly initialised value head predicts values of
 ///   about +-2 from SmolLM2's hidden state, against rewards of 0.1 to 1, and needs far more
 ///   updates than a short run has before r - V means anything;
 /// - no entropy bonus: MiniLM's rewards for the child's first answers differ by about 0.03, and a
-///   0.01 entropy bonus outweighs that signal (entropy rose and the reward stayed flat in trials).
-pub const FALLBACK_BATCH: usize = 8;
-pub const FALLBACK_EPISODES: u64 = 240;
-pub const FALLBACK_ACTOR_LR: f32 = 2e-5;
+///   0.01 entropy bonus outweighs that signal (entropy rose and the reward stayed flat in trials);
+/// - prompts as user turns of the chat template: the instruct model answers in words that way.
 pub const FALLBACK_BASELINE: Baseline = Baseline::BatchMean;
 pub const FALLBACK_ENTROPY_COEF: f32 = 0.0;
 
-/// Applies the SmolLM2 fallback's scaled settings (before any flag given on the command line).
-fn fallback_settings(ppo: &mut PpoConfig) {
-    ppo.batch_size = Some(FALLBACK_BATCH);
-    ppo.actor_lr = FALLBACK_ACTOR_LR;
+/// The SmolLM2 fallback's settings that differ by task.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fallback {
+    pub batch: usize,
+    pub episodes: u64,
+    pub actor_lr: f32,
+}
+
+/// The fallback's settings for `task`, chosen in trial runs (README, "Training runs", says why
+/// each is what it is): 30 updates of 8 episodes, the highest learning rate at which the runs
+/// learned without drifting far from the reference (colors, copy and negative at 2e-5; opposites'
+/// KL to the reference reached 4 at 2e-5 and 1.4 at 1e-5 for the same reward). Categories learned
+/// nothing at 2e-5, 1e-5 or 5e-6: within its 2 new tokens the child answers "This word" or "The
+/// word" and never samples a category; it runs at 1e-5 like opposites, its sister task.
+pub fn fallback(task: &str) -> Fallback {
+    let actor_lr = match task {
+        "opposites" | "categories" => 1e-5,
+        _ => 2e-5,
+    };
+    Fallback {
+        batch: 8,
+        episodes: 240,
+        actor_lr,
+    }
+}
+
+/// Applies the SmolLM2 fallback's settings for `task` (before any flag given on the command
+/// line).
+fn fallback_settings(ppo: &mut PpoConfig, task: &str) {
+    let f = fallback(task);
+    ppo.batch_size = Some(f.batch);
+    ppo.actor_lr = f.actor_lr;
     ppo.baseline = FALLBACK_BASELINE;
     ppo.entropy_coef = FALLBACK_ENTROPY_COEF;
     ppo.chat = true;
@@ -59,11 +83,11 @@ pub struct Args {
     /// Reward shaping: pgsrm, binary, truncate or euclidean
     #[arg(long, default_value = "pgsrm", conflicts_with = "resume")]
     pub reward: String,
-    /// Episodes in all (default: the paper's 100000 for GPT-2, 240 for the SmolLM2 fallback); on
-    /// --resume, the new total
+    /// Episodes in all (default: the paper's 100000 for GPT-2, the task's for the SmolLM2
+    /// fallback); on --resume, the new total
     #[arg(long)]
     pub episodes: Option<u64>,
-    /// Episodes per update (default: the task's, 8 for the SmolLM2 fallback)
+    /// Episodes per update (default: the task's; the SmolLM2 fallback's for the task)
     #[arg(long, conflicts_with = "resume")]
     pub batch_size: Option<usize>,
     /// New tokens per answer (default: the task's)
@@ -87,6 +111,10 @@ pub struct Args {
     /// Checkpoints kept: older ones are deleted as new ones are written (0 keeps all)
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// The run's last checkpoint keeps the child and value head but not the optimiser moments:
+    /// a third of the size, and the run cannot be continued from it
+    #[arg(long, conflicts_with = "resume")]
+    pub lean_last_checkpoint: bool,
     /// No progress line
     #[arg(long)]
     pub quiet: bool,
@@ -155,36 +183,39 @@ fn choose_child(args: &Args, task: &Task) -> (String, String) {
                 task.name
             ),
         ),
-        Err(_) => (
-            FALLBACK_CHILD.to_string(),
-            format!(
-                "child: {FALLBACK_CHILD}: no {hub} weights in the Hugging Face cache (the paper's child \
-                 for {}), so the pretrained SmolLM2-135M-Instruct runs instead, with settings scaled to \
-                 finish in minutes on a CPU (batch {FALLBACK_BATCH}, {FALLBACK_EPISODES} episodes, \
-                 actor lr {FALLBACK_ACTOR_LR:e}, the batch's mean reward as the baseline, no entropy \
-                 bonus, chat prompts; flags override each).\n  For the paper's child: put {hub} in the \
-                 Hugging Face cache (huggingface-cli download openai-community/{hub}) or pass \
-                 --model <folder with config.json + model.safetensors>.",
-                task.name
-            ),
-        ),
+        Err(_) => {
+            let f = fallback(task.name);
+            (
+                FALLBACK_CHILD.to_string(),
+                format!(
+                    "child: {FALLBACK_CHILD}: no {hub} weights in the Hugging Face cache (the paper's \
+                     child for {}), so the pretrained SmolLM2-135M-Instruct runs instead, with settings \
+                     scaled to finish in minutes on a CPU (batch {}, {} episodes, actor lr {:e}, the \
+                     batch's mean reward as the baseline, no entropy bonus, chat prompts; flags \
+                     override each).\n  For the paper's child: put {hub} in the Hugging Face cache \
+                     (huggingface-cli download openai-community/{hub}) or pass --model <folder with \
+                     config.json + model.safetensors>.",
+                    task.name, f.batch, f.episodes, f.actor_lr
+                ),
+            )
+        }
     }
 }
 
 /// Everything a run is made of, resolved: written as config.json and read back on --resume.
-fn resolve(args: &Args) -> Result<(Value, String)> {
+pub fn resolve(args: &Args) -> Result<(Value, String)> {
     let task = pgsrm::tasks::by_name(args.task.as_deref().context("--task is required")?)?;
     pgsrm::reward::shaping::Shaping::from_name(&args.reward).context("--reward")?;
     let (model, why) = choose_child(args, &task);
-    let fallback = model == FALLBACK_CHILD && args.model.is_none();
+    let is_fallback = model == FALLBACK_CHILD && args.model.is_none();
     let mut ppo = PpoConfig {
         shaping: args.reward.clone(),
         batch_size: Some(task.settings.batch_size),
         max_new_tokens: Some(task.settings.max_new_tokens),
         ..PpoConfig::default()
     };
-    if fallback {
-        fallback_settings(&mut ppo);
+    if is_fallback {
+        fallback_settings(&mut ppo, task.name);
     }
     if let Some(b) = args.batch_size {
         ppo.batch_size = Some(b);
@@ -226,8 +257,8 @@ fn resolve(args: &Args) -> Result<(Value, String)> {
     }
     ppo.adaptive_kl = !args.no_adaptive_kl;
     ppo.validate().context("PPO flags")?;
-    let episodes = args.episodes.unwrap_or(if fallback {
-        FALLBACK_EPISODES
+    let episodes = args.episodes.unwrap_or(if is_fallback {
+        fallback(task.name).episodes
     } else {
         PAPER_EPISODES
     });
@@ -255,6 +286,7 @@ fn resolve(args: &Args) -> Result<(Value, String)> {
         "embedder": args.embedder.embedder,
         "parent": format!("table:data/parents/{}.jsonl", task.name),
         "checkpoint_every": args.checkpoint_every,
+        "lean_last_checkpoint": args.lean_last_checkpoint,
         "episode_log": EPISODE_RULE,
         "ppo": ppo,
         "git_commit": git_commit(),
@@ -265,13 +297,21 @@ fn resolve(args: &Args) -> Result<(Value, String)> {
 
 /// Runs `pgsrm train`; returns the run folder.
 pub fn train(args: &Args) -> Result<PathBuf> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second handler cannot be set (reproduce trains several runs): the first one stays.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
-    train_until(args, &stop)
+    train_with(args, None)
+}
+
+/// `train` as one run of a job: the progress line is the job's (`JobProgress`), whose current
+/// run this is.
+pub fn train_with(args: &Args, job: Option<&mut JobProgress>) -> Result<PathBuf> {
+    // Set once per process: a second handler cannot be set, so every run of a job shares it.
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let stop = STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        stop
+    });
+    train_until(args, stop, job)
 }
 
 fn num<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, path: &Path) -> Result<T> {
@@ -279,7 +319,11 @@ fn num<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, path: &Path) -> R
         .with_context(|| format!("{}/config.json: bad or missing {key:?}", path.display()))
 }
 
-fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
+fn train_until(
+    args: &Args,
+    stop: &AtomicBool,
+    mut job: Option<&mut JobProgress>,
+) -> Result<PathBuf> {
     let (mut dir, mut cfg, checkpoint) = match &args.resume {
         Some(path) => {
             let r = RunDir::resume(path)?;
@@ -365,17 +409,21 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
             path.display()
         );
     }
-    let save = |trainer: &Trainer, dir: &RunDir| -> Result<PathBuf> {
+    let lean_last = cfg["lean_last_checkpoint"].as_bool().unwrap_or(false);
+    let save = |trainer: &Trainer, dir: &RunDir, keep: Keep| -> Result<PathBuf> {
         let ck = dir.write_checkpoint(trainer.updates(), |d| {
-            save_trainer_state(d, trainer.state(), &child_files)
+            save_trainer_state(d, trainer.state(), &child_files, keep)
         })?;
         dir.prune_checkpoints(args.keep_checkpoints)?;
         Ok(ck)
     };
     let mut last_saved = trainer.updates();
+    if let Some(j) = job.as_deref_mut() {
+        j.resume_run(trainer.episodes());
+    }
     while trainer.episodes() < total {
         if stop.load(Ordering::SeqCst) {
-            let ck = save(&trainer, &dir)?;
+            let ck = save(&trainer, &dir, Keep::All)?;
             eprintln!(
                 "\ninterrupted: checkpoint {} written; continue with --resume {}",
                 ck.display(),
@@ -414,19 +462,35 @@ fn train_until(args: &Args, stop: &AtomicBool) -> Result<PathBuf> {
         )?;
         let done = trainer.episodes() >= total;
         if done || (every > 0 && stats.update % every == 0) {
-            save(&trainer, &dir)?;
+            let keep = if done && lean_last {
+                Keep::NoMoments
+            } else {
+                Keep::All
+            };
+            save(&trainer, &dir, keep)?;
             last_saved = trainer.updates();
         }
-        if !args.quiet {
-            eprint!(
-                "\rupdate {} | episodes {}/{} | {:.2} episodes/s | reward {:.4} | KL {:.5}   ",
+        let progress = match job.as_deref_mut() {
+            Some(j) => {
+                j.record_update(
+                    stats.episodes.len() as u64,
+                    stats.seconds as f64,
+                    stats.episode,
+                );
+                j.line(stats.episodes_per_s, stats.reward_mean, stats.losses.kl)
+            }
+            None => format!(
+                "update {} | episodes {}/{} | {:.2} episodes/s | reward {:.4} | KL {:.5}",
                 stats.update,
                 stats.episode,
                 total,
                 stats.episodes_per_s,
                 stats.reward_mean,
                 stats.losses.kl
-            );
+            ),
+        };
+        if !args.quiet {
+            eprint!("\r{progress}   ");
             let _ = std::io::stderr().flush();
         }
     }

@@ -7,8 +7,9 @@
 //!
 //! Logits are computed only for the (row, position) pairs asked for.
 
+use crate::cpu::kv::Attend;
 use crate::cpu::ops::*;
-use crate::cpu::shared::{SharedLayout, gather_rows_backward, gather_rows_forward};
+use crate::cpu::prefix::RecordPaths;
 use crate::model::gpt2::{Gpt2, Gpt2Weights};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
@@ -142,8 +143,8 @@ pub struct Gpt2Activations {
     lnf_mean: Vec<f32>, // (N)
     lnf_rstd: Vec<f32>, // (N)
     gathered: Vec<f32>, // (M, C)
-    /// For a record with shared prompt rows: the batch its rows make up, where attention runs.
-    shared: Option<SharedLayout>,
+    /// For a record of rows that share prefixes (`cpu::prefix`): what each row attends to.
+    shared: Option<RecordPaths>,
     /// (M, V) logits of the chosen pairs after `forward_into`.
     pub logits: Vec<f32>,
     // backward scratch
@@ -197,7 +198,7 @@ impl Gpt2Activations {
 
 /// A buffer of the saved activations, for a decoder that fills them chunk by chunk.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Slot {
+enum Slot {
     Encoded,
     Ln1,
     Ln1Mean,
@@ -214,10 +215,9 @@ pub(crate) enum Slot {
 }
 
 impl Gpt2Activations {
-    /// Zeroed activations of `n` record rows with position ids `pos` (N), to be filled by `put`
-    /// as a decoder runs its chunks, then completed by `finish_record` with the batch the rows
-    /// make up (`cpu::shared`). Rows never fed keep token `pad` and zero activations; nothing
-    /// downstream of a real token reads them.
+    /// Zeroed activations of `n` record rows with position ids `pos` (N), to be filled chunk by
+    /// chunk by `chunk_forward`, then completed by `finish_record` with the paths the rows
+    /// attend to (`cpu::prefix`). Tokens not yet fed are `pad`.
     pub(crate) fn recording(model: &Gpt2, pos: Vec<u32>, pad: u32) -> Self {
         let c = model.config.n_embd;
         let n = pos.len();
@@ -249,10 +249,10 @@ impl Gpt2Activations {
         }
     }
 
-    /// Copies a chunk's rows into record rows `rows` (one per chunk row) of `slot` of layer
-    /// `layer` (ignored for `Encoded`).
-    pub(crate) fn put(&mut self, layer: usize, slot: Slot, src: &[f32], rows: &[usize]) {
-        let width = src.len() / rows.len();
+    /// Copies a chunk's rows into record rows `at..` of `slot` of layer `layer` (ignored for
+    /// `Encoded`).
+    fn put(&mut self, layer: usize, slot: Slot, src: &[f32], at: usize, rows: usize) {
+        let width = src.len() / rows;
         let dst: &mut Vec<f32> = match slot {
             Slot::Encoded => &mut self.encoded,
             _ => {
@@ -274,50 +274,37 @@ impl Gpt2Activations {
                 }
             }
         };
-        for (s, &r) in src.chunks_exact(width).zip(rows) {
-            dst[r * width..(r + 1) * width].copy_from_slice(s);
-        }
-    }
-
-    /// Records the tokens of a chunk's rows.
-    pub(crate) fn put_tokens(&mut self, tokens: &[u32], rows: &[usize]) {
-        for (&tok, &r) in tokens.iter().zip(rows) {
-            self.tokens[r] = tok;
-        }
+        dst[at * width..(at + rows) * width].copy_from_slice(src);
     }
 
     /// Completes recorded activations for `backward` with dlogits at record rows `rows`: every
-    /// layer's attention probabilities over the batch the rows make up (the decoder's cached
-    /// attention does not keep them), and the final layernorm of every row.
-    pub(crate) fn finish_record(&mut self, model: &Gpt2, rows: Vec<usize>, layout: SharedLayout) {
+    /// layer's attention probabilities along the rows' paths (decoding does not keep them), for
+    /// the rows that can receive a gradient, and the final layernorm of every row.
+    pub(crate) fn finish_record(&mut self, model: &Gpt2, rows: Vec<usize>, record: RecordPaths) {
         let cfg = &model.config;
         let w = &model.weights;
         let c = cfg.n_embd;
         let n = self.b * self.t;
-        let (nb, nt) = (layout.b, layout.t);
-        let shape = AttentionShape {
-            b: nb,
-            t: nt,
+        let heads = Heads {
             n_head: cfg.n_head,
             n_kv_head: cfg.n_head,
             head_dim: cfg.head_dim(),
         };
-        let qkv_layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
-        let mut out = vec![0.0f32; nb * nt * c];
-        let mut qkv = vec![0.0f32; nb * nt * 3 * c];
+        let layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
+        let live = record.live_paths();
+        let mut out = vec![0.0f32; live.len() * c];
         for a in &mut self.blocks {
-            gather_rows_forward(&mut qkv, &a.qkv, &layout.map, None, 3 * c);
             a.att.clear();
-            a.att.resize(nb * cfg.n_head * nt * nt, 0.0);
-            attention_forward(
+            a.att.resize(live.att_len(cfg.n_head), 0.0);
+            path_attention_forward(
                 &mut out,
-                &mut a.att,
-                &qkv,
-                &qkv,
-                &qkv,
-                &qkv_layout,
-                &layout.start,
-                shape,
+                Some(&mut a.att),
+                &a.qkv,
+                &a.qkv,
+                &a.qkv,
+                &layout,
+                live,
+                heads,
             );
         }
         let last: &[f32] = match self.blocks.last() {
@@ -344,8 +331,199 @@ impl Gpt2Activations {
                 .extend_from_slice(&self.lnf[r * c..(r + 1) * c]);
         }
         self.rows = rows;
-        self.shared = Some(layout);
+        self.shared = Some(record);
     }
+}
+
+/// Buffers of `chunk_forward`, kept between chunks so that decoding does not allocate per step.
+#[derive(Default)]
+pub struct ChunkBuffers {
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    atty: Vec<f32>,
+    tmp: Vec<f32>,
+    fch: Vec<f32>,
+    fch_gelu: Vec<f32>,
+}
+
+/// Runs a chunk of N new rows, `tokens` at position ids `pos`, through every block, their
+/// attention through `attend` (which keeps their keys and values), and returns the final hidden
+/// states (after ln_f) of rows `heads`, (M, C). With `rec`, every activation backward needs is
+/// copied into record rows `rec.1..` (`Gpt2Activations::recording`).
+pub fn chunk_forward(
+    model: &Gpt2,
+    buf: &mut ChunkBuffers,
+    tokens: &[u32],
+    pos: &[usize],
+    attend: &mut Attend,
+    heads: &[usize],
+    mut rec: Option<(&mut Gpt2Activations, usize)>,
+) -> Vec<f32> {
+    let cfg = &model.config;
+    let w = &model.weights;
+    let c = cfg.n_embd;
+    let n = tokens.len();
+    assert!(
+        pos.len() == n && attend.rows() == n,
+        "a chunk of {n} tokens needs as many positions and attention rows"
+    );
+    let eps = cfg.layer_norm_epsilon;
+    let heads_shape = Heads {
+        n_head: cfg.n_head,
+        n_kv_head: cfg.n_head,
+        head_dim: cfg.head_dim(),
+    };
+    let layout = QkvLayout::fused(cfg.n_head, cfg.n_head, cfg.head_dim());
+    for x in [&mut buf.x, &mut buf.ln, &mut buf.atty, &mut buf.tmp] {
+        fit(x, n * c);
+    }
+    fit(&mut buf.mean, n);
+    fit(&mut buf.rstd, n);
+    fit(&mut buf.qkv, n * 3 * c);
+    fit(&mut buf.fch, n * 4 * c);
+    fit(&mut buf.fch_gelu, n * 4 * c);
+    let pos32: Vec<u32> = pos.iter().map(|&p| p as u32).collect();
+    embedding_forward(
+        &mut buf.x,
+        tokens,
+        &pos32,
+        &w.wte.data,
+        Some(&w.wpe.data),
+        c,
+    );
+    if let Some((r, at)) = rec.as_mut() {
+        r.tokens[*at..*at + n].copy_from_slice(tokens);
+        r.put(0, Slot::Encoded, &buf.x, *at, n);
+    }
+    for l in 0..cfg.n_layer {
+        let p = &w.blocks[l];
+        layernorm_forward(
+            &mut buf.ln,
+            &mut buf.mean,
+            &mut buf.rstd,
+            &buf.x,
+            &p.ln_1_w.data,
+            &p.ln_1_b.data,
+            n,
+            c,
+            eps,
+        );
+        matmul_forward(
+            &mut buf.qkv,
+            &buf.ln,
+            &p.attn_w.data,
+            Some(&p.attn_b.data),
+            n,
+            c,
+            3 * c,
+        );
+        attend.attend(
+            l,
+            &mut buf.atty,
+            &buf.qkv,
+            &buf.qkv,
+            &buf.qkv,
+            &layout,
+            heads_shape,
+        );
+        if let Some((r, at)) = rec.as_mut() {
+            r.put(l, Slot::Ln1, &buf.ln, *at, n);
+            r.put(l, Slot::Ln1Mean, &buf.mean, *at, n);
+            r.put(l, Slot::Ln1Rstd, &buf.rstd, *at, n);
+            r.put(l, Slot::Qkv, &buf.qkv, *at, n);
+        }
+        matmul_forward(
+            &mut buf.tmp,
+            &buf.atty,
+            &p.attn_proj_w.data,
+            Some(&p.attn_proj_b.data),
+            n,
+            c,
+            c,
+        );
+        // Nothing reads the stream before the add, so the residual adds happen in place.
+        for (x, &y) in buf.x.iter_mut().zip(&buf.tmp) {
+            *x += y;
+        }
+        if let Some((r, at)) = rec.as_mut() {
+            r.put(l, Slot::Atty, &buf.atty, *at, n);
+            r.put(l, Slot::Res1, &buf.x, *at, n);
+        }
+        layernorm_forward(
+            &mut buf.ln,
+            &mut buf.mean,
+            &mut buf.rstd,
+            &buf.x,
+            &p.ln_2_w.data,
+            &p.ln_2_b.data,
+            n,
+            c,
+            eps,
+        );
+        matmul_forward(
+            &mut buf.fch,
+            &buf.ln,
+            &p.fc_w.data,
+            Some(&p.fc_b.data),
+            n,
+            c,
+            4 * c,
+        );
+        gelu_tanh_forward(&mut buf.fch_gelu, &buf.fch);
+        matmul_forward(
+            &mut buf.tmp,
+            &buf.fch_gelu,
+            &p.fc_proj_w.data,
+            Some(&p.fc_proj_b.data),
+            n,
+            4 * c,
+            c,
+        );
+        for (x, &y) in buf.x.iter_mut().zip(&buf.tmp) {
+            *x += y;
+        }
+        if let Some((r, at)) = rec.as_mut() {
+            r.put(l, Slot::Ln2, &buf.ln, *at, n);
+            r.put(l, Slot::Ln2Mean, &buf.mean, *at, n);
+            r.put(l, Slot::Ln2Rstd, &buf.rstd, *at, n);
+            r.put(l, Slot::Fch, &buf.fch, *at, n);
+            r.put(l, Slot::FchGelu, &buf.fch_gelu, *at, n);
+            r.put(l, Slot::Res2, &buf.x, *at, n);
+        }
+    }
+    attend.finish();
+    // Only the rows asked for need the final layernorm.
+    let m = heads.len();
+    let mut picked = vec![0.0f32; m * c];
+    for (dst, &r) in picked.chunks_exact_mut(c).zip(heads) {
+        dst.copy_from_slice(&buf.x[r * c..(r + 1) * c]);
+    }
+    let mut normed = vec![0.0f32; m * c];
+    let (mut mean, mut rstd) = (vec![0.0f32; m], vec![0.0f32; m]);
+    layernorm_forward(
+        &mut normed,
+        &mut mean,
+        &mut rstd,
+        &picked,
+        &w.ln_f_w.data,
+        &w.ln_f_b.data,
+        m,
+        c,
+        eps,
+    );
+    normed
+}
+
+/// logits (M, V) = hidden (M, C) @ wte^T: the tied head on final hidden states
+pub fn head_forward(model: &Gpt2, hidden: &[f32]) -> Vec<f32> {
+    let (c, v) = (model.config.n_embd, model.config.vocab_size);
+    let m = hidden.len() / c;
+    let mut logits = vec![0.0f32; m * v];
+    linear_forward(&mut logits, hidden, &model.weights.wte.data, m, c, v);
+    logits
 }
 
 /// Runs the model on `batch` and returns the logits (M, V) of the M chosen (row, position) pairs,
@@ -553,8 +731,8 @@ pub fn backward_into(
     let w = &model.weights;
     let (nb, nt, c, v) = (acts.b, acts.t, cfg.n_embd, cfg.vocab_size);
     let n = nb * nt;
-    // Rows after `nl` receive no gradient (`cpu::shared`), so the per-row work stops there.
-    let nl = acts.shared.as_ref().map_or(n, |sh| sh.live);
+    // Rows after `nl` receive no gradient (`cpu::prefix::RecordPaths`), so the per-row work stops there.
+    let nl = acts.shared.as_ref().map_or(n, |rec| rec.live);
     assert_eq!(
         dlogits.len(),
         acts.rows.len() * v,
@@ -673,33 +851,24 @@ pub fn backward_into(
                 &acts.start,
                 shape,
             ),
-            Some(sh) => {
-                // Attention runs on the batch the shared rows make up; each prompt row's own
-                // output gradient enters once, and the gradients of its keys and values from
-                // every continuation add up.
-                let full = sh.b * sh.t;
-                let mut qkv = vec![0.0f32; full * 3 * c];
-                let mut datty = vec![0.0f32; full * c];
-                let mut dqkv = vec![0.0f32; full * 3 * c];
-                gather_rows_forward(&mut qkv, &a.qkv, &sh.map, None, 3 * c);
-                gather_rows_forward(&mut datty, &acts.datty, &sh.map, Some(&sh.owner), c);
-                attention_backward(
-                    QkvGrad::Fused(&mut dqkv),
-                    &datty,
-                    &a.att,
-                    &qkv,
-                    &qkv,
-                    &qkv,
-                    &layout,
-                    &sh.start,
-                    AttentionShape {
-                        b: sh.b,
-                        t: sh.t,
-                        ..shape
-                    },
-                );
-                gather_rows_backward(zeroed(&mut acts.dqkv, n * 3 * c), &dqkv, &sh.map, 3 * c);
-            }
+            // Every row attends along its path; a shared row's key and value gradients add up
+            // over every path through it.
+            Some(rec) => path_attention_backward(
+                QkvGrad::Fused(zeroed(&mut acts.dqkv, n * 3 * c)),
+                &acts.datty,
+                &a.att,
+                &a.qkv,
+                &a.qkv,
+                &a.qkv,
+                &layout,
+                rec.live_paths(),
+                &rec.uses,
+                Heads {
+                    n_head: cfg.n_head,
+                    n_kv_head: cfg.n_head,
+                    head_dim: cfg.head_dim(),
+                },
+            ),
         }
         matmul_backward(
             Some(zeroed(&mut acts.dln, n * c)),

@@ -4,17 +4,13 @@
 //! (row, position) pairs asked for. The interface matches GPT-2's (`cpu::gpt2::forward`,
 //! `backward`, `cpu::decode::generate`), so the trainer can take either family.
 
-pub use crate::cpu::decode::Generation;
-use crate::cpu::decode::{distinct_prompts, sample_step, shared_positions};
 pub use crate::cpu::gpt2::Batch;
+use crate::cpu::kv::{Attend, KvCache, RowKv};
 use crate::cpu::ops::*;
-use crate::cpu::shared::{
-    KeptRows, SharedLayout, fan_out_prompt_kv, first_step_logits, gather_rows_backward,
-    gather_rows_forward, kept_rows,
-};
+use crate::cpu::prefix::RecordPaths;
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::rng::Rng;
-use crate::sample::{SamplingParams, sample};
+use crate::sample::{Generation, SamplingParams, sample};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
 
@@ -69,8 +65,8 @@ pub struct LlamaActivations {
     xf: Vec<f32>,          // (N, C) after the final norm
     pos: Vec<usize>,       // (N) rotary positions
     positions: Vec<usize>, // flat row index b T + t of each chosen pair
-    /// For a record with shared prompt rows: the batch its rows make up, where attention runs.
-    shared: Option<SharedLayout>,
+    /// For a record of rows that share prefixes (`cpu::prefix`): what each row attends to.
+    shared: Option<RecordPaths>,
 }
 
 impl LlamaActivations {
@@ -87,151 +83,43 @@ impl LlamaActivations {
     }
 }
 
-/// Rotary positions of rows p0..p0+tq of each batch row: distance from its first real token.
-fn rotary_positions(start: &[usize], p0: usize, tq: usize) -> Vec<usize> {
-    let mut pos = Vec::with_capacity(start.len() * tq);
-    for &st in start {
-        for i in 0..tq {
-            pos.push((p0 + i).saturating_sub(st));
-        }
-    }
-    pos
-}
-
-/// Per-layer K and V of earlier positions, (B, Tmax, KV*D) each.
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    tmax: usize,
-    len: usize,
-    start: Vec<usize>,
-}
-
-impl KvCache {
-    pub fn new(model: &Llama, b: usize, tmax: usize, start: Vec<usize>) -> Self {
-        let kw = model.config.n_kv_heads() * model.config.head_dim();
-        let l = model.config.num_hidden_layers;
-        KvCache {
-            k: (0..l).map(|_| vec![0.0; b * tmax * kw]).collect(),
-            v: (0..l).map(|_| vec![0.0; b * tmax * kw]).collect(),
-            tmax,
-            len: 0,
-            start,
-        }
-    }
-
-    /// A cache whose first `len` positions are already filled: `k` and `v` are, per layer,
-    /// (B, tmax, KV*D) with rotated keys; row b's first real index is `start[b]`.
-    pub fn from_layers(
-        model: &Llama,
-        k: Vec<Vec<f32>>,
-        v: Vec<Vec<f32>>,
-        tmax: usize,
-        len: usize,
-        start: Vec<usize>,
-    ) -> Result<Self> {
-        let kw = model.config.n_kv_heads() * model.config.head_dim();
-        let l = model.config.num_hidden_layers;
-        let want = start.len() * tmax * kw;
-        if k.len() != l || v.len() != l || k.iter().chain(&v).any(|x| x.len() != want) {
-            bail!(
-                "a cache of {} rows and {tmax} positions needs {l} layers of {want} keys and values",
-                start.len()
-            );
-        }
-        if len > tmax || tmax > model.config.max_position_embeddings {
-            bail!(
-                "a cache of {tmax} positions with {len} filled does not fit the model's context of {}",
-                model.config.max_position_embeddings
-            );
-        }
-        Ok(KvCache {
-            k,
-            v,
-            tmax,
-            len,
-            start,
-        })
-    }
-
-    /// Keys and values of layer `l`, (B, tmax, KV*D) each.
-    pub fn layer(&self, l: usize) -> (&[f32], &[f32]) {
-        (&self.k[l], &self.v[l])
-    }
-
-    /// Capacity in positions.
-    pub fn capacity(&self) -> usize {
-        self.tmax
-    }
-
-    /// Positions filled so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// Feeds `tq` tokens per row (tokens (B, tq)) through the cache and returns the logits (P, V) of
-/// the new rows `heads` (index b * tq + i), in the order given.
-pub fn extend(
-    model: &Llama,
-    tokens: &[u32],
-    cache: &mut KvCache,
-    tq: usize,
-    heads: &[usize],
-) -> Result<Vec<f32>> {
-    let b = cache.start.len();
-    if tokens.len() != b * tq || cache.len + tq > cache.tmax {
-        bail!(
-            "{} tokens do not make {tq} new positions of {b} rows with {} of {} filled",
-            tokens.len(),
-            cache.len,
-            cache.tmax
-        );
-    }
-    let vocab = model.config.vocab_size;
-    if let Some(&tok) = tokens.iter().find(|&&x| x as usize >= vocab) {
-        bail!("token id {tok} is outside the vocabulary of {vocab}");
-    }
-    if let Some(&h) = heads.iter().find(|&&h| h >= b * tq) {
-        bail!("head row {h} is outside the {} new rows", b * tq);
-    }
-    Ok(run(model, tokens, cache, tq, heads, None, None).logits)
-}
-
 /// The rotary tables a model needs for `n` positions.
 fn tables(model: &Llama, n: usize) -> (Vec<f32>, Vec<f32>) {
     rope_table(n.max(1), model.config.head_dim(), model.config.rope_theta)
 }
 
-/// Runs `tq` new tokens per row (B*tq, positions cache.len..) through the model, appending their
-/// keys and values to the cache, and returns logits (P, V) at the new-token rows `positions`
-/// (index b * tq + i). With `acts`, saves what backward needs (only valid when the cache was empty
-/// and holds exactly tq positions).
+/// Runs a chunk of N new rows, `tokens` at rotary positions `pos`, through the model, their
+/// attention through `attend` (which keeps their keys and values), and returns the logits (P, V)
+/// of rows `heads` with the final activations. With `acts`, saves what backward needs of a
+/// fresh batch (`Attend::Batch`); with `rec`, copies it into record rows `rec.1..`
+/// (`LlamaActivations::recording`).
 fn run(
     model: &Llama,
     tokens: &[u32],
-    cache: &mut KvCache,
-    tq: usize,
-    positions: &[usize],
+    pos: &[usize],
+    attend: &mut Attend,
+    heads: &[usize],
     mut acts: Option<&mut Vec<LayerActs>>,
-    mut rec: Option<(&mut LlamaActivations, &[usize])>,
+    mut rec: Option<(&mut LlamaActivations, usize)>,
 ) -> RunOut {
     let cfg = &model.config;
     let w = &model.weights;
     let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
     let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
     let (qw, kw) = (h * d, kv * d);
-    let b = cache.start.len();
-    let n = b * tq;
-    let p0 = cache.len;
-    let tmax = cache.tmax;
-    let pos = rotary_positions(&cache.start, p0, tq);
-    let (cos, sin) = tables(model, tmax);
+    let n = tokens.len();
+    assert!(
+        pos.len() == n && attend.rows() == n,
+        "a chunk of {n} tokens needs as many positions and attention rows"
+    );
+    let (cos, sin) = tables(model, pos.iter().max().map_or(1, |&p| p + 1));
     let eps = cfg.rms_norm_eps;
+    let heads_shape = Heads {
+        n_head: h,
+        n_kv_head: kv,
+        head_dim: d,
+    };
+    let layout = QkvLayout::split(h, kv, d);
 
     let mut x = vec![0.0f32; n * c];
     for (row, &tok) in x.chunks_exact_mut(c).zip(tokens) {
@@ -257,49 +145,10 @@ fn run(
         linear_forward(&mut tmp_q, &xn1, &lw.q_proj.data, n, c, qw);
         linear_forward(&mut tmp_k, &xn1, &lw.k_proj.data, n, c, kw);
         linear_forward(&mut v, &xn1, &lw.v_proj.data, n, c, kw);
-        rope_forward(&mut q, &tmp_q, &pos, &cos, &sin, n, h, d);
-        rope_forward(&mut k, &tmp_k, &pos, &cos, &sin, n, kv, d);
-        for bi in 0..b {
-            let dst = (bi * tmax + p0) * kw;
-            cache.k[li][dst..dst + tq * kw].copy_from_slice(&k[bi * tq * kw..(bi + 1) * tq * kw]);
-            cache.v[li][dst..dst + tq * kw].copy_from_slice(&v[bi * tq * kw..(bi + 1) * tq * kw]);
-        }
+        rope_forward(&mut q, &tmp_q, pos, &cos, &sin, n, h, d);
+        rope_forward(&mut k, &tmp_k, pos, &cos, &sin, n, kv, d);
         let mut ao = vec![0.0f32; n * qw];
-        let mut att = if acts.is_some() {
-            assert!(
-                p0 == 0 && tq == tmax,
-                "saved activations need a fresh cache of tq positions"
-            );
-            vec![0.0f32; b * h * tq * tq]
-        } else {
-            Vec::new()
-        };
-        let shape = AttentionShape {
-            b,
-            t: tq,
-            n_head: h,
-            n_kv_head: kv,
-            head_dim: d,
-        };
-        if acts.is_some() {
-            // A fresh cache of exactly tq positions holds k and v as (N, KV*D).
-            let layout = QkvLayout::split(h, kv, d);
-            attention_forward(&mut ao, &mut att, &q, &k, &v, &layout, &cache.start, shape);
-        } else {
-            let q_layout = QkvLayout::split(h, kv, d).q;
-            attention_cached_forward(
-                &mut ao,
-                &q,
-                q_layout,
-                &cache.k[li],
-                &cache.v[li],
-                &cache.start,
-                p0,
-                tq,
-                tmax,
-                shape,
-            );
-        }
+        let att = attend.attend(li, &mut ao, &q, &k, &v, &layout, heads_shape);
         let mut x2 = vec![0.0f32; n * c];
         linear_forward(&mut x2, &ao, &lw.o_proj.data, n, qw, c);
         for (a, &r) in x2.iter_mut().zip(&x) {
@@ -328,7 +177,7 @@ fn run(
             *a += r;
         }
         let x_in = std::mem::replace(&mut x, x3);
-        if let Some((r, rows)) = rec.as_mut() {
+        if let Some((r, at)) = rec.as_mut() {
             let a = &mut r.layers[li];
             for (dst, src) in [
                 (&mut a.x, &x_in),
@@ -345,7 +194,7 @@ fn run(
                 (&mut a.up, &up),
                 (&mut a.act, &act),
             ] {
-                put_rows(dst, src, rows);
+                put_rows(dst, src, *at, n);
             }
         }
         if let Some(acts) = acts.as_deref_mut() {
@@ -367,32 +216,28 @@ fn run(
             });
         }
     }
-    cache.len += tq;
-    if let Some((r, rows)) = rec {
-        put_rows(&mut r.xl, &x, rows);
-        for (&tok, &row) in tokens.iter().zip(rows) {
-            r.tokens[row] = tok;
-        }
+    attend.finish();
+    if let Some((r, at)) = rec {
+        put_rows(&mut r.xl, &x, at, n);
+        r.tokens[at..at + n].copy_from_slice(tokens);
     }
     let mut rstdf = vec![0.0f32; n];
     let mut xf = vec![0.0f32; n * c];
     rmsnorm_forward(&mut xf, &mut rstdf, &x, &w.norm.data, n, c, eps);
-    let logits = head_forward(w, &xf, positions, c, cfg.vocab_size);
+    let logits = head_forward(w, &xf, heads, c, cfg.vocab_size);
     RunOut {
         logits,
         xl: x,
         rstdf,
         xf,
-        pos,
+        pos: pos.to_vec(),
     }
 }
 
-/// Copies a chunk's rows into record rows `rows` (one per chunk row).
-fn put_rows(dst: &mut [f32], src: &[f32], rows: &[usize]) {
-    let width = src.len() / rows.len();
-    for (s, &r) in src.chunks_exact(width).zip(rows) {
-        dst[r * width..(r + 1) * width].copy_from_slice(s);
-    }
+/// Copies a chunk's `rows` rows into record rows `at..`.
+fn put_rows(dst: &mut [f32], src: &[f32], at: usize, rows: usize) {
+    let width = src.len() / rows;
+    dst[at * width..(at + rows) * width].copy_from_slice(src);
 }
 
 /// What `run` returns: the logits, and the final activations that backward needs.
@@ -441,7 +286,11 @@ pub fn forward(
         }
         rows.push(r * batch.t + t);
     }
-    let mut cache = KvCache::new(model, batch.b, batch.t, batch.start.clone());
+    let mut attend = Attend::Batch {
+        start: &batch.start,
+        t: batch.t,
+    };
+    let pos = attend.positions().expect("a batch knows its positions");
     let mut layers = Vec::with_capacity(model.config.num_hidden_layers);
     let RunOut {
         logits,
@@ -452,8 +301,8 @@ pub fn forward(
     } = run(
         model,
         &batch.tokens,
-        &mut cache,
-        batch.t,
+        &pos,
+        &mut attend,
         &rows,
         Some(&mut layers),
         None,
@@ -499,8 +348,8 @@ pub fn backward_into(
     let (qw, kw) = (h * d, kv * d);
     let (b, t) = (acts.b, acts.t);
     let n = b * t;
-    // Rows after `nl` receive no gradient (`cpu::shared`), so the per-row work stops there.
-    let nl = acts.shared.as_ref().map_or(n, |sh| sh.live);
+    // Rows after `nl` receive no gradient (`cpu::prefix::RecordPaths`), so the per-row work stops there.
+    let nl = acts.shared.as_ref().map_or(n, |rec| rec.live);
     let vocab = cfg.vocab_size;
     assert_eq!(
         dlogits.len(),
@@ -632,45 +481,24 @@ pub fn backward_into(
                 &acts.start,
                 shape,
             ),
-            Some(sh) => {
-                // Attention runs on the batch the shared rows make up; each prompt row's own
-                // output gradient enters once, and the gradients of its keys and values from
-                // every continuation add up.
-                let full = sh.b * sh.t;
-                let (mut fq, mut fk, mut fv) = (
-                    vec![0.0f32; full * qw],
-                    vec![0.0f32; full * kw],
-                    vec![0.0f32; full * kw],
-                );
-                let mut fdao = vec![0.0f32; full * qw];
-                gather_rows_forward(&mut fq, &a.q, &sh.map, None, qw);
-                gather_rows_forward(&mut fk, &a.k, &sh.map, None, kw);
-                gather_rows_forward(&mut fv, &a.v, &sh.map, None, kw);
-                gather_rows_forward(&mut fdao, &dao, &sh.map, Some(&sh.owner), qw);
-                let (mut fdq, mut fdk, mut fdv) = (
-                    vec![0.0f32; full * qw],
-                    vec![0.0f32; full * kw],
-                    vec![0.0f32; full * kw],
-                );
-                attention_backward(
-                    QkvGrad::Split(&mut fdq, &mut fdk, &mut fdv),
-                    &fdao,
-                    &a.att,
-                    &fq,
-                    &fk,
-                    &fv,
-                    &QkvLayout::split(h, kv, d),
-                    &sh.start,
-                    AttentionShape {
-                        b: sh.b,
-                        t: sh.t,
-                        ..shape
-                    },
-                );
-                gather_rows_backward(&mut dq, &fdq, &sh.map, qw);
-                gather_rows_backward(&mut dk, &fdk, &sh.map, kw);
-                gather_rows_backward(&mut dv, &fdv, &sh.map, kw);
-            }
+            // Every row attends along its path; a shared row's key and value gradients add up
+            // over every path through it.
+            Some(rec) => path_attention_backward(
+                QkvGrad::Split(&mut dq, &mut dk, &mut dv),
+                &dao,
+                &a.att,
+                &a.q,
+                &a.k,
+                &a.v,
+                &QkvLayout::split(h, kv, d),
+                rec.live_paths(),
+                &rec.uses,
+                Heads {
+                    n_head: h,
+                    n_kv_head: kv,
+                    head_dim: d,
+                },
+            ),
         }
         let mut dq0 = vec![0.0f32; n * qw];
         let mut dk0 = vec![0.0f32; n * kw];
@@ -780,6 +608,20 @@ pub fn generate(
         .collect())
 }
 
+/// `run` on the next `tq` positions of every row of a cache (tokens (B, tq)): the logits (P, V) of
+/// the new rows `heads` (index b * tq + i).
+fn run_cached(
+    model: &Llama,
+    tokens: &[u32],
+    cache: &mut KvCache,
+    tq: usize,
+    heads: &[usize],
+) -> Vec<f32> {
+    let pos = cache.positions(tq);
+    let mut attend = Attend::Cache { cache, tq };
+    run(model, tokens, &pos, &mut attend, heads, None, None).logits
+}
+
 /// Decodes up to `max_new` tokens after each left-padded prompt through the KV cache. `pick`
 /// chooses the next token of row r from its logits (V); a row stops after emitting `stop`.
 pub fn generate_with(
@@ -809,18 +651,14 @@ pub fn generate_with(
     if max_new == 0 {
         return Ok(out);
     }
-    let mut cache = KvCache::new(model, b, prompts.t + max_new, prompts.start.clone());
+    let mut cache = KvCache::new(
+        model.config.num_hidden_layers,
+        model.config.n_kv_heads() * model.config.head_dim(),
+        prompts.t + max_new,
+        prompts.start.clone(),
+    );
     let last: Vec<usize> = (0..b).map(|bi| bi * prompts.t + prompts.t - 1).collect();
-    let mut logits = run(
-        model,
-        &prompts.tokens,
-        &mut cache,
-        prompts.t,
-        &last,
-        None,
-        None,
-    )
-    .logits;
+    let mut logits = run_cached(model, &prompts.tokens, &mut cache, prompts.t, &last);
     let mut done = vec![false; b];
     let filler = stop.unwrap_or(0);
     for step in 0..max_new {
@@ -843,7 +681,7 @@ pub fn generate_with(
             break;
         }
         let rows: Vec<usize> = (0..b).collect();
-        logits = run(model, &next, &mut cache, 1, &rows, None, None).logits;
+        logits = run_cached(model, &next, &mut cache, 1, &rows);
     }
     Ok(out)
 }
@@ -860,11 +698,10 @@ pub fn argmax(row: &[f32]) -> u32 {
 }
 
 impl LlamaActivations {
-    /// Zeroed activations of record rows with rotary positions `pos` (N), filled by `run` as a
-    /// decoder feeds its chunks, then completed by `finish_record` with the batch the rows make
-    /// up (`cpu::shared`). Rows never fed keep token `pad` and zero activations; nothing
-    /// downstream of a real token reads them.
-    fn recording(model: &Llama, pos: Vec<usize>, pad: u32) -> Self {
+    /// Zeroed activations of record rows with rotary positions `pos` (N), to be filled chunk by
+    /// chunk by `rows_forward`, then completed by `finish_record` with the paths the rows attend
+    /// to (`cpu::prefix`). Tokens not yet fed are `pad`.
+    pub(crate) fn recording(model: &Llama, pos: Vec<usize>, pad: u32) -> Self {
         let cfg = &model.config;
         let (c, f, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
         let (qw, kw) = (cfg.num_attention_heads * d, cfg.n_kv_heads() * d);
@@ -902,41 +739,32 @@ impl LlamaActivations {
     }
 
     /// Completes recorded activations for `backward` with dlogits at record rows `rows`: every
-    /// layer's attention probabilities over the batch the rows make up (cached decoding does not
-    /// keep them) and the final norm of every row.
-    fn finish_record(&mut self, model: &Llama, rows: Vec<usize>, layout: SharedLayout) {
+    /// layer's attention probabilities along the rows' paths (decoding does not keep them), for
+    /// the rows that can receive a gradient, and the final norm of every row.
+    pub(crate) fn finish_record(&mut self, model: &Llama, rows: Vec<usize>, record: RecordPaths) {
         let cfg = &model.config;
         let (c, d) = (cfg.hidden_size, cfg.head_dim());
         let (h, kv) = (cfg.num_attention_heads, cfg.n_kv_heads());
-        let (qw, kw) = (h * d, kv * d);
         let n = self.b * self.t;
-        let (b, t) = (layout.b, layout.t);
-        let shape = AttentionShape {
-            b,
-            t,
+        let heads = Heads {
             n_head: h,
             n_kv_head: kv,
             head_dim: d,
         };
-        let qkv_layout = QkvLayout::split(h, kv, d);
-        let mut out = vec![0.0f32; b * t * qw];
-        let mut q = vec![0.0f32; b * t * qw];
-        let mut k = vec![0.0f32; b * t * kw];
-        let mut v = vec![0.0f32; b * t * kw];
+        let layout = QkvLayout::split(h, kv, d);
+        let live = record.live_paths();
+        let mut out = vec![0.0f32; live.len() * h * d];
         for a in &mut self.layers {
-            gather_rows_forward(&mut q, &a.q, &layout.map, None, qw);
-            gather_rows_forward(&mut k, &a.k, &layout.map, None, kw);
-            gather_rows_forward(&mut v, &a.v, &layout.map, None, kw);
-            a.att = vec![0.0f32; b * h * t * t];
-            attention_forward(
+            a.att = vec![0.0f32; live.att_len(h)];
+            path_attention_forward(
                 &mut out,
-                &mut a.att,
-                &q,
-                &k,
-                &v,
-                &qkv_layout,
-                &layout.start,
-                shape,
+                Some(&mut a.att),
+                &a.q,
+                &a.k,
+                &a.v,
+                &layout,
+                live,
+                heads,
             );
         }
         self.rstdf = vec![0.0f32; n];
@@ -951,147 +779,51 @@ impl LlamaActivations {
             cfg.rms_norm_eps,
         );
         self.positions = rows;
-        self.shared = Some(layout);
+        self.shared = Some(record);
     }
 
     /// The final hidden state of record row `row`.
-    fn final_hidden_row(&self, row: usize) -> &[f32] {
+    pub(crate) fn final_hidden_row(&self, row: usize) -> &[f32] {
         let c = self.xf.len() / (self.b * self.t);
         &self.xf[row * c..(row + 1) * c]
     }
 }
 
-/// A sampled batch whose forward pass was kept: the continuations, the activations of every
-/// position fed (each distinct prompt once, then one row per continuation and step, the last
-/// sampled token included: `cpu::shared`), and the logits each token was sampled from.
-pub struct LlamaRollout {
-    pub generations: Vec<Generation>,
-    acts: LlamaActivations,
-    /// The distinct prompt of each row, and each distinct prompt's first real index.
-    prompt_of: Vec<usize>,
-    prompt_start: Vec<usize>,
-    /// Padded prompt length P and steps S.
-    p: usize,
-    s: usize,
-    /// (S, B, V): step s's logits of every row, before temperature.
-    logits: Vec<f32>,
-}
-
-/// `generate`, keeping the forward pass for an update with the same weights, and running each
-/// distinct prompt once. The same `rng` state gives the same tokens as `generate`, with
-/// log-probabilities equal up to rounding. The last sampled token is fed too (without the
-/// head), since the value head reads its hidden state.
-pub fn generate_recorded(
+/// Runs new rows of a prefix store (`cpu::prefix`), `tokens` at positions `pos`, row i attending
+/// to the rows of `paths.keys(i)`, and returns the final hidden states (after the last norm) of
+/// rows `heads`, (M, C). With `rec`, the rows' activations are copied into the record at the
+/// store's row numbers.
+pub(crate) fn rows_forward(
     model: &Llama,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    eos: u32,
-    rng: &mut Rng,
-) -> Result<LlamaRollout> {
-    let s = params.max_new_tokens;
-    if prompts.is_empty() || s == 0 {
-        bail!("a recorded rollout needs at least one prompt and one new token");
-    }
-    let v = model.config.vocab_size;
-    let batch = Batch::left_padded(prompts, eos)?;
-    check_batch(&batch, v)?;
-    let ctx = model.config.max_position_embeddings;
-    if batch.t + s > ctx {
-        bail!(
-            "a prompt of {} tokens with {s} new tokens exceeds the model's context of {ctx} positions",
-            batch.t
-        );
-    }
-    let (distinct, prompt_of) = distinct_prompts(prompts);
-    let ub = Batch::left_padded(&distinct, eos)?;
-    let (u, p, b) = (ub.b, ub.t, prompts.len());
-    let pos = shared_positions(&prompt_of, &ub.start, p, s);
-    let mut rec = LlamaActivations::recording(model, pos, eos);
-
-    // The distinct prompts, once each.
-    let mut pre = KvCache::new(model, u, p, ub.start.clone());
-    let last: Vec<usize> = (0..u).map(|i| i * p + p - 1).collect();
-    let prompt_rows: Vec<usize> = (0..u * p).collect();
-    let first = run(
+    kv: &mut RowKv,
+    tokens: &[u32],
+    pos: &[usize],
+    paths: PathsRef,
+    heads: &[usize],
+    rec: Option<&mut LlamaActivations>,
+) -> Vec<f32> {
+    let at = kv.rows();
+    let mut attend = Attend::Rows { kv, paths };
+    let out = run(
         model,
-        &ub.tokens,
-        &mut pre,
-        p,
-        &last,
+        tokens,
+        pos,
+        &mut attend,
+        &[],
         None,
-        Some((&mut rec, &prompt_rows)),
-    )
-    .logits;
-
-    // Every row continues from a copy of its prompt's keys and values.
-    let tmax = p + s;
-    let kw = model.config.n_kv_heads() * model.config.head_dim();
-    let (k, vv) = fan_out_prompt_kv(
-        model.config.num_hidden_layers,
-        |l| (&pre.k[l][..], &pre.v[l][..]),
-        &prompt_of,
-        p,
-        tmax,
-        kw,
+        rec.map(|r| (r, at)),
     );
-    let start: Vec<usize> = prompt_of.iter().map(|&ui| ub.start[ui]).collect();
-    let mut cache = KvCache::from_layers(model, k, vv, tmax, p, start)?;
-
-    let mut out = vec![Generation::default(); b];
-    let mut logits = first_step_logits(&first, &prompt_of, v, s);
-    let mut done = vec![false; b];
-    let rows: Vec<usize> = (0..b).collect();
-    for step in 0..s {
-        let step_logits = &logits[step * b * v..(step + 1) * b * v];
-        let next = sample_step(step_logits, v, &mut out, &mut done, params, eos, rng);
-        let more = !(step + 1 == s || done.iter().all(|&x| x));
-        let heads: &[usize] = if more { &rows[..] } else { &[] };
-        let rec_rows: Vec<usize> = (0..b).map(|bi| u * p + step * b + bi).collect();
-        let step_out = run(
-            model,
-            &next,
-            &mut cache,
-            1,
-            heads,
-            None,
-            Some((&mut rec, &rec_rows)),
-        );
-        if !more {
-            break;
-        }
-        logits.extend_from_slice(&step_out.logits);
+    let c = model.config.hidden_size;
+    let mut hidden = Vec::with_capacity(heads.len() * c);
+    for &r in heads {
+        hidden.extend_from_slice(&out.xf[r * c..(r + 1) * c]);
     }
-    Ok(LlamaRollout {
-        generations: out,
-        acts: rec,
-        prompt_of,
-        prompt_start: ub.start,
-        p,
-        s,
-        logits,
-    })
+    hidden
 }
 
-impl LlamaRollout {
-    /// What the update's forward pass would give on the prompts followed by the first `kept[r]`
-    /// tokens of each continuation: the logits (M, V) predicting those tokens (row by row), the
-    /// final hidden state (B, C) of each row's last kept token (its last prompt token when none
-    /// is kept), and the activations for `llama::backward` with dlogits in that order.
-    pub fn finish(
-        mut self,
-        model: &Llama,
-        kept: &[usize],
-    ) -> Result<(Vec<f32>, Vec<f32>, LlamaActivations)> {
-        let b = self.generations.len();
-        let v = model.config.vocab_size;
-        let layout = SharedLayout::new(&self.prompt_of, &self.prompt_start, self.p, self.s);
-        let KeptRows { rows, logits, last } =
-            kept_rows(&layout, &self.generations, &self.logits, self.p, kept, v)?;
-        self.acts.finish_record(model, rows, layout);
-        let mut hidden = Vec::with_capacity(b * model.config.hidden_size);
-        for &row in &last {
-            hidden.extend_from_slice(self.acts.final_hidden_row(row));
-        }
-        Ok((logits, hidden, self.acts))
-    }
+/// logits (M, V) = hidden (M, C) @ head^T
+pub(crate) fn head_logits(model: &Llama, hidden: &[f32]) -> Vec<f32> {
+    let c = model.config.hidden_size;
+    let rows: Vec<usize> = (0..hidden.len() / c).collect();
+    head_forward(&model.weights, hidden, &rows, c, model.config.vocab_size)
 }

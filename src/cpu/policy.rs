@@ -2,21 +2,21 @@
 //! either child family (actor forward and backward, the frozen reference's log-probs, the value
 //! head, the losses of `ppo::loss`, two AdamW optimisers with gradient clipping).
 
-use crate::cpu::decode::{self, Generation, Gpt2Rollout};
 use crate::cpu::gpt2::{self, Batch, Gpt2Activations};
-use crate::cpu::llama::{self, LlamaActivations, LlamaRollout};
+use crate::cpu::llama::{self, LlamaActivations};
 use crate::cpu::refcache::RefCache;
-use crate::model::gpt2::Gpt2Weights;
-use crate::model::llama::LlamaWeights;
+use crate::cpu::rollout::{Rollout, generate_recorded};
+use crate::model::gpt2::{Gpt2, Gpt2Weights};
+use crate::model::llama::{Llama, LlamaWeights};
 use crate::model::spec::Model;
-use crate::ppo::adamw::{AdamW, clip_grad_norm};
+use crate::ppo::adamw::{AdamW, clip_coef, clip_grad_norm, grad_norm};
 use crate::ppo::config::{Baseline, PpoConfig};
 use crate::ppo::loss::{
-    ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, whiten,
+    ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, kept_tokens, whiten,
 };
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
-use crate::sample::SamplingParams;
+use crate::sample::{Generation, SamplingParams};
 use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
 
@@ -49,6 +49,13 @@ enum Grads {
 }
 
 impl Grads {
+    fn list(&self) -> Vec<&Tensor> {
+        match self {
+            Grads::Gpt2(g) => g.named().into_iter().map(|x| x.1).collect(),
+            Grads::Llama(g) => g.named().into_iter().map(|x| x.1).collect(),
+        }
+    }
+
     fn list_mut(&mut self) -> Vec<&mut Tensor> {
         match self {
             Grads::Gpt2(g) => g.named_mut().into_iter().map(|x| x.1).collect(),
@@ -60,16 +67,6 @@ impl Grads {
 enum Acts {
     Gpt2(Box<Gpt2Activations>),
     Llama(Box<LlamaActivations>),
-}
-
-/// The number of response tokens the mask keeps: those before the first end-of-text, plus the
-/// end-of-text itself with `train_eos`.
-pub fn kept_tokens(response: &[u32], eos: u32, train_eos: bool) -> usize {
-    match response.iter().position(|&t| t == eos) {
-        Some(i) if train_eos => i + 1,
-        Some(i) => i,
-        None => response.len(),
-    }
 }
 
 /// A left-padded prompt + kept-response batch and its scored tokens.
@@ -183,17 +180,17 @@ fn actor_forward(
 }
 
 /// A rollout's kept forward pass and the prompts it ran.
-struct Rollout {
+struct Kept {
     prompts: Vec<Vec<u32>>,
     recorded: Recorded,
 }
 
 enum Recorded {
-    Gpt2(Box<Gpt2Rollout>),
-    Llama(Box<LlamaRollout>),
+    Gpt2(Box<Rollout<Gpt2>>),
+    Llama(Box<Rollout<Llama>>),
 }
 
-impl Rollout {
+impl Kept {
     fn generations(&self) -> &[Generation] {
         match &self.recorded {
             Recorded::Gpt2(r) => &r.generations,
@@ -277,7 +274,7 @@ pub struct CpuPolicy {
     /// instead of running the policy again. On by default; the result is the same either way.
     pub reuse_rollout: bool,
     ref_cache: RefCache,
-    rollout: Option<Rollout>,
+    rollout: Option<Kept>,
     /// The last step's gradient buffer, reused by the next.
     grads: Option<Grads>,
 }
@@ -433,16 +430,19 @@ impl CpuPolicy {
                 *g += dv[r] * x;
             }
         }
-        let mut grads = actor_backward(&self.model, &mut acts, &al.dlogits, self.grads.take());
+        let grads = actor_backward(&self.model, &mut acts, &al.dlogits, self.grads.take());
         drop(acts);
-        let mut glist = grads.list_mut();
-        let actor_norm = clip_grad_norm(&mut glist, cfg.actor_max_grad_norm)
-            .context("actor gradient: nothing was applied to the weights")?;
+        let gref = grads.list();
+        let actor_norm =
+            grad_norm(&gref).context("actor gradient: nothing was applied to the weights")?;
         let critic_norm = clip_grad_norm(&mut [&mut cw, &mut cb], cfg.critic_max_grad_norm)
             .context("critic gradient: nothing was applied to the weights")?;
-        let gref: Vec<&Tensor> = glist.into_iter().map(|g| &*g).collect();
-        self.actor_opt
-            .step(&mut params_mut(&mut self.model), &gref)?;
+        // The actor's clipping scale goes into its step: one pass less over its gradients.
+        self.actor_opt.step_scaled(
+            &mut params_mut(&mut self.model),
+            &gref,
+            clip_coef(actor_norm, cfg.actor_max_grad_norm),
+        )?;
         self.critic_opt
             .step(&mut [&mut self.critic.w, &mut self.critic.b], &[&cw, &cb])?;
         self.grads = Some(grads);
@@ -468,7 +468,7 @@ impl CpuPolicy {
         episodes: &[Episode],
         kl_coef: f32,
         rng: &mut Rng,
-        rollout: Option<Rollout>,
+        rollout: Option<Kept>,
     ) -> Result<UpdateLosses> {
         let all: Vec<&Episode> = episodes.iter().collect();
         let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
@@ -553,14 +553,14 @@ impl PolicyBackend for CpuPolicy {
             return self.model.generate(prompts, params, self.eos, rng);
         }
         let recorded = match &self.model {
-            Model::Gpt2(m) => Recorded::Gpt2(Box::new(decode::generate_recorded(
+            Model::Gpt2(m) => Recorded::Gpt2(Box::new(generate_recorded(
                 m, prompts, params, self.eos, rng,
             )?)),
-            Model::Llama(m) => Recorded::Llama(Box::new(llama::generate_recorded(
+            Model::Llama(m) => Recorded::Llama(Box::new(generate_recorded(
                 m, prompts, params, self.eos, rng,
             )?)),
         };
-        let rollout = Rollout {
+        let rollout = Kept {
             prompts: prompts.to_vec(),
             recorded,
         };

@@ -1,50 +1,41 @@
 //! The frozen reference model's log-probabilities of the kept response tokens, with the keys and
-//! values of each distinct prompt kept across updates.
+//! values of its prompts kept across updates, every shared prefix once.
 //!
 //! The reference never changes and a task has only about a hundred prompts, so the prompt part
-//! of its forward pass is the same every time a prompt comes back. Per distinct prompt (its token
-//! ids) the cache holds every layer's keys and values of the prompt positions and the
-//! log-probabilities of the first response token (the last position's log-softmax). An update
-//! then runs, per episode, only the kept response tokens but the last, on top of those keys and
-//! values, all episodes together (left padded, as the decoders do). Positions count from each
-//! row's first real token, so a prompt's keys and values do not depend on the padding in front
-//! of it.
+//! of its forward pass is the same every time a prompt comes back; and a chat model's prompts
+//! share most of their tokens (the system turn, the task's instruction). The cache holds the
+//! prompts as prefix rows (`cpu::prefix`): every layer's keys and values of each distinct prefix,
+//! and its final hidden state, which the head turns into the log-probabilities of a first
+//! response token. An update runs only the prompt rows not yet kept and the kept response tokens
+//! but the last, all episodes in one pass, each row attending along its path. Positions count
+//! from each sequence's first token, so a row's keys and values depend on its prefix alone.
 
-use crate::cpu::decode::Gpt2Decoder;
-use crate::cpu::llama::{self, KvCache};
-use crate::cpu::policy::kept_tokens;
+use crate::cpu::kv::RowKv;
+use crate::cpu::prefix::PrefixRows;
+use crate::cpu::rows::RowModel;
 use crate::model::spec::Model;
 use crate::ppo::loss::Episode;
+use crate::ppo::loss::kept_tokens;
 use anyhow::{Result, bail};
-use std::collections::HashMap;
+use rayon::prelude::*;
+use std::collections::HashSet;
 
-/// Default bound on the bytes kept: a hundred 20-token prompts of GPT-2 small take about 170 MB.
+/// Default bound on the bytes kept: the prompts of a hundred-prompt task take far less (the
+/// rows of a shared prefix are kept once).
 pub const DEFAULT_LIMIT_BYTES: usize = 384 << 20;
 
-/// Keys and values of one prompt's positions, per layer (P, KW) each, and the log-softmax (V)
-/// of its last position: the log-probability of every first response token.
-struct PromptKv {
-    k: LayerKv,
-    v: LayerKv,
-    first: Vec<f32>,
-}
-
-impl PromptKv {
-    fn bytes(&self) -> usize {
-        self.k
-            .iter()
-            .chain(&self.v)
-            .map(|x| x.len() * 4)
-            .sum::<usize>()
-            + self.first.len() * 4
-    }
-}
-
-/// Prompt keys and values of one frozen model, bounded in memory: once full, prompts not yet
-/// seen are computed for the update that needs them and not kept.
+/// Prompt rows of one frozen model, bounded in memory: once full, prompts not yet seen are
+/// computed for the update that needs them and not kept.
 pub struct RefCache {
-    entries: HashMap<Vec<u32>, PromptKv>,
-    bytes: usize,
+    rows: PrefixRows,
+    /// Keys and values of every row, made for the model on first use.
+    kv: Option<RowKv>,
+    /// (R, C) the final hidden state of every row.
+    hidden: Vec<f32>,
+    /// C, the width of a hidden state.
+    width: usize,
+    /// The rows where a kept prompt ends.
+    prompts: HashSet<usize>,
     limit: usize,
     hits: u64,
     misses: u64,
@@ -53,84 +44,6 @@ pub struct RefCache {
 impl Default for RefCache {
     fn default() -> Self {
         Self::new(DEFAULT_LIMIT_BYTES)
-    }
-}
-
-/// Layers, key/value width and context length of a model.
-fn kv_shape(model: &Model) -> (usize, usize, usize) {
-    match model {
-        Model::Gpt2(m) => (m.config.n_layer, m.config.n_embd, m.config.n_positions),
-        Model::Llama(m) => (
-            m.config.num_hidden_layers,
-            m.config.n_kv_heads() * m.config.head_dim(),
-            m.config.max_position_embeddings,
-        ),
-    }
-}
-
-/// One buffer per layer.
-type LayerKv = Vec<Vec<f32>>;
-
-/// Keys and values (per layer (B, T, KW)) of left-padded token rows (B, T), and the logits
-/// (B, V) of each row's last index.
-fn prefill(
-    model: &Model,
-    tokens: &[u32],
-    start: &[usize],
-    t: usize,
-) -> Result<(LayerKv, LayerKv, Vec<f32>)> {
-    let (layers, kw, _) = kv_shape(model);
-    let b = start.len();
-    let zeros = || vec![vec![0.0f32; b * t * kw]; layers];
-    let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
-    match model {
-        Model::Gpt2(m) => {
-            let mut d = Gpt2Decoder::from_cache(m, start.to_vec(), t, 0, zeros(), zeros())?;
-            let logits = d.extend(tokens, t, &last)?.to_vec();
-            let (k, v) = (0..layers)
-                .map(|l| {
-                    let (k, v) = d.layer_kv(l);
-                    (k.to_vec(), v.to_vec())
-                })
-                .unzip();
-            Ok((k, v, logits))
-        }
-        Model::Llama(m) => {
-            let mut cache = KvCache::from_layers(m, zeros(), zeros(), t, 0, start.to_vec())?;
-            let logits = llama::extend(m, tokens, &mut cache, t, &last)?;
-            let (k, v) = (0..layers)
-                .map(|l| {
-                    let (k, v) = cache.layer(l);
-                    (k.to_vec(), v.to_vec())
-                })
-                .unzip();
-            Ok((k, v, logits))
-        }
-    }
-}
-
-/// Logits (P, V) at the new rows `heads` after feeding `tokens` (B, tq) on top of a cache
-/// (per layer (B, tmax, KW)) with `len` positions filled.
-#[allow(clippy::too_many_arguments)]
-fn extend(
-    model: &Model,
-    k: LayerKv,
-    v: LayerKv,
-    start: Vec<usize>,
-    tmax: usize,
-    len: usize,
-    tokens: &[u32],
-    heads: &[usize],
-) -> Result<Vec<f32>> {
-    match model {
-        Model::Gpt2(m) => {
-            let mut d = Gpt2Decoder::from_cache(m, start, tmax, len, k, v)?;
-            Ok(d.extend(tokens, tmax - len, heads)?.to_vec())
-        }
-        Model::Llama(m) => {
-            let mut cache = KvCache::from_layers(m, k, v, tmax, len, start)?;
-            llama::extend(m, tokens, &mut cache, tmax - len, heads)
-        }
     }
 }
 
@@ -153,8 +66,11 @@ impl RefCache {
     /// An empty cache that keeps at most `limit_bytes` of keys and values.
     pub fn new(limit_bytes: usize) -> Self {
         RefCache {
-            entries: HashMap::new(),
-            bytes: 0,
+            rows: PrefixRows::default(),
+            kv: None,
+            hidden: Vec::new(),
+            width: 0,
+            prompts: HashSet::new(),
             limit: limit_bytes,
             hits: 0,
             misses: 0,
@@ -163,16 +79,17 @@ impl RefCache {
 
     /// Distinct prompts kept.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.prompts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.prompts.is_empty()
     }
 
-    /// Bytes of keys and values kept.
+    /// Bytes of keys, values and hidden states kept.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        let per_row = self.kv.as_ref().map_or(0, RowKv::row_bytes);
+        self.rows.len() * per_row + self.hidden.len() * 4
     }
 
     /// Episodes whose prompt was found in the cache, and episodes whose prompt was computed.
@@ -182,12 +99,23 @@ impl RefCache {
 
     /// Forgets every prompt: needed when the model the cache was filled from changes.
     pub fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
+        self.truncate(0);
+        self.kv = None;
+        self.width = 0;
+    }
+
+    /// Forgets rows `n..`.
+    fn truncate(&mut self, n: usize) {
+        self.rows.truncate(n);
+        if let Some(kv) = &mut self.kv {
+            kv.truncate(n);
+        }
+        self.hidden.truncate(n * self.width);
+        self.prompts.retain(|&r| r < n);
     }
 
     /// Per episode, the log-probabilities under `model` (always the same frozen model for one
-    /// cache) of its kept response tokens (`cpu::policy::kept_tokens`), each predicted from the
+    /// cache) of its kept response tokens (`ppo::loss::kept_tokens`), each predicted from the
     /// prompt and the response tokens before it.
     pub fn logprobs(
         &mut self,
@@ -196,7 +124,20 @@ impl RefCache {
         eos: u32,
         train_eos: bool,
     ) -> Result<Vec<Vec<f32>>> {
-        let (layers, kw, ctx) = kv_shape(model);
+        match model {
+            Model::Gpt2(m) => self.logprobs_of(m, episodes, eos, train_eos),
+            Model::Llama(m) => self.logprobs_of(m, episodes, eos, train_eos),
+        }
+    }
+
+    fn logprobs_of<M: RowModel>(
+        &mut self,
+        model: &M,
+        episodes: &[&Episode],
+        eos: u32,
+        train_eos: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let ctx = model.context();
         let vocab = model.vocab_size() as u32;
         let mut out = vec![Vec::new(); episodes.len()];
         // Episodes with something to score.
@@ -227,116 +168,80 @@ impl RefCache {
         if active.is_empty() {
             return Ok(out);
         }
+        let c = model.hidden_size();
+        if self.kv.is_none() {
+            self.kv = Some(model.row_kv());
+            self.width = c;
+        }
 
-        // Prompts not in the cache, each computed once.
-        let mut missing: Vec<&[u32]> = Vec::new();
+        // The prompts' rows, then the rows of each response's kept tokens but the last; the
+        // row of token j - 1 (the prompt's last for j = 0) predicts kept token j.
+        let kept = self.rows.len();
+        let mut predict: Vec<Vec<usize>> = Vec::with_capacity(active.len());
         for &(r, _) in &active {
-            let p = episodes[r].prompt.as_slice();
-            if self.entries.contains_key(p) {
+            let end = self
+                .rows
+                .insert(None, &episodes[r].prompt)
+                .expect("prompts are not empty");
+            if end < kept {
                 self.hits += 1;
             } else {
                 self.misses += 1;
-                if !missing.contains(&p) {
-                    missing.push(p);
-                }
+            }
+            predict.push(vec![end]);
+        }
+        let prompt_rows = self.rows.len();
+        for (&(r, k), rows) in active.iter().zip(&mut predict) {
+            for &tok in &episodes[r].response[..k - 1] {
+                let at = *rows.last().expect("each starts with its prompt's end");
+                let next = self.rows.insert(Some(at), &[tok]).expect("one token");
+                rows.push(next);
             }
         }
-        let mut fresh: HashMap<Vec<u32>, PromptKv> = HashMap::new();
+        let all = self.rows.len();
+        if all > kept {
+            let paths = self.rows.paths(kept..all);
+            let heads: Vec<usize> = (0..all - kept).collect();
+            let kv = self.kv.as_mut().expect("made above");
+            let hidden = model.rows_forward(
+                kv,
+                &self.rows.tokens[kept..all],
+                &self.rows.pos[kept..all],
+                paths.all(),
+                &heads,
+                None,
+            );
+            self.hidden.truncate(kept * c);
+            self.hidden.extend_from_slice(&hidden);
+        }
+        let mut picked = Vec::new();
+        for rows in &predict {
+            for &row in rows {
+                picked.extend_from_slice(&self.hidden[row * c..(row + 1) * c]);
+            }
+        }
+        let logits = model.head_logits(&picked);
         let v = vocab as usize;
-        if !missing.is_empty() {
-            let t = missing.iter().map(|p| p.len()).max().unwrap_or(0);
-            let mut tokens = Vec::with_capacity(missing.len() * t);
-            let mut start = Vec::with_capacity(missing.len());
-            for p in &missing {
-                start.push(t - p.len());
-                tokens.extend(std::iter::repeat_n(eos, t - p.len()));
-                tokens.extend_from_slice(p);
-            }
-            let (k, vv, logits) = prefill(model, &tokens, &start, t)?;
-            for (b, p) in missing.iter().enumerate() {
-                let (lo, hi) = ((b * t + start[b]) * kw, (b + 1) * t * kw);
-                let row = &logits[b * v..(b + 1) * v];
-                let z = lse(row);
-                let entry = PromptKv {
-                    k: k.iter().map(|x| x[lo..hi].to_vec()).collect(),
-                    v: vv.iter().map(|x| x[lo..hi].to_vec()).collect(),
-                    first: row.iter().map(|&x| (x as f64 - z) as f32).collect(),
-                };
-                fresh.insert(p.to_vec(), entry);
-            }
-        }
-        let entry = |p: &[u32]| -> &PromptKv {
-            match self.entries.get(p) {
-                Some(e) => e,
-                None => &fresh[p],
-            }
-        };
-        for &(r, _) in &active {
-            let e = episodes[r];
-            out[r].push(entry(&e.prompt).first[e.response[0] as usize]);
+        let tokens: Vec<u32> = active
+            .iter()
+            .flat_map(|&(r, k)| episodes[r].response[..k].iter().copied())
+            .collect();
+        let lps: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(&tokens)
+            .map(|(row, &tok)| logprob(row, tok))
+            .collect();
+        let mut at = 0;
+        for &(r, k) in &active {
+            out[r].extend_from_slice(&lps[at..at + k]);
+            at += k;
         }
 
-        // Row b feeds its kept response tokens but the last: q_b = k_b - 1 queries predicting
-        // kept tokens 1..k_b. Rows are left padded to T so that all queries end at index T - 1;
-        // the Q query indices [T - Q, T) of a row with fewer than Q queries start with its last
-        // prompt tokens, recomputed rather than read from the cache.
-        let rows: Vec<(usize, usize)> = active.iter().copied().filter(|x| x.1 > 1).collect();
-        if !rows.is_empty() {
-            let seqs: Vec<Vec<u32>> = rows
-                .iter()
-                .map(|&(r, k)| {
-                    let e = episodes[r];
-                    let mut s = e.prompt.clone();
-                    s.extend_from_slice(&e.response[..k - 1]);
-                    s
-                })
-                .collect();
-            let nb = seqs.len();
-            let q = rows.iter().map(|x| x.1 - 1).max().unwrap_or(0);
-            let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-            let len = t - q;
-            let start: Vec<usize> = seqs.iter().map(|x| t - x.len()).collect();
-            let mut kc = vec![vec![0.0f32; nb * t * kw]; layers];
-            let mut vc = vec![vec![0.0f32; nb * t * kw]; layers];
-            let mut tokens = vec![eos; nb * q];
-            let mut heads = Vec::new();
-            for (b, (s, &(r, k))) in seqs.iter().zip(&rows).enumerate() {
-                let st = start[b];
-                // Cached indices [st, len) are prompt positions [0, len - st).
-                let n = len.saturating_sub(st);
-                if n > 0 {
-                    let cached = entry(&episodes[r].prompt);
-                    let dst = (b * t + st) * kw;
-                    for l in 0..layers {
-                        kc[l][dst..dst + n * kw].copy_from_slice(&cached.k[l][..n * kw]);
-                        vc[l][dst..dst + n * kw].copy_from_slice(&cached.v[l][..n * kw]);
-                    }
-                }
-                for i in 0..q {
-                    let idx = len + i;
-                    if idx >= st {
-                        tokens[b * q + i] = s[idx - st];
-                    }
-                }
-                heads.extend((q + 1 - k..q).map(|i| b * q + i));
-            }
-            let logits = extend(model, kc, vc, start, t, len, &tokens, &heads)?;
-            let mut at = 0;
-            for &(r, k) in &rows {
-                let e = episodes[r];
-                for j in 1..k {
-                    out[r].push(logprob(&logits[at * v..(at + 1) * v], e.response[j]));
-                    at += 1;
-                }
-            }
-        }
-
-        for (p, entry) in fresh {
-            let size = entry.bytes();
-            if self.bytes + size <= self.limit {
-                self.bytes += size;
-                self.entries.insert(p, entry);
-            }
+        // Keep the prompts' rows, unless that goes over the bound; never the responses'.
+        self.prompts.extend(predict.iter().map(|rows| rows[0]));
+        self.truncate(prompt_rows);
+        if self.bytes() > self.limit {
+            self.truncate(kept);
         }
         Ok(out)
     }

@@ -6,8 +6,8 @@
 
 use super::device::{DevBuf, Gpu};
 use super::ops::{self as k, SampleArgs};
-use crate::cpu::decode::Generation;
 use crate::cpu::gpt2::Batch;
+use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use anyhow::{Result, bail};
 

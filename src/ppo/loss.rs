@@ -8,6 +8,7 @@
 use crate::ppo::config::PpoConfig;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
 /// One rollout: the prompt's token ids, the sampled response (ending with end-of-text when the
 /// child stopped), each response token's log-probability at sampling time, and the reward.
@@ -17,6 +18,16 @@ pub struct Episode {
     pub response: Vec<u32>,
     pub logprobs: Vec<f32>,
     pub reward: f32,
+}
+
+/// The number of response tokens the mask keeps: those before the first end-of-text, plus the
+/// end-of-text itself with `train_eos`.
+pub fn kept_tokens(response: &[u32], eos: u32, train_eos: bool) -> usize {
+    match response.iter().position(|&t| t == eos) {
+        Some(i) if train_eos => i + 1,
+        Some(i) => i,
+        None => response.len(),
+    }
 }
 
 /// The value head: a linear map hidden -> 1 with a bias, on a detached hidden state.
@@ -101,68 +112,25 @@ pub fn actor_loss(inp: &ActorInputs, cfg: &PpoConfig, kl_coef: f32) -> ActorLoss
         return out;
     }
     let inv_m = 1.0 / m as f64;
+    // Rows in parallel, each writing its own dlogits row; their terms are summed below in row
+    // order, so the result does not depend on the thread count.
+    let rows: Vec<RowTerms> = out
+        .dlogits
+        .par_chunks_mut(v)
+        .enumerate()
+        .map_init(
+            || vec![0.0f64; v],
+            |probs, (i, d)| actor_row(inp, cfg, kl_coef, inv_m, i, probs, d),
+        )
+        .collect();
     let (mut pol, mut ent, mut kl, mut akl, mut clipped) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
-    let mut probs = vec![0.0f64; v];
-    for i in 0..m {
-        let z = &inp.logits[i * v..(i + 1) * v];
-        let a = inp.tokens[i] as usize;
-        let max = z.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)) as f64;
-        let mut sum = 0.0f64;
-        for (p, &zk) in probs.iter_mut().zip(z) {
-            *p = (zk as f64 - max).exp();
-            sum += *p;
-        }
-        let lse = max + sum.ln();
-        let mut ez = 0.0f64; // E_p[z]
-        for (p, &zk) in probs.iter_mut().zip(z) {
-            *p /= sum;
-            ez += *p * zk as f64;
-        }
-        let h = lse - ez;
-        let logp = z[a] as f64 - lse;
-        out.logprobs[i] = logp as f32;
-        let adv = inp.advantages[i] as f64;
-        let log_ratio = logp - inp.old_logprobs[i] as f64;
-        let ratio = log_ratio.exp();
-        akl += (ratio - 1.0) - log_ratio;
-        // d(policy term)/d logp for this token, before the 1/M of the mean.
-        let dpol = match cfg.clip_range {
-            None => {
-                pol -= logp * adv;
-                -adv
-            }
-            Some(c) => {
-                let c = c as f64;
-                let unclipped = ratio * adv;
-                let clamped = ratio.clamp(1.0 - c, 1.0 + c) * adv;
-                if (ratio - 1.0).abs() > c {
-                    clipped += 1.0;
-                }
-                if unclipped <= clamped {
-                    pol -= unclipped;
-                    -ratio * adv
-                } else {
-                    // The clamped branch is constant in logp once the ratio is outside the range.
-                    pol -= clamped;
-                    if ratio > 1.0 - c && ratio < 1.0 + c {
-                        -ratio * adv
-                    } else {
-                        0.0
-                    }
-                }
-            }
-        };
-        ent += h;
-        kl += logp - inp.ref_logprobs[i] as f64;
-        let g = (dpol + kl_coef as f64) * inv_m;
-        let ge = cfg.entropy_coef as f64 * inv_m;
-        let d = &mut out.dlogits[i * v..(i + 1) * v];
-        for k in 0..v {
-            let p = probs[k];
-            // -entropy_coef dH/dz_k = entropy_coef p_k (z_k - E[z])
-            d[k] = (-g * p + ge * p * (z[k] as f64 - ez)) as f32;
-        }
-        d[a] += g as f32;
+    for (i, r) in rows.iter().enumerate() {
+        out.logprobs[i] = r.logp as f32;
+        pol += r.policy;
+        ent += r.entropy;
+        kl += r.kl;
+        akl += r.approx_kl;
+        clipped += r.clipped;
     }
     out.policy = (pol * inv_m) as f32;
     out.entropy = (ent * inv_m) as f32;
@@ -249,4 +217,91 @@ pub struct UpdateLosses {
     pub value_mean: f32,
     /// Response tokens scored.
     pub tokens: usize,
+}
+
+/// One row's terms of the actor loss (before the 1/M of the mean), and its dlogits row `d`.
+struct RowTerms {
+    logp: f64,
+    policy: f64,
+    entropy: f64,
+    kl: f64,
+    approx_kl: f64,
+    clipped: f64,
+}
+
+/// Row i of `actor_loss`: its terms, with its gradient written into `d` (V); `probs` is scratch.
+fn actor_row(
+    inp: &ActorInputs,
+    cfg: &PpoConfig,
+    kl_coef: f32,
+    inv_m: f64,
+    i: usize,
+    probs: &mut [f64],
+    d: &mut [f32],
+) -> RowTerms {
+    let v = inp.vocab;
+    let z = &inp.logits[i * v..(i + 1) * v];
+    let a = inp.tokens[i] as usize;
+    let max = z.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)) as f64;
+    let mut sum = 0.0f64;
+    for (p, &zk) in probs.iter_mut().zip(z) {
+        *p = (zk as f64 - max).exp();
+        sum += *p;
+    }
+    let lse = max + sum.ln();
+    let mut ez = 0.0f64; // E_p[z]
+    for (p, &zk) in probs.iter_mut().zip(z) {
+        *p /= sum;
+        ez += *p * zk as f64;
+    }
+    let h = lse - ez;
+    let logp = z[a] as f64 - lse;
+    let adv = inp.advantages[i] as f64;
+    let log_ratio = logp - inp.old_logprobs[i] as f64;
+    let ratio = log_ratio.exp();
+    let approx_kl = (ratio - 1.0) - log_ratio;
+    // d(policy term)/d logp for this token, before the 1/M of the mean.
+    let (mut policy, mut clipped) = (0.0f64, 0.0f64);
+    let dpol = match cfg.clip_range {
+        None => {
+            policy -= logp * adv;
+            -adv
+        }
+        Some(c) => {
+            let c = c as f64;
+            let unclipped = ratio * adv;
+            let clamped = ratio.clamp(1.0 - c, 1.0 + c) * adv;
+            if (ratio - 1.0).abs() > c {
+                clipped = 1.0;
+            }
+            if unclipped <= clamped {
+                policy -= unclipped;
+                -ratio * adv
+            } else {
+                // The clamped branch is constant in logp once the ratio is outside the range.
+                policy -= clamped;
+                if ratio > 1.0 - c && ratio < 1.0 + c {
+                    -ratio * adv
+                } else {
+                    0.0
+                }
+            }
+        }
+    };
+    let g = (dpol + kl_coef as f64) * inv_m;
+    let ge = cfg.entropy_coef as f64 * inv_m;
+    for k in 0..v {
+        let p = probs[k];
+        // -entropy_coef dH/dz_k = entropy_coef p_k (z_k - E[z])
+        d[k] = (-g * p + ge * p * (z[k] as f64 - ez)) as f32;
+    }
+    d[a] += g as f32;
+    RowTerms {
+        logp,
+        policy,
+        entropy: h,
+        kl: logp - inp.ref_logprobs[i] as f64,
+        approx_kl,
+        clipped,
+    }
 }

@@ -1,7 +1,6 @@
 //! One update of a run, unaware of the backend: sample training prompts, generate the answers
 //! all together, ask the parent, shape the rewards, update the policy, adjust the KL coefficient.
 
-use crate::cpu::decode::Generation;
 use crate::cpu::policy::CpuPolicy;
 use crate::model::llama_tokenizer::{ChatMessage, apply_chatml};
 use crate::model::spec::{Loaded, Model};
@@ -14,6 +13,7 @@ use crate::reward::Embedder;
 use crate::reward::parent::Parent;
 use crate::reward::shaping::{Shaping, rewards};
 use crate::rng::Rng;
+use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use crate::tasks::Task;
 use anyhow::{Context, Result, bail};

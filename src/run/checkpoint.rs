@@ -53,9 +53,24 @@ impl ChildFiles {
     }
 }
 
+/// What a checkpoint saves of the trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Everything a run continues from exactly.
+    All,
+    /// The child, value head and counters, not the optimiser moments: a third of the size, for a
+    /// run's last checkpoint that is only evaluated. A run cannot continue from it.
+    NoMoments,
+}
+
 /// Writes `state` into the (empty) checkpoint folder `dir`, the child's weights with `child`'s
 /// tokenizer and settings.
-pub fn save_trainer_state(dir: &Path, state: TrainerState, child: &ChildFiles) -> Result<()> {
+pub fn save_trainer_state(
+    dir: &Path,
+    state: TrainerState,
+    child: &ChildFiles,
+    keep: Keep,
+) -> Result<()> {
     let TrainerState {
         policy,
         kl_coef,
@@ -81,10 +96,12 @@ pub fn save_trainer_state(dir: &Path, state: TrainerState, child: &ChildFiles) -
         ("critic.w".into(), &p.critic.w),
         ("critic.b".into(), &p.critic.b),
     ];
-    for (name, o) in [("actor_opt", &p.actor_opt), ("critic_opt", &p.critic_opt)] {
-        for (i, (m, v)) in o.m.iter().zip(&o.v).enumerate() {
-            tensors.push((format!("{name}.m.{i}"), m));
-            tensors.push((format!("{name}.v.{i}"), v));
+    if keep == Keep::All {
+        for (name, o) in [("actor_opt", &p.actor_opt), ("critic_opt", &p.critic_opt)] {
+            for (i, (m, v)) in o.m.iter().zip(&o.v).enumerate() {
+                tensors.push((format!("{name}.m.{i}"), m));
+                tensors.push((format!("{name}.v.{i}"), v));
+            }
         }
     }
     let rest = json!({
@@ -95,6 +112,7 @@ pub fn save_trainer_state(dir: &Path, state: TrainerState, child: &ChildFiles) -
         "updates": updates,
         "actor_opt": opt_json(&p.actor_opt),
         "critic_opt": opt_json(&p.critic_opt),
+        "optimizer_moments": keep == Keep::All,
     });
     save_state(dir, &tensors, &rest)
 }
@@ -145,12 +163,20 @@ fn load_opt(
     })
 }
 
-/// Reads a trainer state written by `save_trainer_state`.
+/// Reads a trainer state written by `save_trainer_state` with `Keep::All`.
 pub fn load_trainer_state(dir: &Path) -> Result<TrainerState> {
     let model = load_model(&dir.display().to_string())
         .with_context(|| format!("cannot load the child of checkpoint {}", dir.display()))?
         .model;
     let (mut t, rest) = load_state(dir)?;
+    if rest["optimizer_moments"] == false {
+        bail!(
+            "{}: this checkpoint holds the child and value head but not the optimiser moments (the \
+             last checkpoint of a `pgsrm reproduce` run, kept a third of the size), so the run \
+             cannot be continued from it; train a new run for more episodes",
+            dir.display()
+        );
+    }
     let rng_words: Vec<u64> = rest["rng"]
         .as_array()
         .map(|a| a.iter().filter_map(|w| w.as_str()?.parse().ok()).collect())

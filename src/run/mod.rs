@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod folder;
 pub mod plot;
+pub mod progress;
 pub mod report;
 
 pub use folder::{Resumed, RunDir};

@@ -6,7 +6,7 @@
 
 use crate::model::io::write_atomic;
 use crate::run::folder::{CONFIG, METRICS, read_jsonl};
-use crate::run::plot::{Chart, Series, write_both};
+use crate::run::plot::{Chart, Figure, Series, write_both, write_figure};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -357,4 +357,95 @@ pub fn write_report(
         serde_json::to_string_pretty(&sums)?.as_bytes(),
     )?;
     Ok(sums)
+}
+
+/// One task of a report over several tasks: its report's folder (relative to the overall one),
+/// its child, its settings in words, its groups' summaries (`summary`) and its reward chart.
+pub struct TaskReport {
+    pub task: String,
+    pub folder: String,
+    pub settings: String,
+    pub child: String,
+    pub summaries: Vec<Value>,
+    pub reward: Chart,
+}
+
+/// Writes `report.md` and `summary.json` over several tasks into `out`: one table of every
+/// task's groups (mean reward in the first and last tenth, smoothness, held-out exact match and
+/// mean PGSRM reward), each task's reward plot (from its own report), and one figure of all of
+/// them (`overall.svg`, `overall.png`).
+pub fn write_tasks_report(
+    tasks: &[TaskReport],
+    out: &Path,
+    title: &str,
+    preamble: &str,
+) -> Result<()> {
+    if tasks.is_empty() {
+        bail!("nothing to report: no tasks");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let fig = Figure {
+        title: "Mean reward per update, PGSRM and binary (band: min..max over seeds)".into(),
+        charts: tasks.iter().map(|t| t.reward.clone()).collect(),
+        columns: 3,
+    };
+    write_figure(&fig, out, "overall")?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# {title}\n");
+    if !preamble.is_empty() {
+        let _ = writeln!(md, "{preamble}\n");
+    }
+    let _ = writeln!(
+        md,
+        "| task | reward | runs | mean reward, first tenth | mean reward, last tenth | smoothness | held-out exact match | held-out mean PGSRM reward |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for t in tasks {
+        for s in &t.summaries {
+            let f = |k: &str| fmt(s[k].as_f64());
+            let runs = s["runs"].as_array().map_or(0, Vec::len);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {runs} | {} | {} | {} | {} | {} |",
+                t.task,
+                s["name"].as_str().unwrap_or(""),
+                f("reward_start"),
+                f("reward_end"),
+                f("smoothness"),
+                f("held_out_exact_match"),
+                f("held_out_reward"),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nRewards of each row are its own (PGSRM's shaped cosine, or binary exact match); the \
+         held-out columns score both with greedy decoding on the task's held-out prompts: exact \
+         match against the parent's answer after strip + lower-case, and the PGSRM reward. \
+         Smoothness: the standard deviation of the update-to-update change of the mean reward \
+         (lower is smoother), averaged over the runs of a row.\n"
+    );
+    let _ = writeln!(
+        md,
+        "## All tasks\n\n![Mean reward per update, every task](overall.svg)\n\n([PNG](overall.png))\n"
+    );
+    let _ = writeln!(md, "## Each task\n");
+    for t in tasks {
+        let _ = writeln!(
+            md,
+            "### {}\n\n{}. Full report: [{}/report.md]({}/report.md) (KL and entropy too).\n\n\
+             ![Mean reward per update on {}]({}/reward.svg)\n",
+            t.task, t.settings, t.folder, t.folder, t.task, t.folder
+        );
+    }
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    let all: Vec<Value> = tasks
+        .iter()
+        .map(|t| json!({"task": t.task, "folder": t.folder, "settings": t.settings, "groups": t.summaries}))
+        .collect();
+    write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )?;
+    Ok(())
 }
