@@ -12,9 +12,9 @@
 //! episodes per second (criterion "elements").
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pgsrm::cpu::policy::hidden_size;
 use pgsrm::model::spec::{Loaded, load_model};
-use pgsrm::ppo::{Critic, PpoConfig, Trainer};
+use pgsrm::ppo::{PpoConfig, Trainer};
+use pgsrm::run::train::trainer_on;
 use pgsrm::tasks;
 use std::time::Duration;
 
@@ -38,11 +38,8 @@ fn fallback_shape() -> PpoConfig {
 }
 
 fn trainer(loaded: Loaded, cfg: PpoConfig) -> Trainer {
-    let reference = loaded.model.clone();
-    let critic = Critic::new(hidden_size(&loaded.model), 0);
     let task = tasks::by_name("colors").expect("colors task");
-    let parent = Box::new(task.table_parent());
-    Trainer::new(cfg, loaded, reference, critic, task, None, parent, 1).expect("trainer")
+    trainer_on(None, cfg, loaded, task, None, 1).expect("trainer")
 }
 
 fn smollm2() -> Loaded {

@@ -1,14 +1,18 @@
-//! A loaded model on the backend `--device` names, for the commands that run a model outside
-//! training (`generate`, `score`): the CPU reference, or a device (a CUDA GPU or the emulated one)
-//! holding a copy of the weights.
+//! The backend `--device` names: for the commands that run a model outside training
+//! (`generate`, `score`, `eval`) a `Runner`, the CPU reference or a device (a CUDA GPU or the
+//! emulated one) holding a copy of the weights; for training, the policy backend.
 
 use crate::cpu::gpt2::Batch;
+use crate::cpu::policy::CpuPolicy;
 use crate::cuda::DeviceChoice;
 use crate::cuda::decode;
 use crate::cuda::device::Gpu;
 use crate::cuda::gpt2::GpuGpt2;
 use crate::cuda::llama::GpuLlama;
+use crate::cuda::policy::CudaPolicy;
 use crate::model::spec::Model;
+use crate::ppo::loss::Critic;
+use crate::ppo::{PolicyBackend, PpoConfig};
 use crate::rng::Rng;
 use crate::sample::Generation;
 use crate::sample::SamplingParams;
@@ -90,4 +94,20 @@ impl<'m> Runner<'m> {
             }
         }
     }
+}
+
+/// The trainer's backend for `model`: the CPU's, or the device's when `gpu` is given. The frozen
+/// reference is a copy of `model`.
+pub fn policy_backend(
+    gpu: Option<Gpu>,
+    cfg: PpoConfig,
+    model: Model,
+    critic: Critic,
+    eos: u32,
+) -> Result<Box<dyn PolicyBackend>> {
+    let reference = model.clone();
+    Ok(match gpu {
+        None => Box::new(CpuPolicy::new(cfg, model, reference, critic, eos)?),
+        Some(gpu) => Box::new(CudaPolicy::new(gpu, cfg, model, reference, critic, eos)?),
+    })
 }

@@ -7,7 +7,7 @@
 //! The rollout itself is unchanged: the same tokens and log-probabilities as without the kept
 //! pass.
 
-use pgsrm::cpu::policy::{CpuPolicy, hidden_size};
+use pgsrm::cpu::policy::CpuPolicy;
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
@@ -102,7 +102,7 @@ fn pick_eos(model: &Model, sharing: Sharing) -> u32 {
 }
 
 fn policy(model: &Model, cfg: PpoConfig, eos: u32, reuse: bool) -> CpuPolicy {
-    let critic = Critic::new(hidden_size(model), 1);
+    let critic = Critic::new(model.hidden_size(), 1);
     let mut p = CpuPolicy::new(cfg, model.clone(), model.clone(), critic, eos).unwrap();
     p.reuse_rollout = reuse;
     p

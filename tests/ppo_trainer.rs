@@ -2,23 +2,21 @@
 //! embedder needed): an update runs and moves the weights, and a run stopped and resumed gives
 //! the same metrics as one that was not.
 
-use pgsrm::cpu::policy::{hidden_size, params};
+use pgsrm::cpu::policy::params;
 use pgsrm::model::spec::{Model, load_model};
-use pgsrm::ppo::{Critic, PpoConfig, Trainer, UpdateStats};
+use pgsrm::ppo::{PpoConfig, Trainer, UpdateStats};
+use pgsrm::run::train::trainer_on;
 use pgsrm::tasks;
 
 fn trainer(seed: u64) -> Trainer {
     let loaded = load_model("random:tiny:3").unwrap();
-    let reference = loaded.model.clone();
-    let critic = Critic::new(hidden_size(&loaded.model), seed);
     let task = tasks::by_name("colors").unwrap();
-    let parent = Box::new(task.table_parent());
     let cfg = PpoConfig {
         shaping: "binary".into(),
         batch_size: Some(6),
         ..PpoConfig::default()
     };
-    Trainer::new(cfg, loaded, reference, critic, task, None, parent, seed).unwrap()
+    trainer_on(None, cfg, loaded, task, None, seed).unwrap()
 }
 
 /// The stats without the wall-clock figures.
@@ -38,7 +36,7 @@ fn weights(m: &Model) -> Vec<f32> {
 #[test]
 fn one_update_on_colors_with_binary_reward() {
     let mut t = trainer(1);
-    let before = weights(t.policy());
+    let before = weights(&t.state().unwrap().policy.model);
     let s = t.update().unwrap();
     assert_eq!(s.update, 1);
     assert_eq!(s.episode, 6);
@@ -71,7 +69,7 @@ fn one_update_on_colors_with_binary_reward() {
     assert!(s.losses.kl.abs() < 1e-5, "{}", s.losses.kl);
     // KL far under target / 1.5: the controller lowers the coefficient.
     assert!((s.next_kl_coef - 5e-5 / 1.5).abs() < 1e-10);
-    let after = weights(t.policy());
+    let after = weights(&t.state().unwrap().policy.model);
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     assert!(
         moved > before.len() / 2,
@@ -92,7 +90,7 @@ fn resumed_run_matches_uninterrupted_run() {
 
     let mut first = trainer(2);
     let mut b: Vec<UpdateStats> = (0..2).map(|_| timeless(first.update().unwrap())).collect();
-    let state = first.state();
+    let state = first.state().unwrap();
     drop(first);
     // A fresh trainer with a different seed and critic: the restore replaces all of it.
     let mut resumed = trainer(99);
@@ -100,7 +98,10 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_eq!(resumed.episodes(), 12);
     b.extend((0..2).map(|_| timeless(resumed.update().unwrap())));
     assert_eq!(a, b);
-    assert_eq!(weights(straight.policy()), weights(resumed.policy()));
+    assert_eq!(
+        weights(&straight.state().unwrap().policy.model),
+        weights(&resumed.state().unwrap().policy.model)
+    );
     // The policy has moved away from the reference (the sampled estimate may have either sign).
     assert!(a[3].losses.kl != 0.0);
 }

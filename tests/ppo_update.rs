@@ -2,7 +2,7 @@
 //! reference's update with one epoch and one minibatch, the weights and value head move, a
 //! non-finite loss is an error that leaves everything as it was.
 
-use pgsrm::cpu::policy::{CpuPolicy, hidden_size, scored_batch};
+use pgsrm::cpu::policy::{CpuPolicy, scored_batch};
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
@@ -59,7 +59,7 @@ fn episodes(model: &Model, eos: u32, rewards: &[f32]) -> Vec<Episode> {
 }
 
 fn policy(model: &Model, cfg: PpoConfig, eos: u32) -> CpuPolicy {
-    let critic = Critic::new(hidden_size(model), 1);
+    let critic = Critic::new(model.hidden_size(), 1);
     CpuPolicy::new(cfg, model.clone(), model.clone(), critic, eos).unwrap()
 }
 
@@ -147,7 +147,7 @@ fn clipped_equals_reference(model: Model, eos: u32) {
     assert!(d < 1e-6, "weights differ by {d}");
     let moved = max_diff(&plain.model, &model);
     assert!(moved > 5e-6, "the update moved the weights by only {moved}");
-    assert_ne!(plain.critic, Critic::new(hidden_size(&model), 1));
+    assert_ne!(plain.critic, Critic::new(model.hidden_size(), 1));
     assert_eq!(plain.actor_opt.step, 1);
     assert_eq!(plain.critic_opt.step, 1);
     // The reference model never moves.
@@ -201,7 +201,7 @@ fn batch_mean_baseline_is_r_minus_the_mean_reward() {
     let d = max_diff(&a.model, &c.model);
     assert!(d < 1e-7, "a shift of the rewards changed the actor by {d}");
     assert_ne!(a.critic, c.critic);
-    assert_ne!(a.critic, Critic::new(hidden_size(&model), 1));
+    assert_ne!(a.critic, Critic::new(model.hidden_size(), 1));
     // Against the value head's baseline the same episodes give another step.
     let mut e = policy(&model, PpoConfig::default(), eos);
     e.update(&episodes(&model, eos, &rewards), 5e-5, &mut Rng::new(1))
@@ -235,7 +235,7 @@ fn nan_leaves_everything(cfg: PpoConfig, bad: f32) {
     let eos = 50256;
     let eps = episodes(&model, eos, &[1.0, 0.0, bad, 0.25]);
     let mut p = policy(&model, cfg, eos);
-    let before = p.state();
+    let before = p.state().unwrap();
     let mut rng = Rng::new(5);
     let e = p
         .update(&eps, 5e-5, &mut rng)
@@ -275,7 +275,7 @@ fn non_finite_loss_is_an_error_with_weights_untouched() {
         ..PpoConfig::default()
     };
     let mut p = policy(&model, cfg, 50256);
-    let before = p.state();
+    let before = p.state().unwrap();
     let e = p
         .update(&eps, 5e-5, &mut Rng::new(5))
         .expect_err("must fail");

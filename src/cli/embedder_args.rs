@@ -24,10 +24,11 @@ pub struct EmbedderArgs {
     vectors: Option<PathBuf>,
     #[command(flatten)]
     api: Box<ApiArgs>,
-    /// Where the sentence encoders run: auto (a CUDA GPU when present, else the CPU), cpu, cuda,
-    /// or emu (the emulated device, which runs the CUDA kernels on the CPU to check them)
+    /// Where the models run (of the embedders, the sentence encoders): auto (a CUDA GPU when
+    /// present, else the CPU), cpu, cuda, or emu (the emulated device, which runs the CUDA kernels
+    /// on the CPU to check them)
     #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceChoice,
+    pub device: DeviceChoice,
 }
 
 /// Flags of `--embedder api`.
@@ -53,14 +54,25 @@ struct ApiArgs {
 impl EmbedderArgs {
     /// The embedder the flags name.
     pub fn build(&self) -> Result<Box<dyn Embedder>> {
-        make_embedder(self)
+        make_embedder(self, self.device)
+    }
+
+    /// The embedder the flags name, on `device` when it is a sentence encoder (which runs there)
+    /// and on the CPU otherwise: for a command whose model runs on `device` anyway.
+    pub fn build_on(&self, device: DeviceChoice) -> Result<Box<dyn Embedder>> {
+        let device = if embedder::check_device(&self.embedder, Some(device)).is_ok() {
+            device
+        } else {
+            DeviceChoice::Cpu
+        };
+        make_embedder(self, device)
     }
 }
 
-fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn Embedder>> {
+fn make_embedder(args: &EmbedderArgs, device: DeviceChoice) -> Result<Box<dyn Embedder>> {
     match args.embedder.as_str() {
         "api" | "openai" => {
-            embedder::check_device("api", Some(args.device))?;
+            embedder::check_device("api", Some(device))?;
             if !(args.api.api_timeout.is_finite() && args.api.api_timeout > 0.0) {
                 bail!("--api-timeout must be a positive number of seconds");
             }
@@ -77,16 +89,20 @@ fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn Embedder>> {
                 args.api.api_cache.clone(),
             )?))
         }
-        other => local_embedder(args, other),
+        other => local_embedder(args, other, device),
     }
 }
 
 /// The local embedders (MiniLM, sentence encoders, static mean, word vectors).
-fn local_embedder(args: &EmbedderArgs, name: &str) -> Result<Box<dyn Embedder>> {
+fn local_embedder(
+    args: &EmbedderArgs,
+    name: &str,
+    device: DeviceChoice,
+) -> Result<Box<dyn Embedder>> {
     let mut opts = EmbedderOptions {
         model_dir: args.model_dir.clone(),
         vectors: args.vectors.clone(),
-        device: Some(args.device),
+        device: Some(device),
         ..EmbedderOptions::default()
     };
     if opts.model_dir.is_none() && matches!(name, "minilm" | "all-minilm-l6-v2" | "static") {

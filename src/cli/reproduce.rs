@@ -133,7 +133,7 @@ impl Job {
         let cfg: Value = match std::fs::read_to_string(self.dir.join(CONFIG)) {
             Ok(text) => serde_json::from_str(&text)
                 .with_context(|| format!("{}/{CONFIG}: not valid JSON", self.dir.display()))?,
-            Err(_) => train::resolve(&parse_train(&self.fresh)?)?.0,
+            Err(_) => pgsrm::run::train::resolve(&parse_train(&self.fresh)?.options())?,
         };
         cfg["episodes"]
             .as_u64()

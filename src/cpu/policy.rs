@@ -35,14 +35,6 @@ fn params_mut(model: &mut Model) -> Vec<&mut Tensor> {
     }
 }
 
-/// Width of the final hidden state the value head reads.
-pub fn hidden_size(model: &Model) -> usize {
-    match model {
-        Model::Gpt2(m) => m.config.n_embd,
-        Model::Llama(m) => m.config.hidden_size,
-    }
-}
-
 enum Grads {
     Gpt2(Gpt2Weights),
     Llama(LlamaWeights),
@@ -158,7 +150,7 @@ fn actor_forward(
     batch: &Batch,
     positions: &[(usize, usize)],
 ) -> Result<(Vec<f32>, Vec<f32>, Acts)> {
-    let c = hidden_size(model);
+    let c = model.hidden_size();
     let mut last = Vec::with_capacity(batch.b * c);
     let (logits, acts) = match model {
         Model::Gpt2(m) => {
@@ -297,11 +289,11 @@ impl CpuPolicy {
                 model.num_params()
             );
         }
-        if critic.hidden() != hidden_size(&model) {
+        if critic.hidden() != model.hidden_size() {
             bail!(
                 "the value head reads {} features but the model's hidden state has {}",
                 critic.hidden(),
-                hidden_size(&model)
+                model.hidden_size()
             );
         }
         let actor_opt = AdamW::new(
@@ -348,7 +340,7 @@ impl CpuPolicy {
     /// Values of the last index of every row, without gradients (no logits computed).
     fn values(&self, batch: &Batch) -> Result<Vec<f32>> {
         let (_, hidden, _) = actor_forward(&self.model, batch, &[])?;
-        let c = hidden_size(&self.model);
+        let c = self.model.hidden_size();
         Ok(hidden
             .chunks_exact(c)
             .map(|h| self.critic.value(h))
@@ -375,7 +367,7 @@ impl CpuPolicy {
             Some(pass) => pass,
             None => actor_forward(&self.model, &sb.batch, &sb.positions)?,
         };
-        let c = hidden_size(&self.model);
+        let c = self.model.hidden_size();
         let values: Vec<f32> = hidden
             .chunks_exact(c)
             .map(|h| self.critic.value(h))
@@ -583,7 +575,7 @@ impl PolicyBackend for CpuPolicy {
         let steps = self.cfg.ppo_epochs * self.cfg.minibatches.min(episodes.len());
         // One step checks everything before it applies anything; several steps need a copy to
         // fall back to when a later one fails.
-        let saved = (steps > 1).then(|| self.state());
+        let saved = (steps > 1).then(|| self.state()).transpose()?;
         let rng_saved = rng.clone();
         // A kept pass belongs to the weights it ran with: it serves this update or none.
         let rollout = self.rollout.take();
@@ -599,13 +591,13 @@ impl PolicyBackend for CpuPolicy {
         }
     }
 
-    fn state(&self) -> PolicyState {
-        PolicyState {
+    fn state(&self) -> Result<PolicyState> {
+        Ok(PolicyState {
             model: self.model.clone(),
             critic: self.critic.clone(),
             actor_opt: self.actor_opt.clone(),
             critic_opt: self.critic_opt.clone(),
-        }
+        })
     }
 
     fn restore(&mut self, state: PolicyState) -> Result<()> {
@@ -635,7 +627,7 @@ impl PolicyBackend for CpuPolicy {
         Ok(())
     }
 
-    fn policy(&self) -> &Model {
-        &self.model
+    fn device(&self) -> String {
+        "cpu".into()
     }
 }

@@ -20,6 +20,7 @@ pub mod ops;
 pub mod ops_backward;
 pub mod ops_loss;
 pub mod optim;
+pub mod policy;
 pub mod registry;
 pub mod train_batch;
 

@@ -96,6 +96,14 @@ impl Model {
         }
     }
 
+    /// Width of the final hidden state (what the value head reads).
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Model::Gpt2(m) => m.config.n_embd,
+            Model::Llama(m) => m.config.hidden_size,
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::Gpt2(m) => m.config.vocab_size,
@@ -194,6 +202,42 @@ impl Loaded {
             .as_deref()
             .with_context(|| format!("--chat: the model {} has no chat template", self.source))?;
         apply_chatml(tpl, &[ChatMessage::new("user", text)], true)
+    }
+}
+
+/// What a checkpoint saves beside the child's weights: its tokenizer, source, end and start
+/// tokens and chat template. Kept apart from the weights so that a run holds no third copy of
+/// the model just for these.
+#[derive(Clone)]
+pub struct ChildFiles {
+    pub tokenizer: Tokenizer,
+    pub source: String,
+    pub eos: u32,
+    pub bos: Option<u32>,
+    pub chat_template: Option<String>,
+}
+
+impl ChildFiles {
+    pub fn of(child: &Loaded) -> Self {
+        ChildFiles {
+            tokenizer: child.tokenizer.clone(),
+            source: child.source.clone(),
+            eos: child.eos,
+            bos: child.bos,
+            chat_template: child.chat_template.clone(),
+        }
+    }
+
+    /// These files with `model` as the weights.
+    pub fn with_model(&self, model: Model) -> Loaded {
+        Loaded {
+            model,
+            tokenizer: self.tokenizer.clone(),
+            source: self.source.clone(),
+            eos: self.eos,
+            bos: self.bos,
+            chat_template: self.chat_template.clone(),
+        }
     }
 }
 

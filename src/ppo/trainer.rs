@@ -1,9 +1,8 @@
 //! One update of a run, unaware of the backend: sample training prompts, generate the answers
 //! all together, ask the parent, shape the rewards, update the policy, adjust the KL coefficient.
 
-use crate::cpu::policy::CpuPolicy;
 use crate::model::llama_tokenizer::{ChatMessage, apply_chatml};
-use crate::model::spec::{Loaded, Model};
+use crate::model::spec::{ChildFiles, Model};
 use crate::model::tokenizer::Tokenizer;
 use crate::ppo::adamw::AdamW;
 use crate::ppo::config::PpoConfig;
@@ -21,7 +20,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// What a backend does for the trainer. The CPU's is `cpu::policy::CpuPolicy`.
+/// The token to put before every prompt: a Llama tokenizer's BOS; GPT-2's `bos` is its
+/// end-of-text, which the paper's reference does not put before prompts.
+pub fn prompt_bos(model: &Model, bos: Option<u32>) -> Option<u32> {
+    match model {
+        Model::Llama(_) => bos,
+        Model::Gpt2(_) => None,
+    }
+}
+
+/// What a backend does for the trainer: `cpu::policy::CpuPolicy` on the CPU,
+/// `cuda::policy::CudaPolicy` on a device.
 pub trait PolicyBackend {
     /// Samples a continuation of every prompt, all together (KV cache), with each sampled
     /// token's log-probability.
@@ -34,11 +43,12 @@ pub trait PolicyBackend {
     /// The policy update on a batch of episodes. An error leaves the weights as they were.
     fn update(&mut self, episodes: &[Episode], kl_coef: f32, rng: &mut Rng)
     -> Result<UpdateLosses>;
-    /// Copies of the policy, value head and optimisers, on the host.
-    fn state(&self) -> PolicyState;
+    /// Copies of the policy, value head and optimisers, on the host (a device backend copies
+    /// them down, which can fail).
+    fn state(&self) -> Result<PolicyState>;
     fn restore(&mut self, state: PolicyState) -> Result<()>;
-    /// The policy being trained (a host copy for a device backend).
-    fn policy(&self) -> &Model;
+    /// What runs the policy: `cpu`, or the device's name.
+    fn device(&self) -> String;
 }
 
 /// The trained parts of a backend.
@@ -114,57 +124,14 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer on the CPU backend. `reference` is the frozen copy the KL is measured against
-    /// (usually a clone of `policy.model`); `critic` the value head's initial weights.
+    /// A trainer of the policy `backend` holds, whose tokenizer and special tokens are
+    /// `child`'s; `bos` goes before every prompt (`prompt_bos`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: PpoConfig,
-        policy: Loaded,
-        reference: Model,
-        critic: Critic,
-        task: Task,
-        embedder: Option<Box<dyn Embedder>>,
-        parent: Box<dyn Parent>,
-        seed: u64,
-    ) -> Result<Self> {
-        let Loaded {
-            model,
-            tokenizer,
-            eos,
-            bos,
-            chat_template,
-            ..
-        } = policy;
-        // GPT-2's `bos` is its end-of-text, which the reference does not put before prompts.
-        let bos = if matches!(model, Model::Llama(_)) {
-            bos
-        } else {
-            None
-        };
-        let backend = CpuPolicy::new(cfg.clone(), model, reference, critic, eos)?;
-        Self::with_backend(
-            cfg,
-            Box::new(backend),
-            tokenizer,
-            eos,
-            bos,
-            chat_template,
-            task,
-            embedder,
-            parent,
-            seed,
-        )
-    }
-
-    /// A trainer on any backend.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_backend(
-        cfg: PpoConfig,
         backend: Box<dyn PolicyBackend>,
-        tokenizer: Tokenizer,
-        eos: u32,
+        child: &ChildFiles,
         bos: Option<u32>,
-        chat_template: Option<String>,
         task: Task,
         embedder: Option<Box<dyn Embedder>>,
         parent: Box<dyn Parent>,
@@ -175,17 +142,18 @@ impl Trainer {
         if shaping.needs_embeddings() && embedder.is_none() {
             bail!("shaping {} needs an embedder", cfg.shaping);
         }
+        let batch_size = cfg.batch_size.unwrap_or(task.settings.batch_size);
+        let max_new_tokens = cfg.max_new_tokens.unwrap_or(task.settings.max_new_tokens);
+        let chat_template = child.chat_template.clone();
         if cfg.chat && chat_template.is_none() {
             bail!("chat prompts were asked for but the child has no chat template");
         }
-        let batch_size = cfg.batch_size.unwrap_or(task.settings.batch_size);
-        let max_new_tokens = cfg.max_new_tokens.unwrap_or(task.settings.max_new_tokens);
         Ok(Trainer {
             kl: KlController::new(cfg.kl_coef, cfg.kl_target, cfg.adaptive_kl),
             cfg,
             backend,
-            tokenizer,
-            eos,
+            tokenizer: child.tokenizer.clone(),
+            eos: child.eos,
             bos,
             chat_template,
             task,
@@ -201,8 +169,9 @@ impl Trainer {
         })
     }
 
-    pub fn policy(&self) -> &Model {
-        self.backend.policy()
+    /// What runs the policy: `cpu`, or the device's name.
+    pub fn device(&self) -> String {
+        self.backend.device()
     }
 
     /// The child's tokenizer (saved beside the policy in a checkpoint).
@@ -363,14 +332,14 @@ impl Trainer {
     }
 
     /// A copy of everything that continues this run exactly.
-    pub fn state(&self) -> TrainerState {
-        TrainerState {
-            policy: self.backend.state(),
+    pub fn state(&self) -> Result<TrainerState> {
+        Ok(TrainerState {
+            policy: self.backend.state()?,
             kl_coef: self.kl.coef,
             rng: self.rng.s,
             episodes: self.episodes,
             updates: self.updates,
-        }
+        })
     }
 
     /// Continues from a saved state.

@@ -2,8 +2,8 @@
 //! loads `step-N/` as it is), the value head and optimiser moments as safetensors, and the
 //! scalars (KL coefficient, RNG words, counters, optimiser settings) as JSON.
 
-use crate::model::spec::{Loaded, Model, load_model};
-use crate::model::tokenizer::Tokenizer;
+pub use crate::model::spec::ChildFiles;
+use crate::model::spec::load_model;
 use crate::ppo::{AdamW, Critic, PolicyState, TrainerState};
 use crate::run::folder::{load_state, save_state};
 use crate::tensor::Tensor;
@@ -15,42 +15,6 @@ use std::path::Path;
 fn opt_json(o: &AdamW) -> Value {
     json!({"lr": o.lr, "beta1": o.beta1, "beta2": o.beta2, "eps": o.eps,
         "weight_decay": o.weight_decay, "step": o.step, "tensors": o.m.len()})
-}
-
-/// What a checkpoint saves beside the child's weights: its tokenizer, source, end and start
-/// tokens and chat template. Kept apart from the weights so that a run holds no third copy of
-/// the model just for these.
-#[derive(Clone)]
-pub struct ChildFiles {
-    pub tokenizer: Tokenizer,
-    pub source: String,
-    pub eos: u32,
-    pub bos: Option<u32>,
-    pub chat_template: Option<String>,
-}
-
-impl ChildFiles {
-    pub fn of(child: &Loaded) -> Self {
-        ChildFiles {
-            tokenizer: child.tokenizer.clone(),
-            source: child.source.clone(),
-            eos: child.eos,
-            bos: child.bos,
-            chat_template: child.chat_template.clone(),
-        }
-    }
-
-    /// These files with `model` as the weights.
-    pub fn with_model(&self, model: Model) -> Loaded {
-        Loaded {
-            model,
-            tokenizer: self.tokenizer.clone(),
-            source: self.source.clone(),
-            eos: self.eos,
-            bos: self.bos,
-            chat_template: self.chat_template.clone(),
-        }
-    }
 }
 
 /// What a checkpoint saves of the trainer.

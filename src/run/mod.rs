@@ -7,5 +7,6 @@ pub mod folder;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod train;
 
 pub use folder::{Resumed, RunDir};
