@@ -1,7 +1,9 @@
 //! Held-out evaluation on `random:tiny`: a defined accuracy, answers equal to greedy decoding
-//! recomputed without the KV cache, and the `pgsrm eval` command's JSON.
+//! recomputed without the KV cache, the same answers on the emulated device, and the `pgsrm eval`
+//! command's JSON.
 
 use pgsrm::cpu::gpt2::Batch;
+use pgsrm::cuda::DeviceChoice;
 use pgsrm::model::spec::load_model;
 use pgsrm::run::eval::evaluate;
 use std::process::Command;
@@ -11,7 +13,7 @@ fn eval_on_random_tiny_gives_a_defined_accuracy() {
     let loaded = load_model("random:tiny:3").unwrap();
     let task = pgsrm::tasks::by_name("colors").unwrap();
     let n = task.held_out().len();
-    let r = evaluate(&loaded, &task, false, 2, None, n).unwrap();
+    let r = evaluate(&loaded, &task, false, 2, None, n, DeviceChoice::Cpu).unwrap();
     assert_eq!(r["n"], n);
     let acc = r["exact_match"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
@@ -52,6 +54,24 @@ fn eval_on_random_tiny_gives_a_defined_accuracy() {
         let text = loaded.tokenizer.decode(&ids[n0..]).unwrap();
         assert_eq!(e["child"], text);
     }
+}
+
+#[test]
+fn eval_on_the_emulated_device_gives_the_cpu_answers() {
+    let loaded = load_model("random:tiny:3").unwrap();
+    let task = pgsrm::tasks::by_name("opposites").unwrap();
+    let n = task.held_out().len();
+    let cpu = evaluate(&loaded, &task, false, 2, None, n, DeviceChoice::Cpu).unwrap();
+    let emu = evaluate(&loaded, &task, false, 2, None, n, DeviceChoice::Emu).unwrap();
+    assert_eq!(cpu["device"], "cpu");
+    assert!(
+        emu["device"]
+            .as_str()
+            .unwrap()
+            .starts_with("emulated device")
+    );
+    assert_eq!(cpu["examples"], emu["examples"]);
+    assert_eq!(cpu["exact_match"], emu["exact_match"]);
 }
 
 #[test]

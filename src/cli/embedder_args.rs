@@ -60,12 +60,7 @@ impl EmbedderArgs {
     /// The embedder the flags name, on `device` when it is a sentence encoder (which runs there)
     /// and on the CPU otherwise: for a command whose model runs on `device` anyway.
     pub fn build_on(&self, device: DeviceChoice) -> Result<Box<dyn Embedder>> {
-        let device = if embedder::check_device(&self.embedder, Some(device)).is_ok() {
-            device
-        } else {
-            DeviceChoice::Cpu
-        };
-        make_embedder(self, device)
+        make_embedder(self, embedder::device_for(&self.embedder, device))
     }
 }
 

@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--max-new-tokens must be at least 1");
     }
     let loaded = load_model(&model)?;
-    let embedder = args.embedder.build()?;
+    let embedder = args.embedder.build_on(args.embedder.device)?;
     let result = evaluate(
         &loaded,
         &task,
@@ -84,6 +84,7 @@ pub fn run(args: Args) -> Result<()> {
         max_new,
         Some(embedder.as_ref()),
         args.examples,
+        args.embedder.device,
     )?;
     if let Some(p) = &save_to {
         write_atomic(p, serde_json::to_string_pretty(&result)?.as_bytes())?;
@@ -92,10 +93,11 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!(
-            "{} on {} held-out prompts of {}: exact match {:.3}, mean PGSRM reward {}",
+            "{} on {} held-out prompts of {} ({}): exact match {:.3}, mean PGSRM reward {}",
             loaded.source,
             result["n"],
             task.name,
+            result["device"].as_str().unwrap_or("?"),
             result["exact_match"].as_f64().unwrap_or(f64::NAN),
             result["mean_reward"]
                 .as_f64()

@@ -5,10 +5,12 @@
 
 use crate::cli::train;
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use pgsrm::cuda::DeviceChoice;
 use pgsrm::model::io::write_atomic;
 use pgsrm::model::spec::load_model;
 use pgsrm::reward::Embedder;
+use pgsrm::reward::embedder::{EmbedderOptions, device_for};
 use pgsrm::run::eval::evaluate;
 use pgsrm::run::folder::{CONFIG, STATE_JSON, latest_checkpoint};
 use pgsrm::run::progress::{JobProgress, PlannedRun, duration};
@@ -44,6 +46,10 @@ pub struct Args {
     /// Embedder of the PGSRM reward and of the held-out reward
     #[arg(long, default_value = "minilm")]
     embedder: String,
+    /// Where the runs train and are evaluated: auto (a CUDA GPU when present, else the CPU),
+    /// cpu, cuda, or emu (the emulated device; for checking, it is slow)
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
     /// No progress lines
     #[arg(long)]
     quiet: bool,
@@ -117,6 +123,8 @@ impl Job {
                 self.dir.display().to_string(),
                 "--embedder".into(),
                 args.embedder.clone(),
+                "--device".into(),
+                device_flag(args.device),
             ];
             if args.quiet {
                 argv.push("--quiet".into());
@@ -161,6 +169,7 @@ fn fresh_argv(args: &Args, task: &str, reward: &str, seed: u64, runs_dir: &Path)
     flag("runs-dir", runs_dir.display().to_string());
     flag("run-name", format!("{task}-{reward}-seed{seed}"));
     flag("embedder", args.embedder.clone());
+    flag("device", device_flag(args.device));
     // Runs of a reproduction are short: one checkpoint at the end, which evaluation reads,
     // rather than one every ten updates; and without the optimiser moments, which only a run
     // that goes on needs: a third of the size (0.5 GB instead of 1.6 for SmolLM2, 30 runs of
@@ -182,9 +191,22 @@ fn fresh_argv(args: &Args, task: &str, reward: &str, seed: u64, runs_dir: &Path)
     argv
 }
 
+/// `choice` as its `--device` value.
+fn device_flag(choice: DeviceChoice) -> String {
+    choice
+        .to_possible_value()
+        .map_or_else(|| "auto".into(), |v| v.get_name().to_string())
+}
+
 /// Evaluates a run's newest checkpoint on its task's held-out prompts into its `eval.json`,
 /// unless that file already holds this checkpoint's evaluation.
-fn evaluate_run(path: &Path, task: &str, embedder: &dyn Embedder, quiet: bool) -> Result<()> {
+fn evaluate_run(
+    path: &Path,
+    task: &str,
+    embedder: &dyn Embedder,
+    device: DeviceChoice,
+    quiet: bool,
+) -> Result<()> {
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(path.join(CONFIG))?)
         .with_context(|| format!("{}/{CONFIG}: not valid JSON", path.display()))?;
     let (step, ck) = latest_checkpoint(path)?
@@ -204,7 +226,7 @@ fn evaluate_run(path: &Path, task: &str, embedder: &dyn Embedder, quiet: bool) -
         .map(|n| n as usize)
         .unwrap_or(task.settings.max_new_tokens);
     let chat = cfg["chat"].as_bool().unwrap_or(false);
-    let mut r = evaluate(&loaded, &task, chat, max_new, Some(embedder), 5)?;
+    let mut r = evaluate(&loaded, &task, chat, max_new, Some(embedder), 5, device)?;
     r["checkpoint"] = checkpoint.into();
     write_atomic(&eval_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
     if !quiet {
@@ -302,7 +324,13 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut progress = JobProgress::new(planned);
-    let embedder = pgsrm::reward::embedder::by_name(&args.embedder, &Default::default())?;
+    let embedder = pgsrm::reward::embedder::by_name(
+        &args.embedder,
+        &EmbedderOptions {
+            device: Some(device_for(&args.embedder, args.device)),
+            ..Default::default()
+        },
+    )?;
     let mut reports = Vec::new();
     let n = jobs.len();
     let mut finished_before = 0;
@@ -335,7 +363,7 @@ pub fn run(args: Args) -> Result<()> {
             train::train_with(&parse_train(&job.argv(&args))?, Some(&mut progress))?
         };
         let te = Instant::now();
-        evaluate_run(&path, job.task, embedder.as_ref(), args.quiet)?;
+        evaluate_run(&path, job.task, embedder.as_ref(), args.device, args.quiet)?;
         progress.record_eval(te.elapsed().as_secs_f64());
         let last_of_task = jobs.get(k + 1).is_none_or(|next| next.task != job.task);
         if last_of_task {

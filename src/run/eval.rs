@@ -1,10 +1,11 @@
 //! Held-out evaluation: greedy answers to a task's held-out prompts, scored against the parent's
 //! reference answers by exact match (strip + lower-case) and by the PGSRM reward.
 
+use crate::backend::Runner;
+use crate::cuda::DeviceChoice;
 use crate::model::spec::{Loaded, Model};
 use crate::reward::Embedder;
 use crate::reward::shaping::{DEFAULT_POWER, Shaping, binary, rewards};
-use crate::rng::Rng;
 use crate::sample::SamplingParams;
 use crate::tasks::Task;
 use anyhow::{Result, bail};
@@ -52,14 +53,14 @@ pub fn evaluate(
     max_new_tokens: usize,
     embedder: Option<&dyn Embedder>,
     examples: usize,
+    device: DeviceChoice,
 ) -> Result<Value> {
     let held = task.held_out();
     if held.is_empty() {
         bail!("task {} has no held-out prompts", task.name);
     }
     let params = SamplingParams::greedy(max_new_tokens);
-    // Greedy decoding draws no random numbers; the generator is only part of the signature.
-    let mut rng = Rng::new(0);
+    let runner = Runner::new(&loaded.model, device)?;
     let mut children = Vec::with_capacity(held.len());
     for chunk in held.chunks(CHUNK) {
         let mut prompts = Vec::with_capacity(chunk.len());
@@ -72,9 +73,8 @@ pub fn evaluate(
             );
             prompts.push(ids);
         }
-        let gens = loaded
-            .model
-            .generate(&prompts, &params, loaded.eos, &mut rng)?;
+        // Greedy decoding draws no random numbers: the seed does not matter.
+        let gens = runner.generate(&prompts, &params, loaded.eos, 0)?;
         for g in &gens {
             children.push(answer_text(loaded, &g.tokens)?);
         }
@@ -122,6 +122,7 @@ pub fn evaluate(
         "embedder": embedder.map(|e| e.name()),
         "max_new_tokens": max_new_tokens,
         "chat": chat,
+        "device": runner.device_name(),
         "examples": ex,
     }))
 }

@@ -57,6 +57,16 @@ fn minilm_dir(opts: &EmbedderOptions) -> Result<PathBuf> {
     }
 }
 
+/// Where embedder `name` runs when the models of a command run on `device`: there for the
+/// sentence encoders, on the CPU for the rest.
+pub fn device_for(name: &str, device: DeviceChoice) -> DeviceChoice {
+    if check_device(name, Some(device)).is_ok() {
+        device
+    } else {
+        DeviceChoice::Cpu
+    }
+}
+
 /// Refuses a device for the embedders that run on the CPU only (all but the sentence encoders).
 pub fn check_device(name: &str, device: Option<DeviceChoice>) -> Result<()> {
     let sentence = matches!(name, "minilm" | "all-minilm-l6-v2" | "sentence");
