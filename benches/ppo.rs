@@ -1,4 +1,6 @@
-//! PPO throughput of the CPU backend: whole trainer updates (batched sampling, parent table,
+//! PPO throughput of each backend, one criterion group per device: `ppo_cpu` always, `ppo_cuda`
+//! when a CUDA device is present (never the emulated device, whose speed means nothing). Each
+//! measures whole trainer updates (batched sampling, parent table,
 //! binary reward, the policy update with the frozen reference and the value head, both AdamW
 //! steps) of GPT-2 `small` (random init) and of SmolLM2-135M-Instruct (the `smollm2-135m-instruct`
 //! asset, fetched when missing) on the colors task, 2 new tokens, in two shapes:
@@ -12,6 +14,7 @@
 //! episodes per second (criterion "elements").
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pgsrm::cuda::device::Gpu;
 use pgsrm::model::spec::{Loaded, load_model};
 use pgsrm::ppo::{PpoConfig, Trainer};
 use pgsrm::run::train::trainer_on;
@@ -37,9 +40,11 @@ fn fallback_shape() -> PpoConfig {
     }
 }
 
-fn trainer(loaded: Loaded, cfg: PpoConfig) -> Trainer {
+/// A trainer of `loaded` on `device` (`cpu` or `cuda`).
+fn trainer(device: &str, loaded: Loaded, cfg: PpoConfig) -> Trainer {
     let task = tasks::by_name("colors").expect("colors task");
-    trainer_on(None, cfg, loaded, task, None, 1).expect("trainer")
+    let gpu = (device == "cuda").then(|| Gpu::new(0).expect("CUDA device 0"));
+    trainer_on(gpu, cfg, loaded, task, None, 1).expect("trainer")
 }
 
 fn smollm2() -> Loaded {
@@ -57,29 +62,35 @@ fn gpt2_small(chat_template: Option<String>) -> Loaded {
 fn ppo_update(c: &mut Criterion) {
     let template = smollm2().chat_template;
     assert!(template.is_some(), "SmolLM2 has a chat template");
-    let mut group = c.benchmark_group("ppo_cpu");
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(60));
+    let mut devices = vec!["cpu"];
+    if pgsrm::cuda::device_count() > 0 {
+        devices.push("cuda");
+    }
     let shapes = [
         ("b50_colors", paper_shape()),
         ("b8_chat_colors", fallback_shape()),
     ];
-    for (shape, cfg) in &shapes {
-        let mut t = trainer(gpt2_small(template.clone()), cfg.clone());
-        group.throughput(Throughput::Elements(t.batch_size() as u64));
-        group.bench_function(format!("gpt2_small_{shape}_binary_update"), |bench| {
-            bench.iter(|| t.update().expect("update"));
-        });
+    for device in devices {
+        let mut group = c.benchmark_group(format!("ppo_{device}"));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(60));
+        for (shape, cfg) in &shapes {
+            let mut t = trainer(device, gpt2_small(template.clone()), cfg.clone());
+            group.throughput(Throughput::Elements(t.batch_size() as u64));
+            group.bench_function(format!("gpt2_small_{shape}_binary_update"), |bench| {
+                bench.iter(|| t.update().expect("update"));
+            });
+        }
+        for (shape, cfg) in &shapes {
+            let mut t = trainer(device, smollm2(), cfg.clone());
+            group.throughput(Throughput::Elements(t.batch_size() as u64));
+            group.bench_function(format!("smollm2_135m_{shape}_binary_update"), |bench| {
+                bench.iter(|| t.update().expect("update"));
+            });
+        }
+        group.finish();
     }
-    for (shape, cfg) in &shapes {
-        let mut t = trainer(smollm2(), cfg.clone());
-        group.throughput(Throughput::Elements(t.batch_size() as u64));
-        group.bench_function(format!("smollm2_135m_{shape}_binary_update"), |bench| {
-            bench.iter(|| t.update().expect("update"));
-        });
-    }
-    group.finish();
 }
 
 criterion_group!(benches, ppo_update);

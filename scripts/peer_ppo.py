@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch + transformers peers of pgsrm's PPO throughput bench (`cargo bench --bench ppo_cpu`).
+"""PyTorch + transformers peers of pgsrm's PPO throughput bench (`cargo bench --bench ppo`).
 
 One timed unit is a whole policy update of the colors task: sample a batch of episodes (batch 50,
 prompt `Mix the two colors and output only one lowercase color name: {c1} and {c2} is => ` with two
@@ -18,7 +18,11 @@ after --warmup untimed updates; the time split of one update (median per part) g
                      GPT-2's BPE built offline from encoder.json + vocab.bpe in pgsrm's asset cache
                      (19 tokens for every colour pair)
   --model smollm2    SmolLM2-135M-Instruct from its GGUF (dequantised to f32 by transformers) and the
-                     GGUF's tokenizer (18 tokens for every colour pair)
+                     GGUF's tokenizer (18 tokens for every colour pair); with --hf-dir, a Hugging Face
+                     Llama folder instead (scripts/gpu-check.sh gives it SmolLM2's shape and
+                     tokenizer with random weights, where the GGUF cannot be carried)
+
+  --device cuda      the same on a GPU (the timers wait for the GPU before they read the clock)
 
   --workflow reference   the paper's code path: one model.generate call per prompt; the batch's
                          prompts right-padded with end-of-text before each response is appended;
@@ -69,6 +73,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+# Where the models and every tensor of an update live (--device); set once in main.
+DEVICE = torch.device("cpu")
+
+
+def now() -> float:
+    """The clock, once the GPU has finished what it was given (the work is asynchronous there)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 # The project's own asset cache: `pgsrm` fetches these files there (run any command that needs
 # them once, e.g. `pgsrm info --model smollm2-135m-instruct`).
@@ -133,14 +147,21 @@ def load_gpt2_tokenizer(bpe_dir: str):
     return tok
 
 
-def load(name: str, gguf: str, bpe_dir: str, seed: int):
-    """(model, tokenizer) in fp32, eval mode."""
+def load(name: str, gguf: str, bpe_dir: str, seed: int, hf_dir=None):
+    """(model, tokenizer) in fp32, eval mode, on DEVICE."""
     if name == "small":
         from transformers import GPT2Config, GPT2LMHeadModel
 
         tok = load_gpt2_tokenizer(bpe_dir)
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(GPT2Config()).float()
+    elif name == "smollm2" and hf_dir:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (Path(hf_dir) / "config.json").is_file():
+            raise SystemExit(f"error: --hf-dir {hf_dir}: no config.json there")
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     elif name == "smollm2":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -154,7 +175,7 @@ def load(name: str, gguf: str, bpe_dir: str, seed: int):
     if tok.eos_token_id is None:
         raise SystemExit(f"error: --model {name}: the tokenizer has no end-of-text token")
     tok.pad_token = tok.eos_token                  # end-of-text doubles as the pad token
-    return model.eval(), tok
+    return model.to(DEVICE).eval(), tok
 
 
 # ---------------------------------------------------------------- episodes
@@ -186,7 +207,7 @@ def cut_at_eos(ids, eos: int):
 
 def rewards_for(tok, responses, answers) -> torch.Tensor:
     texts = tok.batch_decode(responses, skip_special_tokens=True)
-    return torch.tensor([1.0 if t.strip().lower() == a else 0.0 for t, a in zip(texts, answers)])
+    return torch.tensor([1.0 if t.strip().lower() == a else 0.0 for t, a in zip(texts, answers)], device=DEVICE)
 
 
 def gen_kwargs(tok, new_tokens: int) -> dict:
@@ -207,7 +228,7 @@ def sample_reference(model, tok, drawn, new_tokens: int) -> Episodes:
     eos = tok.eos_token_id
     prompts, responses = [], []
     for text, _ in drawn:
-        ids = tok(text, return_tensors="pt")["input_ids"]
+        ids = tok(text, return_tensors="pt")["input_ids"].to(DEVICE)
         out = model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs(tok, new_tokens))
         prompts.append(ids[0].tolist())
         responses.append(cut_at_eos(out[0, ids.shape[1]:].tolist(), eos))
@@ -218,7 +239,7 @@ def sample_reference(model, tok, drawn, new_tokens: int) -> Episodes:
 def sample_tuned(model, tok, drawn, new_tokens: int) -> Episodes:
     """All prompts in one left-padded generate call with the KV cache."""
     eos = tok.eos_token_id
-    enc = tok([t for t, _ in drawn], return_tensors="pt", padding=True, padding_side="left")
+    enc = tok([t for t, _ in drawn], return_tensors="pt", padding=True, padding_side="left").to(DEVICE)
     out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs(tok, new_tokens))
     lp = enc["input_ids"].shape[1]
     mask = enc["attention_mask"].bool()
@@ -255,18 +276,18 @@ def forward_reference(actor, ref, vhead, ep: Episodes, eos: int):
     mask = torch.zeros(b, lp + r - 1)
     mask[:, lp - 1:] = valid                      # position t predicts token t + 1
 
-    t0 = time.perf_counter()
+    t0 = now()
     out = actor(input_ids=ids, attention_mask=attn, output_hidden_states=True)
     logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
     entropy_all = -(logp_all.exp() * logp_all).sum(-1)
     logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)
     last = out.hidden_states[-1][torch.arange(b), lp + lens - 1]
     value = vhead(last.detach()).squeeze(-1)
-    t1 = time.perf_counter()
+    t1 = now()
     with torch.no_grad():
         ref_logits = ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         ref_logp = F.log_softmax(ref_logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    t2 = time.perf_counter()
+    t2 = now()
     return dict(logp=logp, entropy=entropy_all, ref_logp=ref_logp, mask=mask, value=value,
                 t_actor_fwd=t1 - t0, t_ref=t2 - t1)
 
@@ -290,18 +311,18 @@ def forward_tuned(actor, ref, vhead, ep: Episodes, eos: int):
     def head_rows(model, h):
         return F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
 
-    t0 = time.perf_counter()
+    t0 = now()
     h = actor.base_model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
     logp_r = head_rows(actor, h[:, lp - 1: lp - 1 + r])          # [B, R, V]
     entropy = -(logp_r.exp() * logp_r).sum(-1)
     logp = logp_r.gather(-1, resp[:, :, None]).squeeze(-1)
     value = vhead(h[rows, lp + lens - 1].detach()).squeeze(-1)
-    t1 = time.perf_counter()
+    t1 = now()
     with torch.inference_mode():
         hr = ref.base_model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
         ref_logp = head_rows(ref, hr[:, lp - 1: lp - 1 + r]).gather(-1, resp[:, :, None]).squeeze(-1)
     ref_logp = ref_logp.clone()                    # an ordinary tensor for the autograd graph
-    t2 = time.perf_counter()
+    t2 = now()
     return dict(logp=logp, entropy=entropy, ref_logp=ref_logp, mask=valid, value=value,
                 t_actor_fwd=t1 - t0, t_ref=t2 - t1)
 
@@ -353,11 +374,11 @@ class Trainer:
         return fn(self.actor, self.ref, self.vhead, ep, self.tok.eos_token_id)
 
     def update(self) -> dict:
-        t0 = time.perf_counter()
+        t0 = now()
         ep = self.sample()
-        t1 = time.perf_counter()
+        t1 = now()
         f = self.forward(ep, self.workflow)
-        t2 = time.perf_counter()
+        t2 = now()
         lo = losses(f, ep.rewards, self.kl_coef)
         self.actor_opt.zero_grad(set_to_none=True)
         lo["actor_loss"].backward()
@@ -365,10 +386,10 @@ class Trainer:
         self.critic_opt.zero_grad(set_to_none=True)
         lo["critic_loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.vhead.parameters(), MAX_GRAD_NORM)
-        t3 = time.perf_counter()
+        t3 = now()
         self.actor_opt.step()
         self.critic_opt.step()
-        t4 = time.perf_counter()
+        t4 = now()
         kl = float(lo["kl"].detach())
         if kl > 1.5 * KL_TARGET:
             self.kl_coef *= 1.5
@@ -422,6 +443,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chat", action="store_true",
                     help="prompts as a user turn of SmolLM2's chat template (the fallback's shape)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the first GPU)")
+    ap.add_argument("--hf-dir", default=None, help="Hugging Face Llama folder for --model smollm2 instead of --gguf")
     ap.add_argument("--check", action="store_true",
                     help="run one batch through both loss computations, compare, and exit")
     args = ap.parse_args()
@@ -435,6 +458,14 @@ def main() -> int:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         raise SystemExit("error: --warmup must be at least 0")
+    if args.device not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {args.device!r}: valid devices are cpu, cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda: PyTorch sees no CUDA device")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    # Tensors made without a device (masks, index ranges) go where the models are.
+    torch.set_default_device(DEVICE)
     torch.set_num_threads(args.threads)
 
     import transformers
@@ -442,7 +473,7 @@ def main() -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    model, tok = load(args.model, args.gguf, args.gpt2_bpe, args.seed)
+    model, tok = load(args.model, args.gguf, args.gpt2_bpe, args.seed, args.hf_dir)
     tr = Trainer(model, tok, args.workflow, args.batch, args.new_tokens, args.seed, args.chat)
     if args.check:
         return run_check(tr)
@@ -457,12 +488,14 @@ def main() -> int:
           + f"; last update: {json.dumps(runs[-1]['stats'])}", file=sys.stderr)
     print(json.dumps({
         "workflow": args.workflow,
-        "model": "gpt2-small" if args.model == "small" else "smollm2-135m-instruct",
+        "model": "gpt2-small" if args.model == "small"
+        else f"{args.hf_dir} (SmolLM2's shape)" if args.hf_dir else "smollm2-135m-instruct",
         "batch": args.batch,
         "new_tokens": args.new_tokens,
         "chat": args.chat,
         "prompt_tokens_mean": statistics.mean(tr.prompt_tokens),
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "update_s_median": median,
