@@ -107,6 +107,8 @@ print(f"train {sys.argv[2]}: {len(rows)} updates, {rows[-1]['episode']} episodes
       f"episodes/s, so 100,000 episodes in {100000 / rate:.0f} s; last mean reward {rows[-1]['reward_mean']:.3f}")
 PY
 done
-grep -h episodes_per_s "$OUT/peer_ppo.json" 2>/dev/null |
-    python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print(f"peer_ppo tuned on {r.get(\"device\")}: {r[\"episodes_per_s\"]:.0f} episodes/s")' || true
+grep -h episodes_per_s "$OUT/peer_ppo.json" 2>/dev/null | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print("peer_ppo tuned on %s: %.0f episodes/s" % (r.get("device"), r["episodes_per_s"]))' || true
 exit $status
