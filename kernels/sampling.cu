@@ -39,7 +39,7 @@ __device__ void kept_stats(const float* x, int V, float inv_temp, float m, float
 extern "C" __global__ void __launch_bounds__(1024) sample_forward(
     unsigned* tokens, float* logprobs, const float* logits, const float* u, int B, int V,
     float temperature, int top_k, float top_p, unsigned long long seed, unsigned step) {
-    __shared__ float chunk_mass[1024];
+    __shared__ double chunk_mass[1024];
     __shared__ int chosen;
     int b = blockIdx.x;
     if (b >= B) return;
@@ -98,23 +98,28 @@ extern "C" __global__ void __launch_bounds__(1024) sample_forward(
         kept_stats(x, V, inv_temp, m, t, &count, &mass);
     }
 
-    // Inverse CDF over the kept tokens in index order: each thread owns a contiguous chunk.
-    float draw = (u ? u[b] : counter_uniform(seed, b, step)) * mass;
+    // Inverse CDF over the kept tokens in index order, summed in double as the CPU sampler sums:
+    // in float, the rounding of 50,000 terms is larger than one token's share of a near-uniform
+    // vocabulary, and the same draw would pick another token than the CPU's. Each thread owns a
+    // contiguous chunk.
+    double scale = 1.0 / (double)temperature;
+    double draw = (double)(u ? u[b] : counter_uniform(seed, b, step));
     int chunk = (V + blockDim.x - 1) / blockDim.x;
     int begin = threadIdx.x * chunk, end = min(V, begin + chunk);
-    float s = 0.0f;
-    for (int i = begin; i < end; i++) {
-        float z = x[i] * inv_temp;
-        if (z >= t) s += expf(z - m);
-    }
+    double s = 0.0;
+    for (int i = begin; i < end; i++)
+        if (x[i] * inv_temp >= t) s += exp((double)x[i] * scale - (double)m);
     chunk_mass[threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < blockDim.x; w++) total += chunk_mass[w];
+        draw *= total;
         // The chunk the draw falls in; rounding that leaves the draw past the total takes the last one.
-        float acc = 0.0f, before = 0.0f;
+        double acc = 0.0, before = 0.0;
         int owner = 0;
         for (int w = 0; w < blockDim.x; w++) {
-            if (chunk_mass[w] <= 0.0f) continue;
+            if (chunk_mass[w] <= 0.0) continue;
             owner = w;
             before = acc;
             acc += chunk_mass[w];
@@ -125,10 +130,9 @@ extern "C" __global__ void __launch_bounds__(1024) sample_forward(
         int pick = -1;
         int wb = owner * chunk, we = min(V, wb + chunk);
         for (int i = wb; i < we; i++) {
-            float z = x[i] * inv_temp;
-            if (z < t) continue;
+            if (x[i] * inv_temp < t) continue;
             pick = i;
-            acc += expf(z - m);
+            acc += exp((double)x[i] * scale - (double)m);
             if (acc > draw) break;
         }
         tokens[b] = pick;
