@@ -404,8 +404,12 @@ impl Gpu {
             Dev::Cuda(d) => {
                 // SAFETY: the memory is uninitialised; every user writes before it reads, which
                 // the emulated device's poisoning checks.
-                let s = unsafe { d.stream.alloc::<T>(n) }
-                    .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))?;
+                let s = unsafe { d.stream.alloc::<T>(n) }.map_err(|e| {
+                    anyhow!(
+                        "allocating {n} elements ({} bytes): {e:?}",
+                        n * size_of::<T>()
+                    )
+                })?;
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
@@ -429,10 +433,12 @@ impl Gpu {
     pub fn zeros<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
         match &self.dev {
             Dev::Cuda(d) => {
-                let s = d
-                    .stream
-                    .alloc_zeros(n)
-                    .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))?;
+                let s = d.stream.alloc_zeros(n).map_err(|e| {
+                    anyhow!(
+                        "allocating {n} elements ({} bytes): {e:?}",
+                        n * size_of::<T>()
+                    )
+                })?;
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
