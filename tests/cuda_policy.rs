@@ -365,3 +365,34 @@ fn a_non_finite_reward_is_an_error_that_changes_nothing() {
         }
     }
 }
+
+#[test]
+fn the_cached_reference_gives_what_the_uncached_one_gives() {
+    for (model, cfg) in [(gpt2_tiny(), clipped()), (llama_tiny(), paper())] {
+        for g in devices() {
+            let g2 = if g.name.starts_with("emulated") {
+                Gpu::emulated().unwrap()
+            } else {
+                Gpu::new(0).unwrap()
+            };
+            let (_, mut cached) = backends(&model, &cfg, g);
+            let (_, mut plain) = backends(&model, &cfg, g2);
+            plain.set_reference_cache_limit(0);
+            // The second batch repeats the first's prompts, in another order with one new one.
+            let first = rollout(&mut cached, &model, 2);
+            let mut second = rollout(&mut cached, &model, 3);
+            second.reverse();
+            second[0].prompt.push(9);
+            for eps in [&first, &second] {
+                let a = cached.update(eps, 0.1, &mut Rng::new(4)).unwrap();
+                let b = plain.update(eps, 0.1, &mut Rng::new(4)).unwrap();
+                assert_eq!(a, b);
+                assert!(same_bits(&cached.state().unwrap(), &plain.state().unwrap()));
+            }
+            let (hits, misses) = cached.reference_cache().hits_misses();
+            assert_eq!(cached.reference_cache().len(), 6);
+            assert_eq!((hits, misses), (4, 6));
+            assert!(plain.reference_cache().is_empty());
+        }
+    }
+}

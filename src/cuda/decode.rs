@@ -53,11 +53,14 @@ pub struct Decoder<'m, M: DeviceModel> {
     g: &'m Gpu,
     model: &'m M,
     b: usize,
-    start: Vec<usize>,
+    /// (B) first real position of each row.
+    pub(super) start: Vec<usize>,
     start_dev: DevBuf<i32>,
-    len: usize,
-    cache: KvCache,
-    logits: Buf,
+    /// Positions filled so far.
+    pub(super) len: usize,
+    pub(super) cache: KvCache,
+    /// Logits of the rows the last `run` picked.
+    pub(super) logits: Buf,
 }
 
 impl<'m, M: DeviceModel> Decoder<'m, M> {
@@ -77,7 +80,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// A decoder with an empty cache sized for the prompts and `max_new_tokens` more, and the
     /// prompts left padded.
-    fn empty(
+    pub(super) fn empty(
         g: &'m Gpu,
         model: &'m M,
         prompts: &[Vec<u32>],
@@ -130,7 +133,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// Runs `tq` new tokens per row; the logits of each row's last one, or with `every` of every
     /// one of them (b * tq rows).
-    fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
+    pub(super) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
         let (g, b, c) = (self.g, self.b, self.model.hidden_size());
         let n = b * tq;
         if self.len + tq > self.cache.tmax {

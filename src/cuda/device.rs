@@ -513,6 +513,47 @@ impl Gpu {
         }
     }
 
+    /// Copies `n` elements of `src` from index `src_at` into `dst` at index `dst_at`, device to
+    /// device.
+    pub fn copy<T: DevElem>(
+        &self,
+        dst: &mut DevBuf<T>,
+        dst_at: usize,
+        src: &DevBuf<T>,
+        src_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        if dst_at + n > dst.len || src_at + n > src.len {
+            bail!(
+                "device copy of {n} values from {src_at} of {} to {dst_at} of {}",
+                src.len,
+                dst.len
+            );
+        }
+        match (&self.dev, &mut dst.mem, &src.mem) {
+            (Dev::Cuda(d), Mem::Cuda(a), Mem::Cuda(b)) => d
+                .stream
+                .memcpy_dtod(
+                    &b.slice(src_at..src_at + n),
+                    &mut a.slice_mut(dst_at..dst_at + n),
+                )
+                .map_err(|e| anyhow!("device copy: {e:?}")),
+            (Dev::Emu(_), Mem::Emu(a, _), Mem::Emu(b, _)) => {
+                // SAFETY: both ranges lie inside their buffers (checked above); `copy` allows
+                // them to overlap.
+                unsafe {
+                    std::ptr::copy(
+                        (b.addr() as *const T).add(src_at),
+                        (a.addr() as *mut T).add(dst_at),
+                        n,
+                    )
+                };
+                Ok(())
+            }
+            _ => bail!("a buffer of one device used on another"),
+        }
+    }
+
     pub fn download<T: DevElem>(&self, buf: &DevBuf<T>) -> Result<Vec<T>> {
         match (&self.dev, &buf.mem) {
             (Dev::Cuda(d), Mem::Cuda(s)) => d

@@ -22,6 +22,7 @@ pub mod ops_loss;
 pub mod optim;
 pub mod policy;
 pub mod policy_model;
+pub mod refcache;
 pub mod registry;
 pub mod train_batch;
 

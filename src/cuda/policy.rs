@@ -5,10 +5,10 @@
 //! tokens, log-probs, per-row values and the losses' means cross to the host.
 
 use super::device::{DevBuf, Gpu};
-use super::ops::log_softmax_gather_forward;
 use super::ops_loss::{self as kl, ActorInputs, DevActorLoss};
 use super::optim::{self, AdamW};
 use super::policy_model::{DevActs, DevGrads, DevModel};
+use super::refcache::DevRefCache;
 use super::train_batch::TrainBatch;
 use crate::cpu::policy::{ScoredBatch, params, scored_batch};
 use crate::model::spec::Model;
@@ -38,6 +38,8 @@ pub struct CudaPolicy {
     critic_opt: AdamW,
     /// The last step's gradient buffer, reused by the next.
     grads: Option<DevGrads>,
+    /// The frozen reference's prompt rows, kept across updates.
+    ref_cache: DevRefCache,
 }
 
 fn finite(name: &str, x: f32) -> Result<()> {
@@ -128,6 +130,7 @@ impl CudaPolicy {
             actor_opt,
             critic_opt,
             grads: None,
+            ref_cache: DevRefCache::default(),
             gpu,
         })
     }
@@ -176,28 +179,14 @@ impl CudaPolicy {
         self.gpu.download(&self.values_on(&batch, &acts)?)
     }
 
-    /// Per episode, the frozen reference's log-probabilities of its scored tokens.
-    fn reference_logprobs(&self, sb: &ScoredBatch, episodes: usize) -> Result<Vec<Vec<f32>>> {
-        let g = &self.gpu;
-        let mut out = vec![Vec::new(); episodes];
-        let m = sb.tokens.len();
-        if m == 0 {
-            return Ok(out);
-        }
-        let lp = (|| -> Result<Vec<f32>> {
-            let batch = self.reference.train_batch(g, &sb.batch, &sb.positions)?;
-            let acts = self.reference.forward(g, &batch)?;
-            let tokens = g.upload(&sb.tokens)?;
-            let mut lp = g.alloc(m)?;
-            let v = self.reference.vocab_size();
-            log_softmax_gather_forward(g, &mut lp, acts.logits(), &tokens, m, v, 1.0)?;
-            g.download(&lp)
-        })()
-        .with_context(|| pass_context("the reference's pass", episodes, sb))?;
-        for (&r, x) in sb.rows.iter().zip(lp) {
-            out[r].push(x);
-        }
-        Ok(out)
+    /// The reference model's prompt cache (for its size and hit counts).
+    pub fn reference_cache(&self) -> &DevRefCache {
+        &self.ref_cache
+    }
+
+    /// An empty reference cache bounded by `bytes` of device memory (0 keeps nothing).
+    pub fn set_reference_cache_limit(&mut self, bytes: usize) {
+        self.ref_cache = DevRefCache::new(bytes);
     }
 
     /// One optimiser step on the episodes `idx`, with the reference log-probs and (when given)
@@ -369,7 +358,17 @@ impl CudaPolicy {
     ) -> Result<UpdateLosses> {
         let all: Vec<&Episode> = episodes.iter().collect();
         let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
-        let ref_lp = self.reference_logprobs(&sb, episodes.len())?;
+        // The frozen reference runs only the response tokens, on its cached prompt keys and values.
+        let ref_lp = self
+            .ref_cache
+            .logprobs(
+                &self.gpu,
+                &self.reference,
+                &all,
+                self.eos,
+                self.cfg.train_eos,
+            )
+            .with_context(|| pass_context("the reference's pass", episodes.len(), &sb))?;
         let (epochs, mb) = (
             self.cfg.ppo_epochs,
             self.cfg.minibatches.min(episodes.len()),
