@@ -7,6 +7,7 @@
 use super::device::{DevBuf, Gpu};
 use super::ops::{self as k, SampleArgs};
 use crate::cpu::gpt2::Batch;
+use crate::rng::Rng;
 use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use anyhow::{Result, bail};
@@ -52,11 +53,14 @@ pub struct Decoder<'m, M: DeviceModel> {
     g: &'m Gpu,
     model: &'m M,
     b: usize,
-    start: Vec<usize>,
+    /// (B) first real position of each row.
+    pub(super) start: Vec<usize>,
     start_dev: DevBuf<i32>,
-    len: usize,
-    cache: KvCache,
-    logits: Buf,
+    /// Positions filled so far.
+    pub(super) len: usize,
+    pub(super) cache: KvCache,
+    /// Logits of the rows the last `run` picked.
+    pub(super) logits: Buf,
 }
 
 impl<'m, M: DeviceModel> Decoder<'m, M> {
@@ -76,7 +80,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// A decoder with an empty cache sized for the prompts and `max_new_tokens` more, and the
     /// prompts left padded.
-    fn empty(
+    pub(super) fn empty(
         g: &'m Gpu,
         model: &'m M,
         prompts: &[Vec<u32>],
@@ -129,7 +133,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// Runs `tq` new tokens per row; the logits of each row's last one, or with `every` of every
     /// one of them (b * tq rows).
-    fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
+    pub(super) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
         let (g, b, c) = (self.g, self.b, self.model.hidden_size());
         let n = b * tq;
         if self.len + tq > self.cache.tmax {
@@ -176,6 +180,27 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         seed: u64,
         step: u32,
     ) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.sample_from(params, None, seed, step)
+    }
+
+    /// `sample` with each row's uniform draw in [0, 1) given (B), so that a generator on the host
+    /// decides the tokens.
+    pub fn sample_uniforms(
+        &self,
+        params: &SamplingParams,
+        u: &[f32],
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let u = self.g.upload(u)?;
+        self.sample_from(params, Some(&u), 0, 0)
+    }
+
+    fn sample_from(
+        &self,
+        params: &SamplingParams,
+        u: Option<&Buf>,
+        seed: u64,
+        step: u32,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
         let g = self.g;
         let (mut tok, mut lp) = (g.alloc::<u32>(self.b)?, g.alloc::<f32>(self.b)?);
         let args = SampleArgs {
@@ -186,7 +211,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
             step,
         };
         let v = self.model.vocab_size();
-        k::sample_forward(g, &mut tok, &mut lp, &self.logits, None, self.b, v, args)?;
+        k::sample_forward(g, &mut tok, &mut lp, &self.logits, u, self.b, v, args)?;
         Ok((g.download(&tok)?, g.download(&lp)?))
     }
 }
@@ -220,6 +245,46 @@ pub fn generate<M: DeviceModel>(
     eos: u32,
     seed: u64,
 ) -> Result<Vec<Generation>> {
+    generate_by(g, model, prompts, params, eos, |dec, _, step| {
+        dec.sample(params, seed, step as u32)
+    })
+}
+
+/// `generate` with the uniform draws taken from the host's `rng` as `sample::sample_step` takes
+/// them: one per row not yet done, in row order, none when greedy. The same generator then gives
+/// the CPU's tokens, unless rounding puts a draw on a boundary between two tokens.
+pub fn generate_with_rng<M: DeviceModel>(
+    g: &Gpu,
+    model: &M,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos: u32,
+    rng: &mut Rng,
+) -> Result<Vec<Generation>> {
+    generate_by(g, model, prompts, params, eos, |dec, done, _| {
+        let u: Vec<f32> = done
+            .iter()
+            .map(|&d| {
+                if d || params.temperature <= 0.0 {
+                    0.0
+                } else {
+                    rng.uniform() as f32
+                }
+            })
+            .collect();
+        dec.sample_uniforms(params, &u)
+    })
+}
+
+/// The decoding loop of both generators; `draw(decoder, done, step)` samples every row.
+fn generate_by<M: DeviceModel>(
+    g: &Gpu,
+    model: &M,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos: u32,
+    mut draw: impl FnMut(&Decoder<M>, &[bool], usize) -> Result<(Vec<u32>, Vec<f32>)>,
+) -> Result<Vec<Generation>> {
     let rows = prompts.len();
     let mut out = vec![Generation::default(); rows];
     if rows == 0 || params.max_new_tokens == 0 {
@@ -228,7 +293,7 @@ pub fn generate<M: DeviceModel>(
     let mut dec = Decoder::new(g, model, prompts, params.max_new_tokens, eos)?;
     let mut done = vec![false; rows];
     for step in 0..params.max_new_tokens {
-        let (toks, lps) = dec.sample(params, seed, step as u32)?;
+        let (toks, lps) = draw(&dec, &done, step)?;
         let mut next = vec![eos; rows];
         for (r, o) in out.iter_mut().enumerate() {
             if done[r] {

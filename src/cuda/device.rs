@@ -404,8 +404,12 @@ impl Gpu {
             Dev::Cuda(d) => {
                 // SAFETY: the memory is uninitialised; every user writes before it reads, which
                 // the emulated device's poisoning checks.
-                let s = unsafe { d.stream.alloc::<T>(n) }
-                    .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))?;
+                let s = unsafe { d.stream.alloc::<T>(n) }.map_err(|e| {
+                    anyhow!(
+                        "allocating {n} elements ({} bytes): {e:?}",
+                        n * size_of::<T>()
+                    )
+                })?;
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
@@ -429,10 +433,12 @@ impl Gpu {
     pub fn zeros<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
         match &self.dev {
             Dev::Cuda(d) => {
-                let s = d
-                    .stream
-                    .alloc_zeros(n)
-                    .map_err(|e| anyhow!("allocating {n} elements: {e:?}"))?;
+                let s = d.stream.alloc_zeros(n).map_err(|e| {
+                    anyhow!(
+                        "allocating {n} elements ({} bytes): {e:?}",
+                        n * size_of::<T>()
+                    )
+                })?;
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
@@ -501,6 +507,47 @@ impl Gpu {
             (Dev::Emu(_), Mem::Emu(m, _)) => {
                 // SAFETY: the buffer holds buf.len elements.
                 unsafe { std::ptr::write_bytes(m.addr() as *mut u8, 0, buf.len * size_of::<T>()) };
+                Ok(())
+            }
+            _ => bail!("a buffer of one device used on another"),
+        }
+    }
+
+    /// Copies `n` elements of `src` from index `src_at` into `dst` at index `dst_at`, device to
+    /// device.
+    pub fn copy<T: DevElem>(
+        &self,
+        dst: &mut DevBuf<T>,
+        dst_at: usize,
+        src: &DevBuf<T>,
+        src_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        if dst_at + n > dst.len || src_at + n > src.len {
+            bail!(
+                "device copy of {n} values from {src_at} of {} to {dst_at} of {}",
+                src.len,
+                dst.len
+            );
+        }
+        match (&self.dev, &mut dst.mem, &src.mem) {
+            (Dev::Cuda(d), Mem::Cuda(a), Mem::Cuda(b)) => d
+                .stream
+                .memcpy_dtod(
+                    &b.slice(src_at..src_at + n),
+                    &mut a.slice_mut(dst_at..dst_at + n),
+                )
+                .map_err(|e| anyhow!("device copy: {e:?}")),
+            (Dev::Emu(_), Mem::Emu(a, _), Mem::Emu(b, _)) => {
+                // SAFETY: both ranges lie inside their buffers (checked above); `copy` allows
+                // them to overlap.
+                unsafe {
+                    std::ptr::copy(
+                        (b.addr() as *const T).add(src_at),
+                        (a.addr() as *mut T).add(dst_at),
+                        n,
+                    )
+                };
                 Ok(())
             }
             _ => bail!("a buffer of one device used on another"),

@@ -106,6 +106,29 @@ impl GpuGpt2Weights {
         out
     }
 
+    /// Every tensor in `Gpt2Weights::named` order, to write into (an optimiser step).
+    pub fn list_mut(&mut self) -> Vec<&mut Buf> {
+        let mut out = vec![&mut self.wte, &mut self.wpe];
+        for b in &mut self.blocks {
+            out.extend([
+                &mut b.ln_1_w,
+                &mut b.ln_1_b,
+                &mut b.attn_w,
+                &mut b.attn_b,
+                &mut b.attn_proj_w,
+                &mut b.attn_proj_b,
+                &mut b.ln_2_w,
+                &mut b.ln_2_b,
+                &mut b.fc_w,
+                &mut b.fc_b,
+                &mut b.fc_proj_w,
+                &mut b.fc_proj_b,
+            ]);
+        }
+        out.extend([&mut self.ln_f_w, &mut self.ln_f_b]);
+        out
+    }
+
     /// The tensors on the host.
     pub fn download(&self, g: &Gpu, cfg: &Gpt2Config) -> Result<Gpt2Weights> {
         let mut w = Gpt2Weights::zeros(cfg);

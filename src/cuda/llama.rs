@@ -113,6 +113,27 @@ impl GpuLlamaWeights {
         out
     }
 
+    /// Every tensor in `LlamaWeights::named` order, to write into (an optimiser step).
+    pub fn list_mut(&mut self) -> Vec<&mut Buf> {
+        let mut out = vec![&mut self.embed_tokens];
+        for l in &mut self.layers {
+            out.extend([
+                &mut l.input_layernorm,
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.post_attention_layernorm,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ]);
+        }
+        out.push(&mut self.norm);
+        out.extend(&mut self.lm_head);
+        out
+    }
+
     /// The tensors on the host.
     pub fn download(&self, g: &Gpu, cfg: &LlamaConfig) -> Result<LlamaWeights> {
         let mut w = LlamaWeights::zeros(cfg);

@@ -21,6 +21,8 @@ pub mod ops_backward;
 pub mod ops_loss;
 pub mod optim;
 pub mod policy;
+pub mod policy_model;
+pub mod refcache;
 pub mod registry;
 pub mod train_batch;
 

@@ -1,0 +1,196 @@
+//! A child model of either family on the device, as `cuda::policy` drives it: upload and
+//! download, its parameter and gradient lists in `named()` order, the training forward that keeps
+//! activations, its backward, and decoding.
+
+use super::decode::generate_with_rng;
+use super::device::{DevBuf, Gpu};
+use super::gpt2::{GpuGpt2, GpuGpt2Weights};
+use super::gpt2_train::{self, Gpt2Activations};
+use super::llama::{GpuLlama, GpuLlamaWeights};
+use super::llama_train::{self, LlamaActivations};
+use super::train_batch::TrainBatch;
+use crate::cpu::gpt2::Batch;
+use crate::model::spec::Model;
+use crate::rng::Rng;
+use crate::sample::{Generation, SamplingParams};
+use anyhow::{Result, bail};
+
+type Buf = DevBuf<f32>;
+
+pub enum DevModel {
+    Gpt2(GpuGpt2),
+    Llama(GpuLlama),
+}
+
+/// Gradients of every parameter of a `DevModel`, in the same layout.
+pub enum DevGrads {
+    Gpt2(GpuGpt2Weights),
+    Llama(GpuLlamaWeights),
+}
+
+/// What a training forward keeps for backward.
+pub enum DevActs {
+    Gpt2(Box<Gpt2Activations>),
+    Llama(Box<LlamaActivations>),
+}
+
+impl DevActs {
+    /// (M, V) logits of the batch's chosen rows.
+    pub fn logits(&self) -> &Buf {
+        match self {
+            DevActs::Gpt2(a) => &a.logits,
+            DevActs::Llama(a) => &a.logits,
+        }
+    }
+
+    /// (N, C) final hidden states, where the value head reads.
+    pub fn final_hidden(&self) -> &Buf {
+        match self {
+            DevActs::Gpt2(a) => a.final_hidden(),
+            DevActs::Llama(a) => a.final_hidden(),
+        }
+    }
+}
+
+impl DevGrads {
+    pub fn list(&self) -> Vec<&Buf> {
+        match self {
+            DevGrads::Gpt2(w) => w.list(),
+            DevGrads::Llama(w) => w.list(),
+        }
+    }
+
+    /// Zeroes every gradient: a step adds into them.
+    pub fn zero(&mut self, g: &Gpu) -> Result<()> {
+        let list = match self {
+            DevGrads::Gpt2(w) => w.list_mut(),
+            DevGrads::Llama(w) => w.list_mut(),
+        };
+        for t in list {
+            g.zero(t)?;
+        }
+        Ok(())
+    }
+}
+
+impl DevModel {
+    pub fn upload(g: &Gpu, model: &Model) -> Result<Self> {
+        Ok(match model {
+            Model::Gpt2(m) => DevModel::Gpt2(GpuGpt2::upload(g, m)?),
+            Model::Llama(m) => DevModel::Llama(GpuLlama::upload(g, m)?),
+        })
+    }
+
+    /// `like` (the same family and config) with this model's weights copied down.
+    pub fn download(&self, g: &Gpu, like: &Model) -> Result<Model> {
+        let mut out = like.clone();
+        match (self, &mut out) {
+            (DevModel::Gpt2(d), Model::Gpt2(m)) => m.weights = d.weights.download(g, &d.config)?,
+            (DevModel::Llama(d), Model::Llama(m)) => {
+                m.weights = d.weights.download(g, &d.config)?
+            }
+            _ => bail!("the host model is of another family than the device's"),
+        }
+        Ok(out)
+    }
+
+    /// Every parameter in `named()` order.
+    pub fn params(&self) -> Vec<&Buf> {
+        match self {
+            DevModel::Gpt2(m) => m.weights.list(),
+            DevModel::Llama(m) => m.weights.list(),
+        }
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Buf> {
+        match self {
+            DevModel::Gpt2(m) => m.weights.list_mut(),
+            DevModel::Llama(m) => m.weights.list_mut(),
+        }
+    }
+
+    pub fn zero_grads(&self, g: &Gpu) -> Result<DevGrads> {
+        Ok(match self {
+            DevModel::Gpt2(m) => DevGrads::Gpt2(GpuGpt2Weights::zeros(g, &m.config)?),
+            DevModel::Llama(m) => DevGrads::Llama(GpuLlamaWeights::zeros(g, &m.config)?),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            DevModel::Gpt2(m) => m.config.vocab_size,
+            DevModel::Llama(m) => m.config.vocab_size,
+        }
+    }
+
+    /// Positions the model can attend over.
+    fn context(&self) -> usize {
+        match self {
+            DevModel::Gpt2(m) => m.config.n_positions,
+            DevModel::Llama(m) => m.config.max_position_embeddings,
+        }
+    }
+
+    /// `batch` on the device with logits wanted at `positions`.
+    pub fn train_batch(
+        &self,
+        g: &Gpu,
+        batch: &Batch,
+        positions: &[(usize, usize)],
+    ) -> Result<TrainBatch> {
+        TrainBatch::new(g, batch, positions, self.vocab_size(), self.context())
+    }
+
+    /// The training forward on `batch`: logits of its chosen rows, final hidden states and what
+    /// backward needs.
+    pub fn forward(&self, g: &Gpu, batch: &TrainBatch) -> Result<DevActs> {
+        let (b, t, m) = (batch.b, batch.t, batch.m);
+        Ok(match self {
+            DevModel::Gpt2(d) => {
+                let mut acts = Box::new(Gpt2Activations::new(g, &d.config, b, t, m)?);
+                gpt2_train::forward(g, d, batch, &mut acts)?;
+                DevActs::Gpt2(acts)
+            }
+            DevModel::Llama(d) => {
+                let mut acts = Box::new(LlamaActivations::new(g, &d.config, b, t, m)?);
+                llama_train::forward(g, d, batch, &mut acts)?;
+                DevActs::Llama(acts)
+            }
+        })
+    }
+
+    /// Adds every parameter's gradient for dlogits (M, V) of the last `forward` into `grads`.
+    pub fn backward(
+        &self,
+        g: &Gpu,
+        batch: &TrainBatch,
+        acts: &mut DevActs,
+        dlogits: &Buf,
+        grads: &mut DevGrads,
+    ) -> Result<()> {
+        match (self, acts, grads) {
+            (DevModel::Gpt2(d), DevActs::Gpt2(a), DevGrads::Gpt2(w)) => {
+                gpt2_train::backward(g, d, batch, a, dlogits, w)
+            }
+            (DevModel::Llama(d), DevActs::Llama(a), DevGrads::Llama(w)) => {
+                llama_train::backward(g, d, batch, a, dlogits, w)
+            }
+            _ => bail!("activations and gradients of another model family"),
+        }
+    }
+
+    /// `cuda::decode::generate_with_rng` on this model.
+    pub fn generate(
+        &self,
+        g: &Gpu,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        eos: u32,
+        rng: &mut Rng,
+    ) -> Result<Vec<Generation>> {
+        match self {
+            DevModel::Gpt2(m) => generate_with_rng(g, m, prompts, params, eos, rng),
+            DevModel::Llama(m) => generate_with_rng(g, m, prompts, params, eos, rng),
+        }
+    }
+}

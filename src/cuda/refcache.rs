@@ -1,0 +1,253 @@
+//! The frozen reference model's log-probabilities of the kept response tokens on the device, with
+//! each distinct prompt's keys and values kept across updates, as `cpu::refcache` keeps them on
+//! the CPU.
+//!
+//! The reference never changes and a task's prompts come back update after update, so the prompt
+//! part of its forward pass is the same every time. Per prompt the cache holds every layer's keys
+//! and values and the logits its last position gives the first response token. An update
+//! prefills only the prompts not yet kept, copies every episode's prompt rows into one decoding
+//! cache, and runs the kept response tokens but the last, all episodes in one pass.
+
+use super::decode::{Decoder, DeviceModel};
+use super::device::{DevBuf, Gpu};
+use super::ops::log_softmax_gather_forward;
+use super::policy_model::DevModel;
+use crate::ppo::loss::{Episode, kept_tokens};
+use anyhow::{Result, bail};
+use std::collections::{HashMap, HashSet};
+
+type Buf = DevBuf<f32>;
+
+/// The same bound as the CPU's cache.
+pub const DEFAULT_LIMIT_BYTES: usize = crate::cpu::refcache::DEFAULT_LIMIT_BYTES;
+
+/// One prompt's rows on the device.
+struct Prompt {
+    /// Per layer, its keys and values: (len, kv_width) each.
+    k: Vec<Buf>,
+    v: Vec<Buf>,
+    /// (V) the logits of its last position.
+    logits: Buf,
+}
+
+impl Prompt {
+    fn bytes(&self) -> usize {
+        let floats: usize = self.k.iter().chain(&self.v).map(|b| b.len()).sum();
+        (floats + self.logits.len()) * size_of::<f32>()
+    }
+}
+
+/// Prompt rows of one frozen model on the device, bounded in bytes: once full, prompts not yet
+/// seen are computed for the update that needs them and not kept.
+pub struct DevRefCache {
+    prompts: HashMap<Vec<u32>, Prompt>,
+    bytes: usize,
+    limit: usize,
+    hits: u64,
+    misses: u64,
+}
+
+impl Default for DevRefCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_LIMIT_BYTES)
+    }
+}
+
+impl DevRefCache {
+    /// An empty cache that keeps at most `limit_bytes` of device memory.
+    pub fn new(limit_bytes: usize) -> Self {
+        DevRefCache {
+            prompts: HashMap::new(),
+            bytes: 0,
+            limit: limit_bytes,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Distinct prompts kept.
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+
+    /// Device bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Episodes whose prompt was found in the cache, and episodes whose prompt was computed.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Forgets every prompt: needed when the model the cache was filled from changes.
+    pub fn clear(&mut self) {
+        self.prompts.clear();
+        self.bytes = 0;
+    }
+
+    /// Per episode, the log-probabilities under `model` (always the same frozen model for one
+    /// cache) of its kept response tokens, each predicted from the prompt and the response
+    /// tokens before it; `eos` pads.
+    pub fn logprobs(
+        &mut self,
+        g: &Gpu,
+        model: &DevModel,
+        episodes: &[&Episode],
+        eos: u32,
+        train_eos: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        match model {
+            DevModel::Gpt2(m) => self.logprobs_of(g, m, episodes, eos, train_eos),
+            DevModel::Llama(m) => self.logprobs_of(g, m, episodes, eos, train_eos),
+        }
+    }
+
+    fn logprobs_of<M: DeviceModel>(
+        &mut self,
+        g: &Gpu,
+        model: &M,
+        episodes: &[&Episode],
+        eos: u32,
+        train_eos: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let v = model.vocab_size();
+        let mut out = vec![Vec::new(); episodes.len()];
+        // Episodes with something to score, and their kept tokens.
+        let mut active = Vec::new();
+        for (r, e) in episodes.iter().enumerate() {
+            if e.prompt.is_empty() {
+                bail!("episode {r} has an empty prompt");
+            }
+            let k = kept_tokens(&e.response, eos, train_eos);
+            if let Some(&bad) = e
+                .prompt
+                .iter()
+                .chain(&e.response[..k])
+                .find(|&&x| x as usize >= v)
+            {
+                bail!("episode {r} holds token id {bad}, outside the vocabulary of {v}");
+            }
+            if k > 0 {
+                active.push((r, k));
+            }
+        }
+        if active.is_empty() {
+            return Ok(out);
+        }
+        let prompts: Vec<Vec<u32>> = active
+            .iter()
+            .map(|&(r, _)| episodes[r].prompt.clone())
+            .collect();
+        let mut seen = HashSet::new();
+        let mut missing = Vec::new();
+        for p in &prompts {
+            if self.prompts.contains_key(p) {
+                self.hits += 1;
+            } else {
+                self.misses += 1;
+                if seen.insert(p) {
+                    missing.push(p.clone());
+                }
+            }
+        }
+        let fresh = prefill(g, model, &missing, eos)?;
+        let row = |p: &Vec<u32>| self.prompts.get(p).or_else(|| fresh.get(p));
+
+        // Every episode's prompt rows copied into one cache, then its kept tokens but the last.
+        let a = active.len();
+        let tq = active.iter().map(|x| x.1).max().unwrap_or(1) - 1;
+        let (mut dec, _) = Decoder::empty(g, model, &prompts, tq, eos)?;
+        let (tmax, kw) = (dec.cache.tmax, model.kv_width());
+        // The padding's rows are never attended to; zeros keep them finite all the same.
+        for b in dec.cache.k.iter_mut().chain(dec.cache.v.iter_mut()) {
+            g.zero(b)?;
+        }
+        let mut first = g.alloc(a * v)?;
+        for (i, p) in prompts.iter().enumerate() {
+            let e = row(p).expect("every prompt is kept or fresh");
+            let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
+            for (l, (k, vv)) in e.k.iter().zip(&e.v).enumerate() {
+                g.copy(&mut dec.cache.k[l], at, k, 0, n)?;
+                g.copy(&mut dec.cache.v[l], at, vv, 0, n)?;
+            }
+            g.copy(&mut first, i * v, &e.logits, 0, v)?;
+        }
+        dec.len = tmax - tq;
+        let first_tokens: Vec<u32> = active
+            .iter()
+            .map(|&(r, _)| episodes[r].response[0])
+            .collect();
+        let mut lp_first = g.alloc(a)?;
+        let targets = g.upload(&first_tokens)?;
+        log_softmax_gather_forward(g, &mut lp_first, &first, &targets, a, v, 1.0)?;
+        let lp_first = g.download(&lp_first)?;
+        // Row i's token j is fed at step j and predicts kept token j + 1; shorter responses are
+        // padded with `eos` after their end, which no kept token attends to.
+        let lp_rest = if tq > 0 {
+            let (mut fed, mut targets) = (vec![eos; a * tq], vec![eos; a * tq]);
+            for (i, &(r, k)) in active.iter().enumerate() {
+                let resp = &episodes[r].response;
+                for j in 0..k - 1 {
+                    fed[i * tq + j] = resp[j];
+                    targets[i * tq + j] = resp[j + 1];
+                }
+            }
+            dec.run(&fed, tq, true)?;
+            let mut lp = g.alloc(a * tq)?;
+            let targets = g.upload(&targets)?;
+            log_softmax_gather_forward(g, &mut lp, &dec.logits, &targets, a * tq, v, 1.0)?;
+            g.download(&lp)?
+        } else {
+            Vec::new()
+        };
+        for (i, &(r, k)) in active.iter().enumerate() {
+            out[r].push(lp_first[i]);
+            out[r].extend_from_slice(&lp_rest[i * tq..i * tq + k - 1]);
+        }
+
+        // Keep the new prompts' rows while they fit the bound.
+        for (p, e) in fresh {
+            let b = e.bytes();
+            if self.bytes + b <= self.limit {
+                self.bytes += b;
+                self.prompts.insert(p, e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Each prompt's keys and values (every layer) and the logits of its last position, from one
+/// prefill of them all.
+fn prefill<M: DeviceModel>(
+    g: &Gpu,
+    model: &M,
+    prompts: &[Vec<u32>],
+    pad: u32,
+) -> Result<HashMap<Vec<u32>, Prompt>> {
+    let mut out = HashMap::new();
+    if prompts.is_empty() {
+        return Ok(out);
+    }
+    let dec = Decoder::new(g, model, prompts, 0, pad)?;
+    let (tmax, kw, v) = (dec.cache.tmax, model.kv_width(), model.vocab_size());
+    for (i, p) in prompts.iter().enumerate() {
+        let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
+        let take = |src: &Buf| -> Result<Buf> {
+            let mut b = g.alloc(n)?;
+            g.copy(&mut b, 0, src, at, n)?;
+            Ok(b)
+        };
+        let k = dec.cache.k.iter().map(take).collect::<Result<_>>()?;
+        let vv = dec.cache.v.iter().map(take).collect::<Result<_>>()?;
+        let mut logits = g.alloc(v)?;
+        g.copy(&mut logits, 0, &dec.logits, i * v, v)?;
+        out.insert(p.clone(), Prompt { k, v: vv, logits });
+    }
+    Ok(out)
+}
