@@ -7,6 +7,7 @@ use super::device::Gpu;
 use super::ops as k;
 use crate::cpu::bert::EncoderInput;
 use crate::model::bert::{Activation, BertConfig, BertWeights};
+use crate::reward::shaping::Shaping;
 use anyhow::{Result, ensure};
 
 type Buf = DevBuf<f32>;
@@ -218,6 +219,20 @@ impl GpuBert {
         shaping: i32,
         power: f32,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (r, e) = self.shape(g, input, parents, exact, shaping, power)?;
+        Ok((g.download(&r)?, g.download(&e)?))
+    }
+
+    /// `rewards`, left on the device, so a caller downloads only the half it needs.
+    pub fn shape(
+        &self,
+        g: &Gpu,
+        input: &EncoderInput,
+        parents: &[f32],
+        exact: &[i32],
+        shaping: i32,
+        power: f32,
+    ) -> Result<(Buf, Buf)> {
         let (b, c) = (input.batch(), self.config.hidden_size);
         ensure!(
             parents.len() == b * c && exact.len() == b,
@@ -241,7 +256,18 @@ impl GpuBert {
             shaping,
             power,
         )?;
-        Ok((g.download(&r)?, g.download(&e)?))
+        Ok((r, e))
+    }
+}
+
+/// The fused kernel's code for a shaping that compares embeddings; `None` for `binary`, which
+/// compares texts on the host and needs no encoder at all.
+pub fn shape_code(shaping: Shaping) -> Option<i32> {
+    match shaping {
+        Shaping::Pgsrm => Some(k::SHAPE_PGSRM),
+        Shaping::Truncate => Some(k::SHAPE_TRUNCATE),
+        Shaping::Euclidean => Some(k::SHAPE_EUCLIDEAN),
+        Shaping::Binary => None,
     }
 }
 
@@ -279,9 +305,26 @@ impl DeviceEncoder {
     pub fn pooled(&self, input: &EncoderInput) -> Result<Vec<f32>> {
         let (b, c) = (input.batch(), self.bert.config.hidden_size);
         let zeros = vec![0.0f32; b * c];
-        let (_, e) =
-            self.bert
-                .rewards(&self.gpu, input, &zeros, &vec![0; b], k::SHAPE_PGSRM, 1.0)?;
-        Ok(e)
+        let (_, e) = self
+            .bert
+            .shape(&self.gpu, input, &zeros, &vec![0; b], k::SHAPE_PGSRM, 1.0)?;
+        self.gpu.download(&e)
+    }
+
+    /// Rewards (B) of the packed answers of `input` against the unit vectors `parents` (B, C),
+    /// shaped by the kernel's code `shaping` (one of `shape_code`'s): one pass, and only the
+    /// rewards come back.
+    pub fn rewards(
+        &self,
+        input: &EncoderInput,
+        parents: &[f32],
+        shaping: i32,
+        power: f32,
+    ) -> Result<Vec<f32>> {
+        let b = input.batch();
+        let (r, _) = self
+            .bert
+            .shape(&self.gpu, input, parents, &vec![0; b], shaping, power)?;
+        self.gpu.download(&r)
     }
 }
