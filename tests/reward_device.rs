@@ -10,6 +10,7 @@ use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::vector_cache::VectorCache;
 use pgsrm::reward::embedder::{MINILM_ASSET, SentenceEncoder};
 use pgsrm::reward::shaping::{self, Shaping};
+use pgsrm::rng::Rng;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -39,6 +40,32 @@ fn on_device(gpu: Gpu) -> SentenceEncoder {
         .unwrap()
 }
 
+/// Rewards of `dev` and the worst difference from the CPU path under `shaping`, after checking
+/// that the device answered and that `shaping::rewards` took its answer.
+fn worst_against_cpu(
+    dev: &SentenceEncoder,
+    shaping: Shaping,
+    power: f32,
+    parents: &[&str],
+    children: &[&str],
+) -> (Vec<f32>, f32) {
+    assert!(
+        cpu()
+            .shaped_rewards(shaping, power, parents, children)
+            .is_none(),
+        "the CPU encoder shapes on the host"
+    );
+    let got = dev
+        .shaped_rewards(shaping, power, parents, children)
+        .expect("the device encoder answers for an embedding shaping")
+        .unwrap();
+    let through = shaping::rewards(Some(dev), shaping, power, parents, children).unwrap();
+    assert_eq!(got, through, "shaping::rewards takes the device's answer");
+    let want = shaping::rewards(Some(cpu()), shaping, power, parents, children).unwrap();
+    let d = max_diff(&got, &want);
+    (got, d)
+}
+
 /// (parents, children): parents repeated, empty child answers (and one empty parent), exact
 /// matches, a match up to case and spaces, unrelated answers.
 fn batch() -> (Vec<&'static str>, Vec<&'static str>) {
@@ -63,6 +90,20 @@ fn batch() -> (Vec<&'static str>, Vec<&'static str>) {
     pairs.iter().copied().unzip()
 }
 
+/// A colors batch of 50 as training sees it: the reference answers of 50 drawn prompts as parents
+/// (many repeat), the answers of 50 other draws as the children.
+fn colors_batch() -> (Vec<String>, Vec<String>) {
+    let task = pgsrm::tasks::by_name("colors").unwrap();
+    let mut rng = Rng::new(7);
+    let mut answers = |n| -> Vec<String> {
+        task.sample_batch(&mut rng, n)
+            .iter()
+            .map(|e| e.answer.to_string())
+            .collect()
+    };
+    (answers(50), answers(50))
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -79,22 +120,7 @@ fn device_rewards_match_the_cpu_path_for_every_embedding_shaping() {
         let dev = on_device(gpu);
         for shaping in Shaping::ALL.into_iter().filter(|s| s.needs_embeddings()) {
             for power in [4.0, 1.5] {
-                assert!(
-                    cpu()
-                        .shaped_rewards(shaping, power, &parents, &children)
-                        .is_none(),
-                    "the CPU encoder shapes on the host"
-                );
-                let got = dev
-                    .shaped_rewards(shaping, power, &parents, &children)
-                    .expect("the device encoder answers for an embedding shaping")
-                    .unwrap();
-                let want =
-                    shaping::rewards(Some(cpu()), shaping, power, &parents, &children).unwrap();
-                let through =
-                    shaping::rewards(Some(&dev), shaping, power, &parents, &children).unwrap();
-                assert_eq!(got, through, "shaping::rewards takes the device's answer");
-                let d = max_diff(&got, &want);
+                let (got, d) = worst_against_cpu(&dev, shaping, power, &parents, &children);
                 println!("{name}: {shaping} p={power}: worst |device - cpu| = {d:.3e}");
                 assert!(d <= 1e-5, "{name}: {shaping} p={power}: differs by {d}");
                 // Exact matches score the top of each shaping's range, other answers less.
@@ -106,17 +132,34 @@ fn device_rewards_match_the_cpu_path_for_every_embedding_shaping() {
 }
 
 #[test]
+fn children_split_over_several_passes_keep_their_parents() {
+    let (parents, children) = batch();
+    // 8 word pieces a pass: two or three children per pass.
+    let dev = on_device(Gpu::emulated().unwrap()).with_rows_per_pass(8);
+    let (_, d) = worst_against_cpu(&dev, Shaping::Pgsrm, 4.0, &parents, &children);
+    assert!(d <= 1e-5, "differs by {d}");
+}
+
+#[test]
 fn cached_parents_give_the_same_bits_and_only_the_children_go_through_the_encoder() {
     let (parents, children) = batch();
-    // Word pieces of the distinct (parent, child) pairs' children, and of the distinct parents.
-    let pairs: HashSet<(&str, &str)> = parents.iter().copied().zip(children.clone()).collect();
-    let pair_children: Vec<&str> = pairs.iter().map(|&(_, c)| c).collect();
-    let distinct_parents: Vec<&str> = parents
-        .iter()
-        .copied()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    parents_once_then_children_only("mixed", &parents, &children);
+    let (parents, children) = colors_batch();
+    let parents: Vec<&str> = parents.iter().map(|s| s.as_str()).collect();
+    let children: Vec<&str> = children.iter().map(|s| s.as_str()).collect();
+    parents_once_then_children_only("colors", &parents, &children);
+}
+
+/// Rewards of the batch twice on each device: the first call encodes the distinct parents and
+/// the distinct children, the second only the children, with the same bits; without the
+/// cache every call encodes both.
+fn parents_once_then_children_only<'a>(label: &str, parents: &[&'a str], children: &[&'a str]) {
+    // Word pieces of the distinct children, and of the distinct parents.
+    let distinct = |texts: &[&'a str]| -> Vec<&'a str> {
+        let set: HashSet<&str> = texts.iter().copied().collect();
+        set.into_iter().collect()
+    };
+    let (distinct_parents, distinct_children) = (distinct(parents), distinct(children));
     let rows = |texts: &[&str]| -> usize {
         cpu()
             .tokenize(texts)
@@ -125,12 +168,24 @@ fn cached_parents_give_the_same_bits_and_only_the_children_go_through_the_encode
             .map(|e| e.ids.len())
             .sum()
     };
-    let (child_rows, parent_rows) = (rows(&pair_children), rows(&distinct_parents));
+    let (child_rows, parent_rows) = (rows(&distinct_children), rows(&distinct_parents));
+    let host_texts: HashSet<&str> = parents.iter().chain(children).copied().collect();
+    let host_texts: Vec<&str> = host_texts.into_iter().collect();
+    println!(
+        "{label}: {} pairs, {} distinct parents, {} distinct children; encoder rows per call: \
+         cached {child_rows}, uncached {}, host path {} ({} distinct texts)",
+        parents.len(),
+        distinct_parents.len(),
+        distinct_children.len(),
+        parent_rows + child_rows,
+        rows(&host_texts),
+        host_texts.len()
+    );
     for gpu in devices() {
         let dev = on_device(gpu);
         let call = || {
             let before = dev.rows_encoded();
-            let r = shaping::rewards(Some(&dev), Shaping::Pgsrm, 4.0, &parents, &children).unwrap();
+            let r = shaping::rewards(Some(&dev), Shaping::Pgsrm, 4.0, parents, children).unwrap();
             (r, dev.rows_encoded() - before)
         };
         let (first, first_rows) = call();
@@ -144,7 +199,7 @@ fn cached_parents_give_the_same_bits_and_only_the_children_go_through_the_encode
     let uncached = on_device(Gpu::emulated().unwrap()).with_parent_cache(0);
     for _ in 0..2 {
         let before = uncached.rows_encoded();
-        shaping::rewards(Some(&uncached), Shaping::Pgsrm, 4.0, &parents, &children).unwrap();
+        shaping::rewards(Some(&uncached), Shaping::Pgsrm, 4.0, parents, children).unwrap();
         assert_eq!(uncached.rows_encoded() - before, parent_rows + child_rows);
     }
     assert_eq!(uncached.cached_parents(), 0);

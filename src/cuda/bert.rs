@@ -311,20 +311,55 @@ impl DeviceEncoder {
         self.gpu.download(&e)
     }
 
-    /// Rewards (B) of the packed answers of `input` against the unit vectors `parents` (B, C),
-    /// shaped by the kernel's code `shaping` (one of `shape_code`'s): one pass, and only the
-    /// rewards come back.
+    /// Rewards (P) of answer pairs: pair k is the packed sequence `answer[k]` of `input` against
+    /// the unit vector `parents[k]` (P, C), shaped by the kernel's code `shaping` (one of
+    /// `shape_code`'s). Each sequence goes through the encoder once however many pairs share it,
+    /// its hidden rows gathered per pair for the fused kernel; only the rewards come back.
     pub fn rewards(
         &self,
         input: &EncoderInput,
+        answer: &[usize],
         parents: &[f32],
         shaping: i32,
         power: f32,
     ) -> Result<Vec<f32>> {
-        let b = input.batch();
-        let (r, _) = self
-            .bert
-            .shape(&self.gpu, input, parents, &vec![0; b], shaping, power)?;
-        self.gpu.download(&r)
+        let (g, p, c) = (&self.gpu, answer.len(), self.bert.config.hidden_size);
+        ensure!(
+            parents.len() == p * c,
+            "{p} pairs need {p} parent vectors of {c}"
+        );
+        ensure!(
+            answer.iter().all(|&s| s < input.batch()),
+            "a pair names an answer outside the {} encoded",
+            input.batch()
+        );
+        // Rows of `hidden` each pair pools, back to back, and where each pair's start.
+        let (mut rows, mut mask, mut starts) = (Vec::new(), Vec::new(), vec![0i32]);
+        for &s in answer {
+            for r in input.starts[s]..input.starts[s + 1] {
+                rows.push(r as i32);
+                mask.push(input.mask[r] as i32);
+            }
+            starts.push(rows.len() as i32);
+        }
+        let hidden = self.bert.forward(g, input)?;
+        let mut gathered = g.alloc::<f32>(rows.len() * c)?;
+        k::logits_forward_rows(g, &mut gathered, &hidden, &g.upload(&rows)?, rows.len(), c)?;
+        let (mut r, mut e) = (g.alloc::<f32>(p)?, g.alloc::<f32>(p * c)?);
+        k::pool_cosine_shape_forward(
+            g,
+            &mut r,
+            &mut e,
+            &gathered,
+            &g.upload(&mask)?,
+            &g.upload(&starts)?,
+            &g.upload(parents)?,
+            None,
+            p,
+            c,
+            shaping,
+            power,
+        )?;
+        g.download(&r)
     }
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most rows (word pieces) per forward pass: bounds the scratch memory of long inputs while
 /// keeping the matrix products large enough to use every core.
-const MAX_ROWS_PER_PASS: usize = 4096;
+pub const MAX_ROWS_PER_PASS: usize = 4096;
 
 /// Most parent vectors the device reward keeps (1.5 KiB each for MiniLM): far more than the
 /// distinct parent answers of a task's prompts.
@@ -42,6 +42,8 @@ pub struct SentenceEncoder {
     model: SentenceModel,
     name: String,
     dedup: bool,
+    /// Most rows per forward pass, `MAX_ROWS_PER_PASS` unless set.
+    rows_per_pass: usize,
     /// The encoder on a device, when one was given; else the CPU reference runs.
     device: Option<DeviceEncoder>,
     /// Unit vectors of parent answers by text, for the device reward (`&self` calls share it).
@@ -60,6 +62,7 @@ impl SentenceEncoder {
             model: SentenceModel::load(dir)?,
             name: name.to_string(),
             dedup: true,
+            rows_per_pass: MAX_ROWS_PER_PASS,
             device: None,
             parent_vectors: Mutex::new(VectorCache::new(PARENT_CACHE_ENTRIES)),
             rows_encoded: AtomicUsize::new(0),
@@ -89,6 +92,13 @@ impl SentenceEncoder {
     /// serves measurements of the encoder itself.
     pub fn with_dedup(mut self, dedup: bool) -> Self {
         self.dedup = dedup;
+        self
+    }
+
+    /// Packs at most `rows` word pieces into one forward pass (a longer text goes alone); small
+    /// values serve tests of texts split over several passes.
+    pub fn with_rows_per_pass(mut self, rows: usize) -> Self {
+        self.rows_per_pass = rows.max(1);
         self
     }
 
@@ -168,13 +178,13 @@ impl SentenceEncoder {
         Ok(vectors)
     }
 
-    /// The texts `encoded[from..end]` packed into one pass of at most `MAX_ROWS_PER_PASS` rows
+    /// The texts `encoded[from..end]` packed into one pass of at most `rows_per_pass` rows
     /// (a longer text alone), and `end`.
     fn pack(&self, encoded: &[Encoded], from: usize) -> (EncoderInput, usize) {
         let mut input = EncoderInput::new();
         let mut i = from;
         while i < encoded.len()
-            && (input.rows() == 0 || input.rows() + encoded[i].ids.len() <= MAX_ROWS_PER_PASS)
+            && (input.rows() == 0 || input.rows() + encoded[i].ids.len() <= self.rows_per_pass)
         {
             input.push(&encoded[i].ids, &encoded[i].type_ids);
             i += 1;
@@ -210,7 +220,8 @@ impl SentenceEncoder {
     }
 
     /// Rewards of the pairs (parents[i], children[i]) on `device` under the kernel's shaping code
-    /// `code`: each distinct pair's child encoded once, shaped against its parent's cached vector.
+    /// `code`: each distinct child encoded once, each pair shaped against its parent's vector
+    /// (cached across calls).
     fn device_rewards(
         &self,
         device: &DeviceEncoder,
@@ -228,33 +239,29 @@ impl SentenceEncoder {
         let c = self.dim();
         let (distinct_parents, parent_slot) = distinct(parents.iter().copied());
         let parent_vecs = self.parent_vectors(&distinct_parents)?;
-        let (pairs, pair_slot) =
-            distinct(parent_slot.iter().copied().zip(children.iter().copied()));
-        let pair_children: Vec<&str> = pairs.iter().map(|&(_, child)| child).collect();
-        let encoded = self.tokenize(&pair_children)?;
-        let mut rewards = Vec::with_capacity(pairs.len());
+        let (distinct_children, child_slot) = distinct(children.iter().copied());
+        let encoded = self.tokenize(&distinct_children)?;
+        let mut rewards = vec![0.0f32; parents.len()];
         let mut i = 0;
         while i < encoded.len() {
             let (input, end) = self.pack(&encoded, i);
-            // (B, C): each child's parent vector, in the packed order.
-            let mut against = Vec::with_capacity((end - i) * c);
-            for &(p, _) in &pairs[i..end] {
-                against.extend_from_slice(&parent_vecs[p]);
+            // The pairs whose child is in this pass: which of its answers, and (P, C) parents.
+            let pairs: Vec<usize> = (0..parents.len())
+                .filter(|&k| (i..end).contains(&child_slot[k]))
+                .collect();
+            let answer: Vec<usize> = pairs.iter().map(|&k| child_slot[k] - i).collect();
+            let mut against = Vec::with_capacity(pairs.len() * c);
+            for &k in &pairs {
+                against.extend_from_slice(&parent_vecs[parent_slot[k]]);
             }
-            rewards.extend(device.rewards(&input, &against, code, power)?);
+            let r = device.rewards(&input, &answer, &against, code, power)?;
+            // Every host shaping gives a finite reward; the device's must too.
+            for (&k, r) in pairs.iter().zip(r) {
+                rewards[k] = if r.is_finite() { r } else { 0.0 };
+            }
             i = end;
         }
-        // Every host shaping gives a finite reward; the device's must too.
-        Ok(pair_slot
-            .into_iter()
-            .map(|k| {
-                if rewards[k].is_finite() {
-                    rewards[k]
-                } else {
-                    0.0
-                }
-            })
-            .collect())
+        Ok(rewards)
     }
 }
 
