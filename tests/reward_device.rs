@@ -226,7 +226,7 @@ fn binary_shaping_still_works_on_a_device() {
 }
 
 #[test]
-fn mismatched_batches_are_an_error_on_the_device() {
+fn mismatched_batches_are_an_error_and_an_empty_one_is_empty_on_the_device() {
     let dev = on_device(Gpu::emulated().unwrap());
     let r = dev.shaped_rewards(Shaping::Pgsrm, 4.0, &["purple", "green"], &["red"]);
     let e = r.expect("the device answers").unwrap_err();
@@ -234,6 +234,8 @@ fn mismatched_batches_are_an_error_on_the_device() {
         e.to_string().contains("2 parent answers for 1 child"),
         "{e}"
     );
+    let none = shaping::rewards(Some(&dev), Shaping::Pgsrm, 4.0, &[], &[]).unwrap();
+    assert!(none.is_empty());
 }
 
 #[test]

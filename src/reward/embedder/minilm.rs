@@ -5,9 +5,10 @@
 //! An empty text is encoded as [CLS] [SEP], as `sentence-transformers` does, so it has a vector
 //! like any other text (not the zero vector).
 //!
-//! On a device the encoder also answers `Embedder::shaped_rewards`: the child answers are encoded
-//! and shaped in one pass of the fused kernel against the parents' unit vectors, which are kept by
-//! text across calls (a parent answer repeats on every update of a run).
+//! On a device the encoder also answers `Embedder::shaped_rewards`: each distinct child answer is
+//! encoded once and every pair shaped in the same device pass by the fused kernel against its
+//! parent's unit vector; those are kept by text across calls (a parent answer repeats on every
+//! update of a run).
 
 use super::vector_cache::VectorCache;
 use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most rows (word pieces) per forward pass: bounds the scratch memory of long inputs while
 /// keeping the matrix products large enough to use every core.
-pub const MAX_ROWS_PER_PASS: usize = 4096;
+const MAX_ROWS_PER_PASS: usize = 4096;
 
 /// Most parent vectors the device reward keeps (1.5 KiB each for MiniLM): far more than the
 /// distinct parent answers of a task's prompts.
@@ -265,7 +266,7 @@ impl SentenceEncoder {
     }
 }
 
-/// The distinct items in order of first appearance, and for each item the index of its own there.
+/// The distinct items in order of first appearance, and each item's index among them.
 fn distinct<T: Copy + Eq + Hash>(items: impl Iterator<Item = T>) -> (Vec<T>, Vec<usize>) {
     let mut first: HashMap<T, usize> = HashMap::new();
     let mut kept: Vec<T> = Vec::new();
