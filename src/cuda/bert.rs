@@ -7,6 +7,7 @@ use super::device::Gpu;
 use super::ops as k;
 use crate::cpu::bert::EncoderInput;
 use crate::model::bert::{Activation, BertConfig, BertWeights};
+use crate::reward::shaping::Shaping;
 use anyhow::{Result, ensure};
 
 type Buf = DevBuf<f32>;
@@ -218,6 +219,20 @@ impl GpuBert {
         shaping: i32,
         power: f32,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (r, e) = self.shape(g, input, parents, exact, shaping, power)?;
+        Ok((g.download(&r)?, g.download(&e)?))
+    }
+
+    /// `rewards`, left on the device, so a caller downloads only the half it needs.
+    pub fn shape(
+        &self,
+        g: &Gpu,
+        input: &EncoderInput,
+        parents: &[f32],
+        exact: &[i32],
+        shaping: i32,
+        power: f32,
+    ) -> Result<(Buf, Buf)> {
         let (b, c) = (input.batch(), self.config.hidden_size);
         ensure!(
             parents.len() == b * c && exact.len() == b,
@@ -241,7 +256,18 @@ impl GpuBert {
             shaping,
             power,
         )?;
-        Ok((g.download(&r)?, g.download(&e)?))
+        Ok((r, e))
+    }
+}
+
+/// The fused kernel's code for a shaping that compares embeddings; `None` for `binary`, which
+/// compares texts on the host and needs no encoder at all.
+pub fn shape_code(shaping: Shaping) -> Option<i32> {
+    match shaping {
+        Shaping::Pgsrm => Some(k::SHAPE_PGSRM),
+        Shaping::Truncate => Some(k::SHAPE_TRUNCATE),
+        Shaping::Euclidean => Some(k::SHAPE_EUCLIDEAN),
+        Shaping::Binary => None,
     }
 }
 
@@ -279,9 +305,61 @@ impl DeviceEncoder {
     pub fn pooled(&self, input: &EncoderInput) -> Result<Vec<f32>> {
         let (b, c) = (input.batch(), self.bert.config.hidden_size);
         let zeros = vec![0.0f32; b * c];
-        let (_, e) =
-            self.bert
-                .rewards(&self.gpu, input, &zeros, &vec![0; b], k::SHAPE_PGSRM, 1.0)?;
-        Ok(e)
+        let (_, e) = self
+            .bert
+            .shape(&self.gpu, input, &zeros, &vec![0; b], k::SHAPE_PGSRM, 1.0)?;
+        self.gpu.download(&e)
+    }
+
+    /// Rewards (P) of answer pairs: pair k is the packed sequence `answer[k]` of `input` against
+    /// the unit vector `parents[k]` (P, C), shaped by the kernel's code `shaping` (one of
+    /// `shape_code`'s). Each sequence goes through the encoder once however many pairs share it,
+    /// its hidden rows gathered per pair for the fused kernel; only the rewards come back.
+    pub fn rewards(
+        &self,
+        input: &EncoderInput,
+        answer: &[usize],
+        parents: &[f32],
+        shaping: i32,
+        power: f32,
+    ) -> Result<Vec<f32>> {
+        let (g, p, c) = (&self.gpu, answer.len(), self.bert.config.hidden_size);
+        ensure!(
+            parents.len() == p * c,
+            "{p} pairs need {p} parent vectors of {c}"
+        );
+        ensure!(
+            answer.iter().all(|&s| s < input.batch()),
+            "a pair names an answer outside the {} encoded",
+            input.batch()
+        );
+        // Rows of `hidden` each pair pools, back to back, and where each pair's start.
+        let (mut rows, mut mask, mut starts) = (Vec::new(), Vec::new(), vec![0i32]);
+        for &s in answer {
+            for r in input.starts[s]..input.starts[s + 1] {
+                rows.push(r as i32);
+                mask.push(input.mask[r] as i32);
+            }
+            starts.push(rows.len() as i32);
+        }
+        let hidden = self.bert.forward(g, input)?;
+        let mut gathered = g.alloc::<f32>(rows.len() * c)?;
+        k::logits_forward_rows(g, &mut gathered, &hidden, &g.upload(&rows)?, rows.len(), c)?;
+        let (mut r, mut e) = (g.alloc::<f32>(p)?, g.alloc::<f32>(p * c)?);
+        k::pool_cosine_shape_forward(
+            g,
+            &mut r,
+            &mut e,
+            &gathered,
+            &g.upload(&mask)?,
+            &g.upload(&starts)?,
+            &g.upload(parents)?,
+            None,
+            p,
+            c,
+            shaping,
+            power,
+        )?;
+        g.download(&r)
     }
 }

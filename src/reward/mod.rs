@@ -12,6 +12,20 @@ pub trait Embedder {
     fn dim(&self) -> usize;
     /// One vector per text, in order. A text with nothing to embed gives a zero vector.
     fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>>;
+
+    /// The rewards of (parent, child) answer pairs under an embedding shaping, computed by the
+    /// embedder itself where it can do better than `embed` and host shaping (the sentence encoder
+    /// on a device shapes there, and only the rewards come back). `None` means "not here": the
+    /// caller embeds both sides and shapes on the host. Same lengths, as `shaping::rewards` checks.
+    fn shaped_rewards(
+        &self,
+        _shaping: shaping::Shaping,
+        _power: f32,
+        _parents: &[&str],
+        _children: &[&str],
+    ) -> Option<anyhow::Result<Vec<f32>>> {
+        None
+    }
 }
 
 pub mod api_embedder;

@@ -173,7 +173,8 @@ fn finite_or_zero(x: f64) -> f32 {
     if x.is_finite() { x as f32 } else { 0.0 }
 }
 
-/// Rewards for a batch of (parent, child) answers: both sides embedded in one call, then shaped.
+/// Rewards for a batch of (parent, child) answers: by the embedder's own `shaped_rewards` where it
+/// answers, else both sides embedded in one call, then shaped on the host.
 /// `embedder` may be `None` only for `binary`.
 pub fn rewards(
     embedder: Option<&dyn crate::reward::Embedder>,
@@ -199,6 +200,18 @@ pub fn rewards(
     let Some(embedder) = embedder else {
         bail!("shaping {shaping} needs an embedder");
     };
+    if let Some(r) = embedder.shaped_rewards(shaping, power, parents, children) {
+        let r = r?;
+        if r.len() != parents.len() {
+            bail!(
+                "embedder {} returned {} rewards for {} pairs",
+                embedder.name(),
+                r.len(),
+                parents.len()
+            );
+        }
+        return Ok(r);
+    }
     let texts: Vec<&str> = parents.iter().chain(children).copied().collect();
     let v = super::embed_texts(embedder, &texts)?;
     let n = parents.len();

@@ -4,19 +4,33 @@
 //! normalised as the folder says.
 //! An empty text is encoded as [CLS] [SEP], as `sentence-transformers` does, so it has a vector
 //! like any other text (not the zero vector).
+//!
+//! On a device the encoder also answers `Embedder::shaped_rewards`: each distinct child answer is
+//! encoded once and every pair shaped in the same device pass by the fused kernel against its
+//! parent's unit vector; those are kept by text across calls (a parent answer repeats on every
+//! update of a run).
 
+use super::vector_cache::VectorCache;
 use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
-use crate::cuda::bert::DeviceEncoder;
+use crate::cuda::bert::{DeviceEncoder, shape_code};
 use crate::cuda::device::Gpu;
 use crate::model::bert::SentenceModel;
 use crate::reward::Embedder;
-use anyhow::{Result, anyhow};
+use crate::reward::shaping::Shaping;
+use anyhow::{Result, anyhow, ensure};
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most rows (word pieces) per forward pass: bounds the scratch memory of long inputs while
 /// keeping the matrix products large enough to use every core.
 const MAX_ROWS_PER_PASS: usize = 4096;
+
+/// Most parent vectors the device reward keeps (1.5 KiB each for MiniLM): far more than the
+/// distinct parent answers of a task's prompts.
+pub const PARENT_CACHE_ENTRIES: usize = 4096;
 
 /// Word-piece ids and token type ids of one text, with [CLS]/[SEP] and truncation applied.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,8 +43,14 @@ pub struct SentenceEncoder {
     model: SentenceModel,
     name: String,
     dedup: bool,
+    /// Most rows per forward pass, `MAX_ROWS_PER_PASS` unless set.
+    rows_per_pass: usize,
     /// The encoder on a device, when one was given; else the CPU reference runs.
     device: Option<DeviceEncoder>,
+    /// Unit vectors of parent answers by text, for the device reward (`&self` calls share it).
+    parent_vectors: Mutex<VectorCache>,
+    /// Word pieces put through the encoder so far, every pass counted.
+    rows_encoded: AtomicUsize,
 }
 
 /// The default sentence encoder, all-MiniLM-L6-v2, is a `SentenceEncoder` on its folder.
@@ -43,7 +63,10 @@ impl SentenceEncoder {
             model: SentenceModel::load(dir)?,
             name: name.to_string(),
             dedup: true,
+            rows_per_pass: MAX_ROWS_PER_PASS,
             device: None,
+            parent_vectors: Mutex::new(VectorCache::new(PARENT_CACHE_ENTRIES)),
+            rows_encoded: AtomicUsize::new(0),
         })
     }
 
@@ -71,6 +94,37 @@ impl SentenceEncoder {
     pub fn with_dedup(mut self, dedup: bool) -> Self {
         self.dedup = dedup;
         self
+    }
+
+    /// Packs at most `rows` word pieces into one forward pass (a longer text goes alone); small
+    /// values serve tests of texts split over several passes.
+    pub fn with_rows_per_pass(mut self, rows: usize) -> Self {
+        self.rows_per_pass = rows.max(1);
+        self
+    }
+
+    /// Keeps at most `entries` parent vectors for the device reward (0: none, every parent is
+    /// encoded on every call; serves measurements of the cache).
+    pub fn with_parent_cache(mut self, entries: usize) -> Self {
+        self.parent_vectors = Mutex::new(VectorCache::new(entries));
+        self
+    }
+
+    /// Word pieces (encoder rows) put through the encoder since it was loaded.
+    pub fn rows_encoded(&self) -> usize {
+        self.rows_encoded.load(Ordering::Relaxed)
+    }
+
+    /// Parent vectors the device reward holds now.
+    pub fn cached_parents(&self) -> usize {
+        self.cache().len()
+    }
+
+    /// The parent vector cache; a panic elsewhere while it was held leaves only whole entries.
+    fn cache(&self) -> std::sync::MutexGuard<'_, VectorCache> {
+        self.parent_vectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn model(&self) -> &SentenceModel {
@@ -102,13 +156,8 @@ impl SentenceEncoder {
         let mut vectors = Vec::with_capacity(encoded.len());
         let mut i = 0;
         while i < encoded.len() {
-            let mut input = EncoderInput::new();
-            while i < encoded.len()
-                && (input.rows() == 0 || input.rows() + encoded[i].ids.len() <= MAX_ROWS_PER_PASS)
-            {
-                input.push(&encoded[i].ids, &encoded[i].type_ids);
-                i += 1;
-            }
+            let (input, end) = self.pack(encoded, i);
+            i = end;
             let pooled = match &self.device {
                 Some(d) => d.pooled(&input)?,
                 None => {
@@ -129,6 +178,107 @@ impl SentenceEncoder {
         }
         Ok(vectors)
     }
+
+    /// The texts `encoded[from..end]` packed into one pass of at most `rows_per_pass` rows
+    /// (a longer text alone), and `end`.
+    fn pack(&self, encoded: &[Encoded], from: usize) -> (EncoderInput, usize) {
+        let mut input = EncoderInput::new();
+        let mut i = from;
+        while i < encoded.len()
+            && (input.rows() == 0 || input.rows() + encoded[i].ids.len() <= self.rows_per_pass)
+        {
+            input.push(&encoded[i].ids, &encoded[i].type_ids);
+            i += 1;
+        }
+        self.rows_encoded.fetch_add(input.rows(), Ordering::Relaxed);
+        (input, i)
+    }
+
+    /// Unit vectors of the distinct texts `parents`: from the cache where there, the rest
+    /// encoded in one call and kept.
+    fn parent_vectors(&self, parents: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut cache = self.cache();
+        let missing: Vec<&str> = parents
+            .iter()
+            .copied()
+            .filter(|p| cache.get(p).is_none())
+            .collect();
+        let mut fresh = self.embed_encoded(&self.tokenize(&missing)?)?.into_iter();
+        // Read before inserting: the new entries may push out ones this call uses.
+        let vectors: Vec<Vec<f32>> = parents
+            .iter()
+            .map(|p| match cache.get(p) {
+                Some(v) => v.to_vec(),
+                None => fresh.next().expect("one vector per missing parent"),
+            })
+            .collect();
+        for (p, v) in parents.iter().zip(&vectors) {
+            if cache.get(p).is_none() {
+                cache.insert(p, v.clone());
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// Rewards of the pairs (parents[i], children[i]) on `device` under the kernel's shaping code
+    /// `code`: each distinct child encoded once, each pair shaped against its parent's vector
+    /// (cached across calls).
+    fn device_rewards(
+        &self,
+        device: &DeviceEncoder,
+        code: i32,
+        power: f32,
+        parents: &[&str],
+        children: &[&str],
+    ) -> Result<Vec<f32>> {
+        ensure!(
+            parents.len() == children.len(),
+            "{} parent answers for {} child answers",
+            parents.len(),
+            children.len()
+        );
+        let c = self.dim();
+        let (distinct_parents, parent_slot) = distinct(parents.iter().copied());
+        let parent_vecs = self.parent_vectors(&distinct_parents)?;
+        let (distinct_children, child_slot) = distinct(children.iter().copied());
+        let encoded = self.tokenize(&distinct_children)?;
+        let mut rewards = vec![0.0f32; parents.len()];
+        let mut i = 0;
+        while i < encoded.len() {
+            let (input, end) = self.pack(&encoded, i);
+            // The pairs whose child is in this pass: which of its answers, and (P, C) parents.
+            let pairs: Vec<usize> = (0..parents.len())
+                .filter(|&k| (i..end).contains(&child_slot[k]))
+                .collect();
+            let answer: Vec<usize> = pairs.iter().map(|&k| child_slot[k] - i).collect();
+            let mut against = Vec::with_capacity(pairs.len() * c);
+            for &k in &pairs {
+                against.extend_from_slice(&parent_vecs[parent_slot[k]]);
+            }
+            let r = device.rewards(&input, &answer, &against, code, power)?;
+            // Every host shaping gives a finite reward; the device's must too.
+            for (&k, r) in pairs.iter().zip(r) {
+                rewards[k] = if r.is_finite() { r } else { 0.0 };
+            }
+            i = end;
+        }
+        Ok(rewards)
+    }
+}
+
+/// The distinct items in order of first appearance, and each item's index among them.
+fn distinct<T: Copy + Eq + Hash>(items: impl Iterator<Item = T>) -> (Vec<T>, Vec<usize>) {
+    let mut first: HashMap<T, usize> = HashMap::new();
+    let mut kept: Vec<T> = Vec::new();
+    let slot = items
+        .map(|t| {
+            *first.entry(t).or_insert_with(|| {
+                kept.push(t);
+                kept.len() - 1
+            })
+        })
+        .collect();
+    (kept, slot)
 }
 
 impl Embedder for SentenceEncoder {
@@ -144,21 +294,25 @@ impl Embedder for SentenceEncoder {
         if !self.dedup {
             return self.embed_encoded(&self.tokenize(texts)?);
         }
-        let mut first: HashMap<&str, usize> = HashMap::with_capacity(texts.len());
-        let mut distinct: Vec<&str> = Vec::with_capacity(texts.len());
-        let slot: Vec<usize> = texts
-            .iter()
-            .map(|&t| {
-                *first.entry(t).or_insert_with(|| {
-                    distinct.push(t);
-                    distinct.len() - 1
-                })
-            })
-            .collect();
+        let (distinct, slot) = distinct(texts.iter().copied());
         let vectors = self.embed_encoded(&self.tokenize(&distinct)?)?;
         if distinct.len() == texts.len() {
             return Ok(vectors);
         }
         Ok(slot.into_iter().map(|k| vectors[k].clone()).collect())
+    }
+
+    /// On a device and for an embedding shaping: the fused device reward. Else `None`, and the
+    /// caller embeds and shapes on the host.
+    fn shaped_rewards(
+        &self,
+        shaping: Shaping,
+        power: f32,
+        parents: &[&str],
+        children: &[&str],
+    ) -> Option<Result<Vec<f32>>> {
+        let device = self.device.as_ref()?;
+        let code = shape_code(shaping)?;
+        Some(self.device_rewards(device, code, power, parents, children))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod minilm;
 pub mod static_mean;
+pub mod vector_cache;
 pub mod word_vectors;
 
 pub use minilm::{Encoded, MiniLm, SentenceEncoder};

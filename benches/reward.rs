@@ -1,5 +1,6 @@
-//! Reward throughput on the CPU for batches of 50 short answers (1-3 words), the peer being
-//! scripts/peer_reward.py (sentence-transformers on the same answers):
+//! Reward throughput for batches of 50 short answers (1-3 words), one group per device: on the
+//! CPU (`reward_cpu`), the peer being scripts/peer_reward.py (sentence-transformers on the same
+//! answers):
 //! - minilm_embed: all-MiniLM-L6-v2 vectors of 50 answers (one `embed` call), every answer
 //!   through the encoder (repeats included), as in the peer;
 //! - minilm_reward: the whole PGSRM reward of 50 (parent, child) pairs: both sides embedded in one
@@ -8,14 +9,25 @@
 //!   off, so every one of the 100 texts goes through the encoder as it does in the peer;
 //! - static_reward: the same reward with the static word-piece mean embedder.
 //!
+//!
+//! On a CUDA device (`reward_cuda`, when there is one; never the emulated device, which is a
+//! correctness tool and no speed figure):
+//! - minilm_embed: as on the CPU, the encoder on the device;
+//! - minilm_reward: the reward through `shaping::rewards` and the device's `shaped_rewards`:
+//!   each distinct child encoded and shaped in one pass, the parents' vectors from the cache
+//!   (warm after the first call, as on every update after the first in a run);
+//! - minilm_reward_uncached: the same with the cache switched off, the parents encoded every call.
+//!
 //! Throughput is reported per answer (embed) or per reward (reward).
 //!
-//! `cargo bench --bench reward_cpu`; the MiniLM folder comes through the asset code.
+//! `cargo bench --bench reward -- reward_cpu` for the CPU group, `-- reward_cuda` for the device
+//! group; the MiniLM folder comes through the asset code.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pgsrm::cuda::device::Gpu;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::{MINILM_ASSET, SentenceEncoder, StaticMean};
-use pgsrm::reward::shaping::{cosine, pgsrm};
+use pgsrm::reward::shaping::{self, Shaping, cosine, pgsrm};
 use pgsrm::rng::Rng;
 use std::hint::black_box;
 use std::time::Duration;
@@ -116,6 +128,19 @@ fn rewards(e: &dyn Embedder, pair_texts: &[&str]) -> Vec<f32> {
         .collect()
 }
 
+/// The pair texts of a batch through `shaping::rewards`, as training computes them.
+fn shaped(e: &dyn Embedder, pair_texts: &[&str]) -> Vec<f32> {
+    let (parents, children) = pair_texts.split_at(BATCH);
+    shaping::rewards(Some(e), Shaping::Pgsrm, 4.0, parents, children).unwrap()
+}
+
+fn reward(c: &mut Criterion) {
+    reward_cpu(c);
+    if pgsrm::cuda::device_count() > 0 {
+        reward_cuda(c);
+    }
+}
+
 fn reward_cpu(c: &mut Criterion) {
     let dir = pgsrm::assets::resolve_dir(MINILM_ASSET).expect("all-MiniLM-L6-v2");
     let minilm = SentenceEncoder::load(&dir, "minilm").unwrap();
@@ -166,5 +191,52 @@ fn reward_cpu(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, reward_cpu);
+fn reward_cuda(c: &mut Criterion) {
+    let dir = pgsrm::assets::resolve_dir(MINILM_ASSET).expect("all-MiniLM-L6-v2");
+    let load = || {
+        let gpu = Gpu::new(0).expect("CUDA device 0");
+        SentenceEncoder::load(&dir, "minilm")
+            .unwrap()
+            .on_device(gpu)
+            .unwrap()
+    };
+    let minilm_every = load().with_dedup(false);
+    let minilm = load();
+    let minilm_uncached = load().with_parent_cache(0);
+    let batches = draw_batches(16);
+
+    let mut g = c.benchmark_group("reward_cuda");
+    g.sample_size(20);
+    g.warm_up_time(Duration::from_secs(2));
+    g.measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements(BATCH as u64));
+
+    g.bench_function("minilm_embed", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let children = &batches[i % batches.len()][BATCH..];
+            i += 1;
+            black_box(minilm_every.embed(children).unwrap())
+        })
+    });
+    g.bench_function("minilm_reward", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let texts = &batches[i % batches.len()];
+            i += 1;
+            black_box(shaped(&minilm, texts))
+        })
+    });
+    g.bench_function("minilm_reward_uncached", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let texts = &batches[i % batches.len()];
+            i += 1;
+            black_box(shaped(&minilm_uncached, texts))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, reward);
 criterion_main!(benches);
