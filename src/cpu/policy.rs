@@ -14,6 +14,7 @@ use crate::ppo::config::{Baseline, PpoConfig};
 use crate::ppo::loss::{
     ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, kept_tokens, whiten,
 };
+use crate::ppo::steps::step_plan;
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
@@ -249,6 +250,77 @@ fn finite(name: &str, x: f32) -> Result<()> {
     Ok(())
 }
 
+/// The checks every backend makes of a policy's parts (the reference a copy of the policy, the
+/// value head as wide as its hidden state), and the two optimisers it starts from.
+pub fn starting_optimisers(
+    cfg: &PpoConfig,
+    model: &Model,
+    reference: &Model,
+    critic: &Critic,
+) -> Result<(AdamW, AdamW)> {
+    cfg.validate()?;
+    if model.family() != reference.family() || model.num_params() != reference.num_params() {
+        bail!(
+            "the reference model ({}, {} parameters) is not a copy of the policy ({}, {} parameters)",
+            reference.family(),
+            reference.num_params(),
+            model.family(),
+            model.num_params()
+        );
+    }
+    if critic.hidden() != model.hidden_size() {
+        bail!(
+            "the value head reads {} features but the model's hidden state has {}",
+            critic.hidden(),
+            model.hidden_size()
+        );
+    }
+    let actor_opt = AdamW::new(
+        &params(model),
+        cfg.actor_lr,
+        cfg.beta1,
+        cfg.beta2,
+        cfg.eps,
+        cfg.weight_decay,
+    );
+    let critic_opt = AdamW::new(
+        &[&critic.w, &critic.b],
+        cfg.critic_lr,
+        cfg.beta1,
+        cfg.beta2,
+        cfg.eps,
+        cfg.weight_decay,
+    );
+    Ok((actor_opt, critic_opt))
+}
+
+/// Refuses a saved state that does not fit a policy like `model` whose value head reads `hidden`
+/// features and whose optimisers hold `actor_tensors` and `critic_tensors` tensors.
+pub fn check_state_fits(
+    state: &PolicyState,
+    model: &Model,
+    hidden: usize,
+    actor_tensors: usize,
+    critic_tensors: usize,
+) -> Result<()> {
+    if state.model.family() != model.family() || state.model.num_params() != model.num_params() {
+        bail!(
+            "the saved policy ({}, {} parameters) does not match this one ({}, {} parameters)",
+            state.model.family(),
+            state.model.num_params(),
+            model.family(),
+            model.num_params()
+        );
+    }
+    if state.critic.hidden() != hidden
+        || state.actor_opt.m.len() != actor_tensors
+        || state.critic_opt.m.len() != critic_tensors
+    {
+        bail!("the saved value head or optimiser state does not match this policy");
+    }
+    Ok(())
+}
+
 /// The CPU policy: the child being trained, its frozen reference copy, the value head and the
 /// two optimisers.
 pub struct CpuPolicy {
@@ -279,39 +351,7 @@ impl CpuPolicy {
         critic: Critic,
         eos: u32,
     ) -> Result<Self> {
-        cfg.validate()?;
-        if model.family() != reference.family() || model.num_params() != reference.num_params() {
-            bail!(
-                "the reference model ({}, {} parameters) is not a copy of the policy ({}, {} parameters)",
-                reference.family(),
-                reference.num_params(),
-                model.family(),
-                model.num_params()
-            );
-        }
-        if critic.hidden() != model.hidden_size() {
-            bail!(
-                "the value head reads {} features but the model's hidden state has {}",
-                critic.hidden(),
-                model.hidden_size()
-            );
-        }
-        let actor_opt = AdamW::new(
-            &params(&model),
-            cfg.actor_lr,
-            cfg.beta1,
-            cfg.beta2,
-            cfg.eps,
-            cfg.weight_decay,
-        );
-        let critic_opt = AdamW::new(
-            &[&critic.w, &critic.b],
-            cfg.critic_lr,
-            cfg.beta1,
-            cfg.beta2,
-            cfg.eps,
-            cfg.weight_decay,
-        );
+        let (actor_opt, critic_opt) = starting_optimisers(&cfg, &model, &reference, &critic)?;
         Ok(CpuPolicy {
             model,
             reference,
@@ -493,39 +533,17 @@ impl CpuPolicy {
             _ => None,
         };
         let mut total = UpdateLosses::default();
-        let mut order: Vec<usize> = (0..episodes.len()).collect();
-        for _ in 0..epochs {
-            if mb > 1 {
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-            }
-            for k in 0..mb {
-                let lo = k * order.len() / mb;
-                let hi = (k + 1) * order.len() / mb;
-                let s = self.step(
-                    episodes,
-                    &order[lo..hi],
-                    &ref_lp,
-                    old_values.as_deref(),
-                    batch_mean,
-                    kl_coef,
-                    kept_pass.take(),
-                )?;
-                let add = |a: &mut f32, b: f32| *a += b / steps as f32;
-                add(&mut total.policy_loss, s.policy_loss);
-                add(&mut total.value_loss, s.value_loss);
-                add(&mut total.entropy, s.entropy);
-                add(&mut total.kl, s.kl);
-                add(&mut total.actor_loss, s.actor_loss);
-                add(&mut total.critic_loss, s.critic_loss);
-                add(&mut total.approx_kl, s.approx_kl);
-                add(&mut total.clip_fraction, s.clip_fraction);
-                add(&mut total.actor_grad_norm, s.actor_grad_norm);
-                add(&mut total.critic_grad_norm, s.critic_grad_norm);
-                add(&mut total.value_mean, s.value_mean);
-                total.tokens += s.tokens;
-            }
+        for idx in step_plan(episodes.len(), epochs, mb, rng) {
+            let s = self.step(
+                episodes,
+                &idx,
+                &ref_lp,
+                old_values.as_deref(),
+                batch_mean,
+                kl_coef,
+                kept_pass.take(),
+            )?;
+            total.add_step(&s, steps);
         }
         total.kl_coef = kl_coef;
         Ok(total)
@@ -601,23 +619,13 @@ impl PolicyBackend for CpuPolicy {
     }
 
     fn restore(&mut self, state: PolicyState) -> Result<()> {
-        if state.model.family() != self.model.family()
-            || state.model.num_params() != self.model.num_params()
-        {
-            bail!(
-                "the saved policy ({}, {} parameters) does not match this one ({}, {} parameters)",
-                state.model.family(),
-                state.model.num_params(),
-                self.model.family(),
-                self.model.num_params()
-            );
-        }
-        if state.critic.hidden() != self.critic.hidden()
-            || state.actor_opt.m.len() != self.actor_opt.m.len()
-            || state.critic_opt.m.len() != self.critic_opt.m.len()
-        {
-            bail!("the saved value head or optimiser state does not match this policy");
-        }
+        check_state_fits(
+            &state,
+            &self.model,
+            self.critic.hidden(),
+            self.actor_opt.m.len(),
+            self.critic_opt.m.len(),
+        )?;
         self.rollout = None;
         self.grads = None;
         self.model = state.model;

@@ -10,10 +10,13 @@ use super::optim::{self, AdamW};
 use super::policy_model::{DevActs, DevGrads, DevModel};
 use super::refcache::DevRefCache;
 use super::train_batch::TrainBatch;
-use crate::cpu::policy::{ScoredBatch, params, scored_batch};
+use crate::cpu::policy::{
+    ScoredBatch, check_state_fits, params, scored_batch, starting_optimisers,
+};
 use crate::model::spec::Model;
 use crate::ppo::config::{Baseline, PpoConfig};
 use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses, whiten};
+use crate::ppo::steps::step_plan;
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
@@ -67,39 +70,7 @@ impl CudaPolicy {
         critic: Critic,
         eos: u32,
     ) -> Result<Self> {
-        cfg.validate()?;
-        if model.family() != reference.family() || model.num_params() != reference.num_params() {
-            bail!(
-                "the reference model ({}, {} parameters) is not a copy of the policy ({}, {} parameters)",
-                reference.family(),
-                reference.num_params(),
-                model.family(),
-                model.num_params()
-            );
-        }
-        if critic.hidden() != model.hidden_size() {
-            bail!(
-                "the value head reads {} features but the model's hidden state has {}",
-                critic.hidden(),
-                model.hidden_size()
-            );
-        }
-        let actor_opt = crate::ppo::AdamW::new(
-            &params(&model),
-            cfg.actor_lr,
-            cfg.beta1,
-            cfg.beta2,
-            cfg.eps,
-            cfg.weight_decay,
-        );
-        let critic_opt = crate::ppo::AdamW::new(
-            &[&critic.w, &critic.b],
-            cfg.critic_lr,
-            cfg.beta1,
-            cfg.beta2,
-            cfg.eps,
-            cfg.weight_decay,
-        );
+        let (actor_opt, critic_opt) = starting_optimisers(&cfg, &model, &reference, &critic)?;
         let g = &gpu;
         let upload = || -> Result<_> {
             Ok((
@@ -236,7 +207,8 @@ impl CudaPolicy {
             .iter()
             .flat_map(|&i| ref_lp[i].iter().copied())
             .collect();
-        let mut al_dev = DevActorLoss::new(g, m, v)?;
+        let mut al_dev = DevActorLoss::new(g, m, v)
+            .with_context(|| pass_context("the actor's loss", episodes.len(), &sb))?;
         // With no scored token the actor's terms are zero, as on the CPU, and backward skips
         // the head.
         let al = if m > 0 {
@@ -384,38 +356,16 @@ impl CudaPolicy {
             episodes.iter().map(|e| e.reward as f64).sum::<f64>() as f32 / episodes.len() as f32
         });
         let mut total = UpdateLosses::default();
-        let mut order: Vec<usize> = (0..episodes.len()).collect();
-        for _ in 0..epochs {
-            if mb > 1 {
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-            }
-            for k in 0..mb {
-                let lo = k * order.len() / mb;
-                let hi = (k + 1) * order.len() / mb;
-                let s = self.step(
-                    episodes,
-                    &order[lo..hi],
-                    &ref_lp,
-                    old_values.as_deref(),
-                    batch_mean,
-                    kl_coef,
-                )?;
-                let add = |a: &mut f32, b: f32| *a += b / steps as f32;
-                add(&mut total.policy_loss, s.policy_loss);
-                add(&mut total.value_loss, s.value_loss);
-                add(&mut total.entropy, s.entropy);
-                add(&mut total.kl, s.kl);
-                add(&mut total.actor_loss, s.actor_loss);
-                add(&mut total.critic_loss, s.critic_loss);
-                add(&mut total.approx_kl, s.approx_kl);
-                add(&mut total.clip_fraction, s.clip_fraction);
-                add(&mut total.actor_grad_norm, s.actor_grad_norm);
-                add(&mut total.critic_grad_norm, s.critic_grad_norm);
-                add(&mut total.value_mean, s.value_mean);
-                total.tokens += s.tokens;
-            }
+        for idx in step_plan(episodes.len(), epochs, mb, rng) {
+            let s = self.step(
+                episodes,
+                &idx,
+                &ref_lp,
+                old_values.as_deref(),
+                batch_mean,
+                kl_coef,
+            )?;
+            total.add_step(&s, steps);
         }
         total.kl_coef = kl_coef;
         Ok(total)
@@ -488,23 +438,13 @@ impl PolicyBackend for CudaPolicy {
     }
 
     fn restore(&mut self, state: PolicyState) -> Result<()> {
-        if state.model.family() != self.host.family()
-            || state.model.num_params() != self.host.num_params()
-        {
-            bail!(
-                "the saved policy ({}, {} parameters) does not match this one ({}, {} parameters)",
-                state.model.family(),
-                state.model.num_params(),
-                self.host.family(),
-                self.host.num_params()
-            );
-        }
-        if state.critic.hidden() != self.hidden()
-            || state.actor_opt.m.len() != self.actor_opt.m.len()
-            || state.critic_opt.m.len() != self.critic_opt.m.len()
-        {
-            bail!("the saved value head or optimiser state does not match this policy");
-        }
+        check_state_fits(
+            &state,
+            &self.host,
+            self.hidden(),
+            self.actor_opt.m.len(),
+            self.critic_opt.m.len(),
+        )?;
         let g = &self.gpu;
         // Everything is uploaded before anything is replaced: a failed upload leaves this
         // policy as it was.

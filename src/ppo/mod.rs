@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod config;
 pub mod kl;
 pub mod loss;
+pub mod steps;
 pub mod trainer;
 
 pub use adamw::{AdamW, clip_grad_norm};
