@@ -1,7 +1,8 @@
 //! `pgsrm train --device emu`: the whole run on the emulated device (rollouts, MiniLM rewards
 //! with the fused kernel, the update, the optimisers) writes the CPU backend's metrics for the
 //! same seed, the same bits again on repeat, continues a run a CPU checkpoint left, and records
-//! the devices it ran on; a device that cannot be opened stops the run before its folder exists.
+//! the devices it ran on; a device that cannot be opened stops the run before its folder exists,
+//! and one that runs out of memory stops it with its last checkpoint kept.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -226,3 +227,50 @@ fn a_device_that_cannot_open_stops_the_run_before_its_folder() {
         assert!(!dir.join("runs/no-gpu").exists());
     }
 }
+
+#[test]
+fn running_out_of_device_memory_names_the_batch_and_keeps_the_last_checkpoint() {
+    let dir = root("oom");
+    // Two updates of 64 episodes of 8 new tokens on the CPU, a checkpoint after each.
+    let mut first = train("binary", "oom", 128, "cpu");
+    let mut set = |flag: &str, value: &str| {
+        let at = first.iter().position(|a| a == flag).unwrap();
+        first[at + 1] = value.into();
+    };
+    set("--batch-size", "64");
+    set("--checkpoint-every", "1");
+    first.extend(["--max-new-tokens", "8"].map(String::from));
+    ok(&pgsrm(&dir, &args(&first), &[]));
+    let run = dir.join("runs/oom");
+    // Continued on an emulated device with room for the model, its reference and optimiser
+    // moments, but not for the update's logits (512 rows of 50,257).
+    let resume = [
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--episodes",
+        "192",
+        "--device",
+        "emu",
+        "--quiet",
+    ];
+    let out = pgsrm(&dir, &resume, &[("PGSRM_EMU_MEMORY", OOM_LIMIT)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for said in [
+        "training stopped at update 3, a batch of 64 episodes",
+        "step-2, is kept",
+        "out of device memory",
+        "bytes asked for",
+    ] {
+        assert!(err.contains(said), "{said:?} not in: {err}");
+    }
+    assert!(run.join("step-2").is_dir());
+    assert_eq!(metrics(&run).len(), 2);
+}
+
+/// Device memory for the test above: above what resuming needs (the model, its reference and
+/// two optimiser moments, with a second copy of the restored parts while they upload: about
+/// 7 x 28 MB for GPT-2 tiny), below what the update needs on top of four copies (its logits and
+/// their gradient alone are 2 x 103 MB).
+const OOM_LIMIT: &str = "260M";

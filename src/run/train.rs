@@ -376,7 +376,7 @@ pub fn train_run(
                 path.display()
             );
         }
-        let next = trainer.updates() + 1;
+        let (next, batch) = (trainer.updates() + 1, trainer.batch_size());
         let stats = trainer.update().with_context(|| {
             let kept = if last_saved > 0 {
                 format!(
@@ -386,7 +386,7 @@ pub fn train_run(
             } else {
                 "no checkpoint was written yet".to_string()
             };
-            format!("training stopped at update {next} ({kept})")
+            format!("training stopped at update {next}, a batch of {batch} episodes ({kept})")
         })?;
         let mut line = serde_json::to_value(&stats)?;
         let episodes = line

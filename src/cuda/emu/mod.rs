@@ -13,7 +13,7 @@ use compile::{Compiler, KernelDecl};
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
 use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// One launch, as `runtime.cpp` reads it.
@@ -172,6 +172,9 @@ impl Module {
 pub struct HostMem {
     ptr: *mut c_void,
     rt: &'static Runtime,
+    bytes: usize,
+    /// The device's count of bytes in use, which this buffer gives back when dropped.
+    used: Arc<AtomicUsize>,
 }
 
 // SAFETY: the memory is owned by this handle alone; kernels and copies reach it through the
@@ -189,7 +192,8 @@ impl HostMem {
 impl Drop for HostMem {
     fn drop(&mut self) {
         // SAFETY: allocated by this runtime's alloc and freed once.
-        unsafe { (self.rt.free)(self.ptr) }
+        unsafe { (self.rt.free)(self.ptr) };
+        self.used.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -207,6 +211,37 @@ pub struct EmuDevice {
     pub compiler: String,
     shuffle_seed: AtomicU64,
     poison: AtomicU8,
+    /// Bytes of device memory in use, and how many there are (`PGSRM_EMU_MEMORY`; unbounded
+    /// when unset), so that running out of device memory can be tried without a GPU.
+    used: Arc<AtomicUsize>,
+    pub memory: Option<usize>,
+}
+
+/// The environment variable that gives the emulated device a memory size, in bytes or with a
+/// K, M or G suffix (powers of 1024).
+pub const MEMORY_VAR: &str = "PGSRM_EMU_MEMORY";
+
+/// `PGSRM_EMU_MEMORY`'s bytes: `None` when unset.
+fn memory_size() -> Result<Option<usize>> {
+    let Some(text) = std::env::var_os(MEMORY_VAR) else {
+        return Ok(None);
+    };
+    let text = text.to_string_lossy().trim().to_string();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text.as_str(), 'B'),
+    };
+    let scale: usize = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => bail!("{MEMORY_VAR}={text}: give bytes, or a number with K, M or G"),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| anyhow!("{MEMORY_VAR}={text}: give bytes, or a number with K, M or G"))?;
+    Ok(Some(n.saturating_mul(scale)))
 }
 
 /// The byte fresh buffers and shared memory are filled with by default: every float a NaN,
@@ -225,6 +260,8 @@ impl EmuDevice {
             compiler: compiler()?.version.clone(),
             shuffle_seed: AtomicU64::new(0),
             poison: AtomicU8::new(POISON),
+            used: Arc::new(AtomicUsize::new(0)),
+            memory: memory_size()?,
         })
     }
 
@@ -239,14 +276,36 @@ impl EmuDevice {
         self.poison.load(Ordering::Relaxed)
     }
 
-    /// `bytes` of device memory, ending at a guard page; zero-filled.
+    /// `bytes` of device memory, ending at a guard page; zero-filled. Past the device's memory
+    /// size the error is the one a GPU gives.
     pub fn alloc(&self, bytes: usize, align: usize) -> Result<HostMem> {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(limit) = self.memory
+            && before + bytes > limit
+        {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            bail!(
+                "out of device memory (CUDA_ERROR_OUT_OF_MEMORY): {bytes} bytes asked for with \
+                 {before} of the emulated device's {limit} in use ({MEMORY_VAR})"
+            );
+        }
         // SAFETY: plain allocation; null means the mapping failed.
         let ptr = unsafe { (self.rt.alloc)(bytes, align) };
         if ptr.is_null() {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
             bail!("the emulated device could not map {bytes} bytes");
         }
-        Ok(HostMem { ptr, rt: self.rt })
+        Ok(HostMem {
+            ptr,
+            rt: self.rt,
+            bytes,
+            used: self.used.clone(),
+        })
+    }
+
+    /// Bytes of device memory in use.
+    pub fn memory_used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
     }
 
     /// The module of `kernels/<file>`, built and loaded on first use.
