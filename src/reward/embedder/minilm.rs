@@ -256,9 +256,16 @@ impl SentenceEncoder {
                 against.extend_from_slice(&parent_vecs[parent_slot[k]]);
             }
             let r = device.rewards(&input, &answer, &against, code, power)?;
-            // Every host shaping gives a finite reward; the device's must too.
+            // The kernel guards its norms, so only a fault upstream makes a reward non-finite:
+            // say so rather than train on it.
             for (&k, r) in pairs.iter().zip(r) {
-                rewards[k] = if r.is_finite() { r } else { 0.0 };
+                ensure!(
+                    r.is_finite(),
+                    "the device reward of {:?} against {:?} is {r}",
+                    children[k],
+                    parents[k]
+                );
+                rewards[k] = r;
             }
             i = end;
         }
