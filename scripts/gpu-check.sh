@@ -65,14 +65,14 @@ export PGSRM_HOME=${PGSRM_HOME:-$PWD/$OUT/pgsrm-home}
 
 status=0
 "$BIN" info | tee "$OUT/info.txt"
-timeout 300 "$BIN" check --device cuda --save "$OUT/check.json" 2>&1 | tee "$OUT/check.txt"
+timeout 90 "$BIN" check --device cuda --save "$OUT/check.json" 2>&1 | tee "$OUT/check.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 if [ -x gpu-bin/cuda_check ]; then
-    timeout 300 gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
+    timeout 60 gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
 fi
-timeout 240 "$BIN" bench --device cuda 2>&1 | tee "$OUT/bench.jsonl" || status=1
+timeout 60 "$BIN" bench --device cuda 2>&1 | tee "$OUT/bench.jsonl" || status=1
 if python3 -c "import torch, transformers" 2>/dev/null; then
-    timeout 240 python3 scripts/peer_cpu.py --generate --device cuda 2>&1 | tail -3 | tee "$OUT/peer_generate.json"
+    timeout 45 python3 scripts/peer_cpu.py --generate --device cuda 2>&1 | tail -3 | tee "$OUT/peer_generate.json"
 fi
 
 # Training on the device: SmolLM2-135M's shape on colors at the paper's batch.
@@ -84,10 +84,10 @@ train() {  # name, limit in s, reward, episodes
         --episodes "$4" --checkpoint-every 0 --lean-last-checkpoint --keep-checkpoints 1 \
         --runs-dir "$OUT/runs" --run-name "$1" --quiet 2>&1 | tail -3
 }
-train binary 100 binary 20000
+train binary 90 binary 20000
 train pgsrm 40 pgsrm 2500
 if python3 -c "import torch, transformers" 2>/dev/null; then
-    timeout 60 python3 scripts/peer_ppo.py --model smollm2 --hf-dir /tmp/smollm2-shape --workflow tuned \
+    timeout 50 python3 scripts/peer_ppo.py --model smollm2 --hf-dir /tmp/smollm2-shape --workflow tuned \
         --device cuda --batch 50 --warmup 2 --updates 10 2>&1 | tail -2 | tee "$OUT/peer_ppo.json"
 fi
 
