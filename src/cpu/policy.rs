@@ -10,11 +10,11 @@ use crate::model::gpt2::{Gpt2, Gpt2Weights};
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::model::spec::Model;
 use crate::ppo::adamw::{AdamW, clip_coef, clip_grad_norm, grad_norm};
-use crate::ppo::config::{Baseline, PpoConfig};
+use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{
-    ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, kept_tokens, whiten,
+    ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, kept_tokens,
 };
-use crate::ppo::steps::step_plan;
+use crate::ppo::steps::{StepTargets, all_or_nothing, batch_mean, check_finite, step_plan};
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
@@ -243,13 +243,6 @@ fn actor_backward(model: &Model, acts: &mut Acts, dlogits: &[f32], reuse: Option
     grads
 }
 
-fn finite(name: &str, x: f32) -> Result<()> {
-    if !x.is_finite() {
-        bail!("the {name} is {x}; nothing was applied to the weights");
-    }
-    Ok(())
-}
-
 /// The checks every backend makes of a policy's parts (the reference a copy of the policy, the
 /// value head as wide as its hidden state), and the two optimisers it starts from.
 pub fn starting_optimisers(
@@ -412,48 +405,24 @@ impl CpuPolicy {
             .chunks_exact(c)
             .map(|h| self.critic.value(h))
             .collect();
-        let old: Vec<f32> = match old_values {
-            Some(v) => idx.iter().map(|&i| v[i]).collect(),
-            None => values.clone(),
-        };
-        let returns: Vec<f32> = eps.iter().map(|e| e.reward).collect();
-        // A = r - V (or r - mean r), one scalar per sequence on every one of its tokens; V is
-        // detached.
-        let mut adv: Vec<f32> = sb
-            .rows
-            .iter()
-            .map(|&r| returns[r] - batch_mean.unwrap_or(old[r]))
-            .collect();
-        if cfg.whiten_advantages {
-            whiten(&mut adv);
-        }
-        let ref_tok: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| ref_lp[i].iter().copied())
-            .collect();
+        let t = StepTargets::new(
+            cfg, episodes, idx, &sb.rows, &values, old_values, batch_mean, ref_lp,
+        );
         let al = actor_loss(
             &ActorInputs {
                 logits: &logits,
                 vocab: self.model.vocab_size(),
                 tokens: &sb.tokens,
                 old_logprobs: &sb.old_logprobs,
-                ref_logprobs: &ref_tok,
-                advantages: &adv,
+                ref_logprobs: &t.ref_logprobs,
+                advantages: &t.advantages,
             },
             cfg,
             kl_coef,
         );
-        let (value_loss, closs, dv) = critic_loss(&values, &old, &returns, cfg.value_clip);
-        for (name, x) in [
-            ("policy loss", al.policy),
-            ("entropy", al.entropy),
-            ("KL", al.kl),
-            ("actor loss", al.actor),
-            ("value loss", value_loss),
-            ("critic loss", closs),
-        ] {
-            finite(name, x)?;
-        }
+        let (value_loss, closs, dv) =
+            critic_loss(&values, &t.old_values, &t.returns, cfg.value_clip);
+        check_finite(&al, value_loss, closs)?;
         let mut cw = Tensor::zeros(&[c]);
         let mut cb = Tensor::zeros(&[1]);
         for (r, h) in hidden.chunks_exact(c).enumerate() {
@@ -478,21 +447,13 @@ impl CpuPolicy {
         self.critic_opt
             .step(&mut [&mut self.critic.w, &mut self.critic.b], &[&cw, &cb])?;
         self.grads = Some(grads);
-        Ok(UpdateLosses {
-            policy_loss: al.policy,
-            value_loss,
-            entropy: al.entropy,
-            kl: al.kl,
+        Ok(t.losses(
+            &al,
+            (value_loss, closs),
             kl_coef,
-            actor_loss: al.actor,
-            critic_loss: closs,
-            approx_kl: al.approx_kl,
-            clip_fraction: al.clip_fraction,
-            actor_grad_norm: actor_norm,
-            critic_grad_norm: critic_norm,
-            value_mean: old.iter().sum::<f32>() / old.len().max(1) as f32,
-            tokens: sb.tokens.len(),
-        })
+            (actor_norm, critic_norm),
+            sb.tokens.len(),
+        ))
     }
 
     fn update_inner(
@@ -519,9 +480,7 @@ impl CpuPolicy {
         } else {
             None
         };
-        let batch_mean = (self.cfg.baseline == Baseline::BatchMean).then(|| {
-            episodes.iter().map(|e| e.reward as f64).sum::<f64>() as f32 / episodes.len() as f32
-        });
+        let batch_mean = batch_mean(&self.cfg, episodes);
         let mut kept_pass = match rollout {
             Some(r) if steps == 1 && r.matches(episodes) => {
                 let kept: Vec<usize> = episodes
@@ -587,26 +546,12 @@ impl PolicyBackend for CpuPolicy {
         kl_coef: f32,
         rng: &mut Rng,
     ) -> Result<UpdateLosses> {
-        if episodes.is_empty() {
-            bail!("an update needs at least one episode");
-        }
-        let steps = self.cfg.ppo_epochs * self.cfg.minibatches.min(episodes.len());
-        // One step checks everything before it applies anything; several steps need a copy to
-        // fall back to when a later one fails.
-        let saved = (steps > 1).then(|| self.state()).transpose()?;
-        let rng_saved = rng.clone();
         // A kept pass belongs to the weights it ran with: it serves this update or none.
         let rollout = self.rollout.take();
-        match self.update_inner(episodes, kl_coef, rng, rollout) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if let Some(s) = saved {
-                    self.restore(s)?;
-                }
-                *rng = rng_saved;
-                Err(e)
-            }
-        }
+        let cfg = self.cfg.clone();
+        all_or_nothing(self, &cfg, episodes.len(), rng, |p, rng| {
+            p.update_inner(episodes, kl_coef, rng, rollout)
+        })
     }
 
     fn state(&self) -> Result<PolicyState> {

@@ -14,13 +14,13 @@ use crate::cpu::policy::{
     ScoredBatch, check_state_fits, params, scored_batch, starting_optimisers,
 };
 use crate::model::spec::Model;
-use crate::ppo::config::{Baseline, PpoConfig};
-use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses, whiten};
-use crate::ppo::steps::step_plan;
+use crate::ppo::config::PpoConfig;
+use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses};
+use crate::ppo::steps::{StepTargets, all_or_nothing, batch_mean, check_finite, step_plan};
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 
 type Buf = DevBuf<f32>;
 
@@ -43,13 +43,6 @@ pub struct CudaPolicy {
     grads: Option<DevGrads>,
     /// The frozen reference's prompt rows, kept across updates.
     ref_cache: DevRefCache,
-}
-
-fn finite(name: &str, x: f32) -> Result<()> {
-    if !x.is_finite() {
-        bail!("the {name} is {x}; nothing was applied to the weights");
-    }
-    Ok(())
 }
 
 /// What an error of a pass over a batch says about it: an allocation that fails names its bytes,
@@ -188,32 +181,16 @@ impl CudaPolicy {
         );
         let values_dev = self.values_on(&batch, &acts)?;
         let values = g.download(&values_dev)?;
-        let old: Vec<f32> = match old_values {
-            Some(v) => idx.iter().map(|&i| v[i]).collect(),
-            None => values.clone(),
-        };
-        let returns: Vec<f32> = eps.iter().map(|e| e.reward).collect();
-        // A = r - V (or r - mean r), one scalar per sequence on every one of its tokens; V is
-        // detached. Whitening runs on the host: M values.
-        let mut adv: Vec<f32> = sb
-            .rows
-            .iter()
-            .map(|&r| returns[r] - batch_mean.unwrap_or(old[r]))
-            .collect();
-        if cfg.whiten_advantages {
-            whiten(&mut adv);
-        }
-        let ref_tok: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| ref_lp[i].iter().copied())
-            .collect();
+        let t = StepTargets::new(
+            &cfg, episodes, idx, &sb.rows, &values, old_values, batch_mean, ref_lp,
+        );
         let mut al_dev = DevActorLoss::new(g, m, v)
             .with_context(|| pass_context("the actor's loss", episodes.len(), &sb))?;
         // With no scored token the actor's terms are zero, as on the CPU, and backward skips
         // the head.
         let al = if m > 0 {
             let (tokens, old_lp) = (g.upload(&sb.tokens)?, g.upload(&sb.old_logprobs)?);
-            let (reference, advantages) = (g.upload(&ref_tok)?, g.upload(&adv)?);
+            let (reference, advantages) = (g.upload(&t.ref_logprobs)?, g.upload(&t.advantages)?);
             let inp = ActorInputs {
                 logits: acts.logits(),
                 vocab: v,
@@ -233,23 +210,14 @@ impl CudaPolicy {
             &mut closs,
             &mut dv,
             &values_dev,
-            &g.upload(&old)?,
-            &g.upload(&returns)?,
+            &g.upload(&t.old_values)?,
+            &g.upload(&t.returns)?,
             b,
             cfg.value_clip,
         )?;
         let closs = g.download(&closs)?;
         let (value_loss, critic_loss) = (closs[0], closs[1]);
-        for (name, x) in [
-            ("policy loss", al.policy),
-            ("entropy", al.entropy),
-            ("KL", al.kl),
-            ("actor loss", al.actor),
-            ("value loss", value_loss),
-            ("critic loss", critic_loss),
-        ] {
-            finite(name, x)?;
-        }
+        check_finite(&al, value_loss, critic_loss)?;
         let (mut cw, mut cb) = (g.zeros(c)?, g.zeros(1)?);
         kl::value_backward(
             g,
@@ -305,21 +273,13 @@ impl CudaPolicy {
             None,
         )?;
         self.grads = Some(grads);
-        Ok(UpdateLosses {
-            policy_loss: al.policy,
-            value_loss,
-            entropy: al.entropy,
-            kl: al.kl,
+        Ok(t.losses(
+            &al,
+            (value_loss, critic_loss),
             kl_coef,
-            actor_loss: al.actor,
-            critic_loss,
-            approx_kl: al.approx_kl,
-            clip_fraction: al.clip_fraction,
-            actor_grad_norm: actor_norm,
-            critic_grad_norm: critic_norm,
-            value_mean: old.iter().sum::<f32>() / old.len().max(1) as f32,
-            tokens: sb.tokens.len(),
-        })
+            (actor_norm, critic_norm),
+            sb.tokens.len(),
+        ))
     }
 
     fn update_inner(
@@ -352,9 +312,7 @@ impl CudaPolicy {
         } else {
             None
         };
-        let batch_mean = (self.cfg.baseline == Baseline::BatchMean).then(|| {
-            episodes.iter().map(|e| e.reward as f64).sum::<f64>() as f32 / episodes.len() as f32
-        });
+        let batch_mean = batch_mean(&self.cfg, episodes);
         let mut total = UpdateLosses::default();
         for idx in step_plan(episodes.len(), epochs, mb, rng) {
             let s = self.step(
@@ -392,24 +350,10 @@ impl PolicyBackend for CudaPolicy {
         kl_coef: f32,
         rng: &mut Rng,
     ) -> Result<UpdateLosses> {
-        if episodes.is_empty() {
-            bail!("an update needs at least one episode");
-        }
-        let steps = self.cfg.ppo_epochs * self.cfg.minibatches.min(episodes.len());
-        // One step checks everything before it applies anything; several steps need a copy to
-        // fall back to when a later one fails.
-        let saved = (steps > 1).then(|| self.state()).transpose()?;
-        let rng_saved = rng.clone();
-        match self.update_inner(episodes, kl_coef, rng) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if let Some(s) = saved {
-                    self.restore(s)?;
-                }
-                *rng = rng_saved;
-                Err(e)
-            }
-        }
+        let cfg = self.cfg.clone();
+        all_or_nothing(self, &cfg, episodes.len(), rng, |p, rng| {
+            p.update_inner(episodes, kl_coef, rng)
+        })
     }
 
     fn state(&self) -> Result<PolicyState> {
