@@ -23,7 +23,8 @@
 //! `cargo bench --bench reward -- reward_cpu` for the CPU group, `-- reward_cuda` for the device
 //! group; the MiniLM folder comes through the asset code.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use pgsrm::cuda::device::Gpu;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::{MINILM_ASSET, SentenceEncoder, StaticMean};
@@ -141,6 +142,39 @@ fn reward(c: &mut Criterion) {
     }
 }
 
+/// A group of `c` named `name`, set up as every group of this bench.
+fn group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(20);
+    g.warm_up_time(Duration::from_secs(2));
+    g.measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g
+}
+
+/// Times `f` on one batch after another: `f` gets a batch's pair texts (parents, then
+/// children), or with `children_only` its children.
+fn over_batches<R>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    batches: &[Vec<&'static str>],
+    children_only: bool,
+    f: impl Fn(&[&str]) -> R,
+) {
+    g.bench_function(id, |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let texts = &batches[i % batches.len()];
+            i += 1;
+            black_box(f(if children_only {
+                &texts[BATCH..]
+            } else {
+                texts
+            }))
+        })
+    });
+}
+
 fn reward_cpu(c: &mut Criterion) {
     let dir = pgsrm::assets::resolve_dir(MINILM_ASSET).expect("all-MiniLM-L6-v2");
     let minilm = SentenceEncoder::load(&dir, "minilm").unwrap();
@@ -149,44 +183,18 @@ fn reward_cpu(c: &mut Criterion) {
         .with_dedup(false);
     let stat = StaticMean::load(&dir, "static").unwrap();
     let batches = draw_batches(16);
-
-    let mut g = c.benchmark_group("reward_cpu");
-    g.sample_size(20);
-    g.warm_up_time(Duration::from_secs(2));
-    g.measurement_time(Duration::from_secs(6));
-    g.throughput(Throughput::Elements(BATCH as u64));
-
-    g.bench_function("minilm_embed", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let children = &batches[i % batches.len()][BATCH..];
-            i += 1;
-            black_box(minilm_every.embed(children).unwrap())
-        })
+    let mut g = group(c, "reward_cpu");
+    over_batches(&mut g, "minilm_embed", &batches, true, |t| {
+        minilm_every.embed(t).unwrap()
     });
-    g.bench_function("minilm_reward", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let texts = &batches[i % batches.len()];
-            i += 1;
-            black_box(rewards(&minilm, texts))
-        })
+    over_batches(&mut g, "minilm_reward", &batches, false, |t| {
+        rewards(&minilm, t)
     });
-    g.bench_function("minilm_reward_every_text", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let texts = &batches[i % batches.len()];
-            i += 1;
-            black_box(rewards(&minilm_every, texts))
-        })
+    over_batches(&mut g, "minilm_reward_every_text", &batches, false, |t| {
+        rewards(&minilm_every, t)
     });
-    g.bench_function("static_reward", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let texts = &batches[i % batches.len()];
-            i += 1;
-            black_box(rewards(&stat, texts))
-        })
+    over_batches(&mut g, "static_reward", &batches, false, |t| {
+        rewards(&stat, t)
     });
     g.finish();
 }
@@ -204,36 +212,15 @@ fn reward_cuda(c: &mut Criterion) {
     let minilm = load();
     let minilm_uncached = load().with_parent_cache(0);
     let batches = draw_batches(16);
-
-    let mut g = c.benchmark_group("reward_cuda");
-    g.sample_size(20);
-    g.warm_up_time(Duration::from_secs(2));
-    g.measurement_time(Duration::from_secs(6));
-    g.throughput(Throughput::Elements(BATCH as u64));
-
-    g.bench_function("minilm_embed", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let children = &batches[i % batches.len()][BATCH..];
-            i += 1;
-            black_box(minilm_every.embed(children).unwrap())
-        })
+    let mut g = group(c, "reward_cuda");
+    over_batches(&mut g, "minilm_embed", &batches, true, |t| {
+        minilm_every.embed(t).unwrap()
     });
-    g.bench_function("minilm_reward", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let texts = &batches[i % batches.len()];
-            i += 1;
-            black_box(shaped(&minilm, texts))
-        })
+    over_batches(&mut g, "minilm_reward", &batches, false, |t| {
+        shaped(&minilm, t)
     });
-    g.bench_function("minilm_reward_uncached", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            let texts = &batches[i % batches.len()];
-            i += 1;
-            black_box(shaped(&minilm_uncached, texts))
-        })
+    over_batches(&mut g, "minilm_reward_uncached", &batches, false, |t| {
+        shaped(&minilm_uncached, t)
     });
     g.finish();
 }
