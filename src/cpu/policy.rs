@@ -14,7 +14,9 @@ use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{
     ActorInputs, Critic, Episode, UpdateLosses, actor_loss, critic_loss, kept_tokens,
 };
-use crate::ppo::steps::{StepTargets, all_or_nothing, batch_mean, check_finite, step_plan};
+use crate::ppo::steps::{
+    StepTargets, all_or_nothing, batch_mean, check_finite, mean_of_steps, step_count,
+};
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
@@ -469,11 +471,7 @@ impl CpuPolicy {
         let ref_lp =
             self.ref_cache
                 .logprobs(&self.reference, &all, self.eos, self.cfg.train_eos)?;
-        let (epochs, mb) = (
-            self.cfg.ppo_epochs,
-            self.cfg.minibatches.min(episodes.len()),
-        );
-        let steps = epochs * mb;
+        let steps = step_count(&self.cfg, episodes.len());
         // With one step the values of that step's forward are the values before the update.
         let old_values = if steps > 1 {
             Some(self.values(&sb.batch)?)
@@ -491,21 +489,18 @@ impl CpuPolicy {
             }
             _ => None,
         };
-        let mut total = UpdateLosses::default();
-        for idx in step_plan(episodes.len(), epochs, mb, rng) {
-            let s = self.step(
+        let cfg = self.cfg.clone();
+        mean_of_steps(&cfg, episodes.len(), kl_coef, rng, |idx| {
+            self.step(
                 episodes,
-                &idx,
+                idx,
                 &ref_lp,
                 old_values.as_deref(),
                 batch_mean,
                 kl_coef,
                 kept_pass.take(),
-            )?;
-            total.add_step(&s, steps);
-        }
-        total.kl_coef = kl_coef;
-        Ok(total)
+            )
+        })
     }
 }
 
@@ -517,7 +512,7 @@ impl PolicyBackend for CpuPolicy {
         rng: &mut Rng,
     ) -> Result<Vec<Generation>> {
         self.rollout = None;
-        let steps = self.cfg.ppo_epochs * self.cfg.minibatches.min(prompts.len());
+        let steps = step_count(&self.cfg, prompts.len());
         if !(self.reuse_rollout && steps == 1 && params.max_new_tokens > 0) {
             return self.model.generate(prompts, params, self.eos, rng);
         }

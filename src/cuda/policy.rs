@@ -16,7 +16,9 @@ use crate::cpu::policy::{
 use crate::model::spec::Model;
 use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses};
-use crate::ppo::steps::{StepTargets, all_or_nothing, batch_mean, check_finite, step_plan};
+use crate::ppo::steps::{
+    StepTargets, all_or_nothing, batch_mean, check_finite, mean_of_steps, step_count,
+};
 use crate::ppo::trainer::{PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
@@ -301,11 +303,7 @@ impl CudaPolicy {
                 self.cfg.train_eos,
             )
             .with_context(|| pass_context("the reference's pass", episodes.len(), &sb))?;
-        let (epochs, mb) = (
-            self.cfg.ppo_epochs,
-            self.cfg.minibatches.min(episodes.len()),
-        );
-        let steps = epochs * mb;
+        let steps = step_count(&self.cfg, episodes.len());
         // With one step the values of that step's forward are the values before the update.
         let old_values = if steps > 1 {
             Some(self.values(&sb, episodes.len())?)
@@ -313,20 +311,17 @@ impl CudaPolicy {
             None
         };
         let batch_mean = batch_mean(&self.cfg, episodes);
-        let mut total = UpdateLosses::default();
-        for idx in step_plan(episodes.len(), epochs, mb, rng) {
-            let s = self.step(
+        let cfg = self.cfg.clone();
+        mean_of_steps(&cfg, episodes.len(), kl_coef, rng, |idx| {
+            self.step(
                 episodes,
-                &idx,
+                idx,
                 &ref_lp,
                 old_values.as_deref(),
                 batch_mean,
                 kl_coef,
-            )?;
-            total.add_step(&s, steps);
-        }
-        total.kl_coef = kl_coef;
-        Ok(total)
+            )
+        })
     }
 }
 

@@ -174,8 +174,9 @@ pub fn all_or_nothing<B: PolicyBackend>(
     if episodes == 0 {
         bail!("an update needs at least one episode");
     }
-    let steps = cfg.ppo_epochs * cfg.minibatches.min(episodes);
-    let saved = (steps > 1).then(|| backend.state()).transpose()?;
+    let saved = (step_count(cfg, episodes) > 1)
+        .then(|| backend.state())
+        .transpose()?;
     let rng_saved = rng.clone();
     update(backend, rng).or_else(|e| {
         if let Some(s) = saved {
@@ -184,4 +185,28 @@ pub fn all_or_nothing<B: PolicyBackend>(
         *rng = rng_saved;
         Err(e)
     })
+}
+
+/// Optimiser steps in an update of `n` episodes: epochs times minibatches (a minibatch holds at
+/// least one episode).
+pub fn step_count(cfg: &PpoConfig, n: usize) -> usize {
+    cfg.ppo_epochs * cfg.minibatches.min(n)
+}
+
+/// Runs `step` on the episodes of each step of an update of `n` (`step_plan`, from `rng`) and
+/// returns the mean of their losses, reported with the KL coefficient `kl_coef`.
+pub fn mean_of_steps(
+    cfg: &PpoConfig,
+    n: usize,
+    kl_coef: f32,
+    rng: &mut Rng,
+    mut step: impl FnMut(&[usize]) -> Result<UpdateLosses>,
+) -> Result<UpdateLosses> {
+    let steps = step_count(cfg, n);
+    let mut total = UpdateLosses::default();
+    for idx in step_plan(n, cfg.ppo_epochs, cfg.minibatches, rng) {
+        total.add_step(&step(&idx)?, steps);
+    }
+    total.kl_coef = kl_coef;
+    Ok(total)
 }
