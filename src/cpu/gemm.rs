@@ -1,6 +1,7 @@
 //! The one place that calls the `gemm` crate: a safe row-major wrapper with optional transposes.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// c (m, n) = [c +] op(a) @ op(b), all row-major; op(a) is (m, k), op(b) is (k, n).
 /// `ta`/`tb` say that `a` is stored (k, m) / `b` is stored (n, k).
@@ -46,35 +47,117 @@ pub fn sgemm(
     // (row stride, column stride) of each operand as seen in its logical orientation.
     let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+    let a = Operand {
+        ptr: a.as_ptr(),
+        rs: a_rs,
+        cs: a_cs,
+    };
+    let big = m * n * k >= 1 << 18;
+    if big && n >= 2 * COLUMN_BLOCK && n >= 8 * m {
+        // A wide, short product (the LM head: tens of thousands of columns, a few hundred rows)
+        // runs as fixed blocks of columns, one single-threaded call each, spread over the
+        // threads: the crate's own split of such a product ran slower on two threads than on one
+        // (BENCHMARKS.md, the Intel host). The blocks do not depend on the thread count, so
+        // neither does the result.
+        let c = SendPtr(c.as_mut_ptr());
+        let starts: Vec<usize> = (0..n).step_by(COLUMN_BLOCK).collect();
+        starts.par_iter().for_each(|&j0| {
+            let b = Operand {
+                // Column j0 of op(b): offset j0 along its column stride.
+                ptr: b[j0 * b_cs as usize..].as_ptr(),
+                rs: b_rs,
+                cs: b_cs,
+            };
+            let c = &c;
+            // SAFETY: the asserts above bound every index; each block writes its own columns.
+            unsafe {
+                call(
+                    m,
+                    COLUMN_BLOCK.min(n - j0),
+                    k,
+                    c.0.add(j0),
+                    n,
+                    accumulate,
+                    &a,
+                    &b,
+                    Parallelism::None,
+                )
+            };
+        });
+        return;
+    }
+    let b = Operand {
+        ptr: b.as_ptr(),
+        rs: b_rs,
+        cs: b_cs,
+    };
     // Small products are not worth waking the thread pool for.
-    let par = if m * n * k >= 1 << 18 {
+    let par = if big {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
     };
     // SAFETY: the asserts above bound every index the strides can reach.
+    unsafe { call(m, n, k, c.as_mut_ptr(), n, accumulate, &a, &b, par) };
+}
+
+/// Columns per block of a wide product split over threads.
+const COLUMN_BLOCK: usize = 4096;
+
+/// A read-only operand: its first element and its (row, column) strides in its logical shape.
+struct Operand {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: an operand is only read while the product runs.
+unsafe impl Sync for Operand {}
+
+/// The output's address, shared by the blocks that write disjoint columns of it.
+struct SendPtr(*mut f32);
+// SAFETY: the blocks that share it write disjoint elements.
+unsafe impl Sync for SendPtr {}
+
+/// c (m, n; row stride `ldc`) = [c +] a (m, k) @ b (k, n).
+///
+/// # Safety
+/// Every element the shapes and strides reach must lie inside the operands' allocations.
+#[allow(clippy::too_many_arguments)]
+unsafe fn call(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: &Operand,
+    b: &Operand,
+    par: Parallelism,
+) {
+    // SAFETY: as the caller promises.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
             1.0,
             1.0,
             false,
             false,
             false,
             par,
-        );
+        )
     }
 }
 
@@ -100,7 +183,18 @@ mod tests {
 
     #[test]
     fn all_transposes_match_naive() {
-        let (m, n, k) = (37, 29, 71);
+        check_against_naive(37, 29, 71);
+    }
+
+    #[test]
+    fn wide_products_split_by_columns_match_naive() {
+        // Wide and large enough to run as column blocks, with a last block shorter than the rest.
+        let (m, n, k) = (3, 2 * COLUMN_BLOCK + 777, 16);
+        assert!(m * n * k >= 1 << 18 && n >= 8 * m);
+        check_against_naive(m, n, k);
+    }
+
+    fn check_against_naive(m: usize, n: usize, k: usize) {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
             .collect();
