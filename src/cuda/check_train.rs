@@ -9,8 +9,10 @@ use super::check::{Checker, PartsRow, TINY_LLAMA, TOL, randn};
 use super::check_backward::GRAD_TOL;
 use super::device::{DevBuf, Gpu};
 use super::ops_loss::{self as kl, ActorInputs, DevActorLoss};
+use super::policy_model::DevModel;
 use super::train_batch::TrainBatch;
 use crate::cpu::gpt2::Batch;
+use crate::model::spec::Model;
 use crate::ppo::PpoConfig;
 use crate::ppo::loss::{self, Critic};
 use anyhow::Result;
@@ -191,6 +193,37 @@ impl Update {
         losses.extend(g.download(&closs)?);
         Ok((losses, out, cw, cb))
     }
+    /// The device's side of a whole-model row, in the order the CPU's side gives it: the logits,
+    /// the losses, every parameter's gradient (in `named()` order), and the critic's w and b.
+    fn device_row(
+        &self,
+        g: &Gpu,
+        dev: &DevModel,
+        critic: &Critic,
+        cfg: &PpoConfig,
+    ) -> Result<Vec<Vec<f32>>> {
+        let batch = dev.train_batch(g, &self.batch, &self.positions)?;
+        let mut acts = dev.forward(g, &batch)?;
+        let v = dev.vocab_size();
+        let (losses, al, cw, cb) = self.device_loss(
+            g,
+            &batch,
+            acts.logits(),
+            acts.final_hidden(),
+            v,
+            critic,
+            cfg,
+        )?;
+        let mut grads = dev.zero_grads(g)?;
+        dev.backward(g, &batch, &mut acts, &al.dlogits, &mut grads)?;
+        g.sync()?;
+        let mut out = vec![g.download(acts.logits())?, losses];
+        for grad in grads.list() {
+            out.push(g.download(grad)?);
+        }
+        out.extend([g.download(&cw)?, g.download(&cb)?]);
+        Ok(out)
+    }
 }
 
 const KL_COEF: f32 = 0.1;
@@ -234,8 +267,6 @@ fn rows<'a>(family: &'a str, shape: &str, n_params: usize) -> Vec<PartsRow<'a>> 
 }
 
 fn gpt2_training(ck: &mut Checker, config: &str) -> Result<()> {
-    use crate::cuda::gpt2::{GpuGpt2, GpuGpt2Weights};
-    use crate::cuda::gpt2_train::{Gpt2Activations, backward, forward};
     use crate::model::gpt2::{Gpt2, Gpt2Config};
     let cfg: Gpt2Config = serde_json::from_str(config)?;
     let model = Gpt2::random(cfg.clone(), ck.rng.next_u64());
@@ -260,35 +291,14 @@ fn gpt2_training(ck: &mut Checker, config: &str) -> Result<()> {
         cfg.n_layer,
         up.tokens.len()
     );
-    let dev = GpuGpt2::upload(ck.g, &model)?;
+    let dev = DevModel::upload(ck.g, &Model::Gpt2(model))?;
     let n_params = grads.named().len();
     ck.parts_rows(rows("gpt2", &shape, n_params), &wants, |g| {
-        let batch = TrainBatch::new(g, &up.batch, &up.positions, v, cfg.n_positions)?;
-        let mut acts = Gpt2Activations::new(g, &cfg, batch.b, batch.t, batch.m)?;
-        forward(g, &dev, &batch, &mut acts)?;
-        let (losses, al, cw, cb) = up.device_loss(
-            g,
-            &batch,
-            &acts.logits,
-            acts.final_hidden(),
-            v,
-            &critic,
-            &ppo,
-        )?;
-        let mut grads = GpuGpt2Weights::zeros(g, &cfg)?;
-        backward(g, &dev, &batch, &mut acts, &al.dlogits, &mut grads)?;
-        g.sync()?;
-        let mut out = vec![g.download(&acts.logits)?, losses];
-        let grads = grads.download(g, &cfg)?;
-        out.extend(grads.named().into_iter().map(|(_, t)| t.data.clone()));
-        out.extend([g.download(&cw)?, g.download(&cb)?]);
-        Ok(out)
+        up.device_row(g, &dev, &critic, &ppo)
     })
 }
 
 fn llama_training(ck: &mut Checker, name: &str, config: &str) -> Result<()> {
-    use crate::cuda::llama::{GpuLlama, GpuLlamaWeights};
-    use crate::cuda::llama_train::{LlamaActivations, backward, forward};
     use crate::model::llama::{Llama, LlamaConfig};
     let cfg = LlamaConfig::from_json_str(config)?;
     let model = Llama::random(cfg.clone(), ck.rng.next_u64());
@@ -309,28 +319,9 @@ fn llama_training(ck: &mut Checker, name: &str, config: &str) -> Result<()> {
     wants.extend(grads.named().iter().map(|(_, t)| &t.data[..]));
     wants.extend([&cw[..], &cb[..]]);
     let shape = format!("{name} B={b} T={t} M={}", up.tokens.len());
-    let dev = GpuLlama::upload(ck.g, &model)?;
+    let dev = DevModel::upload(ck.g, &Model::Llama(model))?;
     let n_params = grads.named().len();
     ck.parts_rows(rows("llama", &shape, n_params), &wants, |g| {
-        let batch = TrainBatch::new(g, &up.batch, &up.positions, v, cfg.max_position_embeddings)?;
-        let mut acts = LlamaActivations::new(g, &cfg, batch.b, batch.t, batch.m)?;
-        forward(g, &dev, &batch, &mut acts)?;
-        let (losses, al, cw, cb) = up.device_loss(
-            g,
-            &batch,
-            &acts.logits,
-            acts.final_hidden(),
-            v,
-            &critic,
-            &ppo,
-        )?;
-        let mut grads = GpuLlamaWeights::zeros(g, &cfg)?;
-        backward(g, &dev, &batch, &mut acts, &al.dlogits, &mut grads)?;
-        g.sync()?;
-        let mut out = vec![g.download(&acts.logits)?, losses];
-        let grads = grads.download(g, &cfg)?;
-        out.extend(grads.named().into_iter().map(|(_, t)| t.data.clone()));
-        out.extend([g.download(&cw)?, g.download(&cb)?]);
-        Ok(out)
+        up.device_row(g, &dev, &critic, &ppo)
     })
 }
