@@ -9,7 +9,7 @@ use super::ops::{self as k, AttnShape};
 use super::ops_backward::{self as kb, QkvGrad};
 use super::train_batch::TrainBatch;
 use crate::model::llama::LlamaConfig;
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 type Buf = DevBuf<f32>;
 
@@ -123,18 +123,7 @@ impl LlamaActivations {
     }
 
     fn check(&self, batch: &TrainBatch) -> Result<()> {
-        if (self.b, self.t, self.m) != (batch.b, batch.t, batch.m) {
-            bail!(
-                "activations of a {} x {} batch with {} logit rows given a {} x {} batch with {}",
-                self.b,
-                self.t,
-                self.m,
-                batch.b,
-                batch.t,
-                batch.m
-            );
-        }
-        Ok(())
+        batch.check_shape(self.b, self.t, self.m)
     }
 }
 

@@ -91,6 +91,19 @@ impl TrainBatch {
         })
     }
 
+    /// Refuses activations made for a batch of another shape: `b` x `t` with `m` logit rows.
+    pub fn check_shape(&self, b: usize, t: usize, m: usize) -> Result<()> {
+        if (b, t, m) != (self.b, self.t, self.m) {
+            bail!(
+                "activations of a {b} x {t} batch with {m} logit rows given a {} x {} batch with {}",
+                self.b,
+                self.t,
+                self.m
+            );
+        }
+        Ok(())
+    }
+
     /// Rows in the batch, B T.
     pub fn n(&self) -> usize {
         self.b * self.t
