@@ -404,12 +404,7 @@ impl Gpu {
             Dev::Cuda(d) => {
                 // SAFETY: the memory is uninitialised; every user writes before it reads, which
                 // the emulated device's poisoning checks.
-                let s = unsafe { d.stream.alloc::<T>(n) }.map_err(|e| {
-                    anyhow!(
-                        "allocating {n} elements ({} bytes): {e:?}",
-                        n * size_of::<T>()
-                    )
-                })?;
+                let s = unsafe { d.stream.alloc::<T>(n) }.map_err(|e| alloc_error::<T>(n, e))?;
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
@@ -433,12 +428,10 @@ impl Gpu {
     pub fn zeros<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
         match &self.dev {
             Dev::Cuda(d) => {
-                let s = d.stream.alloc_zeros(n).map_err(|e| {
-                    anyhow!(
-                        "allocating {n} elements ({} bytes): {e:?}",
-                        n * size_of::<T>()
-                    )
-                })?;
+                let s = d
+                    .stream
+                    .alloc_zeros(n)
+                    .map_err(|e| alloc_error::<T>(n, e))?;
                 Ok(Self::wrap_cuda(d, s, n))
             }
             Dev::Emu(e) => {
@@ -594,4 +587,12 @@ impl Gpu {
             Dev::Emu(_) => Ok(()),
         }
     }
+}
+
+/// What a failed CUDA allocation of `n` elements of `T` says: the elements, the bytes, the driver.
+fn alloc_error<T>(n: usize, e: impl std::fmt::Debug) -> anyhow::Error {
+    anyhow!(
+        "allocating {n} elements ({} bytes): {e:?}",
+        n * size_of::<T>()
+    )
 }
