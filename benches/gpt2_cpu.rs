@@ -13,6 +13,8 @@ use pgsrm::sample::SamplingParams;
 use std::hint::black_box;
 
 fn train_step(c: &mut Criterion) {
+    // As `pgsrm` itself runs (its `main` sets this first).
+    pgsrm::keep_freed_memory();
     let cfg = Gpt2Config::named("small").expect("named config");
     let model = Gpt2::random(cfg.clone(), 0);
     let (b, t, v) = (4, 64, cfg.vocab_size);

@@ -32,6 +32,8 @@ fn step(m: &Llama, batch: &Batch, positions: &[(usize, usize)]) -> f32 {
 }
 
 fn bench(c: &mut Criterion) {
+    // As `pgsrm` itself runs (its `main` sets this first).
+    pgsrm::keep_freed_memory();
     let cfg = LlamaConfig::from_json_str(SMOLLM2_135M).unwrap();
     let m = Llama::random(cfg, 1);
     let (b, t) = (4, 64);

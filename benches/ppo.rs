@@ -60,6 +60,8 @@ fn gpt2_small(chat_template: Option<String>) -> Loaded {
 }
 
 fn ppo_update(c: &mut Criterion) {
+    // As `pgsrm` itself runs (its `main` sets this first).
+    pgsrm::keep_freed_memory();
     let template = smollm2().chat_template;
     assert!(template.is_some(), "SmolLM2 has a chat template");
     let mut devices = vec!["cpu"];

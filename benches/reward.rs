@@ -136,6 +136,8 @@ fn shaped(e: &dyn Embedder, pair_texts: &[&str]) -> Vec<f32> {
 }
 
 fn reward(c: &mut Criterion) {
+    // As `pgsrm` itself runs (its `main` sets this first).
+    pgsrm::keep_freed_memory();
     reward_cpu(c);
     if pgsrm::cuda::device_count() > 0 {
         reward_cuda(c);

@@ -47,6 +47,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    pgsrm::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score(a) => cli::score::run(a),
