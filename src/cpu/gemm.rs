@@ -101,6 +101,37 @@ pub fn sgemm(
     unsafe { call(m, n, k, c.as_mut_ptr(), n, accumulate, &a, &b, par) };
 }
 
+/// (cols, rows) = the transpose of `src` (rows, cols), both row-major.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(
+        src.len(),
+        rows * cols,
+        "transpose: {rows} x {cols} needs as many values"
+    );
+    let mut dst = vec![0.0f32; rows * cols];
+    if rows == 0 || cols == 0 {
+        return dst;
+    }
+    // A band of TILE output rows (source columns) per task, walked in TILE x TILE tiles so that
+    // both sides stay in cache.
+    const TILE: usize = 32;
+    dst.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let j0 = band * TILE;
+            let width = out.len() / rows;
+            for i0 in (0..rows).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    let row = &src[i * cols + j0..i * cols + j0 + width];
+                    for (jj, &x) in row.iter().enumerate() {
+                        out[jj * rows + i] = x;
+                    }
+                }
+            }
+        });
+    dst
+}
+
 /// Columns per block of a wide product split over threads.
 const COLUMN_BLOCK: usize = 4096;
 
@@ -179,6 +210,23 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn transpose_moves_every_value() {
+        for (rows, cols) in [(1, 1), (3, 70), (70, 3), (33, 65), (64, 32)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&src, rows, cols);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        t[j * rows + i],
+                        src[i * cols + j],
+                        "{rows} x {cols} at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

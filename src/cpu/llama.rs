@@ -8,6 +8,7 @@ pub use crate::cpu::gpt2::Batch;
 use crate::cpu::kv::{Attend, KvCache, RowKv};
 use crate::cpu::ops::*;
 use crate::cpu::prefix::RecordPaths;
+use crate::cpu::transposed::TransposedLlama;
 use crate::model::llama::{Llama, LlamaWeights};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams, sample};
@@ -88,13 +89,32 @@ fn tables(model: &Llama, n: usize) -> (Vec<f32>, Vec<f32>) {
     rope_table(n.max(1), model.config.head_dim(), model.config.rope_theta)
 }
 
+/// out (N, O) = inp (N, I) @ w^T, from the stored w (O, I) or, when given, its transpose (I, O).
+fn project(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &Tensor,
+    wt: Option<&Vec<f32>>,
+    n: usize,
+    i: usize,
+    o: usize,
+) {
+    match wt {
+        Some(wt) => matmul_forward(out, inp, wt, None, n, i, o),
+        None => linear_forward(out, inp, &w.data, n, i, o),
+    }
+}
+
 /// Runs a chunk of N new rows, `tokens` at rotary positions `pos`, through the model, their
 /// attention through `attend` (which keeps their keys and values), and returns the logits (P, V)
 /// of rows `heads` with the final activations. With `acts`, saves what backward needs of a
 /// fresh batch (`Attend::Batch`); with `rec`, copies it into record rows `rec.1..`
-/// (`LlamaActivations::recording`).
+/// (`LlamaActivations::recording`). With `wt`, the projections read that transposed copy of
+/// the weights (`cpu::transposed`).
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &Llama,
+    wt: Option<&TransposedLlama>,
     tokens: &[u32],
     pos: &[usize],
     attend: &mut Attend,
@@ -128,6 +148,7 @@ fn run(
     let mut tmp_q = vec![0.0f32; n * qw];
     let mut tmp_k = vec![0.0f32; n * kw];
     for (li, lw) in w.layers.iter().enumerate() {
+        let lt = wt.map(|t| &t.layers[li]);
         let mut rstd1 = vec![0.0f32; n];
         let mut xn1 = vec![0.0f32; n * c];
         rmsnorm_forward(
@@ -142,15 +163,31 @@ fn run(
         let mut q = vec![0.0f32; n * qw];
         let mut k = vec![0.0f32; n * kw];
         let mut v = vec![0.0f32; n * kw];
-        linear_forward(&mut tmp_q, &xn1, &lw.q_proj.data, n, c, qw);
-        linear_forward(&mut tmp_k, &xn1, &lw.k_proj.data, n, c, kw);
-        linear_forward(&mut v, &xn1, &lw.v_proj.data, n, c, kw);
+        project(
+            &mut tmp_q,
+            &xn1,
+            &lw.q_proj,
+            lt.map(|l| &l.q_proj),
+            n,
+            c,
+            qw,
+        );
+        project(
+            &mut tmp_k,
+            &xn1,
+            &lw.k_proj,
+            lt.map(|l| &l.k_proj),
+            n,
+            c,
+            kw,
+        );
+        project(&mut v, &xn1, &lw.v_proj, lt.map(|l| &l.v_proj), n, c, kw);
         rope_forward(&mut q, &tmp_q, pos, &cos, &sin, n, h, d);
         rope_forward(&mut k, &tmp_k, pos, &cos, &sin, n, kv, d);
         let mut ao = vec![0.0f32; n * qw];
         let att = attend.attend(li, &mut ao, &q, &k, &v, &layout, heads_shape);
         let mut x2 = vec![0.0f32; n * c];
-        linear_forward(&mut x2, &ao, &lw.o_proj.data, n, qw, c);
+        project(&mut x2, &ao, &lw.o_proj, lt.map(|l| &l.o_proj), n, qw, c);
         for (a, &r) in x2.iter_mut().zip(&x) {
             *a += r;
         }
@@ -168,11 +205,27 @@ fn run(
         let mut gate = vec![0.0f32; n * f];
         let mut up = vec![0.0f32; n * f];
         let mut act = vec![0.0f32; n * f];
-        linear_forward(&mut gate, &xn2, &lw.gate_proj.data, n, c, f);
-        linear_forward(&mut up, &xn2, &lw.up_proj.data, n, c, f);
+        project(
+            &mut gate,
+            &xn2,
+            &lw.gate_proj,
+            lt.map(|l| &l.gate_proj),
+            n,
+            c,
+            f,
+        );
+        project(&mut up, &xn2, &lw.up_proj, lt.map(|l| &l.up_proj), n, c, f);
         swiglu_forward(&mut act, &gate, &up, n, f);
         let mut x3 = vec![0.0f32; n * c];
-        linear_forward(&mut x3, &act, &lw.down_proj.data, n, f, c);
+        project(
+            &mut x3,
+            &act,
+            &lw.down_proj,
+            lt.map(|l| &l.down_proj),
+            n,
+            f,
+            c,
+        );
         for (a, &r) in x3.iter_mut().zip(&x2) {
             *a += r;
         }
@@ -224,7 +277,7 @@ fn run(
     let mut rstdf = vec![0.0f32; n];
     let mut xf = vec![0.0f32; n * c];
     rmsnorm_forward(&mut xf, &mut rstdf, &x, &w.norm.data, n, c, eps);
-    let logits = head_forward(w, &xf, heads, c, cfg.vocab_size);
+    let logits = head_forward(w, wt, &xf, heads, c, cfg.vocab_size);
     RunOut {
         logits,
         xl: x,
@@ -252,6 +305,7 @@ struct RunOut {
 /// logits (P, V) = xf[positions] @ head^T
 fn head_forward(
     w: &LlamaWeights,
+    wt: Option<&TransposedLlama>,
     xf: &[f32],
     positions: &[usize],
     c: usize,
@@ -263,7 +317,15 @@ fn head_forward(
         dst.copy_from_slice(&xf[r * c..(r + 1) * c]);
     }
     let mut logits = vec![0.0f32; p * vocab];
-    linear_forward(&mut logits, &sel, &w.head().data, p, c, vocab);
+    project(
+        &mut logits,
+        &sel,
+        w.head(),
+        wt.map(|t| &t.head),
+        p,
+        c,
+        vocab,
+    );
     logits
 }
 
@@ -300,6 +362,7 @@ pub fn forward(
         pos,
     } = run(
         model,
+        None,
         &batch.tokens,
         &pos,
         &mut attend,
@@ -619,7 +682,7 @@ fn run_cached(
 ) -> Vec<f32> {
     let pos = cache.positions(tq);
     let mut attend = Attend::Cache { cache, tq };
-    run(model, tokens, &pos, &mut attend, heads, None, None).logits
+    run(model, None, tokens, &pos, &mut attend, heads, None, None).logits
 }
 
 /// Decodes up to `max_new` tokens after each left-padded prompt through the KV cache. `pick`
@@ -792,9 +855,11 @@ impl LlamaActivations {
 /// Runs new rows of a prefix store (`cpu::prefix`), `tokens` at positions `pos`, row i attending
 /// to the rows of `paths.keys(i)`, and returns the final hidden states (after the last norm) of
 /// rows `heads`, (M, C). With `rec`, the rows' activations are copied into the record at the
-/// store's row numbers.
+/// store's row numbers. With `wt`, the projections read that transposed copy of the weights.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_forward(
     model: &Llama,
+    wt: Option<&TransposedLlama>,
     kv: &mut RowKv,
     tokens: &[u32],
     pos: &[usize],
@@ -806,6 +871,7 @@ pub(crate) fn rows_forward(
     let mut attend = Attend::Rows { kv, paths };
     let out = run(
         model,
+        wt,
         tokens,
         pos,
         &mut attend,
@@ -822,8 +888,15 @@ pub(crate) fn rows_forward(
 }
 
 /// logits (M, V) = hidden (M, C) @ head^T
-pub(crate) fn head_logits(model: &Llama, hidden: &[f32]) -> Vec<f32> {
+pub(crate) fn head_logits(model: &Llama, wt: Option<&TransposedLlama>, hidden: &[f32]) -> Vec<f32> {
     let c = model.config.hidden_size;
     let rows: Vec<usize> = (0..hidden.len() / c).collect();
-    head_forward(&model.weights, hidden, &rows, c, model.config.vocab_size)
+    head_forward(
+        &model.weights,
+        wt,
+        hidden,
+        &rows,
+        c,
+        model.config.vocab_size,
+    )
 }

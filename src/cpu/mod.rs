@@ -21,3 +21,4 @@ pub mod prefix;
 pub mod refcache;
 pub mod rollout;
 pub mod rows;
+pub mod transposed;

@@ -12,7 +12,7 @@
 
 use crate::cpu::kv::RowKv;
 use crate::cpu::prefix::PrefixRows;
-use crate::cpu::rows::RowModel;
+use crate::cpu::rows::{Prepared, RowModel};
 use crate::model::spec::Model;
 use crate::ppo::loss::Episode;
 use crate::ppo::loss::kept_tokens;
@@ -30,6 +30,8 @@ pub struct RefCache {
     rows: PrefixRows,
     /// Keys and values of every row, made for the model on first use.
     kv: Option<RowKv>,
+    /// The model's weights prepared for its forwards (`RowModel::prepare`), made with `kv`.
+    prep: Option<Prepared>,
     /// (R, C) the final hidden state of every row.
     hidden: Vec<f32>,
     /// C, the width of a hidden state.
@@ -68,6 +70,7 @@ impl RefCache {
         RefCache {
             rows: PrefixRows::default(),
             kv: None,
+            prep: None,
             hidden: Vec::new(),
             width: 0,
             prompts: HashSet::new(),
@@ -101,6 +104,7 @@ impl RefCache {
     pub fn clear(&mut self) {
         self.truncate(0);
         self.kv = None;
+        self.prep = None;
         self.width = 0;
     }
 
@@ -171,6 +175,7 @@ impl RefCache {
         let c = model.hidden_size();
         if self.kv.is_none() {
             self.kv = Some(model.row_kv());
+            self.prep = Some(model.prepare());
             self.width = c;
         }
 
@@ -204,6 +209,7 @@ impl RefCache {
             let heads: Vec<usize> = (0..all - kept).collect();
             let kv = self.kv.as_mut().expect("made above");
             let hidden = model.rows_forward(
+                self.prep.as_ref().expect("made with kv"),
                 kv,
                 &self.rows.tokens[kept..all],
                 &self.rows.pos[kept..all],
@@ -220,7 +226,8 @@ impl RefCache {
                 picked.extend_from_slice(&self.hidden[row * c..(row + 1) * c]);
             }
         }
-        let logits = model.head_logits(&picked);
+        let prep = self.prep.as_ref().expect("made with kv");
+        let logits = model.head_logits(prep, &picked);
         let v = vocab as usize;
         let tokens: Vec<u32> = active
             .iter()

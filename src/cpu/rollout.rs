@@ -7,7 +7,7 @@
 
 use crate::cpu::kv::RowKv;
 use crate::cpu::prefix::{PrefixRows, RecordPaths};
-use crate::cpu::rows::RowModel;
+use crate::cpu::rows::{Prepared, RowModel};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams, sample_step};
 use anyhow::{Result, bail};
@@ -91,12 +91,16 @@ pub fn generate_recorded<M: RowModel>(
     let paths = rows.paths(0..rows.len());
     let mut record = model.recording(&rows.pos, eos);
     let mut kv: RowKv = model.row_kv();
+    // The stored weights: the policy's change every update, and transposing them for one
+    // rollout (`cpu::transposed`) cost more than it saved.
+    let prep = Prepared::Nothing;
 
     // The prompts' rows, each shared prefix once; the first step's logits at each distinct end.
     let mut ends: Vec<usize> = prompt_end.clone();
     ends.sort_unstable();
     ends.dedup();
     let hidden = model.rows_forward(
+        &prep,
         &mut kv,
         &rows.tokens[..prompt_rows],
         &rows.pos[..prompt_rows],
@@ -104,7 +108,7 @@ pub fn generate_recorded<M: RowModel>(
         &ends,
         Some(&mut record),
     );
-    let first = model.head_logits(&hidden);
+    let first = model.head_logits(&prep, &hidden);
     let mut logits = Vec::with_capacity(s * b * v);
     for e in &prompt_end {
         let u = ends
@@ -123,6 +127,7 @@ pub fn generate_recorded<M: RowModel>(
         let lo = prompt_rows + step * b;
         rows.tokens[lo..lo + b].copy_from_slice(&next);
         let hidden = model.rows_forward(
+            &prep,
             &mut kv,
             &next,
             &rows.pos[lo..lo + b],
@@ -133,7 +138,7 @@ pub fn generate_recorded<M: RowModel>(
         if !more {
             break;
         }
-        logits.extend_from_slice(&model.head_logits(&hidden));
+        logits.extend_from_slice(&model.head_logits(&prep, &hidden));
     }
     Ok(Rollout {
         generations: out,

@@ -6,8 +6,27 @@ use crate::cpu::kv::{Attend, RowKv};
 use crate::cpu::llama::{self, LlamaActivations};
 use crate::cpu::ops::PathsRef;
 use crate::cpu::prefix::RecordPaths;
+use crate::cpu::transposed::TransposedLlama;
 use crate::model::gpt2::Gpt2;
 use crate::model::llama::Llama;
+
+/// What a run of forwards over the same weights makes once (`RowModel::prepare`) and passes to
+/// each: a Llama's weights transposed (`cpu::transposed`). It belongs to those weights, as the keys
+/// and values of a `RowKv` do; one made for other weights, or for the other family, is not read.
+pub enum Prepared {
+    /// GPT-2 reads its weights as stored (its Conv1D projections are already (in, out)).
+    Nothing,
+    Llama(TransposedLlama),
+}
+
+impl Prepared {
+    fn llama(&self) -> Option<&TransposedLlama> {
+        match self {
+            Prepared::Llama(t) => Some(t),
+            Prepared::Nothing => None,
+        }
+    }
+}
 
 /// A model whose forward pass runs on prefix rows and can keep what backward needs.
 pub trait RowModel {
@@ -30,11 +49,16 @@ pub trait RowModel {
     /// Zeroed activations of rows at positions `pos` (N), tokens `pad` until fed.
     fn recording(&self, pos: &[usize], pad: u32) -> Self::Record;
 
+    /// What forwards over the weights as they are now read instead of the stored weights.
+    fn prepare(&self) -> Prepared;
+
     /// Runs `tokens` at positions `pos` as new rows of `kv`, row i attending to the rows of
     /// `paths.keys(i)`, and returns the final hidden states (after the last norm) of rows `heads`,
     /// (M, C). With `rec`, the activations go to the record rows numbered as the store's.
+    #[allow(clippy::too_many_arguments)]
     fn rows_forward(
         &self,
+        prep: &Prepared,
         kv: &mut RowKv,
         tokens: &[u32],
         pos: &[usize],
@@ -44,7 +68,7 @@ pub trait RowModel {
     ) -> Vec<f32>;
 
     /// logits (M, V) of final hidden states (M, C).
-    fn head_logits(&self, hidden: &[f32]) -> Vec<f32>;
+    fn head_logits(&self, prep: &Prepared, hidden: &[f32]) -> Vec<f32>;
 
     /// Completes a record for backward with dlogits at record rows `rows`.
     fn finish_record(&self, rec: &mut Self::Record, rows: Vec<usize>, paths: RecordPaths);
@@ -76,8 +100,13 @@ impl RowModel for Gpt2 {
         Gpt2Activations::recording(self, pos.iter().map(|&p| p as u32).collect(), pad)
     }
 
+    fn prepare(&self) -> Prepared {
+        Prepared::Nothing
+    }
+
     fn rows_forward(
         &self,
+        _prep: &Prepared,
         kv: &mut RowKv,
         tokens: &[u32],
         pos: &[usize],
@@ -98,7 +127,7 @@ impl RowModel for Gpt2 {
         )
     }
 
-    fn head_logits(&self, hidden: &[f32]) -> Vec<f32> {
+    fn head_logits(&self, _prep: &Prepared, hidden: &[f32]) -> Vec<f32> {
         gpt2::head_forward(self, hidden)
     }
 
@@ -135,8 +164,13 @@ impl RowModel for Llama {
         LlamaActivations::recording(self, pos.to_vec(), pad)
     }
 
+    fn prepare(&self) -> Prepared {
+        Prepared::Llama(TransposedLlama::of(self))
+    }
+
     fn rows_forward(
         &self,
+        prep: &Prepared,
         kv: &mut RowKv,
         tokens: &[u32],
         pos: &[usize],
@@ -144,11 +178,11 @@ impl RowModel for Llama {
         heads: &[usize],
         rec: Option<&mut LlamaActivations>,
     ) -> Vec<f32> {
-        llama::rows_forward(self, kv, tokens, pos, paths, heads, rec)
+        llama::rows_forward(self, prep.llama(), kv, tokens, pos, paths, heads, rec)
     }
 
-    fn head_logits(&self, hidden: &[f32]) -> Vec<f32> {
-        llama::head_logits(self, hidden)
+    fn head_logits(&self, prep: &Prepared, hidden: &[f32]) -> Vec<f32> {
+        llama::head_logits(self, prep.llama(), hidden)
     }
 
     fn finish_record(&self, rec: &mut LlamaActivations, rows: Vec<usize>, paths: RecordPaths) {
