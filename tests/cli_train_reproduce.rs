@@ -251,3 +251,65 @@ fn ctrl_c_writes_a_checkpoint_before_exiting() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The lines of a metrics file without the fields that time the machine.
+fn figures(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("seconds");
+            m.remove("episodes_per_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn runs_trained_at_once_give_the_figures_of_runs_one_at_a_time() {
+    let dir = root("jobs");
+    // Two threads: one run at a time gets both, two at once get one each.
+    for jobs in ["1", "2"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+            .current_dir(&dir)
+            .env("RAYON_NUM_THREADS", "2")
+            .args(["reproduce", "--task", "colors", "--model", "random:tiny"])
+            .args(["--seeds", "3,4", "--episodes", "12", "--batch-size", "6"])
+            .args(["--jobs", jobs, "--out", &format!("rep{jobs}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        if jobs == "2" {
+            assert!(err.contains("2 runs at once, 1 thread(s) each"), "{err}");
+        }
+    }
+    for reward in ["pgsrm", "binary"] {
+        for seed in [3, 4] {
+            let run = format!("colors-{reward}-seed{seed}");
+            let (one, two) = (dir.join("rep1").join(&run), dir.join("rep2").join(&run));
+            assert_eq!(
+                figures(&one.join("metrics.jsonl")),
+                figures(&two.join("metrics.jsonl")),
+                "{run}"
+            );
+            assert_eq!(
+                std::fs::read(one.join("episodes.jsonl")).unwrap(),
+                std::fs::read(two.join("episodes.jsonl")).unwrap(),
+                "{run}"
+            );
+            // The evaluation names its checkpoint's path, which differs; nothing else may.
+            let eval = |d: &Path| {
+                let mut v: Value =
+                    serde_json::from_str(&std::fs::read_to_string(d.join("eval.json")).unwrap())
+                        .unwrap();
+                v.as_object_mut().unwrap().remove("model");
+                v
+            };
+            assert_eq!(eval(&one), eval(&two), "{run}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,7 +3,7 @@
 //! `report.md` with plots compares them: per task, and with several tasks one table and one
 //! figure over all of them.
 
-use crate::cli::train;
+use crate::cli::train::{self, lock};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use pgsrm::cuda::DeviceChoice;
@@ -20,6 +20,8 @@ use pgsrm::run::report::{
 use pgsrm::tasks::NAMES;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -50,6 +52,11 @@ pub struct Args {
     /// cpu, cuda, or emu (the emulated device; for checking, it is slow)
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    /// Runs trained at once, the threads shared among them (default: on the CPU one per thread,
+    /// at most one per 8 GiB of memory available; one when the runs may go to a GPU). The
+    /// figures do not depend on it
+    #[arg(long)]
+    jobs: Option<usize>,
     /// No progress lines
     #[arg(long)]
     quiet: bool,
@@ -323,62 +330,53 @@ pub fn run(args: Args) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut progress = JobProgress::new(planned);
-    let embedder = pgsrm::reward::embedder::by_name(
-        &args.embedder,
-        &EmbedderOptions {
-            device: Some(device_for(&args.embedder, args.device)),
-            ..Default::default()
-        },
-    )?;
-    let mut reports = Vec::new();
     let n = jobs.len();
-    let mut finished_before = 0;
-    for (k, job) in jobs.iter().enumerate() {
-        if !args.quiet {
-            eprintln!(
-                "\nreproduce: run {} of {n} ({} task, {} reward, seed {})",
-                k + 1,
-                job.task,
-                job.reward,
-                job.seed
-            );
-        }
-        if job.dir.join(CONFIG).is_file() && latest_checkpoint(&job.dir)?.is_none() {
-            // Stopped before its one checkpoint: nothing in it can be continued.
-            eprintln!(
-                "{}: stopped before its checkpoint; starting it again",
-                job.dir.display()
-            );
-            std::fs::remove_dir_all(&job.dir)
-                .with_context(|| format!("cannot clear {}", job.dir.display()))?;
-        }
-        progress.start_run(k);
-        let path = if job.complete()? {
-            finished_before += 1;
-            // Trained already: its last checkpoint is only read, for evaluation.
-            progress.resume_run(progress.runs()[k].episodes);
-            job.dir.clone()
-        } else {
-            train::train_with(&parse_train(&job.argv(&args))?, Some(&mut progress))?
-        };
-        let te = Instant::now();
-        evaluate_run(&path, job.task, embedder.as_ref(), args.device, args.quiet)?;
-        progress.record_eval(te.elapsed().as_secs_f64());
-        let last_of_task = jobs.get(k + 1).is_none_or(|next| next.task != job.task);
-        if last_of_task {
-            // One task's report says the whole job's wall time; several tasks' reports leave
-            // it to the report over them.
-            let wall = single.then(|| t0.elapsed().as_secs_f64());
-            reports.push(task_report(
-                job.task,
-                &jobs,
-                &task_dir(job.task),
-                &out,
-                wall,
-            )?);
-        }
+    let parallel = args
+        .jobs
+        .unwrap_or_else(|| default_parallel(args.device))
+        .clamp(1, n.max(1));
+    let threads = (rayon::current_num_threads() / parallel).max(1);
+    if !args.quiet && parallel > 1 {
+        eprintln!("reproduce: {parallel} runs at once, {threads} thread(s) each");
     }
+    let shared = Shared {
+        args: &args,
+        jobs: &jobs,
+        single,
+        out: &out,
+        task_dir: &task_dir,
+        t0,
+        progress: Mutex::new(JobProgress::new(planned, parallel)),
+        next: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        done: Mutex::new(Done {
+            evaluated: vec![false; n],
+            reports: Vec::new(),
+            finished_before: 0,
+        }),
+    };
+    let errors: Vec<anyhow::Error> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..parallel)
+            .map(|_| s.spawn(|| shared.worker(threads)))
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| match w.join() {
+                Ok(result) => result.err(),
+                Err(_) => Some(anyhow::anyhow!("a run panicked")),
+            })
+            .collect()
+    });
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first);
+    }
+    let Done {
+        mut reports,
+        finished_before,
+        ..
+    } = shared.done.into_inner().unwrap_or_else(|e| e.into_inner());
+    // In the order of `--task`, whichever finished first.
+    reports.sort_by_key(|r| tasks.iter().position(|&t| t == r.task));
     let wall = t0.elapsed().as_secs_f64();
     if !single {
         let read = if finished_before > 0 {
@@ -410,6 +408,151 @@ pub fn run(args: Args) -> Result<()> {
         wall_time(wall)
     );
     Ok(())
+}
+
+/// Memory a run may take, for the default number of runs at once: a SmolLM2 run of the fallback
+/// peaks at 6.3 GB resident (policy, reference and its transposed copy, gradients, moments,
+/// activations, the checkpoint's copy of the state), with room to spare.
+const MEMORY_PER_RUN: u64 = 8 << 30;
+
+/// Runs trained at once unless `--jobs` says: on the CPU one per thread of the pool, at most one
+/// per `MEMORY_PER_RUN` of the memory available; one when the runs may go to a GPU.
+fn default_parallel(device: DeviceChoice) -> usize {
+    let on_cpu = match device {
+        DeviceChoice::Cpu => true,
+        DeviceChoice::Auto => !pgsrm::cuda::driver_present(),
+        DeviceChoice::Cuda | DeviceChoice::Emu => false,
+    };
+    if !on_cpu {
+        return 1;
+    }
+    let threads = rayon::current_num_threads();
+    let by_memory = available_memory().map_or(threads, |b| (b / MEMORY_PER_RUN) as usize);
+    threads.min(by_memory).max(1)
+}
+
+/// Bytes of memory available to new work (`MemAvailable` of /proc/meminfo), where known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What the runs of a job share while several train at once.
+struct Shared<'a> {
+    args: &'a Args,
+    jobs: &'a [Job],
+    single: bool,
+    out: &'a Path,
+    task_dir: &'a (dyn Fn(&str) -> PathBuf + Sync),
+    t0: Instant,
+    progress: Mutex<JobProgress>,
+    /// The next job no run has taken yet.
+    next: AtomicUsize,
+    /// Set when a run fails: the others finish their run and take no other.
+    failed: AtomicBool,
+    done: Mutex<Done>,
+}
+
+/// The runs evaluated so far, and the reports of the tasks they complete.
+struct Done {
+    evaluated: Vec<bool>,
+    reports: Vec<TaskReport>,
+    finished_before: usize,
+}
+
+impl Shared<'_> {
+    /// Takes jobs until none is left, each trained and evaluated on a pool of `threads`
+    /// threads. A run's figures do not depend on its threads (the products split their work
+    /// the same way on any number), so neither do they on how many runs train at once.
+    fn worker(&self, threads: usize) -> Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .context("cannot start the threads of a run")?;
+        pool.install(|| {
+            let args = self.args;
+            let embedder = pgsrm::reward::embedder::by_name(
+                &args.embedder,
+                &EmbedderOptions {
+                    device: Some(device_for(&args.embedder, args.device)),
+                    ..Default::default()
+                },
+            )?;
+            while !self.failed.load(Ordering::SeqCst) {
+                let k = self.next.fetch_add(1, Ordering::SeqCst);
+                if k >= self.jobs.len() {
+                    break;
+                }
+                if let Err(e) = self.run_job(k, embedder.as_ref()) {
+                    self.failed.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Trains job `k` (or reads it, when it is finished already), evaluates it, and writes its
+    /// task's report when it is the last of that task's runs to be evaluated.
+    fn run_job(&self, k: usize, embedder: &dyn Embedder) -> Result<()> {
+        let (args, job, n) = (self.args, &self.jobs[k], self.jobs.len());
+        if !args.quiet {
+            eprintln!(
+                "\nreproduce: run {} of {n} ({} task, {} reward, seed {})",
+                k + 1,
+                job.task,
+                job.reward,
+                job.seed
+            );
+        }
+        if job.dir.join(CONFIG).is_file() && latest_checkpoint(&job.dir)?.is_none() {
+            // Stopped before its one checkpoint: nothing in it can be continued.
+            eprintln!(
+                "{}: stopped before its checkpoint; starting it again",
+                job.dir.display()
+            );
+            std::fs::remove_dir_all(&job.dir)
+                .with_context(|| format!("cannot clear {}", job.dir.display()))?;
+        }
+        lock(&self.progress).start_run(k);
+        let path = if job.complete()? {
+            lock_done(&self.done).finished_before += 1;
+            // Trained already: its last checkpoint is only read, for evaluation.
+            let mut p = lock(&self.progress);
+            let episodes = p.runs()[k].episodes;
+            p.resume_run(k, episodes);
+            job.dir.clone()
+        } else {
+            train::train_with(&parse_train(&job.argv(args))?, Some((&self.progress, k)))?
+        };
+        let te = Instant::now();
+        evaluate_run(&path, job.task, embedder, args.device, args.quiet)?;
+        lock(&self.progress).record_eval(te.elapsed().as_secs_f64());
+        let task_done = {
+            let mut done = lock_done(&self.done);
+            done.evaluated[k] = true;
+            self.jobs
+                .iter()
+                .zip(&done.evaluated)
+                .all(|(j, &e)| e || j.task != job.task)
+        };
+        if task_done {
+            // One task's report says the whole job's wall time; several tasks' reports leave
+            // it to the report over them.
+            let wall = self.single.then(|| self.t0.elapsed().as_secs_f64());
+            let dir = (self.task_dir)(job.task);
+            let report = task_report(job.task, self.jobs, &dir, self.out, wall)?;
+            lock_done(&self.done).reports.push(report);
+        }
+        Ok(())
+    }
+}
+
+/// The finished runs, also after a run that held them panicked.
+fn lock_done(d: &Mutex<Done>) -> MutexGuard<'_, Done> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes the report of `task`'s runs into `dir` and returns what the report over tasks needs.

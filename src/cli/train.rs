@@ -9,8 +9,8 @@ use pgsrm::run::progress::JobProgress;
 use pgsrm::run::train::{Event, TrainOptions, train_run};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -145,9 +145,9 @@ pub fn train(args: &Args) -> Result<PathBuf> {
     train_with(args, None)
 }
 
-/// `train` as one run of a job: the progress line is the job's (`JobProgress`), whose current
-/// run this is.
-pub fn train_with(args: &Args, mut job: Option<&mut JobProgress>) -> Result<PathBuf> {
+/// `train` as run `k` of a job: the progress line is the job's (`JobProgress`), shared with the
+/// job's other runs.
+pub fn train_with(args: &Args, job: Option<(&Mutex<JobProgress>, usize)>) -> Result<PathBuf> {
     // Set once per process: a second handler cannot be set, so every run of a job shares it.
     static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     let stop = STOP.get_or_init(|| {
@@ -179,8 +179,8 @@ pub fn train_with(args: &Args, mut job: Option<&mut JobProgress>) -> Result<Path
             checkpoint,
             episodes,
         } => {
-            if let Some(j) = job.as_deref_mut() {
-                j.resume_run(episodes);
+            if let Some((j, k)) = job {
+                lock(j).resume_run(k, episodes);
             }
             if !quiet {
                 eprintln!(
@@ -190,14 +190,16 @@ pub fn train_with(args: &Args, mut job: Option<&mut JobProgress>) -> Result<Path
             }
         }
         Event::Update { stats, total } => {
-            let line = match job.as_deref_mut() {
-                Some(j) => {
+            let line = match job {
+                Some((j, k)) => {
+                    let mut j = lock(j);
                     j.record_update(
+                        k,
                         stats.episodes.len() as u64,
                         stats.seconds as f64,
                         stats.episode,
                     );
-                    j.line(stats.episodes_per_s, stats.reward_mean, stats.losses.kl)
+                    j.line(k, stats.episodes_per_s, stats.reward_mean, stats.losses.kl)
                 }
                 None => format!(
                     "update {} | episodes {}/{total} | {:.2} episodes/s | reward {:.4} | KL {:.5}",
@@ -233,4 +235,9 @@ pub fn train_with(args: &Args, mut job: Option<&mut JobProgress>) -> Result<Path
 
 pub fn run(args: Args) -> Result<()> {
     train(&args).map(|_| ())
+}
+
+/// The job's progress, also after a run that held it panicked: it is only figures for a line.
+pub fn lock(j: &Mutex<JobProgress>) -> MutexGuard<'_, JobProgress> {
+    j.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,9 +1,10 @@
 //! Progress of a job of several training runs (`pgsrm reproduce`): which run of how many, how
-//! fast the current one goes, and about how long the whole job has left.
+//! fast it goes, and about how long the whole job has left.
 //!
 //! The time left is estimated from the job's own pace: seconds per episode of each task as its
 //! updates so far took them (a task not started yet at the pace of every episode so far), times
-//! the episodes left, plus the held-out evaluations left at their mean time so far.
+//! the episodes left, plus the held-out evaluations left at their mean time so far; with several
+//! runs trained at once, that work is shared among them.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -21,9 +22,10 @@ pub struct PlannedRun {
 pub struct JobProgress {
     runs: Vec<PlannedRun>,
     started: Instant,
-    /// The run being trained, and its episodes done so far.
-    current: usize,
-    current_done: u64,
+    /// Episodes each run has done so far, in this job or before it.
+    done: Vec<u64>,
+    /// Runs trained at once: the job's work left is shared among them.
+    parallel: usize,
     /// Per task: episodes trained in this job and the seconds their updates took.
     pace: HashMap<String, (u64, f64)>,
     /// Evaluations done and their seconds.
@@ -41,12 +43,13 @@ pub fn duration(seconds: f64) -> String {
 }
 
 impl JobProgress {
-    pub fn new(runs: Vec<PlannedRun>) -> Self {
+    /// The progress of `runs`, `parallel` of them trained at once.
+    pub fn new(runs: Vec<PlannedRun>, parallel: usize) -> Self {
         JobProgress {
+            done: vec![0; runs.len()],
             runs,
             started: Instant::now(),
-            current: 0,
-            current_done: 0,
+            parallel: parallel.max(1),
             pace: HashMap::new(),
             evals: (0, 0.0),
         }
@@ -56,26 +59,29 @@ impl JobProgress {
         &self.runs
     }
 
-    /// Run `k` (from 0) starts.
+    /// Run `k` (from 0) starts from nothing.
     pub fn start_run(&mut self, k: usize) {
-        self.current = k.min(self.runs.len().saturating_sub(1));
-        self.current_done = 0;
+        if let Some(d) = self.done.get_mut(k) {
+            *d = 0;
+        }
     }
 
-    /// The current run continues from a checkpoint with `done` of its episodes done.
-    pub fn resume_run(&mut self, done: u64) {
-        self.current_done = done;
+    /// Run `k` continues from a checkpoint with `done` of its episodes done.
+    pub fn resume_run(&mut self, k: usize, done: u64) {
+        if let Some(d) = self.done.get_mut(k) {
+            *d = done;
+        }
     }
 
-    /// An update of the current run took `seconds` for `episodes` episodes; the run has
-    /// `done` episodes now.
-    pub fn record_update(&mut self, episodes: u64, seconds: f64, done: u64) {
-        if let Some(run) = self.runs.get(self.current) {
+    /// An update of run `k` took `seconds` for `episodes` episodes; the run has `done`
+    /// episodes now.
+    pub fn record_update(&mut self, k: usize, episodes: u64, seconds: f64, done: u64) {
+        if let Some(run) = self.runs.get(k) {
             let p = self.pace.entry(run.task.clone()).or_insert((0, 0.0));
             p.0 += episodes;
             p.1 += seconds;
+            self.done[k] = done;
         }
-        self.current_done = done;
     }
 
     /// An evaluation took `seconds`.
@@ -98,31 +104,29 @@ impl JobProgress {
         (n > 0).then(|| s / n as f64)
     }
 
-    /// Seconds the job has left: the current run's episodes left and every later run's, at
-    /// their tasks' pace, and one evaluation per run not yet evaluated at the mean evaluation
-    /// time (none counted before the first). `None` before any update.
+    /// Seconds the job has left: every run's episodes left at its task's pace, and one
+    /// evaluation per run not yet evaluated at the mean evaluation time (none counted before the
+    /// first), all shared among the runs trained at once. `None` before any update.
     pub fn seconds_left(&self) -> Option<f64> {
         let evals_left = self.runs.len().saturating_sub(self.evals.0);
         let mut left = 0.0;
-        for (k, run) in self.runs.iter().enumerate().skip(self.current) {
-            let todo = if k == self.current {
-                run.episodes.saturating_sub(self.current_done)
-            } else {
-                run.episodes
-            };
-            left += todo as f64 * self.seconds_per_episode(&run.task)?;
+        for (run, &done) in self.runs.iter().zip(&self.done) {
+            let todo = run.episodes.saturating_sub(done);
+            if todo > 0 {
+                left += todo as f64 * self.seconds_per_episode(&run.task)?;
+            }
         }
         if self.evals.0 > 0 {
             left += evals_left as f64 * self.evals.1 / self.evals.0 as f64;
         }
-        Some(left)
+        Some(left / self.parallel as f64)
     }
 
-    /// The progress line of the current run after an update: which run, its episodes,
+    /// The progress line of run `k` after an update: which run, its episodes,
     /// `episodes_per_s`, its reward and KL, the job's time so far and left.
-    pub fn line(&self, episodes_per_s: f32, reward: f32, kl: f32) -> String {
+    pub fn line(&self, k: usize, episodes_per_s: f32, reward: f32, kl: f32) -> String {
         let n = self.runs.len();
-        let Some(run) = self.runs.get(self.current) else {
+        let Some(run) = self.runs.get(k) else {
             return String::new();
         };
         let left = match self.seconds_left() {
@@ -131,11 +135,11 @@ impl JobProgress {
         };
         format!(
             "run {} of {n} ({} {}, seed {}) | episodes {}/{} | {episodes_per_s:.2} episodes/s | reward {reward:.4} | KL {kl:.5} | {} so far, {left}",
-            self.current + 1,
+            k + 1,
             run.task,
             run.reward,
             run.seed,
-            self.current_done,
+            self.done[k],
             run.episodes,
             duration(self.started.elapsed().as_secs_f64()),
         )
