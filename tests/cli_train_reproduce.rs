@@ -286,6 +286,16 @@ fn runs_trained_at_once_give_the_figures_of_runs_one_at_a_time() {
             assert!(err.contains("2 runs at once, 1 thread(s) each"), "{err}");
         }
     }
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsrm"))
+        .current_dir(&dir)
+        .args(["reproduce", "--task", "colors", "--jobs", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--jobs: give at least 1"),
+        "{err}"
+    );
     for reward in ["pgsrm", "binary"] {
         for seed in [3, 4] {
             let run = format!("colors-{reward}-seed{seed}");

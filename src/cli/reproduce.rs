@@ -1,7 +1,8 @@
 //! `pgsrm reproduce`: the paper's comparison on one task, several or all five. PGSRM and the binary
 //! baseline train on the same seeds, each run is evaluated on its task's held-out prompts, and
 //! `report.md` with plots compares them: per task, and with several tasks one table and one
-//! figure over all of them.
+//! figure over all of them. On the CPU several runs train at once (`--jobs`), each on its own
+//! share of the threads; a run's figures do not depend on that.
 
 use crate::cli::train::{self, lock};
 use anyhow::{Context, Result, bail};
@@ -288,6 +289,9 @@ fn settings_line(cfg: &Value) -> String {
 pub fn run(args: Args) -> Result<()> {
     if args.seeds.is_empty() {
         bail!("--seeds: give at least one seed");
+    }
+    if args.jobs == Some(0) {
+        bail!("--jobs: give at least 1 (runs trained at once)");
     }
     let tasks = parse_tasks(&args.task)?;
     let t0 = Instant::now();
