@@ -147,6 +147,10 @@ fn run(
     }
     let mut tmp_q = vec![0.0f32; n * qw];
     let mut tmp_k = vec![0.0f32; n * kw];
+    // This chunk's projections, from the layer's transposed copy when there is one.
+    let proj = |out: &mut [f32], inp: &[f32], w: &Tensor, t: Option<&Vec<f32>>, i, o| {
+        project(out, inp, w, t, n, i, o)
+    };
     for (li, lw) in w.layers.iter().enumerate() {
         let lt = wt.map(|t| &t.layers[li]);
         let mut rstd1 = vec![0.0f32; n];
@@ -163,31 +167,15 @@ fn run(
         let mut q = vec![0.0f32; n * qw];
         let mut k = vec![0.0f32; n * kw];
         let mut v = vec![0.0f32; n * kw];
-        project(
-            &mut tmp_q,
-            &xn1,
-            &lw.q_proj,
-            lt.map(|l| &l.q_proj),
-            n,
-            c,
-            qw,
-        );
-        project(
-            &mut tmp_k,
-            &xn1,
-            &lw.k_proj,
-            lt.map(|l| &l.k_proj),
-            n,
-            c,
-            kw,
-        );
-        project(&mut v, &xn1, &lw.v_proj, lt.map(|l| &l.v_proj), n, c, kw);
+        proj(&mut tmp_q, &xn1, &lw.q_proj, lt.map(|l| &l.q_proj), c, qw);
+        proj(&mut tmp_k, &xn1, &lw.k_proj, lt.map(|l| &l.k_proj), c, kw);
+        proj(&mut v, &xn1, &lw.v_proj, lt.map(|l| &l.v_proj), c, kw);
         rope_forward(&mut q, &tmp_q, pos, &cos, &sin, n, h, d);
         rope_forward(&mut k, &tmp_k, pos, &cos, &sin, n, kv, d);
         let mut ao = vec![0.0f32; n * qw];
         let att = attend.attend(li, &mut ao, &q, &k, &v, &layout, heads_shape);
         let mut x2 = vec![0.0f32; n * c];
-        project(&mut x2, &ao, &lw.o_proj, lt.map(|l| &l.o_proj), n, qw, c);
+        proj(&mut x2, &ao, &lw.o_proj, lt.map(|l| &l.o_proj), qw, c);
         for (a, &r) in x2.iter_mut().zip(&x) {
             *a += r;
         }
@@ -205,27 +193,18 @@ fn run(
         let mut gate = vec![0.0f32; n * f];
         let mut up = vec![0.0f32; n * f];
         let mut act = vec![0.0f32; n * f];
-        project(
+        proj(
             &mut gate,
             &xn2,
             &lw.gate_proj,
             lt.map(|l| &l.gate_proj),
-            n,
             c,
             f,
         );
-        project(&mut up, &xn2, &lw.up_proj, lt.map(|l| &l.up_proj), n, c, f);
+        proj(&mut up, &xn2, &lw.up_proj, lt.map(|l| &l.up_proj), c, f);
         swiglu_forward(&mut act, &gate, &up, n, f);
         let mut x3 = vec![0.0f32; n * c];
-        project(
-            &mut x3,
-            &act,
-            &lw.down_proj,
-            lt.map(|l| &l.down_proj),
-            n,
-            f,
-            c,
-        );
+        proj(&mut x3, &act, &lw.down_proj, lt.map(|l| &l.down_proj), f, c);
         for (a, &r) in x3.iter_mut().zip(&x2) {
             *a += r;
         }
