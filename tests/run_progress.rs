@@ -70,6 +70,11 @@ fn runs_trained_at_once_share_the_time_left() {
         line.starts_with("run 2 of 3 (colors binary, seed 1) | episodes 8/40"),
         "{line}"
     );
+    // The last run left trains alone: its time is not shared.
+    p.record_update(0, 32, 32.0, 40);
+    p.record_update(1, 32, 32.0, 40);
+    let left = p.seconds_left().unwrap();
+    assert!((left - 20.0).abs() < 1e-9, "{left}");
 }
 
 #[test]

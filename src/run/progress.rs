@@ -106,20 +106,23 @@ impl JobProgress {
 
     /// Seconds the job has left: every run's episodes left at its task's pace, and one
     /// evaluation per run not yet evaluated at the mean evaluation time (none counted before the
-    /// first), all shared among the runs trained at once. `None` before any update.
+    /// first), all shared among the runs trained at once (as many as there are runs left to
+    /// train). `None` before any update.
     pub fn seconds_left(&self) -> Option<f64> {
         let evals_left = self.runs.len().saturating_sub(self.evals.0);
         let mut left = 0.0;
+        let mut unfinished = 0;
         for (run, &done) in self.runs.iter().zip(&self.done) {
             let todo = run.episodes.saturating_sub(done);
             if todo > 0 {
                 left += todo as f64 * self.seconds_per_episode(&run.task)?;
+                unfinished += 1;
             }
         }
         if self.evals.0 > 0 {
             left += evals_left as f64 * self.evals.1 / self.evals.0 as f64;
         }
-        Some(left / self.parallel as f64)
+        Some(left / self.parallel.min(unfinished).max(1) as f64)
     }
 
     /// The progress line of run `k` after an update: which run, its episodes,
