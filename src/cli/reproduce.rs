@@ -21,8 +21,8 @@ use pgsrm::run::report::{
 use pgsrm::tasks::NAMES;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -522,7 +522,7 @@ impl Shared<'_> {
         }
         lock(&self.progress).start_run(k);
         let path = if job.complete()? {
-            lock_done(&self.done).finished_before += 1;
+            lock(&self.done).finished_before += 1;
             // Trained already: its last checkpoint is only read, for evaluation.
             let mut p = lock(&self.progress);
             let episodes = p.runs()[k].episodes;
@@ -535,7 +535,7 @@ impl Shared<'_> {
         evaluate_run(&path, job.task, embedder, args.device, args.quiet)?;
         lock(&self.progress).record_eval(te.elapsed().as_secs_f64());
         let task_done = {
-            let mut done = lock_done(&self.done);
+            let mut done = lock(&self.done);
             done.evaluated[k] = true;
             self.jobs
                 .iter()
@@ -548,15 +548,10 @@ impl Shared<'_> {
             let wall = self.single.then(|| self.t0.elapsed().as_secs_f64());
             let dir = (self.task_dir)(job.task);
             let report = task_report(job.task, self.jobs, &dir, self.out, wall)?;
-            lock_done(&self.done).reports.push(report);
+            lock(&self.done).reports.push(report);
         }
         Ok(())
     }
-}
-
-/// The finished runs, also after a run that held them panicked.
-fn lock_done(d: &Mutex<Done>) -> MutexGuard<'_, Done> {
-    d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes the report of `task`'s runs into `dir` and returns what the report over tasks needs.

@@ -237,7 +237,8 @@ pub fn run(args: Args) -> Result<()> {
     train(&args).map(|_| ())
 }
 
-/// The job's progress, also after a run that held it panicked: it is only figures for a line.
-pub fn lock(j: &Mutex<JobProgress>) -> MutexGuard<'_, JobProgress> {
-    j.lock().unwrap_or_else(|e| e.into_inner())
+/// What a job's runs share (its progress, its finished runs), also after a run that held it
+/// panicked: the others still report what they did.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -61,9 +61,7 @@ impl JobProgress {
 
     /// Run `k` (from 0) starts from nothing.
     pub fn start_run(&mut self, k: usize) {
-        if let Some(d) = self.done.get_mut(k) {
-            *d = 0;
-        }
+        self.resume_run(k, 0);
     }
 
     /// Run `k` continues from a checkpoint with `done` of its episodes done.
