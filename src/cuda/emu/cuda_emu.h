@@ -34,12 +34,18 @@
 // (no `__noinline__`: the C++ library's headers use that word inside their own attributes)
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static thread_local
 
 struct uint3 {
     unsigned x, y, z;
 };
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 struct dim3 {
     unsigned x, y, z;

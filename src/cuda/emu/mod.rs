@@ -2,7 +2,7 @@
 //! on the CPU, each CUDA thread a fiber, blocks spread over the cores (see `cuda_emu.h` and
 //! `runtime.cpp`). It is reached through the same `Gpu`, buffers and launches as a real device,
 //! so the launchers and host models run on it unchanged, and it checks what a GPU run does not:
-//! barriers every thread must reach, warp masks, races (threads in a seeded random order),
+//! barriers every thread must reach, warp masks, races (threads in other orders: `Schedule`),
 //! reads of unwritten memory (poisoned buffers and shared memory) and out-of-bounds accesses
 //! (guard pages). It is a correctness tool, never a speed figure.
 
@@ -13,7 +13,7 @@ use compile::{Compiler, KernelDecl};
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
 use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// One launch, as `runtime.cpp` reads it.
@@ -26,7 +26,8 @@ struct LaunchDesc {
     grid: [c_uint; 3],
     block: [c_uint; 3],
     dyn_smem: usize,
-    shuffle_seed: u64,
+    schedule: c_int,
+    seed: u64,
     poison: c_int,
     error: *mut c_char,
     error_cap: usize,
@@ -168,6 +169,32 @@ impl Module {
     }
 }
 
+/// The order in which the threads of a block run between barriers (runtime.cpp's `EmuSchedule`,
+/// where each is explained). Each thread runs until it waits at a barrier or a warp collective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Passes over the threads in index order (the default).
+    InOrder,
+    /// Passes over the threads in a random order drawn from the seed anew each pass.
+    Shuffled(u64),
+    /// Warp 0 until none of its lanes can run, then warp 1, and so on.
+    WarpsForward,
+    /// The last warp first; the lanes of each warp in a random order drawn from the seed (in
+    /// index order for seed 0).
+    WarpsReverse(u64),
+}
+
+impl Schedule {
+    fn code(self) -> (c_int, u64) {
+        match self {
+            Schedule::InOrder => (0, 0),
+            Schedule::Shuffled(seed) => (1, seed),
+            Schedule::WarpsForward => (2, 0),
+            Schedule::WarpsReverse(seed) => (3, seed),
+        }
+    }
+}
+
 /// Device memory of the emulated device: host memory between guard pages.
 pub struct HostMem {
     ptr: *mut c_void,
@@ -209,7 +236,7 @@ pub struct EmuDevice {
     rt: &'static Runtime,
     pub workers: usize,
     pub compiler: String,
-    shuffle_seed: AtomicU64,
+    schedule: Mutex<Schedule>,
     poison: AtomicU8,
     /// Bytes of device memory in use, and how many there are (`PGSRM_EMU_MEMORY`; unbounded
     /// when unset), so that running out of device memory can be tried without a GPU.
@@ -258,18 +285,22 @@ impl EmuDevice {
             rt,
             workers,
             compiler: compiler()?.version.clone(),
-            shuffle_seed: AtomicU64::new(0),
+            schedule: Mutex::new(Schedule::InOrder),
             poison: AtomicU8::new(POISON),
             used: Arc::new(AtomicUsize::new(0)),
             memory: memory_size()?,
         })
     }
 
-    /// How the threads of a block are ordered between barriers (0: by index; else a seeded random
-    /// order per pass) and the byte fresh buffers and shared memory are poisoned with.
-    pub fn set_schedule(&self, shuffle_seed: u64, poison: u8) {
-        self.shuffle_seed.store(shuffle_seed, Ordering::Relaxed);
+    /// How the threads of a block are ordered between barriers, and the byte fresh buffers and
+    /// shared memory are poisoned with.
+    pub fn set_schedule(&self, schedule: Schedule, poison: u8) {
+        *self.schedule.lock().unwrap() = schedule;
         self.poison.store(poison, Ordering::Relaxed);
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        *self.schedule.lock().unwrap()
     }
 
     pub fn poison(&self) -> u8 {
@@ -370,6 +401,7 @@ impl EmuDevice {
             .collect();
         let name = CString::new(entry)?;
         let mut error = vec![0u8; 4096];
+        let (schedule, seed) = self.schedule().code();
         let desc = LaunchDesc {
             kernel: k.entry,
             args: ptrs.as_mut_ptr(),
@@ -378,7 +410,8 @@ impl EmuDevice {
             grid,
             block,
             dyn_smem,
-            shuffle_seed: self.shuffle_seed.load(Ordering::Relaxed),
+            schedule,
+            seed,
             poison: self.poison() as c_int,
             error: error.as_mut_ptr() as *mut c_char,
             error_cap: error.len(),

@@ -2,9 +2,9 @@
 // - fibers: one per CUDA thread, on stack regions aligned to their size (the header of each
 //   region is the `emu::Thread` kernels read), reused from block to block, never zero-filled;
 // - the block scheduler: a block's fibers run on one OS thread, each until it waits at a barrier
-//   or a warp collective, in thread order or in a seeded random order per pass; a barrier that not
-//   every thread reaches, a collective that cannot complete and a mask that names missing lanes
-//   are reported with the kernel's name and block instead of hanging;
+//   or a warp collective, under one of four schedules (`EmuSchedule`); a barrier that not every
+//   thread reaches, a collective that cannot complete and a mask that names missing lanes are
+//   reported with the kernel's name and block instead of hanging;
 // - device memory: every buffer ends (and starts) at an inaccessible guard page, so an access
 //   past either end faults; a fault inside a kernel becomes the launch's error;
 // - worker threads: the blocks of a launch spread over the cores.
@@ -29,6 +29,22 @@
 #define EMU_ASM_SWITCH 1
 #endif
 
+// The order in which a block's threads run between barriers. Each thread runs until it waits (at a
+// barrier or a warp collective) or exits; a pass gives every thread that can run one turn.
+// - THREADS_IN_ORDER: passes over the threads in index order;
+// - THREADS_SHUFFLED: passes over the threads in a seeded random order, drawn anew each pass;
+// - WARPS_FORWARD: warp 0's lanes until none of them can run (all wait at the barrier or have
+//   exited), then warp 1's, and so on; the lanes of a warp in index order;
+// - WARPS_REVERSE: the same from the last warp to the first, the lanes of a warp in a seeded
+//   random order (drawn anew each pass over the warp) when the seed is not 0.
+// Shuffling threads hides a race between warps when the warp collectives before the conflicting
+// access hold one side back for several passes (a warp that reads a shared array, sums over its
+// lanes and writes the array again for the next round: every read of the round happens in the
+// first pass, every write passes later). A warp-serial schedule runs one warp through its
+// collectives to the barrier before the next warp starts, so any two warps meet in both orders
+// over the two warp-serial schedules, and a missing barrier between them changes the bits.
+enum EmuSchedule { THREADS_IN_ORDER, THREADS_SHUFFLED, WARPS_FORWARD, WARPS_REVERSE };
+
 struct EmuLaunchDesc {
     void (*kernel)(void**);
     void** args;
@@ -37,8 +53,9 @@ struct EmuLaunchDesc {
     unsigned grid[3];
     unsigned block[3];
     size_t dyn_smem;
-    uint64_t shuffle_seed;  // 0: the threads of a block run in index order
-    int poison;             // the byte fresh shared memory is filled with
+    int schedule;   // an EmuSchedule
+    uint64_t seed;  // of the random orders
+    int poison;     // the byte fresh shared memory is filled with
     char* error;
     size_t error_cap;
 };
@@ -175,6 +192,12 @@ struct Worker {
     std::vector<TlsBlock> tls;
     std::vector<unsigned> order;
     uint64_t rng = 0;
+    // Warp-serial schedules: the warps in the order they run, the warp being run (its place in
+    // `warp_order`) and the next place in `lanes`, the order of its lanes.
+    std::vector<unsigned> warp_order;
+    unsigned warp_cursor = 0, lane_cursor = 0;
+    unsigned lanes[32];
+    bool shuffle_lanes = false;
 };
 
 // Read by the signal handler: initial-exec, so reading it never allocates.
@@ -274,8 +297,44 @@ std::string where_block(Worker* w) {
     __builtin_trap();
 }
 
+uint64_t splitmix(uint64_t& s) {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void shuffle(unsigned* v, unsigned n, uint64_t& rng) {
+    for (unsigned i = n; i > 1; i--) std::swap(v[i - 1], v[splitmix(rng) % i]);
+}
+
+// A new pass over the lanes of the warp being run.
+void start_lanes(Worker* w) {
+    w->lane_cursor = 0;
+    if (w->shuffle_lanes) shuffle(w->lanes, 32, w->rng);
+}
+
+// The next fiber of a warp-serial pass: the warp being run keeps the turn while any of its lanes
+// can run (a collective its last lane completed wakes the others), then the next warp takes it.
+Fiber* next_ready_warp_serial(Worker* w) {
+    while (w->warp_cursor < w->warp_order.size()) {
+        unsigned base = w->warp_order[w->warp_cursor] * 32;
+        unsigned width = std::min(32u, w->n - base);
+        while (w->lane_cursor < 32) {
+            unsigned l = w->lanes[w->lane_cursor++];
+            if (l < width && w->fibers[base + l]->state == READY) return w->fibers[base + l];
+        }
+        bool again = false;
+        for (unsigned l = 0; l < width && !again; l++) again = w->fibers[base + l]->state == READY;
+        if (!again) w->warp_cursor++;
+        start_lanes(w);
+    }
+    return nullptr;
+}
+
 // The next fiber of this pass that can run, or null when the pass is over.
 Fiber* next_ready(Worker* w) {
+    if (w->launch->d->schedule >= WARPS_FORWARD) return next_ready_warp_serial(w);
     while (w->cursor < w->n) {
         Fiber* f = w->fibers[w->order[w->cursor++]];
         if (f->state == READY) return f;
@@ -435,13 +494,6 @@ void poison_shared(Worker* w, const EmuLaunchDesc* d) {
     if (d->dyn_smem) memset(w->dyn.data(), d->poison, d->dyn_smem);
 }
 
-uint64_t splitmix(uint64_t& s) {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 // Releases the barrier every live thread waits at, or explains why it cannot be released.
 bool release_barrier(Worker* w) {
     unsigned live = w->n - w->exited;
@@ -534,7 +586,11 @@ bool run_block(Worker* w, Launch* L, unsigned b) {
     }
     w->order.resize(n);
     for (unsigned i = 0; i < n; i++) w->order[i] = i;
-    w->rng = d->shuffle_seed ^ (0xA24BAED4963EE407ull * (b + 1));
+    w->rng = d->seed ^ (0xA24BAED4963EE407ull * (b + 1));
+    w->warp_order.resize(nwarps);
+    for (unsigned i = 0; i < nwarps; i++) w->warp_order[i] = d->schedule == WARPS_REVERSE ? nwarps - 1 - i : i;
+    for (unsigned l = 0; l < 32; l++) w->lanes[l] = l;
+    w->shuffle_lanes = d->schedule == WARPS_REVERSE && d->seed != 0;
 
     if (sigsetjmp(w->jmp, 1)) {
         w->error = fault_message(w);
@@ -543,9 +599,10 @@ bool run_block(Worker* w, Launch* L, unsigned b) {
     // A pass runs every READY thread once, in `order`, each until it waits or exits; the threads
     // hand over to one another directly and the last one returns here.
     for (;;) {
-        if (d->shuffle_seed)
-            for (unsigned i = n; i > 1; i--) std::swap(w->order[i - 1], w->order[splitmix(w->rng) % i]);
+        if (d->schedule == THREADS_SHUFFLED) shuffle(w->order.data(), n, w->rng);
         w->cursor = 0;
+        w->warp_cursor = 0;
+        start_lanes(w);
         if (Fiber* f = next_ready(w)) {
             w->current = f;
             w->in_fiber = 1;
