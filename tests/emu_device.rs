@@ -1,12 +1,13 @@
 //! The emulated device's own checks, on deliberately broken kernels kept in tests/emu_kernels/
-//! (never in kernels/): a missing barrier caught by running a block's threads in another order, a
+//! (never in kernels/): a missing barrier caught by running a block's threads in another order,
+//! races between warps caught by running warps one after another in both orders, a
 //! barrier half the block never reaches named by kernel and block, a write past the end of a
 //! buffer caught by its guard page, a shuffle reading outside its mask, an integer division by
 //! zero and a stack overflow; then the errors a GPU
 //! gives for launches no device accepts, and a compile error naming the file and line.
 
 use pgsrm::cuda::device::{Arg, Gpu, Grid};
-use pgsrm::cuda::emu::POISON;
+use pgsrm::cuda::emu::{POISON, Schedule};
 
 fn emu() -> Gpu {
     Gpu::emulated().expect("the emulated device needs a C++ compiler (c++ or $CXX)")
@@ -17,14 +18,15 @@ const DIVERGENT: &str = include_str!("emu_kernels/divergent_barrier.cu");
 const OUT_OF_BOUNDS: &str = include_str!("emu_kernels/out_of_bounds.cu");
 const WARP_MASK: &str = include_str!("emu_kernels/warp_mask.cu");
 const FAULTS: &str = include_str!("emu_kernels/faults.cu");
+const WARP_RACES: &str = include_str!("emu_kernels/warp_races.cu");
 
 /// Runs a reversal kernel of missing_barrier.cu over 4 blocks of 256 under a schedule.
-fn reverse(g: &Gpu, entry: &str, shuffle_seed: u64, poison: u8) -> Vec<f32> {
+fn reverse(g: &Gpu, entry: &str, schedule: Schedule, poison: u8) -> Vec<f32> {
     let n = 1024;
     let input: Vec<f32> = (0..n).map(|i| i as f32).collect();
     let din = g.upload(&input).unwrap();
     let mut out = g.alloc::<f32>(n).unwrap();
-    g.emu().unwrap().set_schedule(shuffle_seed, poison);
+    g.emu().unwrap().set_schedule(schedule, poison);
     let r = g.launch_source(
         "tests/emu_kernels/missing_barrier.cu",
         MISSING_BARRIER,
@@ -32,7 +34,7 @@ fn reverse(g: &Gpu, entry: &str, shuffle_seed: u64, poison: u8) -> Vec<f32> {
         Grid::linear(n, 256),
         &[(&mut out).into(), (&din).into()],
     );
-    g.emu().unwrap().set_schedule(0, POISON);
+    g.emu().unwrap().set_schedule(Schedule::InOrder, POISON);
     r.unwrap();
     g.download(&out).unwrap()
 }
@@ -44,8 +46,8 @@ fn a_missing_barrier_changes_the_bits_under_another_schedule() {
         .map(|i| ((i / 256) * 256 + 255 - i % 256) as f32)
         .collect();
     // The barrier in place: right, and the same bits whatever the order of the threads.
-    let a = reverse(&g, "reverse_with_barrier", 0, POISON);
-    let b = reverse(&g, "reverse_with_barrier", 12345, 0x7f);
+    let a = reverse(&g, "reverse_with_barrier", Schedule::InOrder, POISON);
+    let b = reverse(&g, "reverse_with_barrier", Schedule::Shuffled(12345), 0x7f);
     assert_eq!(a, want);
     assert_eq!(
         a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -53,8 +55,13 @@ fn a_missing_barrier_changes_the_bits_under_another_schedule() {
     );
     // Without it: a thread that runs before its partner reads poisoned shared memory, and which
     // threads those are depends on the schedule.
-    let a = reverse(&g, "reverse_without_barrier", 0, POISON);
-    let b = reverse(&g, "reverse_without_barrier", 12345, 0x7f);
+    let a = reverse(&g, "reverse_without_barrier", Schedule::InOrder, POISON);
+    let b = reverse(
+        &g,
+        "reverse_without_barrier",
+        Schedule::Shuffled(12345),
+        0x7f,
+    );
     assert_ne!(a, want);
     assert!(
         a.iter().any(|x| x.is_nan()),
@@ -65,6 +72,82 @@ fn a_missing_barrier_changes_the_bits_under_another_schedule() {
         b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
         "a second schedule must expose the race"
     );
+}
+
+/// Runs a kernel of warp_races.cu over 2 blocks of 256 under a schedule; the output's bits.
+fn warp_race(g: &Gpu, entry: &str, schedule: Schedule, poison: u8) -> Vec<u32> {
+    let n = 512;
+    let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 + 0.25).collect();
+    let y: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 1.5).collect();
+    let (dx, dy) = (g.upload(&x).unwrap(), g.upload(&y).unwrap());
+    let mut out = g.alloc::<f32>(n).unwrap();
+    g.emu().unwrap().set_schedule(schedule, poison);
+    let r = g.launch_source(
+        "tests/emu_kernels/warp_races.cu",
+        WARP_RACES,
+        entry,
+        Grid::linear(n, 256),
+        &[(&mut out).into(), (&dx).into(), (&dy).into()],
+    );
+    g.emu().unwrap().set_schedule(Schedule::InOrder, POISON);
+    r.unwrap();
+    g.download(&out)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// Whether every schedule `pgsrm check` runs a case under gives the bits of the first.
+fn same_bits_under_the_checks_schedules(g: &Gpu, entry: &str) -> bool {
+    let runs: Vec<Vec<u32>> = pgsrm::cuda::check::schedules(1)
+        .into_iter()
+        .map(|(s, p)| warp_race(g, entry, s, p))
+        .collect();
+    runs.iter().all(|r| *r == runs[0])
+}
+
+#[test]
+fn races_between_warps_that_shuffled_threads_miss_change_the_bits_under_warp_serial_schedules() {
+    let g = emu();
+    for (racy, guarded) in [
+        ("write_after_read", "write_after_read_guarded"),
+        ("read_before_write", "read_before_write_guarded"),
+    ] {
+        // Shuffling single threads hides both: the warp collectives before the second access
+        // hold it back until the first has happened in every warp.
+        let in_order = warp_race(&g, racy, Schedule::InOrder, POISON);
+        for seed in [1, 2, 12345] {
+            assert_eq!(
+                warp_race(&g, racy, Schedule::Shuffled(seed), 0x7f),
+                in_order,
+                "{racy}: expected to go unnoticed by shuffled threads (seed {seed})"
+            );
+        }
+        // Warps one after another, in both orders, expose them.
+        let forward = warp_race(&g, racy, Schedule::WarpsForward, POISON);
+        let reverse = warp_race(&g, racy, Schedule::WarpsReverse(7), 0x7f);
+        assert_ne!(forward, reverse, "{racy}: the warp-serial schedules agree");
+        assert!(
+            !same_bits_under_the_checks_schedules(&g, racy),
+            "{racy}: pgsrm check's schedules miss the race"
+        );
+        // With the barrier: the same bits under every schedule.
+        let want = warp_race(&g, guarded, Schedule::InOrder, POISON);
+        for s in [
+            Schedule::Shuffled(3),
+            Schedule::WarpsForward,
+            Schedule::WarpsReverse(0),
+            Schedule::WarpsReverse(9),
+        ] {
+            assert_eq!(
+                warp_race(&g, guarded, s, 0x7f),
+                want,
+                "{guarded} under {s:?}"
+            );
+        }
+        assert!(same_bits_under_the_checks_schedules(&g, guarded));
+    }
 }
 
 #[test]
@@ -226,14 +309,14 @@ fn launches_no_device_accepts_fail_first_with_the_gpus_error() {
             .unwrap_err()
     );
     assert!(e.contains("65536 bytes of dynamic shared memory"), "{e}");
-    // matmul_forward is built with __launch_bounds__(256).
+    // sgemm_nn_64x64 is built with __launch_bounds__(256, 2).
     let e = format!(
         "{:#}",
         g.launch(
-            "matmul.cu",
-            "matmul_forward",
+            "sgemm.cu",
+            "sgemm_nn_64x64",
             Grid::linear(512, 512),
-            &[Arg::NULL; 7]
+            &[Arg::NULL; 10]
         )
         .unwrap_err()
     );

@@ -2,13 +2,15 @@
 //! in detail; this command is what runs on a machine with only the binary, such as a GPU machine.
 
 use anyhow::{Result, bail};
-use pgsrm::cuda::{DeviceChoice, bench, device::Gpu};
+use pgsrm::cuda::{DeviceChoice, bench, device::Gpu, paper_shapes};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Job {
     /// Batched sampling of GPT-2 (random init): new tokens per second
     Generate,
-    /// Our matmul kernels beside cuBLAS at GPT-2 small's shapes (GPU only)
+    /// Our products beside cuBLAS at the paper's shapes: every product of an update of GPT-2
+    /// small and SmolLM2-135M at batch 50 and GPT-2 large at batch 10, and of decoding steps of
+    /// 1, 10 and 50 rows (GPU only)
     Matmul,
     /// Every job
     All,
@@ -34,6 +36,13 @@ pub struct Args {
     /// Timed runs (the median is reported)
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// With --job matmul: time every candidate plan of each product instead (for tuning the
+    /// planner), one JSON line per product with the candidates fastest first
+    #[arg(long)]
+    sweep: bool,
+    /// With --job matmul: prompt length of the update shapes
+    #[arg(long, default_value_t = 20)]
+    update_prompt: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -74,11 +83,23 @@ pub fn run(args: Args) -> Result<()> {
                 );
             }
             if matches!(args.job, Job::Matmul | Job::All) {
-                for fig in bench::matmul_vs_cublas(&g, &bench::GPT2_SMALL_SHAPES, 20)? {
-                    println!(
-                        "{}",
-                        serde_json::json!({"job": "matmul", "device": g.name, "figure": fig})
-                    );
+                let products = paper_shapes::products(&[args.update_prompt], &[1, 10, 50]);
+                if args.sweep {
+                    for fig in bench::matmul_sweep(&g, &products)? {
+                        println!(
+                            "{}",
+                            serde_json::json!({"job": "matmul-sweep", "device": g.name, "figure": fig})
+                        );
+                    }
+                } else {
+                    let figs = bench::matmul_vs_cublas(&g, &products)?;
+                    for fig in &figs {
+                        println!(
+                            "{}",
+                            serde_json::json!({"job": "matmul", "device": g.name, "figure": fig})
+                        );
+                    }
+                    eprint!("{}", matmul_table(&figs));
                 }
             }
         }
@@ -111,4 +132,41 @@ fn cpu_generate(args: &Args) -> Result<serde_json::Value> {
         },
     )?;
     Ok(serde_json::to_value(fig)?)
+}
+
+/// The matmul figures as a table: ours, cuBLAS, their ratio, and for few rows the weight bytes
+/// per second.
+fn matmul_table(figs: &[bench::MatmulFigure]) -> String {
+    let mut s = format!(
+        "{:<44} {:<4} {:>5} {:>6} {:>6} {:<30} {:>9} {:>9} {:>6} {:>8} {:>8}\n",
+        "product",
+        "",
+        "m",
+        "n",
+        "k",
+        "plan",
+        "ours us",
+        "cuBLAS us",
+        "ratio",
+        "ours GB/s",
+        "cuBLAS"
+    );
+    for f in figs {
+        let gb = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.0}"));
+        s.push_str(&format!(
+            "{:<44} {:<4} {:>5} {:>6} {:>6} {:<30} {:>9.1} {:>9.1} {:>6.2} {:>8} {:>8}\n",
+            f.what,
+            f.layout,
+            f.m,
+            f.n,
+            f.k,
+            f.plan,
+            f.ours_us,
+            f.cublas_us,
+            f.fraction_of_cublas,
+            gb(f.weight_gb_per_s),
+            gb(f.cublas_weight_gb_per_s)
+        ));
+    }
+    s
 }

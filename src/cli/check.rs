@@ -6,7 +6,8 @@ use pgsrm::cuda::{DeviceChoice, check, device::Gpu};
 #[derive(clap::Args)]
 pub struct Args {
     /// Device to check: a CUDA GPU, or the emulated device (`emu`), which also runs every kernel
-    /// under two thread schedules and requires the same bits; `cpu` has no kernels to check
+    /// under three thread schedules (warps one after another, both ways, and threads shuffled)
+    /// and requires the same bits; `cpu` has no kernels to check
     #[arg(long, value_enum, default_value = "cuda")]
     device: DeviceChoice,
     /// CUDA device ordinal
@@ -21,6 +22,10 @@ pub struct Args {
     /// Also write the rows as JSON to this file (one run gives both the table and the data)
     #[arg(long, value_name = "FILE")]
     save: Option<std::path::PathBuf>,
+    /// Run only the rows whose kernel name contains this text (e.g. `sgemm`, `attention`), so a
+    /// slow tool such as compute-sanitizer's racecheck can cover a few kernels
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -32,7 +37,13 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--device auto found no CUDA device; use --device cuda or --device emu");
     };
     eprintln!("checking kernels on {} ({})", gpu.name, gpu.arch);
-    let rows = check::run_all(&gpu, args.seed)?;
+    let rows = check::run_filtered(&gpu, args.seed, args.filter.as_deref())?;
+    if rows.is_empty() {
+        bail!(
+            "--filter {:?}: no row's kernel name contains it",
+            args.filter.unwrap_or_default()
+        );
+    }
     if let Some(p) = &args.save {
         pgsrm::model::io::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     }

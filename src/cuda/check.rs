@@ -10,6 +10,7 @@
 //! memory changes the bits; the emulated device also gets smaller model shapes.
 
 use super::device::{DevBuf, Gpu};
+use super::emu::Schedule;
 use super::ops::{self as k, AttnShape, SampleArgs};
 use crate::cpu::ops as c;
 use crate::rng::Rng;
@@ -35,8 +36,19 @@ pub struct CheckRow {
 /// Forward tolerance of DESIGN.md: CUDA f32 within 1e-4 of the CPU.
 pub const TOL: f32 = 1e-4;
 
-/// The poison byte of the emulated device's second run (the first uses `emu::POISON`).
+/// The poison byte of the emulated device's later runs (the first uses `emu::POISON`).
 const SECOND_POISON: u8 = 0x7f;
+
+/// The schedules (and poison bytes) every case runs under on the emulated device, which must all
+/// give the same bits: warps one after another in both orders, so that any two warps meet in
+/// both orders at every barrier (a missing barrier between warps shows), then threads shuffled.
+pub fn schedules(seed: u64) -> [(Schedule, u8); 3] {
+    [
+        (Schedule::WarpsForward, super::emu::POISON),
+        (Schedule::WarpsReverse(seed | 1), SECOND_POISON),
+        (Schedule::Shuffled(seed | 1), SECOND_POISON),
+    ]
+}
 
 pub fn compare(kernel: &str, shape: String, got: &[f32], want: &[f32], tol: f32) -> CheckRow {
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -129,32 +141,44 @@ pub(super) struct Checker<'a> {
     pub(super) rng: Rng,
     seed: u64,
     pub(super) rows: Vec<CheckRow>,
+    /// Only rows whose kernel name contains this run (`pgsrm check --filter`).
+    filter: Option<String>,
 }
 
 impl Checker<'_> {
-    /// Runs `run` (the device's part of a case) twice and returns the first run's outputs and
-    /// whether the second run gave the same bits. On the emulated device the first run takes the
-    /// threads of a block in order with the default poison, the second in a seeded random order
-    /// with another poison byte.
-    pub(super) fn twice(
+    /// Whether a row of this kernel name runs under the filter.
+    pub(super) fn wants(&self, kernel: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| kernel.contains(f.as_str()))
+    }
+
+    /// Runs `run` (the device's part of a case) under every schedule of `SCHEDULES` and returns
+    /// the first run's outputs and whether every other run gave the same bits. On a GPU it runs
+    /// twice (the schedules say nothing there; the second run catches races between blocks).
+    pub(super) fn under_schedules(
         &self,
         run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
     ) -> Result<(Vec<Vec<f32>>, bool)> {
-        let emu = self.g.emu();
-        if let Some(e) = emu {
-            e.set_schedule(0, super::emu::POISON);
+        let Some(e) = self.g.emu() else {
+            let first = run(self.g)?;
+            let second = run(self.g)?;
+            let same = same_bits(&first, &second);
+            return Ok((first, same));
+        };
+        let mut first = None;
+        let mut same = true;
+        for (schedule, poison) in schedules(self.seed) {
+            e.set_schedule(schedule, poison);
+            let got = run(self.g);
+            e.set_schedule(Schedule::InOrder, super::emu::POISON);
+            let got = got?;
+            match &first {
+                None => first = Some(got),
+                Some(f) => same &= same_bits(f, &got),
+            }
         }
-        let first = run(self.g);
-        if let Some(e) = emu {
-            e.set_schedule(self.seed | 1, SECOND_POISON);
-        }
-        let second = run(self.g);
-        if let Some(e) = emu {
-            e.set_schedule(0, super::emu::POISON);
-        }
-        let (first, second) = (first?, second?);
-        let same = same_bits(&first, &second);
-        Ok((first, same))
+        Ok((first.unwrap_or_default(), same))
     }
 
     /// One row per (name, shape, reference) against the outputs of `run`, in order.
@@ -165,8 +189,11 @@ impl Checker<'_> {
         tol: f32,
         run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
     ) -> Result<()> {
+        if !named.iter().any(|(kernel, _)| self.wants(kernel)) {
+            return Ok(());
+        }
         let t = Instant::now();
-        let (got, same) = self.twice(run)?;
+        let (got, same) = self.under_schedules(run)?;
         let seconds = t.elapsed().as_secs_f64() / named.len() as f64;
         for (i, ((kernel, shape), want)) in named.iter().zip(wants).enumerate() {
             let mut row = compare(kernel, shape.clone(), &got[i], want, tol);
@@ -214,8 +241,11 @@ impl Checker<'_> {
         wants: &[&[f32]],
         run: impl Fn(&Gpu) -> Result<Vec<Vec<f32>>>,
     ) -> Result<()> {
+        if !rows.iter().any(|r| self.wants(r.kernel)) {
+            return Ok(());
+        }
         let t = Instant::now();
-        let (got, same) = self.twice(run)?;
+        let (got, same) = self.under_schedules(run)?;
         let seconds = t.elapsed().as_secs_f64() / rows.len() as f64;
         let mut at = 0;
         for r in rows {
@@ -237,11 +267,17 @@ impl Checker<'_> {
 
 /// Runs every case; the rows come back in order, failures included.
 pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
+    run_filtered(g, seed, None)
+}
+
+/// Runs the cases with a row whose kernel name contains `filter` (all of them for `None`).
+pub fn run_filtered(g: &Gpu, seed: u64, filter: Option<&str>) -> Result<Vec<CheckRow>> {
     let mut ck = Checker {
         g,
         rng: Rng::new(seed),
         seed,
         rows: Vec::new(),
+        filter: filter.map(str::to_string),
     };
     let small = ck.small();
     for (n, ci, oc) in [
@@ -255,6 +291,7 @@ pub fn run_all(g: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
         matmul(&mut ck, n, ci, oc, false)?;
         matmul(&mut ck, n, ci, oc, true)?;
     }
+    super::check_sgemm::run_all(&mut ck)?;
     for (n, ci) in [(256, 768), (7, 100), (3, 1)] {
         layernorm(&mut ck, n, ci)?;
         rmsnorm(&mut ck, n, ci)?;
@@ -328,15 +365,12 @@ fn matmul(ck: &mut Checker, n: usize, ci: usize, oc: usize, nt: bool) -> Result<
     } else {
         c::matmul_forward(&mut want, &inp, &w, Some(&b), n, ci, oc);
     }
-    let name = k::gemm_kernel(
-        if nt {
-            "matmul_nt_forward"
-        } else {
-            "matmul_forward"
-        },
-        n,
-    );
-    ck.case(&name, format!("N={n} C={ci} OC={oc}"), &want, |g| {
+    let name = if nt {
+        "matmul_nt_forward"
+    } else {
+        "matmul_forward"
+    };
+    ck.case(name, format!("N={n} C={ci} OC={oc}"), &want, |g| {
         let (di, dw, db) = (g.upload(&inp)?, g.upload(&w)?, g.upload(&b)?);
         let mut out = g.poisoned(n * oc)?;
         if nt {
@@ -845,6 +879,9 @@ fn sampling(ck: &mut Checker, b: usize, v: usize) -> Result<()> {
                 Ok(vec![g.download(&lp)?, tokens])
             },
         )?;
+        if ck.rows.len() == before {
+            continue; // filtered out
+        }
         // One row: tokens must be equal, not near.
         let tokens = ck.rows.pop().unwrap();
         let row = &mut ck.rows[before];
@@ -984,7 +1021,10 @@ fn gpt2_decoding(ck: &mut Checker, config: &str) -> Result<()> {
         top_p: 1.0,
         max_new_tokens: 8,
     };
-    let (runs, same) = ck.twice(|g| {
+    if !ck.wants("gpt2 generate") {
+        return Ok(());
+    }
+    let (runs, same) = ck.under_schedules(|g| {
         let rows = generate(g, &dev, &prompts, &params, eos, 42)?;
         Ok(rows
             .iter()

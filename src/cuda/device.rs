@@ -53,6 +53,11 @@ impl<T: DevElem> DevBuf<T> {
         Ok(Arg::Ptr(self.addr + (offset * size_of::<T>()) as u64))
     }
 
+    /// Whether the buffer starts at a multiple of `bytes` (float4 loads need 16).
+    pub fn aligned(&self, bytes: u64) -> bool {
+        self.addr.is_multiple_of(bytes)
+    }
+
     /// The CUDA slice behind the buffer, for libraries that take one (cuBLAS); `None` on the
     /// emulated device.
     pub fn cuda(&self) -> Option<&CudaSlice<T>> {
@@ -220,6 +225,8 @@ struct Driver {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Kernels already looked up, by (file, entry): a launch costs no driver lookup.
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
 
 enum Dev {
@@ -233,6 +240,9 @@ pub struct Gpu {
     /// `compute_XY` on a GPU, `emulated` on the emulated device.
     pub arch: &'static str,
     dev: Dev,
+    /// Scratch memory for work between two launches of one op (the partial products of a split
+    /// product), grown on demand and kept: no allocation per call.
+    scratch: Mutex<Option<Box<DevBuf<f32>>>>,
 }
 
 impl Gpu {
@@ -261,7 +271,9 @@ impl Gpu {
                 ctx,
                 stream,
                 modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
             }),
+            scratch: Mutex::new(None),
         })
     }
 
@@ -272,6 +284,7 @@ impl Gpu {
             name: format!("emulated device ({} workers, {})", e.workers, e.compiler),
             arch: "emulated",
             dev: Dev::Emu(e),
+            scratch: Mutex::new(None),
         })
     }
 
@@ -309,6 +322,10 @@ impl Gpu {
         file: &'static str,
         entry: &str,
     ) -> Result<CudaFunction> {
+        let key = (file, entry.to_string());
+        if let Some(f) = d.functions.lock().unwrap().get(&key) {
+            return Ok(f.clone());
+        }
         let mut modules = d.modules.lock().unwrap();
         let module = match modules.get(file) {
             Some(m) => m.clone(),
@@ -322,9 +339,11 @@ impl Gpu {
                 m
             }
         };
-        module
+        let f = module
             .load_function(entry)
-            .map_err(|e| anyhow!("no kernel {entry} in kernels/{file}: {e:?}"))
+            .map_err(|e| anyhow!("no kernel {entry} in kernels/{file}: {e:?}"))?;
+        d.functions.lock().unwrap().insert(key, f.clone());
+        Ok(f)
     }
 
     /// Launches kernel `entry` of `kernels/<file>` on `grid` with `args`, which must match the
@@ -568,6 +587,23 @@ impl Gpu {
             }
             _ => bail!("a buffer of one device used on another"),
         }
+    }
+
+    /// Runs `f` with the device's scratch buffer, at least `n` floats long, whose contents are
+    /// not set. Everything runs on one stream in order, so the kernels one call launches are
+    /// done with the buffer before the next call's kernels touch it; a buffer outgrown is freed
+    /// in stream order too.
+    pub fn with_scratch<R>(
+        &self,
+        n: usize,
+        f: impl FnOnce(&mut DevBuf<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.scratch.lock().unwrap();
+        if guard.as_ref().is_none_or(|b| b.len() < n) {
+            *guard = None;
+            *guard = Some(Box::new(self.alloc::<f32>(n)?));
+        }
+        f(guard.as_mut().unwrap())
     }
 
     /// A buffer of NaNs, so that an element a kernel fails to write shows up in a comparison.

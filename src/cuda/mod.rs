@@ -7,6 +7,7 @@ pub mod bert;
 pub mod check;
 mod check_backward;
 mod check_ppo;
+mod check_sgemm;
 mod check_train;
 pub mod decode;
 pub mod device;
@@ -20,10 +21,12 @@ pub mod ops;
 pub mod ops_backward;
 pub mod ops_loss;
 pub mod optim;
+pub mod paper_shapes;
 pub mod policy;
 pub mod policy_model;
 pub mod refcache;
 pub mod registry;
+pub mod sgemm;
 pub mod train_batch;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it

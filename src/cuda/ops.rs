@@ -3,6 +3,7 @@
 //! checked, and `Gpu::sync` surfaces asynchronous faults.
 
 use super::device::{Arg, DevBuf, Gpu, Grid};
+use super::sgemm::{Layout, sgemm};
 use anyhow::{Result, anyhow, bail};
 
 type Buf = DevBuf<f32>;
@@ -181,62 +182,6 @@ pub fn swiglu_forward(g: &Gpu, out: &mut Buf, gate: &Buf, up: &Buf, n: usize) ->
     binary(g, "llama.cu", "swiglu_forward", out, gate, up, n)
 }
 
-/// The rows of one tile of the `_few_rows` product kernels, which take products of fewer rows
-/// than one tile of the others (128).
-const FEW_ROWS: usize = 32;
-
-/// The kernel that computes `entry`'s product for `n` rows: the 32-row tiles below 128 rows.
-pub fn gemm_kernel(entry: &str, n: usize) -> String {
-    if n < 128 {
-        format!("{entry}_few_rows")
-    } else {
-        entry.to_string()
-    }
-}
-
-pub(super) fn gemm_grid(n: usize, oc: usize) -> Grid {
-    let rows = if n < 128 { FEW_ROWS } else { 128 };
-    Grid {
-        blocks: [
-            oc.div_ceil(128).max(1) as u32,
-            n.div_ceil(rows).max(1) as u32,
-            1,
-        ],
-        threads: [256, 1, 1],
-        shared_bytes: 0,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    g: &Gpu,
-    entry: &str,
-    out: &mut Buf,
-    inp: &Buf,
-    w: &Buf,
-    bias: Option<&Buf>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) -> Result<()> {
-    need(entry, out.len(), n * oc)?;
-    need(entry, inp.len(), n * c)?;
-    need(entry, w.len(), c * oc)?;
-    if let Some(b) = bias {
-        need(entry, b.len(), oc)?;
-    }
-    let args = [
-        out.into(),
-        inp.into(),
-        w.into(),
-        bias.into(),
-        int("N", n)?.into(),
-        int("C", c)?.into(),
-        int("OC", oc)?.into(),
-    ];
-    g.launch("matmul.cu", &gemm_kernel(entry, n), gemm_grid(n, oc), &args)
-}
-
 /// out (N, OC) = inp (N, C) @ w (C, OC) + bias
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
@@ -249,7 +194,7 @@ pub fn matmul_forward(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    gemm(g, "matmul_forward", out, inp, w, bias, n, c, oc)
+    sgemm(g, Layout::NN, (n, oc, c), out, inp, w, bias, false)
 }
 
 /// out (N, OC) = inp (N, C) @ w^T + bias, w stored (OC, C)
@@ -264,7 +209,7 @@ pub fn matmul_nt_forward(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    gemm(g, "matmul_nt_forward", out, inp, w, bias, n, c, oc)
+    sgemm(g, Layout::NT, (n, oc, c), out, inp, w, bias, false)
 }
 
 /// out (M, C) = inp[rows]: the gather half of `logits_forward`

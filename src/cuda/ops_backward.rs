@@ -4,9 +4,8 @@
 //! so a launch gives the same bits every time.
 
 use super::device::{Arg, DevBuf, Gpu, Grid};
-use super::ops::{
-    AttnShape, Heads, blocks, gemm_grid, gemm_kernel, int, need, per_row, view, warps,
-};
+use super::ops::{AttnShape, Heads, blocks, int, need, per_row, view, warps};
+use super::sgemm::{Layout, sgemm};
 use anyhow::{Result, bail};
 
 type Buf = DevBuf<f32>;
@@ -189,38 +188,6 @@ pub fn layernorm_backward(
     )
 }
 
-/// One accumulating product of `matmul.cu`: out (rows, cols) += a @ b as `entry` reads them, with
-/// its three sizes in the kernel's order; `a_len`, `b_len` are what the operands must hold.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    g: &Gpu,
-    entry: &str,
-    out: &mut Buf,
-    a: &Buf,
-    b: &Buf,
-    (rows, cols): (usize, usize),
-    (a_len, b_len): (usize, usize),
-    sizes: [usize; 3],
-) -> Result<()> {
-    need(entry, out.len(), rows * cols)?;
-    need(entry, a.len(), a_len)?;
-    need(entry, b.len(), b_len)?;
-    let args = [
-        out.into(),
-        a.into(),
-        b.into(),
-        int("N", sizes[0])?.into(),
-        int("C", sizes[1])?.into(),
-        int("OC", sizes[2])?.into(),
-    ];
-    g.launch(
-        "matmul.cu",
-        &gemm_kernel(entry, rows),
-        gemm_grid(rows, cols),
-        &args,
-    )
-}
-
 /// dinp (N, C) += dout (N, OC) @ w^T; dw (C, OC) += inp^T @ dout; db (OC) += sum_rows dout
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
@@ -236,27 +203,9 @@ pub fn matmul_backward(
     oc: usize,
 ) -> Result<()> {
     if let Some(dinp) = dinp {
-        product(
-            g,
-            "matmul_backward_dinp",
-            dinp,
-            dout,
-            w,
-            (n, c),
-            (n * oc, c * oc),
-            [n, c, oc],
-        )?;
+        sgemm(g, Layout::NT, (n, c, oc), dinp, dout, w, None, true)?;
     }
-    product(
-        g,
-        "matmul_backward_dweight",
-        dw,
-        inp,
-        dout,
-        (c, oc),
-        (n * c, n * oc),
-        [n, c, oc],
-    )?;
+    sgemm(g, Layout::TN, (c, oc, n), dw, inp, dout, None, true)?;
     if let Some(db) = db {
         need("matmul_backward db", db.len(), oc)?;
         need("matmul_backward dout", dout.len(), n * oc)?;
@@ -285,28 +234,9 @@ pub fn linear_backward(
     o: usize,
 ) -> Result<()> {
     if let Some(dinp) = dinp {
-        product(
-            g,
-            "linear_backward_dinp",
-            dinp,
-            dout,
-            w,
-            (n, i),
-            (n * o, o * i),
-            [n, i, o],
-        )?;
+        sgemm(g, Layout::NN, (n, i, o), dinp, dout, w, None, true)?;
     }
-    // The weight gradient is matmul_backward's with the operands' roles swapped.
-    product(
-        g,
-        "matmul_backward_dweight",
-        dw,
-        dout,
-        inp,
-        (o, i),
-        (n * o, n * i),
-        [n, o, i],
-    )
+    sgemm(g, Layout::TN, (o, i, n), dw, dout, inp, None, true)
 }
 
 /// dinp[rows] (N, C) += dout (M, V) @ wte; dwte (V, C) += dout^T @ gathered (M, C); `d` (M, C) is
