@@ -2,21 +2,29 @@
 # The GPU check, for a lent machine with a CUDA GPU but no Rust toolchain and no network.
 #
 # Here (with cargo):   cargo build --profile gpu --bins --tests
-#                      bash scripts/gpu-check.sh --collect     # copies the binaries to gpu-bin/
+#                      bash scripts/gpu-check.sh --collect     # binaries and model shapes in gpu-bin/
 # There (carry gpu-bin/ and the work tree):
-#                      bash scripts/gpu-check.sh
-# It finds libnvrtc, runs `pgsrm info`, `pgsrm check` (every kernel against the CPU, GPT-2
-# decoding logits against the CPU, seeded repeatability), the ignored CUDA tests, `pgsrm bench`
-# (generation throughput; our matmul beside cuBLAS), the generation peer (`transformers.generate`,
-# batch 50, prompt 20, 10 new tokens), then training: `pgsrm train --device cuda` of SmolLM2-135M's
-# shape on colors at the paper's batch (50 episodes, 2 new tokens) for up to 400 updates with the
-# binary reward, a short one with the PGSRM reward (MiniLM's shape on the device), and
-# `scripts/peer_ppo.py` on the same GPU; then a short summary. Every step has a time limit, and
-# the limits add up to under 8 minutes.
+#                      bash scripts/gpu-check.sh [STEP ...]
+# Steps, in this order (all of them by default), each under its own time limit and all of them
+# under one budget (BUDGET seconds, default 540); a step the budget no longer covers is skipped:
+#   check      `pgsrm check --device cuda` (every kernel against the CPU), the ignored CUDA tests
+#   matmul     `pgsrm bench --job matmul`: every product of the paper's jobs beside cuBLAS
+#   sweep      the same products under every candidate plan (tuning the planner)
+#   train      `pgsrm train --device cuda` at the paper's batches: GPT-2 small (colors, batch 50,
+#              2 new tokens), SmolLM2-135M's shape (the same), GPT-2 large (copy, batch 10, 10
+#              new tokens); random weights of each shape, the binary reward
+#   generate   `pgsrm bench --job generate` and the generation peer (`transformers.generate`)
+#   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape, same GPU
+#   kernels    Nsight Compute's time of every kernel over one update of GPT-2 small and one of
+#              GPT-2 large, summed by kernel and grid (scripts/ncu_summary.py)
+#   sanitize   compute-sanitizer: racecheck over the product and reduction kernels' rows
+#              (`pgsrm check --filter`), memcheck, synccheck and initcheck over every row
+# Outputs go to $OUT (default gpu-out/); a summary is printed last.
 #
 # The real SmolLM2 and MiniLM weights are over the 64 MiB that travels to a lent machine, so
 # --collect takes their configs and tokenizers only, and there `scripts/random_weights.py` gives
-# both seeded random weights of the same shapes: speed does not depend on the values.
+# both seeded random weights of the same shapes: speed does not depend on the values. GPT-2 small
+# and large get the same from the configs --collect writes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,10 +40,26 @@ if [ "${1:-}" = "--collect" ]; then
     mkdir -p gpu-bin/smollm2-shape
     find "$hf/smollm2" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} gpu-bin/smollm2-shape/ \;
     rm -rf "$hf"
-    minilm="${PGSRM_HOME:-$HOME/.cache/pgsrm}/assets/all-minilm-l6-v2"
+    home="${PGSRM_HOME:-$HOME/.cache/pgsrm}/assets"
+    minilm="$home/all-minilm-l6-v2"
     [ -f "$minilm/config.json" ] || { echo "no MiniLM asset at $minilm: run any pgsrm command that embeds once" >&2; exit 1; }
     mkdir -p gpu-bin/minilm-shape && cp -r "$minilm"/. gpu-bin/minilm-shape/ &&
         rm -f gpu-bin/minilm-shape/*.safetensors gpu-bin/minilm-shape/*.bin
+    # GPT-2 small's and large's configs (written by `convert`, widths set here) and tokenizer.
+    hf=$(mktemp -d)
+    target/gpu/pgsrm convert --model random:tiny --out "$hf/gpt2" --force >/dev/null || exit 1
+    for size in small:768:12:12 large:1280:36:20; do
+        IFS=: read -r name embd layers heads <<<"$size"
+        mkdir -p "gpu-bin/gpt2-$name-shape"
+        cp "$hf/gpt2/tokenizer.json" "gpu-bin/gpt2-$name-shape/"
+        python3 - "$hf/gpt2/config.json" "gpu-bin/gpt2-$name-shape/config.json" "$embd" "$layers" "$heads" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.update(n_embd=int(sys.argv[3]), n_layer=int(sys.argv[4]), n_head=int(sys.argv[5]))
+json.dump(c, open(sys.argv[2], "w"), indent=2)
+PY
+    done
+    rm -rf "$hf"
     du -sh gpu-bin; ls -la gpu-bin
     exit 0
 fi
@@ -44,6 +68,9 @@ BIN=gpu-bin/pgsrm
 [ -x "$BIN" ] || { echo "no $BIN: build here and run with --collect first" >&2; exit 2; }
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
+STEPS=${*:-check matmul sweep train generate peer kernels sanitize}
+BUDGET=${BUDGET:-540}
+started=$(date +%s)
 
 # NVRTC: the CUDA toolkit's or a Python wheel's. cudarc opens it by name, so a folder with a plain
 # `libnvrtc.so` link goes first on the library path (the image's toolkit may be a newer major version).
@@ -62,49 +89,134 @@ for name in cublas cublasLt; do
     [ -n "$l" ] && ln -sf "$l" "/tmp/pgsrm-nvrtc/lib$name.so" && export LD_LIBRARY_PATH="$(dirname "$l"):$LD_LIBRARY_PATH"
 done
 export PGSRM_HOME=${PGSRM_HOME:-$PWD/$OUT/pgsrm-home}
+have_torch=0
+python3 -c "import torch, transformers" 2>/dev/null && have_torch=1
 
 status=0
+# limit SECONDS NAME COMMAND...: runs the command under the smaller of its limit and what the
+# budget has left, or skips it when the budget is spent.
+limit() {
+    local want=$1 name=$2
+    shift 2
+    local left=$((BUDGET - ($(date +%s) - started)))
+    if [ "$left" -lt 10 ]; then
+        echo "== $name: skipped (budget of ${BUDGET}s spent)"
+        return 124
+    fi
+    [ "$want" -gt "$left" ] && want=$left
+    echo "== $name (at most ${want}s)"
+    timeout "$want" "$@"
+}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
 "$BIN" info | tee "$OUT/info.txt"
-timeout 90 "$BIN" check --device cuda --save "$OUT/check.json" 2>&1 | tee "$OUT/check.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-if [ -x gpu-bin/cuda_check ]; then
-    timeout 60 gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
-fi
-timeout 60 "$BIN" bench --device cuda 2>&1 | tee "$OUT/bench.jsonl" || status=1
-if python3 -c "import torch, transformers" 2>/dev/null; then
-    timeout 45 python3 scripts/peer_cpu.py --generate --device cuda 2>&1 | tail -3 | tee "$OUT/peer_generate.json"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee -a "$OUT/info.txt"
+
+if has check; then
+    limit 150 check "$BIN" check --device cuda --save "$OUT/check.json" >"$OUT/check.txt" 2>&1 || status=1
+    tail -3 "$OUT/check.txt"
+    grep "FAIL$" "$OUT/check.txt" | head -20
+    if [ -x gpu-bin/cuda_check ]; then
+        limit 60 "ignored CUDA tests" gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
+    fi
 fi
 
-# Training on the device: SmolLM2-135M's shape on colors at the paper's batch.
-python3 scripts/random_weights.py gpu-bin/smollm2-shape /tmp/smollm2-shape &&
-    python3 scripts/random_weights.py gpu-bin/minilm-shape /tmp/minilm-shape || status=1
-train() {  # name, limit in s, reward, episodes
-    timeout "$2" "$BIN" train --device cuda --model /tmp/smollm2-shape --task colors --reward "$3" \
-        --embedder sentence --model-dir /tmp/minilm-shape --batch-size 50 --max-new-tokens 2 \
-        --episodes "$4" --checkpoint-every 0 --lean-last-checkpoint --keep-checkpoints 1 \
-        --runs-dir "$OUT/runs" --run-name "$1" --quiet 2>&1 | tail -3
+if has matmul; then
+    limit 120 "matmul beside cuBLAS" "$BIN" bench --job matmul --device cuda >"$OUT/matmul.jsonl" 2>"$OUT/matmul.txt" || status=1
+    cat "$OUT/matmul.txt"
+fi
+
+if has sweep; then
+    limit 180 "matmul sweep" "$BIN" bench --job matmul --sweep --device cuda >"$OUT/sweep.jsonl" 2>&1 || status=1
+    python3 - "$OUT/sweep.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    f = json.loads(line)["figure"]
+    print(f"{f['what'][:44]:<44} planned {f['planned']:<30} {f['planned_us']:8.1f} us  best {f['best']:<30} {f['best_us']:8.1f} us")
+PY
+fi
+
+# Random weights of each child's shape, once (see the top of this file).
+shapes() {
+    for m in smollm2 minilm gpt2-small gpt2-large; do
+        [ -d "/tmp/$m-shape" ] || python3 scripts/random_weights.py "gpu-bin/$m-shape" "/tmp/$m-shape" || status=1
+    done
 }
-train binary 90 binary 20000
-train pgsrm 40 pgsrm 2500
-if python3 -c "import torch, transformers" 2>/dev/null; then
-    timeout 50 python3 scripts/peer_ppo.py --model smollm2 --hf-dir /tmp/smollm2-shape --workflow tuned \
+if has train; then
+    shapes
+    train() {  # name, limit in s, model, task, batch, new tokens, episodes
+        limit "$2" "train $1" "$BIN" train --device cuda --model "$3" --task "$4" --reward binary \
+            --embedder sentence --model-dir /tmp/minilm-shape --batch-size "$5" --max-new-tokens "$6" \
+            --episodes "$7" --checkpoint-every 0 --lean-last-checkpoint --keep-checkpoints 1 \
+            --runs-dir "$OUT/runs" --run-name "$1" --quiet 2>&1 | tail -2
+    }
+    train gpt2-small 45 /tmp/gpt2-small-shape colors 50 2 5000
+    train smollm2 45 /tmp/smollm2-shape colors 50 2 5000
+    train gpt2-large 60 /tmp/gpt2-large-shape copy 10 10 300
+fi
+
+if has generate; then
+    limit 60 "generation" "$BIN" bench --job generate --device cuda 2>&1 | tee "$OUT/generate.jsonl" || status=1
+    if [ $have_torch = 1 ]; then
+        limit 45 "generation peer" python3 scripts/peer_cpu.py --generate --device cuda 2>&1 | tail -3 | tee "$OUT/peer_generate.json"
+    fi
+fi
+
+if has peer && [ $have_torch = 1 ]; then
+    shapes
+    limit 50 "peer_ppo" python3 scripts/peer_ppo.py --model smollm2 --hf-dir /tmp/smollm2-shape --workflow tuned \
         --device cuda --batch 50 --warmup 2 --updates 10 2>&1 | tail -2 | tee "$OUT/peer_ppo.json"
 fi
 
+if has kernels && command -v ncu >/dev/null; then
+    shapes
+    profile() {  # name, limit, model, task, batch, new tokens
+        limit "$2" "kernels $1" ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+            --log-file "$OUT/ncu-$1.csv" "$BIN" train --device cuda --model "$3" --task "$4" --reward binary \
+            --embedder sentence --model-dir /tmp/minilm-shape --batch-size "$5" --max-new-tokens "$6" \
+            --episodes "$5" --checkpoint-every 0 --lean-last-checkpoint --runs-dir /tmp/ncu-runs \
+            --run-name "$1" --quiet >/dev/null 2>&1
+        python3 scripts/ncu_summary.py "$OUT/ncu-$1.csv" | tee "$OUT/kernels-$1.txt"
+    }
+    profile gpt2-small 90 /tmp/gpt2-small-shape colors 50 2
+    profile gpt2-large 150 /tmp/gpt2-large-shape copy 10 10
+fi
+
+if has sanitize && command -v compute-sanitizer >/dev/null; then
+    cs() {  # tool, limit, extra check arguments
+        local tool=$1 lim=$2
+        shift 2
+        limit "$lim" "compute-sanitizer $tool" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+            "$BIN" check --device cuda "$@" >"$OUT/sanitize-$tool.txt" 2>&1 || status=1
+        grep -E "ERROR SUMMARY|kernel checks" "$OUT/sanitize-$tool.txt" | tail -2
+    }
+    cs racecheck 90 --filter sgemm
+    cs memcheck 120
+    cs synccheck 90
+    cs initcheck 120
+fi
+
 echo
-echo "== summary"
-grep -c " ok$" "$OUT/check.txt" | sed 's/^/checks passed: /'
-grep -c "FAIL$" "$OUT/check.txt" | sed 's/^/checks failed: /'
-for run in binary pgsrm; do
+echo "== summary (${BUDGET}s budget, $(( $(date +%s) - started ))s used)"
+if [ -f "$OUT/check.txt" ]; then
+    grep -c " ok$" "$OUT/check.txt" | sed 's/^/checks passed: /'
+    grep -c "FAIL$" "$OUT/check.txt" | sed 's/^/checks failed: /'
+fi
+for run in gpt2-small smollm2 gpt2-large; do
+    [ -f "$OUT/runs/$run/metrics.jsonl" ] || continue
     python3 - "$OUT/runs/$run/metrics.jsonl" "$run" <<'PY' || status=1
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 # The first updates compile kernels and fill caches: the steady rate is from the sixth on.
 first = 5 if len(rows) > 5 else 0
 done = rows[-1]["episode"] - (rows[first - 1]["episode"] if first else 0)
-rate = done / sum(r["seconds"] for r in rows[first:])
-print(f"train {sys.argv[2]}: {len(rows)} updates, {rows[-1]['episode']} episodes; steady {rate:.0f} "
-      f"episodes/s, so 100,000 episodes in {100000 / rate:.0f} s; last mean reward {rows[-1]['reward_mean']:.3f}")
+secs = sum(r["seconds"] for r in rows[first:])
+rate = done / secs
+print(f"train {sys.argv[2]}: {len(rows)} updates, {rows[-1]['episode']} episodes; steady "
+      f"{1e3 * secs / (len(rows) - first):.1f} ms per update, {rate:.0f} episodes/s, so 100,000 "
+      f"episodes in {100000 / rate:.0f} s")
 PY
 done
 grep -h episodes_per_s "$OUT/peer_ppo.json" 2>/dev/null | python3 -c '

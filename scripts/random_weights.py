@@ -5,10 +5,11 @@
 
 SRC holds a Hugging Face config.json and the tokenizer files (and, for a sentence encoder, the
 sentence-transformers files); DST becomes a copy of it with a model.safetensors of freshly
-initialised fp32 weights of that config: `LlamaForCausalLM` for `model_type` llama, `BertModel`
-for bert. Throughput does not depend on the weights' values, so `scripts/gpu-check.sh` times
-SmolLM2-135M's and all-MiniLM-L6-v2's shapes this way on a GPU machine that the real weights
-cannot be carried to (they are over its 64 MiB limit on what travels). Needs torch and
+initialised fp32 weights of that config: `LlamaForCausalLM` for `model_type` llama,
+`GPT2LMHeadModel` for gpt2, `BertModel` for bert. Throughput does not depend on the weights'
+values, so `scripts/gpu-check.sh` times SmolLM2-135M's, GPT-2's and all-MiniLM-L6-v2's shapes this
+way on a GPU machine that the real weights cannot be carried to (they are over its 64 MiB limit on
+what travels). Needs torch and
 transformers (scripts/requirements.txt).
 """
 
@@ -34,16 +35,18 @@ def main() -> int:
         raise SystemExit(f"error: {src}: no config.json there")
     kind = json.loads(cfg_path.read_text(encoding="utf-8")).get("model_type")
 
-    from transformers import AutoConfig, BertModel, LlamaForCausalLM
+    from transformers import AutoConfig, BertModel, GPT2LMHeadModel, LlamaForCausalLM
 
     config = AutoConfig.from_pretrained(str(src))
     torch.manual_seed(args.seed)
     if kind == "llama":
         model = LlamaForCausalLM(config)
+    elif kind == "gpt2":
+        model = GPT2LMHeadModel(config)
     elif kind == "bert":
         model = BertModel(config)
     else:
-        raise SystemExit(f"error: {cfg_path}: model_type {kind!r}; this writes llama or bert")
+        raise SystemExit(f"error: {cfg_path}: model_type {kind!r}; this writes llama, gpt2 or bert")
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
