@@ -93,6 +93,7 @@ have_torch=0
 python3 -c "import torch, transformers" 2>/dev/null && have_torch=1
 
 status=0
+exec 3>&1  # the script's own output, for step headers of commands whose output goes to a file
 # limit SECONDS NAME COMMAND...: runs the command under the smaller of its limit and what the
 # budget has left, or skips it when the budget is spent.
 limit() {
@@ -100,11 +101,11 @@ limit() {
     shift 2
     local left=$((BUDGET - ($(date +%s) - started)))
     if [ "$left" -lt 10 ]; then
-        echo "== $name: skipped (budget of ${BUDGET}s spent)"
+        echo "== $name: skipped (budget of ${BUDGET}s spent)" >&3
         return 124
     fi
     [ "$want" -gt "$left" ] && want=$left
-    echo "== $name (at most ${want}s)"
+    echo "== $name (at most ${want}s)" >&3
     timeout "$want" "$@"
 }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -219,8 +220,10 @@ print(f"train {sys.argv[2]}: {len(rows)} updates, {rows[-1]['episode']} episodes
       f"episodes in {100000 / rate:.0f} s")
 PY
 done
-grep -h episodes_per_s "$OUT/peer_ppo.json" 2>/dev/null | python3 -c '
+if grep -q episodes_per_s "$OUT/peer_ppo.json" 2>/dev/null; then
+    grep -h episodes_per_s "$OUT/peer_ppo.json" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
-print("peer_ppo tuned on %s: %.0f episodes/s" % (r.get("device"), r["episodes_per_s"]))' || true
+print("peer_ppo tuned on %s: %.0f episodes/s" % (r.get("device"), r["episodes_per_s"]))'
+fi
 exit $status
