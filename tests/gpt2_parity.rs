@@ -4,7 +4,8 @@
 //! Relative errors are taken against the largest magnitude of the reference tensor, so that
 //! entries near zero do not dominate.
 
-use pgsrm::cpu::gpt2::{Batch, backward, forward, lm_loss, next_token_pairs};
+use pgsrm::batch::Batch;
+use pgsrm::cpu::gpt2::{backward, forward, lm_loss, next_token_pairs};
 use pgsrm::model::io::load_gpt2;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;

@@ -1,7 +1,8 @@
 //! The CPU Llama on a tiny random model: KV-cache decoding against full forwards (greedy and
 //! seeded sampling, left-padded batch), padding invariance, and Hugging Face checkpoint files.
 
-use pgsrm::cpu::llama::{Batch, argmax, forward, generate, generate_with, log_softmax};
+use pgsrm::batch::Batch;
+use pgsrm::cpu::llama::{argmax, forward, generate, generate_with, log_softmax};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::rng::Rng;
 use pgsrm::sample::SamplingParams;

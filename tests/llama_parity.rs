@@ -2,7 +2,8 @@
 //! (tests/fixtures/llama-tiny, made by scripts/make_fixtures.py): logits where the mask is 1,
 //! the loss over the fixture's labels, and the gradient of every parameter.
 
-use pgsrm::cpu::llama::{Batch, backward, forward, log_softmax};
+use pgsrm::batch::Batch;
+use pgsrm::cpu::llama::{backward, forward, log_softmax};
 use pgsrm::model::llama::{Llama, read_safetensors};
 use pgsrm::tensor::Tensor;
 use std::collections::BTreeMap;

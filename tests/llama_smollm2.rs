@@ -2,7 +2,8 @@
 //! (tests/fixtures/smollm2, made by scripts/make_fixtures.py): token ids of varied texts, the chat
 //! template, and next-token log-probabilities.
 
-use pgsrm::cpu::llama::{Batch, argmax, forward, generate_with, log_softmax};
+use pgsrm::batch::Batch;
+use pgsrm::cpu::llama::{argmax, forward, generate_with, log_softmax};
 use pgsrm::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
 use pgsrm::model::llama_tokenizer::{ChatMessage, LlamaTokenizer};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! recomputed without the KV cache, the same answers on the emulated device, and the `pgsrm eval`
 //! command's JSON.
 
-use pgsrm::cpu::gpt2::Batch;
+use pgsrm::batch::Batch;
 use pgsrm::cuda::DeviceChoice;
 use pgsrm::model::spec::load_model;
 use pgsrm::run::eval::evaluate;

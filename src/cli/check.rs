@@ -45,7 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if let Some(p) = &args.save {
-        pgsrm::model::io::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        pgsrm::files::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -2,7 +2,7 @@
 
 use crate::cli::embedder_args::EmbedderArgs;
 use anyhow::{Context, Result, bail};
-use pgsrm::model::io::write_atomic;
+use pgsrm::files::write_atomic;
 use pgsrm::model::spec::load_model;
 use pgsrm::run::eval::evaluate;
 use pgsrm::run::folder::{CONFIG, latest_checkpoint};

@@ -8,7 +8,7 @@ use crate::cli::train::{self, lock};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use pgsrm::cuda::DeviceChoice;
-use pgsrm::model::io::write_atomic;
+use pgsrm::files::write_atomic;
 use pgsrm::model::spec::load_model;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::{EmbedderOptions, device_for};

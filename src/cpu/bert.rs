@@ -5,62 +5,13 @@
 //! batch with no padding, and only attention looks at sequence boundaries. A padded layout with an
 //! attention mask goes through the same code (used to compare with Hugging Face's padded outputs).
 
+use crate::batch::EncoderInput;
 use crate::cpu::ops::{
     encoder_attention_forward, gelu_tanh_forward, layernorm_forward, matmul_forward,
 };
 use crate::model::bert::{Activation, BertConfig, BertWeights, Pooling};
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
-
-/// Token ids of B sequences laid out as rows; N = total rows.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EncoderInput {
-    /// (N)
-    pub input_ids: Vec<u32>,
-    /// (N)
-    pub token_type_ids: Vec<u32>,
-    /// (N) whether the row is a real token (may be attended and is pooled).
-    pub mask: Vec<bool>,
-    /// (B + 1): sequence s is rows starts[s]..starts[s + 1]; its positions count from 0 there.
-    pub starts: Vec<usize>,
-}
-
-impl EncoderInput {
-    pub fn new() -> Self {
-        EncoderInput {
-            starts: vec![0],
-            ..Default::default()
-        }
-    }
-
-    /// Appends one sequence of real tokens.
-    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
-        assert_eq!(ids.len(), type_ids.len());
-        self.input_ids.extend_from_slice(ids);
-        self.token_type_ids.extend_from_slice(type_ids);
-        self.mask.extend(std::iter::repeat_n(true, ids.len()));
-        self.starts.push(self.input_ids.len());
-    }
-
-    /// B sequences padded to T, as tokenizers return them: ids, type ids, mask (B, T).
-    pub fn padded(ids: &[u32], type_ids: &[u32], mask: &[u32], b: usize, t: usize) -> Self {
-        assert!(ids.len() == b * t && type_ids.len() == b * t && mask.len() == b * t);
-        EncoderInput {
-            input_ids: ids.to_vec(),
-            token_type_ids: type_ids.to_vec(),
-            mask: mask.iter().map(|&m| m != 0).collect(),
-            starts: (0..=b).map(|s| s * t).collect(),
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.input_ids.len()
-    }
-
-    pub fn batch(&self) -> usize {
-        self.starts.len() - 1
-    }
-}
 
 const ROWS_PER_TASK: usize = 32;
 

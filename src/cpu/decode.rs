@@ -2,7 +2,8 @@
 //! (see `cpu::gpt2`), then every step feeds one token per row. A row that has produced end-of-text
 //! stops: from then on it is fed end-of-text as padding and its outputs are ignored.
 
-use crate::cpu::gpt2::{Batch, ChunkBuffers, chunk_forward, head_forward};
+use crate::batch::Batch;
+use crate::cpu::gpt2::{ChunkBuffers, chunk_forward, head_forward};
 use crate::cpu::kv::{Attend, KvCache};
 use crate::model::gpt2::{Gpt2, Gpt2Config};
 use crate::rng::Rng;

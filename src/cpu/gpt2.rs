@@ -7,107 +7,13 @@
 //!
 //! Logits are computed only for the (row, position) pairs asked for.
 
+use crate::batch::Batch;
 use crate::cpu::kv::Attend;
 use crate::cpu::ops::*;
 use crate::cpu::prefix::RecordPaths;
 use crate::model::gpt2::{Gpt2, Gpt2Weights};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
-
-/// Token ids of B sequences, left padded to a common length T.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
-    /// (B, T) row-major; entries before `start[r]` are padding.
-    pub tokens: Vec<u32>,
-    /// First real index of each row.
-    pub start: Vec<usize>,
-    pub b: usize,
-    pub t: usize,
-}
-
-impl Batch {
-    /// Left-pads `seqs` with `pad` to the longest one. Every sequence needs at least one token.
-    pub fn left_padded(seqs: &[Vec<u32>], pad: u32) -> Result<Self> {
-        if seqs.is_empty() {
-            bail!("a batch needs at least one sequence");
-        }
-        if let Some(r) = seqs.iter().position(|s| s.is_empty()) {
-            bail!("sequence {r} of the batch is empty");
-        }
-        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut tokens = Vec::with_capacity(seqs.len() * t);
-        let mut start = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            start.push(t - s.len());
-            tokens.extend(std::iter::repeat_n(pad, t - s.len()));
-            tokens.extend_from_slice(s);
-        }
-        Ok(Batch {
-            tokens,
-            start,
-            b: seqs.len(),
-            t,
-        })
-    }
-
-    /// Position ids (B, T): t - start[r] for real tokens, 0 for padding (it is never attended to).
-    pub fn position_ids(&self) -> Vec<u32> {
-        let mut pos = Vec::with_capacity(self.b * self.t);
-        for &st in &self.start {
-            for i in 0..self.t {
-                pos.push(i.saturating_sub(st) as u32);
-            }
-        }
-        pos
-    }
-
-    /// Every real (row, position) pair, in row-major order.
-    pub fn real_positions(&self) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        for (r, &st) in self.start.iter().enumerate() {
-            out.extend((st..self.t).map(|t| (r, t)));
-        }
-        out
-    }
-
-    fn validate(&self, model: &Gpt2) -> Result<()> {
-        let cfg = &model.config;
-        if self.tokens.len() != self.b * self.t || self.start.len() != self.b {
-            bail!(
-                "batch of {} x {} has {} tokens and {} starts",
-                self.b,
-                self.t,
-                self.tokens.len(),
-                self.start.len()
-            );
-        }
-        for (r, &st) in self.start.iter().enumerate() {
-            if st >= self.t {
-                bail!(
-                    "row {r} of the batch has no tokens (start {st}, length {})",
-                    self.t
-                );
-            }
-            if self.t - st > cfg.n_positions {
-                bail!(
-                    "row {r} has {} tokens, more than the model's context of {}",
-                    self.t - st,
-                    cfg.n_positions
-                );
-            }
-            let row = &self.tokens[r * self.t + st..(r + 1) * self.t];
-            if let Some(i) = row.iter().position(|&x| x as usize >= cfg.vocab_size) {
-                bail!(
-                    "token id {} at row {r}, index {} is outside the vocabulary of {}",
-                    row[i],
-                    st + i,
-                    cfg.vocab_size
-                );
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What one transformer block saves for backward; N = B T rows.
 #[derive(Default, Debug)]
@@ -547,7 +453,7 @@ pub fn forward_into(
     positions: &[(usize, usize)],
     acts: &mut Gpt2Activations,
 ) -> Result<()> {
-    batch.validate(model)?;
+    batch.check(model.config.vocab_size, model.config.n_positions)?;
     let cfg = &model.config;
     let w = &model.weights;
     let (nb, nt, c, v) = (batch.b, batch.t, cfg.n_embd, cfg.vocab_size);

@@ -4,7 +4,7 @@
 //! (row, position) pairs asked for. The interface matches GPT-2's (`cpu::gpt2::forward`,
 //! `backward`, `cpu::decode::generate`), so the trainer can take either family.
 
-pub use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
 use crate::cpu::kv::{Attend, KvCache, RowKv};
 use crate::cpu::ops::*;
 use crate::cpu::prefix::RecordPaths;
@@ -14,27 +14,6 @@ use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams, sample};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
-
-fn check_batch(batch: &Batch, vocab: usize) -> Result<()> {
-    if batch.tokens.len() != batch.b * batch.t || batch.start.len() != batch.b {
-        bail!(
-            "batch of {} x {} needs {} tokens and {} starts, has {} and {}",
-            batch.b,
-            batch.t,
-            batch.b * batch.t,
-            batch.b,
-            batch.tokens.len(),
-            batch.start.len()
-        );
-    }
-    if let Some(&s) = batch.start.iter().find(|&&s| s > batch.t) {
-        bail!("start index {s} is past the sequence length {}", batch.t);
-    }
-    if let Some(&tok) = batch.tokens.iter().find(|&&x| x as usize >= vocab) {
-        bail!("token id {tok} is outside the vocabulary of {vocab}");
-    }
-    Ok(())
-}
 
 /// Activations of one layer saved for backward. N = B*T rows.
 struct LayerActs {
@@ -315,7 +294,10 @@ pub fn forward(
     batch: &Batch,
     positions: &[(usize, usize)],
 ) -> Result<(Tensor, LlamaActivations)> {
-    check_batch(batch, model.config.vocab_size)?;
+    batch.check(
+        model.config.vocab_size,
+        model.config.max_position_embeddings,
+    )?;
     let mut rows = Vec::with_capacity(positions.len());
     for &(r, t) in positions {
         if r >= batch.b || t >= batch.t {
@@ -674,10 +656,7 @@ pub fn generate_with(
     mut pick: impl FnMut(usize, &[f32]) -> u32,
 ) -> Result<Choices> {
     let v = model.config.vocab_size;
-    check_batch(prompts, v)?;
-    if prompts.start.iter().any(|&s| s >= prompts.t) {
-        bail!("every prompt needs at least one token");
-    }
+    prompts.check(v, model.config.max_position_embeddings)?;
     let ctx = model.config.max_position_embeddings;
     if prompts.t + max_new > ctx {
         bail!(

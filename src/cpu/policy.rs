@@ -2,7 +2,8 @@
 //! either child family (actor forward and backward, the frozen reference's log-probs, the value
 //! head, the losses of `ppo::loss`, two AdamW optimisers with gradient clipping).
 
-use crate::cpu::gpt2::{self, Batch, Gpt2Activations};
+use crate::batch::Batch;
+use crate::cpu::gpt2::{self, Gpt2Activations};
 use crate::cpu::llama::{self, LlamaActivations};
 use crate::cpu::refcache::RefCache;
 use crate::cpu::rollout::{Rollout, generate_recorded};

@@ -5,7 +5,7 @@
 use super::device::DevBuf;
 use super::device::Gpu;
 use super::ops as k;
-use crate::cpu::bert::EncoderInput;
+use crate::batch::EncoderInput;
 use crate::model::bert::{Activation, BertConfig, BertWeights};
 use crate::reward::shaping::Shaping;
 use anyhow::{Result, ensure};

@@ -906,8 +906,7 @@ fn reward(ck: &mut Checker, b: usize, t: usize, d: usize) -> Result<()> {
     mask[(b - 1) * t..].fill(0); // an answer with no token: a zero vector
     let parent = randn(&mut ck.rng, b * d, 1.0);
     let exact: Vec<i32> = (0..b).map(|i| (i % 2) as i32).collect();
-    let input =
-        crate::cpu::bert::EncoderInput::padded(&vec![0; b * t], &vec![0; b * t], &mask, b, t);
+    let input = crate::batch::EncoderInput::padded(&vec![0; b * t], &vec![0; b * t], &mask, b, t);
     let mut pooled = vec![0.0; b * d];
     crate::cpu::bert::sentence_pool_forward(
         &mut pooled,
@@ -1082,7 +1081,7 @@ fn llama_decoding(ck: &mut Checker, name: &str, config: &str) -> Result<()> {
         .map(|_| (0..prompts.len()).map(|_| ck.rng.below(v) as u32).collect())
         .collect();
     // CPU: the logits each row sees at each step, with the forced tokens fed back.
-    let batch = crate::cpu::gpt2::Batch::left_padded(&prompts, 0)?;
+    let batch = crate::batch::Batch::left_padded(&prompts, 0)?;
     let mut seen: Vec<Vec<f32>> = vec![Vec::new(); steps + 1];
     let mut calls = 0usize;
     crate::cpu::llama::generate_with(&model, &batch, steps + 1, None, |r, logits| {
@@ -1121,7 +1120,8 @@ const MINILM_CONFIG: &str = r#"{"vocab_size": 30522, "hidden_size": 384, "num_hi
 /// The encoder's last hidden state and the fused PGSRM reward on the device against
 /// `cpu::bert::bert_forward`, `sentence_pool_forward` and `reward::shaping`, on five packed answers.
 fn bert_reward(ck: &mut Checker) -> Result<()> {
-    use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
+    use crate::batch::EncoderInput;
+    use crate::cpu::bert::{bert_forward, sentence_pool_forward};
     use crate::model::bert::{BertConfig, BertLayer, BertWeights, Pooling};
     use crate::reward::shaping::Shaping;
     let cfg: BertConfig = serde_json::from_str(MINILM_CONFIG)?;

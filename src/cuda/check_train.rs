@@ -11,7 +11,7 @@ use super::device::{DevBuf, Gpu};
 use super::ops_loss::{self as kl, ActorInputs, DevActorLoss};
 use super::policy_model::DevModel;
 use super::train_batch::TrainBatch;
-use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
 use crate::model::spec::Model;
 use crate::ppo::PpoConfig;
 use crate::ppo::loss::{self, Critic};

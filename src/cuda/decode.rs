@@ -6,7 +6,7 @@
 
 use super::device::{DevBuf, Gpu};
 use super::ops::{self as k, SampleArgs};
-use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
 use crate::rng::Rng;
 use crate::sample::Generation;
 use crate::sample::SamplingParams;

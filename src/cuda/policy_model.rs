@@ -9,7 +9,7 @@ use super::gpt2_train::{self, Gpt2Activations};
 use super::llama::{GpuLlama, GpuLlamaWeights};
 use super::llama_train::{self, LlamaActivations};
 use super::train_batch::TrainBatch;
-use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
 use crate::model::spec::Model;
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};

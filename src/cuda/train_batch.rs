@@ -1,11 +1,11 @@
 //! A training batch on the device, for the forward passes that keep activations and their
 //! backward passes (`cuda::gpt2_train`, `cuda::llama_train`): the left-padded tokens of a
-//! `cpu::gpt2::Batch` with their positions, the rows whose logits are wanted, and the index
+//! `batch::Batch` with their positions, the rows whose logits are wanted, and the index
 //! buckets the backward passes scatter by.
 
 use super::device::{DevBuf, Gpu};
 use super::ops_backward::RowBuckets;
-use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
 use anyhow::{Result, bail};
 
 pub struct TrainBatch {
@@ -42,25 +42,7 @@ impl TrainBatch {
         max_len: usize,
     ) -> Result<Self> {
         let (b, t) = (batch.b, batch.t);
-        if batch.tokens.len() != b * t || batch.start.len() != b || b == 0 {
-            bail!(
-                "a batch of {b} x {t} needs {} tokens and {b} starts, has {} and {}",
-                b * t,
-                batch.tokens.len(),
-                batch.start.len()
-            );
-        }
-        for (r, &st) in batch.start.iter().enumerate() {
-            if st >= t || t - st > max_len {
-                bail!(
-                    "row {r} holds {} tokens: at least 1 and at most the model's context of {max_len}",
-                    t.saturating_sub(st)
-                );
-            }
-        }
-        if let Some(&tok) = batch.tokens.iter().find(|&&x| x as usize >= vocab) {
-            bail!("token id {tok} is outside the vocabulary of {vocab}");
-        }
+        batch.check(vocab, max_len)?;
         let mut rows = Vec::with_capacity(positions.len());
         let mut seen = vec![false; b * t];
         for &(r, i) in positions {

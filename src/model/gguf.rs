@@ -4,12 +4,12 @@
 //!
 //! A small writer is included so that tests (and tools) can produce GGUF files from raw blocks.
 
+use crate::files::write_atomic;
 use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
 use half::f16;
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -673,26 +673,6 @@ pub fn write_gguf(
     let path = path.as_ref();
     let bytes = encode_gguf(metadata, tensors)?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// Encodes f32 values as Q8_0 blocks the way ggml does: scale = max |x| / 127, round to nearest.

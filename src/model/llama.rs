@@ -3,7 +3,8 @@
 //! `LlamaForCausalLM` (`model.layers.N.self_attn.q_proj.weight`, ...). Loaded from GGUF files or
 //! from Hugging Face safetensors (single or sharded); saved as config.json + model.safetensors.
 
-use crate::model::gguf::{GgufFile, write_atomic};
+use crate::files::write_atomic;
+use crate::model::gguf::GgufFile;
 use crate::model::llama_tokenizer::LlamaTokenizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;

@@ -2,7 +2,8 @@
 //! `tokenizers` crate: byte-level BPE (`tokenizer.ggml.model` = gpt2) with the pre-tokenizer named
 //! by `tokenizer.ggml.pre`, control tokens as special tokens, and the chat template (ChatML).
 
-use crate::model::gguf::{GgufFile, write_atomic};
+use crate::files::write_atomic;
+use crate::model::gguf::GgufFile;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
 use std::path::Path;

@@ -9,9 +9,10 @@
 //! A model without its own tokenizer files gets GPT-2's (the `gpt2-tokenizer` asset).
 
 use crate::assets::Locations;
-use crate::cpu::gpt2::Batch;
+use crate::batch::Batch;
+use crate::files::{replace_dir, temp_sibling, write_atomic};
 use crate::model::gpt2::{Gpt2, Gpt2Config, NAMED_CONFIGS};
-use crate::model::io::{load_gpt2, replace_dir, save_gpt2, temp_sibling, write_atomic};
+use crate::model::io::{load_gpt2, save_gpt2};
 use crate::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
 use crate::model::llama_tokenizer::{ChatMessage, apply_chatml};
 use crate::model::tokenizer::Tokenizer;

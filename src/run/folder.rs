@@ -9,9 +9,8 @@
 //! A run never starts in a folder that already holds files unless it is resumed, and resuming
 //! reads and checks everything before it changes anything.
 
-use crate::model::io::{
-    SafetensorsFile, replace_dir, save_safetensors, temp_sibling, write_atomic,
-};
+use crate::files::{replace_dir, temp_sibling, write_atomic};
+use crate::model::io::{SafetensorsFile, save_safetensors};
 use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;

@@ -333,7 +333,7 @@ fn write_file(dir: &Path, stem: &str, ext: &str, bytes: &[u8]) -> Result<()> {
     if stem.is_empty() || stem.contains('/') {
         bail!("bad plot name {stem:?}");
     }
-    crate::model::io::write_atomic(&dir.join(format!("{stem}.{ext}")), bytes)
+    crate::files::write_atomic(&dir.join(format!("{stem}.{ext}")), bytes)
 }
 
 /// Writes `<stem>.svg` and `<stem>.png` (atomically) into `dir`.

@@ -4,7 +4,7 @@
 //! mean reward, `std(r[t+1] - r[t])` over the updates t of one run. Lower is smoother. Over
 //! several seeds it is the mean of the per-seed figures.
 
-use crate::model::io::write_atomic;
+use crate::files::write_atomic;
 use crate::run::folder::{CONFIG, METRICS, read_jsonl};
 use crate::run::plot::{Chart, Figure, Series, write_both, write_figure};
 use anyhow::{Context, Result, bail};

@@ -7,7 +7,7 @@ use crate::assets::Locations;
 use crate::backend::policy_backend;
 use crate::cuda::DeviceChoice;
 use crate::cuda::device::Gpu;
-use crate::model::io::write_atomic;
+use crate::files::write_atomic;
 use crate::model::spec::{ChildFiles, Loaded, load_model};
 use crate::ppo::config::Baseline;
 use crate::ppo::trainer::prompt_bos;

@@ -105,9 +105,9 @@ pub fn build(compiler: &Compiler, stem: &str, source: &str, what: &str) -> Resul
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The source stays beside the library, so a compiler message can be read against it.
     let src = dir.join(format!("{stem}-{key:016x}.cpp"));
-    crate::model::io::write_atomic(&src, source.as_bytes())?;
+    crate::files::write_atomic(&src, source.as_bytes())?;
     // A name of its own per build: threads and processes may build the same library at once.
-    let tmp = crate::model::io::temp_sibling(&lib, "build");
+    let tmp = crate::files::temp_sibling(&lib, "build");
     let out = Command::new(&compiler.program)
         .args(FLAGS)
         .arg("-o")

@@ -11,7 +11,8 @@
 //! update of a run).
 
 use super::vector_cache::VectorCache;
-use crate::cpu::bert::{EncoderInput, bert_forward, sentence_pool_forward};
+use crate::batch::EncoderInput;
+use crate::cpu::bert::{bert_forward, sentence_pool_forward};
 use crate::cuda::bert::{DeviceEncoder, shape_code};
 use crate::cuda::device::Gpu;
 use crate::model::bert::SentenceModel;
