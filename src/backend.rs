@@ -65,7 +65,9 @@ impl<'m> Runner<'m> {
         seed: u64,
     ) -> Result<Vec<Generation>> {
         match self {
-            Runner::Cpu(m) => m.generate(prompts, params, eos, &mut Rng::new(seed)),
+            Runner::Cpu(m) => {
+                crate::cpu::model::generate(m, prompts, params, eos, &mut Rng::new(seed))
+            }
             Runner::Device { gpu, model, .. } => match model.as_ref() {
                 OnDevice::Gpt2(m) => decode::generate(gpu, m, prompts, params, eos, seed),
                 OnDevice::Llama(m) => decode::generate(gpu, m, prompts, params, eos, seed),
@@ -83,7 +85,7 @@ impl<'m> Runner<'m> {
             Runner::Cpu(m) => {
                 let batch = Batch::left_padded(std::slice::from_ref(&seq.to_vec()), 0)?;
                 let positions: Vec<(usize, usize)> = (0..seq.len() - 1).map(|p| (0, p)).collect();
-                Ok(m.logits(&batch, &positions)?.data)
+                Ok(crate::cpu::model::logits(m, &batch, &positions)?.data)
             }
             Runner::Device { gpu, model } => {
                 let head = &seq[..seq.len() - 1];

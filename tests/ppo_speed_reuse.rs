@@ -95,9 +95,14 @@ fn params() -> SamplingParams {
 /// An end-of-text id that the rollouts of round 0 sample: the second token of the second row
 /// when end-of-text is some other id, so that this row stops there.
 fn pick_eos(model: &Model, sharing: Sharing) -> u32 {
-    let g = model
-        .generate(&prompts(model, 0, sharing), &params(), 0, &mut Rng::new(17))
-        .unwrap();
+    let g = pgsrm::cpu::model::generate(
+        model,
+        &prompts(model, 0, sharing),
+        &params(),
+        0,
+        &mut Rng::new(17),
+    )
+    .unwrap();
     g[1].tokens[1]
 }
 

@@ -35,9 +35,8 @@ fn episodes(model: &Model, eos: u32, rewards: &[f32]) -> Vec<Episode> {
         max_new_tokens: 3,
         ..SamplingParams::default()
     };
-    let gens = model
-        .generate(&prompts, &params, eos, &mut Rng::new(9))
-        .unwrap();
+    let gens =
+        pgsrm::cpu::model::generate(model, &prompts, &params, eos, &mut Rng::new(9)).unwrap();
     let mut eps: Vec<Episode> = prompts
         .into_iter()
         .zip(gens)

@@ -39,7 +39,8 @@ fn eval_on_random_tiny_gives_a_defined_accuracy() {
         let n0 = ids.len();
         for _ in 0..2 {
             let batch = Batch::left_padded(std::slice::from_ref(&ids), loaded.eos).unwrap();
-            let logits = loaded.model.logits(&batch, &[(0, ids.len() - 1)]).unwrap();
+            let logits =
+                pgsrm::cpu::model::logits(&loaded.model, &batch, &[(0, ids.len() - 1)]).unwrap();
             let mut best = 0;
             for (i, &v) in logits.data.iter().enumerate() {
                 if v > logits.data[best] {

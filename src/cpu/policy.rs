@@ -128,7 +128,7 @@ pub fn token_logprobs(
     if positions.is_empty() {
         return Ok(Vec::new());
     }
-    let logits = model.logits(batch, positions)?;
+    let logits = crate::cpu::model::logits(model, batch, positions)?;
     let v = model.vocab_size();
     Ok(tokens
         .iter()
@@ -515,7 +515,7 @@ impl PolicyBackend for CpuPolicy {
         self.rollout = None;
         let steps = step_count(&self.cfg, prompts.len());
         if !(self.reuse_rollout && steps == 1 && params.max_new_tokens > 0) {
-            return self.model.generate(prompts, params, self.eos, rng);
+            return crate::cpu::model::generate(&self.model, prompts, params, self.eos, rng);
         }
         let recorded = match &self.model {
             Model::Gpt2(m) => Recorded::Gpt2(Box::new(generate_recorded(

@@ -9,17 +9,12 @@
 //! A model without its own tokenizer files gets GPT-2's (the `gpt2-tokenizer` asset).
 
 use crate::assets::Locations;
-use crate::batch::Batch;
 use crate::files::{replace_dir, temp_sibling, write_atomic};
 use crate::model::gpt2::{Gpt2, Gpt2Config, NAMED_CONFIGS};
 use crate::model::io::{load_gpt2, save_gpt2};
 use crate::model::llama::{Llama, SMOLLM2_ASSET, load_gguf_child};
 use crate::model::llama_tokenizer::{ChatMessage, apply_chatml};
 use crate::model::tokenizer::Tokenizer;
-use crate::rng::Rng;
-use crate::sample::Generation;
-use crate::sample::SamplingParams;
-use crate::tensor::Tensor;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -109,28 +104,6 @@ impl Model {
         match self {
             Model::Gpt2(m) => m.config.vocab_size,
             Model::Llama(m) => m.config.vocab_size,
-        }
-    }
-
-    /// The logits (M, V) at the chosen (row, position) pairs of a left-padded batch, on the CPU.
-    pub fn logits(&self, batch: &Batch, positions: &[(usize, usize)]) -> Result<Tensor> {
-        Ok(match self {
-            Model::Gpt2(m) => crate::cpu::gpt2::forward(m, batch, positions)?.0,
-            Model::Llama(m) => crate::cpu::llama::forward(m, batch, positions)?.0,
-        })
-    }
-
-    /// Samples continuations of every prompt together (KV cache), on the CPU.
-    pub fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        params: &SamplingParams,
-        eos: u32,
-        rng: &mut Rng,
-    ) -> Result<Vec<Generation>> {
-        match self {
-            Model::Gpt2(m) => crate::cpu::decode::generate(m, prompts, params, eos, rng),
-            Model::Llama(m) => crate::cpu::llama::generate(m, prompts, params, eos, rng),
         }
     }
 }
