@@ -5,10 +5,10 @@
 use crate::batch::Batch;
 use crate::cpu::policy::CpuPolicy;
 use crate::cuda::DeviceChoice;
-use crate::cuda::decode;
 use crate::cuda::device::Gpu;
-use crate::cuda::gpt2::GpuGpt2;
-use crate::cuda::llama::GpuLlama;
+use crate::cuda::model::decode;
+use crate::cuda::model::gpt2::GpuGpt2;
+use crate::cuda::model::llama::GpuLlama;
 use crate::cuda::policy::CudaPolicy;
 use crate::model::spec::Model;
 use crate::ppo::loss::Critic;

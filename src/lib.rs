@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod backend;
 pub mod batch;
+pub mod check;
 pub mod cpu;
 pub mod cuda;
 pub mod files;

@@ -63,11 +63,7 @@ fn pgsrm_check_passes_every_row_on_the_emulated_device() {
 #[ignore = "needs a CUDA device (run by scripts/gpu-check.sh)"]
 fn every_kernel_matches_the_cpu_reference_on_a_gpu() {
     let gpu = pgsrm::cuda::device::Gpu::new(0).expect("a CUDA device");
-    let rows = pgsrm::cuda::check::run_all(&gpu, 7).expect("checks run");
+    let rows = pgsrm::check::run_all(&gpu, 7).expect("checks run");
     let failed: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
-    assert!(
-        failed.is_empty(),
-        "{}",
-        pgsrm::cuda::check::format_table(&rows)
-    );
+    assert!(failed.is_empty(), "{}", pgsrm::check::format_table(&rows));
 }

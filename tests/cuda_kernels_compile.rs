@@ -1,7 +1,7 @@
 //! Every kernel in kernels/ compiles with NVRTC for sm_80 and sm_90 and defines the entry points the
 //! host code launches. Needs NVRTC (not a GPU): the system's, or the pip wheel's (see .ci/run).
 
-use pgsrm::cuda::registry;
+use pgsrm::cuda::device::registry;
 
 const EXPECTED: &[(&str, &[&str])] = &[
     (
@@ -84,7 +84,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
 
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90() {
-    pgsrm::cuda::nvrtc::ensure_loaded().expect("NVRTC must be available to check the kernels");
+    pgsrm::cuda::device::nvrtc::ensure_loaded()
+        .expect("NVRTC must be available to check the kernels");
     let files: Vec<&str> = registry::kernel_files().collect();
     let listed: Vec<&str> = EXPECTED.iter().map(|(f, _)| *f).collect();
     assert_eq!(files, listed, "kernel files and this test's list differ");
@@ -93,7 +94,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             let ptx = registry::compile(file, arch).unwrap_or_else(|e| panic!("{e:#}"));
             let found = registry::entry_points(&ptx);
             let planned = match *file {
-                "sgemm.cu" => pgsrm::cuda::sgemm::entries(),
+                "sgemm.cu" => pgsrm::cuda::ops::sgemm::entries(),
                 _ => Vec::new(),
             };
             for e in entries.iter().map(|e| e.to_string()).chain(planned) {
@@ -108,7 +109,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
 
 #[test]
 fn a_broken_kernel_reports_file_and_line() {
-    pgsrm::cuda::nvrtc::ensure_loaded().expect("NVRTC must be available to check the kernels");
+    pgsrm::cuda::device::nvrtc::ensure_loaded()
+        .expect("NVRTC must be available to check the kernels");
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some("compute_80"),
         name: Some("broken.cu".into()),

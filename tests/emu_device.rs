@@ -6,8 +6,8 @@
 //! zero and a stack overflow; then the errors a GPU
 //! gives for launches no device accepts, and a compile error naming the file and line.
 
+use pgsrm::cuda::device::emu::{POISON, Schedule};
 use pgsrm::cuda::device::{Arg, Gpu, Grid};
-use pgsrm::cuda::emu::{POISON, Schedule};
 
 fn emu() -> Gpu {
     Gpu::emulated().expect("the emulated device needs a C++ compiler (c++ or $CXX)")
@@ -100,7 +100,7 @@ fn warp_race(g: &Gpu, entry: &str, schedule: Schedule, poison: u8) -> Vec<u32> {
 
 /// Whether every schedule `pgsrm check` runs a case under gives the bits of the first.
 fn same_bits_under_the_checks_schedules(g: &Gpu, entry: &str) -> bool {
-    let runs: Vec<Vec<u32>> = pgsrm::cuda::check::schedules(1)
+    let runs: Vec<Vec<u32>> = pgsrm::check::schedules(1)
         .into_iter()
         .map(|(s, p)| warp_race(g, entry, s, p))
         .collect();

@@ -7,8 +7,8 @@
 //! for the sentence tasks), with the head at the response positions only; and decoding steps of
 //! 1, 10 and 50 rows.
 
+use pgsrm::cuda::ops::sgemm::{Family, Shape, TARGET_BLOCKS, most_tile_splits, plan};
 use pgsrm::cuda::paper_shapes::products;
-use pgsrm::cuda::sgemm::{Family, Shape, TARGET_BLOCKS, most_tile_splits, plan};
 
 /// Why a product need not reach `TARGET_BLOCKS`, or `None` when it must.
 fn exemption(s: &Shape) -> Option<String> {

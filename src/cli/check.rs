@@ -1,7 +1,8 @@
 //! `pgsrm check`: runs every CUDA kernel against its CPU reference and prints a table.
 
 use anyhow::{Result, bail};
-use pgsrm::cuda::{DeviceChoice, check, device::Gpu};
+use pgsrm::check;
+use pgsrm::cuda::{DeviceChoice, device::Gpu};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -46,9 +46,9 @@ fn cuda() -> Value {
 
 /// Whether `--device emu` can build its libraries: the C++ compiler it would use.
 fn emulated_device() -> Value {
-    match pgsrm::cuda::emu::compile::Compiler::find() {
+    match pgsrm::cuda::device::emu::compile::Compiler::find() {
         Ok(c) => json!({"compiler": c.program, "version": c.version,
-                        "cache": pgsrm::cuda::emu::compile::cache_dir().display().to_string()}),
+                        "cache": pgsrm::cuda::device::emu::compile::cache_dir().display().to_string()}),
         Err(e) => json!({"error": format!("{e:#}")}),
     }
 }

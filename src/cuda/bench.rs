@@ -2,12 +2,12 @@
 //! config (random init), and our products beside cuBLAS at the paper's shapes
 //! (`cuda::paper_shapes`), as planned or under every candidate plan.
 
-use super::decode::generate;
 use super::device::DevBuf;
 use super::device::Gpu;
-use super::gpt2::GpuGpt2;
+use super::model::decode::generate;
+use super::model::gpt2::GpuGpt2;
+use super::ops::sgemm::{self, Layout, Plan, Shape};
 use super::paper_shapes::Product;
-use super::sgemm::{self, Layout, Plan, Shape};
 use crate::model::gpt2::Gpt2;
 use crate::rng::Rng;
 use crate::sample::SamplingParams;

@@ -1,33 +1,20 @@
 //! The CUDA backend: hand-written kernels in `kernels/`, compiled at run time by NVRTC.
 //! Everything here loads CUDA libraries dynamically, so the crate builds and its CPU path runs on
-//! machines without CUDA.
+//! machines without CUDA. Its parts, each a folder:
+//! - `device`: a device (`Gpu`) and its runtimes: CUDA through the driver and NVRTC (`registry`
+//!   compiles and caches the kernels), or the emulated device (`emu`);
+//! - `ops`: one launcher per kernel, named after the CPU function the kernel mirrors;
+//! - `model`: the children's and the encoder's passes (GPT-2, Llama, BERT), decoding, and
+//!   `DevModel`, a child of either family;
+//! - `policy`: the trainer's jobs on the device, and the frozen reference's prompt cache;
+//! - `bench`, `paper_shapes`: throughput figures, and the products of the paper's jobs.
 
 pub mod bench;
-pub mod bert;
-pub mod check;
-mod check_backward;
-mod check_ppo;
-mod check_sgemm;
-mod check_train;
-pub mod decode;
 pub mod device;
-pub mod emu;
-pub mod gpt2;
-pub mod gpt2_train;
-pub mod llama;
-pub mod llama_train;
-pub mod nvrtc;
+pub mod model;
 pub mod ops;
-pub mod ops_backward;
-pub mod ops_loss;
-pub mod optim;
 pub mod paper_shapes;
 pub mod policy;
-pub mod policy_model;
-pub mod refcache;
-pub mod registry;
-pub mod sgemm;
-pub mod train_batch;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
 /// never picks the emulated device, which is for checking kernels, not for speed).

@@ -3,7 +3,7 @@
 //! sentence tasks), and decoding steps. The launch-plan test holds the plan of each to the device's
 //! size; `pgsrm bench --job matmul` times each against cuBLAS.
 
-use super::sgemm::{Layout, Shape};
+use super::ops::sgemm::{Layout, Shape};
 
 /// The widths of a child.
 pub struct Widths {

@@ -13,8 +13,8 @@
 use super::vector_cache::VectorCache;
 use crate::batch::EncoderInput;
 use crate::cpu::bert::{bert_forward, sentence_pool_forward};
-use crate::cuda::bert::{DeviceEncoder, shape_code};
 use crate::cuda::device::Gpu;
+use crate::cuda::model::bert::{DeviceEncoder, shape_code};
 use crate::model::bert::SentenceModel;
 use crate::reward::Embedder;
 use crate::reward::shaping::Shaping;

@@ -3,10 +3,10 @@
 //! embeddings from the same f32 tables, grouped-query attention over the KV cache, the SiLU-gated
 //! MLP; the final norm and the head. Decoding itself is `cuda::decode`'s, shared with GPT-2.
 
-use super::decode::{CachedRows, DeviceModel, KvCache};
-use super::device::{DevBuf, Gpu};
-use super::ops::{self as k, AttnShape};
 use crate::cpu::ops::rope_table;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::decode::{CachedRows, DeviceModel, KvCache};
+use crate::cuda::ops::{self as k, AttnShape};
 use crate::model::llama::{Llama, LlamaConfig, LlamaWeights};
 use anyhow::{Result, bail};
 

@@ -2,8 +2,13 @@
 //! slices of the same shapes as the CPU functions' (given in the kernels' comments); every launch is
 //! checked, and `Gpu::sync` surfaces asynchronous faults.
 
-use super::device::{Arg, DevBuf, Gpu, Grid};
-use super::sgemm::{Layout, sgemm};
+pub mod backward;
+pub mod optim;
+pub mod ppo_loss;
+pub mod sgemm;
+
+use crate::cuda::device::{Arg, DevBuf, Gpu, Grid};
+use crate::cuda::ops::sgemm::{Layout, sgemm};
 use anyhow::{Result, anyhow, bail};
 
 type Buf = DevBuf<f32>;

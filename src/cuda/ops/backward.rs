@@ -3,9 +3,9 @@
 //! functions they add into their gradients; every parameter gradient is reduced in a fixed order,
 //! so a launch gives the same bits every time.
 
-use super::device::{Arg, DevBuf, Gpu, Grid};
-use super::ops::{AttnShape, Heads, blocks, int, need, per_row, view, warps};
-use super::sgemm::{Layout, sgemm};
+use crate::cuda::device::{Arg, DevBuf, Gpu, Grid};
+use crate::cuda::ops::sgemm::{Layout, sgemm};
+use crate::cuda::ops::{AttnShape, Heads, blocks, int, need, per_row, view, warps};
 use anyhow::{Result, bail};
 
 type Buf = DevBuf<f32>;

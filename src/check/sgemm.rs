@@ -3,8 +3,8 @@
 //! tiles have edges (odd sizes for the scalar loads, multiples of 4 for the float4 ones). Each row
 //! runs the product twice: overwriting a NaN-poisoned c with the bias added, and adding into c.
 
-use super::check::{Checker, TOL, randn};
-use super::sgemm::{self, Family, Layout, Plan, Shape, TILES};
+use super::table::{Checker, TOL, randn};
+use crate::cuda::ops::sgemm::{self, Family, Layout, Plan, Shape, TILES};
 use anyhow::Result;
 
 pub(super) fn run_all(ck: &mut Checker) -> Result<()> {

@@ -4,15 +4,17 @@
 //! log-probs, the fused losses, the value head and both AdamW optimisers on the device. Only
 //! tokens, log-probs, per-row values and the losses' means cross to the host.
 
-use super::device::{DevBuf, Gpu};
-use super::ops_loss::{self as kl, ActorInputs, DevActorLoss};
-use super::optim::{self, AdamW};
-use super::policy_model::{DevActs, DevGrads, DevModel};
-use super::refcache::DevRefCache;
-use super::train_batch::TrainBatch;
+pub mod refcache;
+
 use crate::cpu::policy::{
     ScoredBatch, check_state_fits, params, scored_batch, starting_optimisers,
 };
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::model::{DevActs, DevGrads, DevModel};
+use crate::cuda::ops::optim::{self, AdamW};
+use crate::cuda::ops::ppo_loss::{self as kl, ActorInputs, DevActorLoss};
+use crate::cuda::policy::refcache::DevRefCache;
 use crate::model::spec::Model;
 use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses};

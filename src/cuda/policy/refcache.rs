@@ -8,10 +8,10 @@
 //! prefills only the prompts not yet kept, copies every episode's prompt rows into one decoding
 //! cache, and runs the kept response tokens but the last, all episodes in one pass.
 
-use super::decode::{Decoder, DeviceModel};
-use super::device::{DevBuf, Gpu};
-use super::ops::log_softmax_gather_forward;
-use super::policy_model::DevModel;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::DevModel;
+use crate::cuda::model::decode::{Decoder, DeviceModel};
+use crate::cuda::ops::log_softmax_gather_forward;
 use crate::ppo::loss::{Episode, kept_tokens};
 use anyhow::{Result, bail};
 use std::collections::{HashMap, HashSet};

@@ -356,7 +356,7 @@ impl EmuDevice {
     pub fn module_from_source(&self, name: &str, cuda: &str) -> Result<Arc<Module>> {
         let key = format!(
             "{name}#{:016x}",
-            crate::cuda::registry::fnv1a(&[cuda.as_bytes()])
+            crate::cuda::device::registry::fnv1a(&[cuda.as_bytes()])
         );
         let modules = MODULES.get_or_init(|| Mutex::new(HashMap::new()));
         if let Some(m) = modules.lock().unwrap().get(&key) {

@@ -2,9 +2,9 @@
 //! q|k|v product, the cache append and cached attention, the MLP; decoding itself is
 //! `cuda::decode`'s, shared with Llama.
 
-use super::decode::{CachedRows, DeviceModel, KvCache};
-use super::device::{DevBuf, Gpu};
-use super::ops::{self as k, AttnShape};
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::decode::{CachedRows, DeviceModel, KvCache};
+use crate::cuda::ops::{self as k, AttnShape};
 use crate::model::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
 use anyhow::{Result, bail};
 

@@ -2,18 +2,26 @@
 //! download, its parameter and gradient lists in `named()` order, the training forward that keeps
 //! activations, its backward, and decoding.
 
-use super::decode::generate_with_rng;
-use super::device::{DevBuf, Gpu};
-use super::gpt2::{GpuGpt2, GpuGpt2Weights};
-use super::gpt2_train::{self, Gpt2Activations};
-use super::llama::{GpuLlama, GpuLlamaWeights};
-use super::llama_train::{self, LlamaActivations};
-use super::train_batch::TrainBatch;
+pub mod bert;
+pub mod decode;
+pub mod gpt2;
+pub mod gpt2_train;
+pub mod llama;
+pub mod llama_train;
+pub mod train_batch;
+
 use crate::batch::Batch;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::decode::generate_with_rng;
+use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
+use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
+use crate::cuda::model::train_batch::TrainBatch;
 use crate::model::spec::Model;
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
 use anyhow::{Result, bail};
+use gpt2_train::Gpt2Activations;
+use llama_train::LlamaActivations;
 
 type Buf = DevBuf<f32>;
 

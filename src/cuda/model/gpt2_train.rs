@@ -3,11 +3,11 @@
 //! probabilities included) and computes logits only at the chosen rows, then a backward that adds
 //! every parameter's gradient into a `GpuGpt2Weights`.
 
-use super::device::{DevBuf, Gpu};
-use super::gpt2::{GpuGpt2, GpuGpt2Weights};
-use super::ops::{self as k, AttnShape};
-use super::ops_backward::{self as kb, QkvGrad};
-use super::train_batch::TrainBatch;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
+use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::ops::backward::{self as kb, QkvGrad};
+use crate::cuda::ops::{self as k, AttnShape};
 use crate::model::gpt2::Gpt2Config;
 use anyhow::Result;
 

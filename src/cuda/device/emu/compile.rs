@@ -3,7 +3,7 @@
 //! a trampoline per kernel behind). Libraries are cached under `$PGSRM_HOME/emu/`, keyed by the
 //! sources, the compiler's version and the machine's CPU (modules are built for `-march=native`).
 
-use crate::cuda::registry;
+use crate::cuda::device::registry;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;

@@ -3,11 +3,11 @@
 //! attention probabilities) and computes logits only at the chosen rows, then a backward that
 //! adds every parameter's gradient into a `GpuLlamaWeights` (a tied head into `embed_tokens`).
 
-use super::device::{DevBuf, Gpu};
-use super::llama::{GpuLlama, GpuLlamaWeights};
-use super::ops::{self as k, AttnShape};
-use super::ops_backward::{self as kb, QkvGrad};
-use super::train_batch::TrainBatch;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
+use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::ops::backward::{self as kb, QkvGrad};
+use crate::cuda::ops::{self as k, AttnShape};
 use crate::model::llama::LlamaConfig;
 use anyhow::Result;
 

@@ -2,10 +2,10 @@
 //! layout (sequences back to back, no padding), and the fused reward: masked mean pool, L2
 //! normalise, cosine against the parent's vector and shaping in one launch per batch.
 
-use super::device::DevBuf;
-use super::device::Gpu;
-use super::ops as k;
 use crate::batch::EncoderInput;
+use crate::cuda::device::DevBuf;
+use crate::cuda::device::Gpu;
+use crate::cuda::ops as k;
 use crate::model::bert::{Activation, BertConfig, BertWeights};
 use crate::reward::shaping::Shaping;
 use anyhow::{Result, ensure};

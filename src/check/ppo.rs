@@ -2,11 +2,11 @@
 //! the critic loss, the value head, the gradient norm and clipping, and AdamW, each against
 //! `ppo::loss` and `ppo::adamw`.
 
-use super::check::{Checker, randn};
-use super::check_backward::GRAD_TOL;
-use super::device::DevBuf;
-use super::ops_loss::{self as kl, ActorInputs, DevActorLoss};
-use super::optim;
+use super::backward::GRAD_TOL;
+use super::table::{Checker, randn};
+use crate::cuda::device::DevBuf;
+use crate::cuda::ops::optim;
+use crate::cuda::ops::ppo_loss::{self as kl, ActorInputs, DevActorLoss};
 use crate::ppo::PpoConfig;
 use crate::ppo::loss::{self, Critic};
 use crate::tensor::Tensor;

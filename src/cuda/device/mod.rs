@@ -3,13 +3,16 @@
 //! and launches through one call, `Gpu::launch`, so every launcher and host model runs on both
 //! with no per-backend branch.
 
-use super::emu::{self, ArgBytes, EmuDevice, HostMem};
-use super::{nvrtc, registry};
+pub mod emu;
+pub mod nvrtc;
+pub mod registry;
+
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     PushKernelArg, ValidAsZeroBits,
 };
+use emu::{ArgBytes, EmuDevice, HostMem};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -248,10 +251,10 @@ pub struct Gpu {
 impl Gpu {
     /// Opens CUDA device `ordinal`; fails with a reason when there is no driver, no device or no NVRTC.
     pub fn new(ordinal: usize) -> Result<Self> {
-        if !super::driver_present() {
+        if !crate::cuda::driver_present() {
             bail!("--device cuda: no CUDA driver library (libcuda.so) could be loaded");
         }
-        let count = super::device_count();
+        let count = crate::cuda::device_count();
         if ordinal >= count {
             bail!("--device cuda: CUDA device {ordinal} requested, {count} present");
         }
@@ -289,13 +292,13 @@ impl Gpu {
     }
 
     /// The device `choice` names: `None` for the CPU backend (and for `auto` without a GPU).
-    pub fn open(choice: super::DeviceChoice, ordinal: usize) -> Result<Option<Gpu>> {
-        use super::DeviceChoice as D;
+    pub fn open(choice: crate::cuda::DeviceChoice, ordinal: usize) -> Result<Option<Gpu>> {
+        use crate::cuda::DeviceChoice as D;
         Ok(match choice {
             D::Cpu => None,
             D::Cuda => Some(Gpu::new(ordinal)?),
             D::Emu => Some(Gpu::emulated()?),
-            D::Auto if super::device_count() > ordinal => Some(Gpu::new(ordinal)?),
+            D::Auto if crate::cuda::device_count() > ordinal => Some(Gpu::new(ordinal)?),
             D::Auto => None,
         })
     }

@@ -4,8 +4,8 @@
 //! two-float buffer, so clipping, or a step that applies the coefficient itself, never waits for
 //! the host.
 
-use super::device::{DevBuf, Gpu, Grid};
-use super::ops::{blocks, int, need};
+use crate::cuda::device::{DevBuf, Gpu, Grid};
+use crate::cuda::ops::{blocks, int, need};
 use anyhow::{Result, bail};
 
 type Buf = DevBuf<f32>;

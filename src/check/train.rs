@@ -5,13 +5,14 @@
 //! backward into every parameter; the rows compare the logits, the losses and every gradient
 //! (each tensor relative to its own scale).
 
-use super::check::{Checker, PartsRow, TINY_LLAMA, TOL, randn};
-use super::check_backward::GRAD_TOL;
-use super::device::{DevBuf, Gpu};
-use super::ops_loss::{self as kl, ActorInputs, DevActorLoss};
-use super::policy_model::DevModel;
-use super::train_batch::TrainBatch;
+use super::backward::GRAD_TOL;
+use super::models::TINY_LLAMA;
+use super::table::{Checker, PartsRow, TOL, randn};
 use crate::batch::Batch;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::DevModel;
+use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::ops::ppo_loss::{self as kl, ActorInputs, DevActorLoss};
 use crate::model::spec::Model;
 use crate::ppo::PpoConfig;
 use crate::ppo::loss::{self, Critic};

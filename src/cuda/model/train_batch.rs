@@ -3,9 +3,9 @@
 //! `batch::Batch` with their positions, the rows whose logits are wanted, and the index
 //! buckets the backward passes scatter by.
 
-use super::device::{DevBuf, Gpu};
-use super::ops_backward::RowBuckets;
 use crate::batch::Batch;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::ops::backward::RowBuckets;
 use anyhow::{Result, bail};
 
 pub struct TrainBatch {

@@ -3,8 +3,8 @@
 //! picks the kernel and its grid from the shape, so the launch every product gets can be read and
 //! tested without a GPU (tests/launch_plan.rs holds the paper's shapes to the device's size).
 
-use super::device::{Arg, DevBuf, Gpu, Grid};
-use super::ops::{int, need};
+use crate::cuda::device::{Arg, DevBuf, Gpu, Grid};
+use crate::cuda::ops::{int, need};
 use anyhow::{Result, bail};
 
 type Buf = DevBuf<f32>;

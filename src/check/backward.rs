@@ -4,11 +4,11 @@
 //! vocabularies that are not a multiple of a block. Each part of a row (input, weight, bias
 //! gradient...) is compared relative to its own scale.
 
-use super::check::{Checker, randn};
-use super::device::DevBuf;
-use super::ops::AttnShape;
-use super::ops_backward::{self as kb, QkvGrad, RowBuckets};
+use super::table::{Checker, randn};
 use crate::cpu::ops as c;
+use crate::cuda::device::DevBuf;
+use crate::cuda::ops::AttnShape;
+use crate::cuda::ops::backward::{self as kb, QkvGrad, RowBuckets};
 use anyhow::Result;
 
 /// Gradient tolerance of DESIGN.md: CUDA f32 within 1e-3 of the CPU.

@@ -2,7 +2,7 @@
 //! NVRTC for a device architecture on first use, and cached on disk under
 //! `$PGSRM_HOME/kernels/`, keyed by the source's hash, the architecture and NVRTC's version.
 
-use super::nvrtc;
+use crate::cuda::device::nvrtc;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -1,8 +1,8 @@
 //! Launchers of `kernels/ppo_loss.cu`: the actor's fused loss, the critic's loss and the value
 //! head, mirroring `ppo::loss::{actor_loss, critic_loss}` and `ppo::loss::Critic`.
 
-use super::device::{DevBuf, Gpu, Grid};
-use super::ops::{blocks, int, need, per_row, warps};
+use crate::cuda::device::{DevBuf, Gpu, Grid};
+use crate::cuda::ops::{blocks, int, need, per_row, warps};
 use crate::ppo::PpoConfig;
 use crate::ppo::loss::ActorLoss;
 use anyhow::Result;

@@ -4,9 +4,9 @@
 //! log-probabilities back, not B x V logits. What differs between GPT-2 and Llama is the layer
 //! stack and the head, behind `DeviceModel`.
 
-use super::device::{DevBuf, Gpu};
-use super::ops::{self as k, SampleArgs};
 use crate::batch::Batch;
+use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::ops::{self as k, SampleArgs};
 use crate::rng::Rng;
 use crate::sample::Generation;
 use crate::sample::SamplingParams;
@@ -54,13 +54,13 @@ pub struct Decoder<'m, M: DeviceModel> {
     model: &'m M,
     b: usize,
     /// (B) first real position of each row.
-    pub(super) start: Vec<usize>,
+    pub(crate) start: Vec<usize>,
     start_dev: DevBuf<i32>,
     /// Positions filled so far.
-    pub(super) len: usize,
-    pub(super) cache: KvCache,
+    pub(crate) len: usize,
+    pub(crate) cache: KvCache,
     /// Logits of the rows the last `run` picked.
-    pub(super) logits: Buf,
+    pub(crate) logits: Buf,
 }
 
 impl<'m, M: DeviceModel> Decoder<'m, M> {
@@ -80,7 +80,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// A decoder with an empty cache sized for the prompts and `max_new_tokens` more, and the
     /// prompts left padded.
-    pub(super) fn empty(
+    pub(crate) fn empty(
         g: &'m Gpu,
         model: &'m M,
         prompts: &[Vec<u32>],
@@ -133,7 +133,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// Runs `tq` new tokens per row; the logits of each row's last one, or with `every` of every
     /// one of them (b * tq rows).
-    pub(super) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
+    pub(crate) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
         let (g, b, c) = (self.g, self.b, self.model.hidden_size());
         let n = b * tq;
         if self.len + tq > self.cache.tmax {
