@@ -14,7 +14,7 @@
 //! episodes per second (criterion "elements").
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pgsrm::cuda::device::Gpu;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::model::spec::{Loaded, load_model};
 use pgsrm::ppo::{PpoConfig, Trainer};
 use pgsrm::run::train::trainer_on;
@@ -43,8 +43,12 @@ fn fallback_shape() -> PpoConfig {
 /// A trainer of `loaded` on `device` (`cpu` or `cuda`).
 fn trainer(device: &str, loaded: Loaded, cfg: PpoConfig) -> Trainer {
     let task = tasks::by_name("colors").expect("colors task");
-    let gpu = (device == "cuda").then(|| Gpu::new(0).expect("CUDA device 0"));
-    trainer_on(gpu, cfg, loaded, task, None, 1).expect("trainer")
+    let device = if device == "cuda" {
+        Device::open(DeviceChoice::Cuda, 0).expect("CUDA device 0")
+    } else {
+        Device::Cpu
+    };
+    trainer_on(&device, cfg, loaded, task, None, 1).expect("trainer")
 }
 
 fn smollm2() -> Loaded {

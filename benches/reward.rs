@@ -25,7 +25,8 @@
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use pgsrm::cuda::device::Gpu;
+use pgsrm::cpu::bert::CpuEncoder;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::{MINILM_ASSET, SentenceEncoder, StaticMean};
 use pgsrm::reward::shaping::{self, Shaping, cosine, pgsrm};
@@ -179,8 +180,8 @@ fn over_batches<R>(
 
 fn reward_cpu(c: &mut Criterion) {
     let dir = pgsrm::assets::resolve_dir(MINILM_ASSET).expect("all-MiniLM-L6-v2");
-    let minilm = SentenceEncoder::load(&dir, "minilm").unwrap();
-    let minilm_every = SentenceEncoder::load(&dir, "minilm")
+    let minilm = SentenceEncoder::load(&dir, "minilm", &CpuEncoder).unwrap();
+    let minilm_every = SentenceEncoder::load(&dir, "minilm", &CpuEncoder)
         .unwrap()
         .with_dedup(false);
     let stat = StaticMean::load(&dir, "static").unwrap();
@@ -203,13 +204,8 @@ fn reward_cpu(c: &mut Criterion) {
 
 fn reward_cuda(c: &mut Criterion) {
     let dir = pgsrm::assets::resolve_dir(MINILM_ASSET).expect("all-MiniLM-L6-v2");
-    let load = || {
-        let gpu = Gpu::new(0).expect("CUDA device 0");
-        SentenceEncoder::load(&dir, "minilm")
-            .unwrap()
-            .on_device(gpu)
-            .unwrap()
-    };
+    let device = Device::open(DeviceChoice::Cuda, 0).expect("CUDA device 0");
+    let load = || SentenceEncoder::load(&dir, "minilm", device.encoders().as_ref()).unwrap();
     let minilm_every = load().with_dedup(false);
     let minilm = load();
     let minilm_uncached = load().with_parent_cache(0);

@@ -1,6 +1,6 @@
 //! The token batches every backend runs: a decoder's left-padded batch of sequences (`Batch`),
-//! and an encoder's packed sequences (`EncoderInput`). Below both backends, so each takes the
-//! same input.
+//! and an encoder's packed sequences (`EncoderInput`), and the checks of what a decoder is fed.
+//! Below both backends, so each takes the same input and refuses the same bad input.
 
 use anyhow::{Result, bail};
 
@@ -148,4 +148,54 @@ impl EncoderInput {
     pub fn batch(&self) -> usize {
         self.starts.len() - 1
     }
+}
+
+/// Prompts a decoder can take: none empty, each fitting a context of `context` positions with
+/// `new_tokens` more, every id (the padding one `pad` too) inside a vocabulary of `vocab`.
+pub fn check_prompts(
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    pad: u32,
+    context: usize,
+    vocab: usize,
+) -> Result<()> {
+    for (r, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            bail!("prompt {r} is empty");
+        }
+        if p.len() + new_tokens > context {
+            bail!(
+                "prompt {r} has {} tokens; with {new_tokens} new tokens that exceeds the model's context of {context} positions",
+                p.len()
+            );
+        }
+        if let Some(&bad) = p.iter().find(|&&x| x as usize >= vocab) {
+            bail!("prompt {r} holds token id {bad}, outside the vocabulary of {vocab}");
+        }
+    }
+    if pad as usize >= vocab {
+        bail!("padding token {pad} is outside the vocabulary of {vocab}");
+    }
+    Ok(())
+}
+
+/// Tokens a decoding step can take: one per row, inside a vocabulary of `vocab`, with room left
+/// in a cache of `tmax` positions that holds `len`.
+pub fn check_step(
+    tokens: &[u32],
+    rows: usize,
+    len: usize,
+    tmax: usize,
+    vocab: usize,
+) -> Result<()> {
+    if tokens.len() != rows {
+        bail!("a decoding step takes {rows} tokens, got {}", tokens.len());
+    }
+    if len >= tmax {
+        bail!("the cache is full ({tmax} positions)");
+    }
+    if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= vocab) {
+        bail!("token id {bad} is outside the vocabulary");
+    }
+    Ok(())
 }

@@ -2,11 +2,12 @@
 //! Semantic Reward Model. See README.md for the commands and DESIGN.md for the architecture.
 
 pub mod assets;
-pub mod backend;
+
 pub mod batch;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod files;
 pub mod model;
 pub mod ppo;

@@ -2,6 +2,7 @@
 //! the backend.
 
 use crate::rng::Rng;
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// One sampled continuation: its tokens (ending with end-of-text if it stopped there) and each
@@ -167,4 +168,16 @@ pub fn sample_step(
         done[r] = tok == eos;
     }
     next
+}
+
+/// Sampling continuations of prompts, all together: what the trainer's policy does for its
+/// rollouts (`ppo::PolicyBackend` is one) and what a local parent does for its answers. A backend
+/// implements it; the end-of-text token is the generator's own.
+pub trait Generator {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        rng: &mut Rng,
+    ) -> Result<Vec<Generation>>;
 }

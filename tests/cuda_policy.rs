@@ -4,15 +4,16 @@
 //! objectives, deterministic updates, checkpoints that move between backends, and a non-finite
 //! reward that changes nothing.
 
-use pgsrm::cpu::policy::{CpuPolicy, params};
+use pgsrm::cpu::policy::CpuPolicy;
 use pgsrm::cuda::device::Gpu;
 use pgsrm::cuda::policy::CudaPolicy;
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
+use pgsrm::ppo::policy::params;
 use pgsrm::ppo::{Critic, Episode, PolicyBackend, PolicyState, PpoConfig, UpdateLosses};
 use pgsrm::rng::Rng;
-use pgsrm::sample::SamplingParams;
+use pgsrm::sample::{Generator, SamplingParams};
 use pgsrm::tensor::Tensor;
 
 const EOS: u32 = 3;
@@ -128,7 +129,15 @@ fn backends(model: &Model, cfg: &PpoConfig, g: Gpu) -> (CpuPolicy, CudaPolicy) {
         EOS,
     )
     .unwrap();
-    let dev = CudaPolicy::new(g, cfg.clone(), model.clone(), model.clone(), critic, EOS).unwrap();
+    let dev = CudaPolicy::new(
+        std::sync::Arc::new(g),
+        cfg.clone(),
+        model.clone(),
+        model.clone(),
+        critic,
+        EOS,
+    )
+    .unwrap();
     (cpu, dev)
 }
 
@@ -377,7 +386,7 @@ fn the_cached_reference_gives_what_the_uncached_one_gives() {
             };
             let (_, mut cached) = backends(&model, &cfg, g);
             let (_, mut plain) = backends(&model, &cfg, g2);
-            plain.set_reference_cache_limit(0);
+            plain.passes.set_reference_cache_limit(0);
             // The second batch repeats the first's prompts, in another order with one new one.
             let first = rollout(&mut cached, &model, 2);
             let mut second = rollout(&mut cached, &model, 3);
@@ -389,10 +398,10 @@ fn the_cached_reference_gives_what_the_uncached_one_gives() {
                 assert_eq!(a, b);
                 assert!(same_bits(&cached.state().unwrap(), &plain.state().unwrap()));
             }
-            let (hits, misses) = cached.reference_cache().hits_misses();
-            assert_eq!(cached.reference_cache().len(), 6);
+            let (hits, misses) = cached.passes.reference_cache().hits_misses();
+            assert_eq!(cached.passes.reference_cache().len(), 6);
             assert_eq!((hits, misses), (4, 6));
-            assert!(plain.reference_cache().is_empty());
+            assert!(plain.passes.reference_cache().is_empty());
         }
     }
 }

@@ -4,6 +4,7 @@
 //! (unpadded) layout, and the whole folder through the sentence embedder.
 
 use pgsrm::batch::EncoderInput;
+use pgsrm::cpu::bert::CpuEncoder;
 use pgsrm::cpu::bert::{bert_forward, sentence_pool_forward};
 use pgsrm::model::bert::{BertWeights, Pooling, SentenceConfig, load_config};
 use pgsrm::reward::Embedder;
@@ -129,7 +130,7 @@ fn packed_layout_gives_the_same_real_rows() {
 
 #[test]
 fn folder_as_embedder_tokenizes_and_embeds_like_the_fixture() {
-    let enc = SentenceEncoder::load(&dir(), "bert-tiny").unwrap();
+    let enc = SentenceEncoder::load(&dir(), "bert-tiny", &CpuEncoder).unwrap();
     let texts: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(dir().join("texts.json")).unwrap()).unwrap();
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
@@ -171,13 +172,19 @@ fn bad_folders_name_the_file() {
 
     // Missing model.safetensors.
     std::fs::remove_file(tmp.join("model.safetensors")).unwrap();
-    let e = format!("{:#}", SentenceEncoder::load(&tmp, "x").err().unwrap());
+    let e = format!(
+        "{:#}",
+        SentenceEncoder::load(&tmp, "x", &CpuEncoder).err().unwrap()
+    );
     assert!(e.contains("model.safetensors"), "{e}");
 
     // Truncated weights.
     let bytes = std::fs::read(dir().join("model.safetensors")).unwrap();
     std::fs::write(tmp.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let e = format!("{:#}", SentenceEncoder::load(&tmp, "x").err().unwrap());
+    let e = format!(
+        "{:#}",
+        SentenceEncoder::load(&tmp, "x", &CpuEncoder).err().unwrap()
+    );
     assert!(e.contains("model.safetensors"), "{e}");
     std::fs::write(tmp.join("model.safetensors"), &bytes).unwrap();
 
@@ -188,17 +195,23 @@ fn bad_folders_name_the_file() {
         cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65"),
     )
     .unwrap();
-    let e = format!("{:#}", SentenceEncoder::load(&tmp, "x").err().unwrap());
+    let e = format!(
+        "{:#}",
+        SentenceEncoder::load(&tmp, "x", &CpuEncoder).err().unwrap()
+    );
     assert!(e.contains("intermediate.dense.weight"), "{e}");
 
     // Unparsable config.
     std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
-    let e = format!("{:#}", SentenceEncoder::load(&tmp, "x").err().unwrap());
+    let e = format!(
+        "{:#}",
+        SentenceEncoder::load(&tmp, "x", &CpuEncoder).err().unwrap()
+    );
     assert!(e.contains("config.json"), "{e}");
 
     // Without sentence-transformers files the folder still loads: mean pooling, no normalising.
     std::fs::write(tmp.join("config.json"), &cfg).unwrap();
-    let enc = SentenceEncoder::load(&tmp, "x").unwrap();
+    let enc = SentenceEncoder::load(&tmp, "x", &CpuEncoder).unwrap();
     assert_eq!(enc.model().sentence.pooling, Pooling::Mean);
     assert!(!enc.model().sentence.normalize);
     std::fs::remove_dir_all(&tmp).unwrap();

@@ -1,8 +1,10 @@
 //! `embedder::by_name`: every name builds its embedder from the options, and bad names or
 //! missing options say what is wanted.
 
+use pgsrm::cpu::bert::CpuEncoder;
 use pgsrm::reward::embedder::{EMBEDDER_NAMES, EmbedderOptions, by_name};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 fn bert_tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert-tiny")
@@ -39,9 +41,20 @@ fn missing_options_are_named() {
 }
 
 #[test]
+fn a_sentence_encoder_needs_a_backend_to_run_on() {
+    let no_backend = EmbedderOptions {
+        model_dir: Some(bert_tiny()),
+        ..Default::default()
+    };
+    let e = err("sentence", &no_backend);
+    assert!(e.contains("given no backend"), "{e}");
+}
+
+#[test]
 fn sentence_and_static_build_from_a_folder() {
     let opts = EmbedderOptions {
         model_dir: Some(bert_tiny()),
+        encoders: Some(Arc::new(CpuEncoder)),
         ..Default::default()
     };
     let s = by_name("sentence", &opts).unwrap();

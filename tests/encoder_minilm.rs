@@ -3,6 +3,7 @@
 //! including an empty one and a paragraph that is truncated at 256 word pieces. The model folder
 //! comes through the asset code, as every user of the embedder gets it.
 
+use pgsrm::cpu::bert::CpuEncoder;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::{
     EMBEDDER_NAMES, EmbedderOptions, MINILM_ASSET, SentenceEncoder, StaticMean, by_name,
@@ -21,7 +22,7 @@ fn model_dir() -> PathBuf {
 
 fn encoder() -> &'static SentenceEncoder {
     static ENC: OnceLock<SentenceEncoder> = OnceLock::new();
-    ENC.get_or_init(|| SentenceEncoder::load(&model_dir(), "minilm").unwrap())
+    ENC.get_or_init(|| SentenceEncoder::load(&model_dir(), "minilm", &CpuEncoder).unwrap())
 }
 
 fn texts() -> Vec<String> {
@@ -103,7 +104,7 @@ fn embeddings_match_sentence_transformers() {
 
 #[test]
 fn repeated_texts_in_a_call_get_the_vectors_of_single_texts() {
-    let every = SentenceEncoder::load(&model_dir(), "minilm")
+    let every = SentenceEncoder::load(&model_dir(), "minilm", &CpuEncoder)
         .unwrap()
         .with_dedup(false);
     let texts = ["red", "blue", "red", "dark green", "blue", "red"];
@@ -124,7 +125,11 @@ fn repeated_texts_in_a_call_get_the_vectors_of_single_texts() {
 
 #[test]
 fn factory_builds_minilm_and_rejects_unknown_names() {
-    let e = by_name("minilm", &EmbedderOptions::default()).unwrap();
+    let on_cpu = EmbedderOptions {
+        encoders: Some(std::sync::Arc::new(CpuEncoder)),
+        ..Default::default()
+    };
+    let e = by_name("minilm", &on_cpu).unwrap();
     assert_eq!(e.dim(), 384);
     assert_eq!(e.name(), "minilm");
     let v = e.embed(&["red", "red"]).unwrap();

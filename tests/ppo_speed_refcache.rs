@@ -3,13 +3,14 @@
 //! lengths (one of a single token), some sharing a prefix, responses with and without
 //! end-of-text, and a second call that finds its prompts in the cache.
 
-use pgsrm::cpu::policy::{scored_batch, token_logprobs};
+use pgsrm::cpu::model::token_logprobs;
 use pgsrm::cpu::refcache::RefCache;
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
 use pgsrm::ppo::Episode;
 use pgsrm::ppo::loss::kept_tokens;
+use pgsrm::ppo::policy::scored_batch;
 use pgsrm::rng::Rng;
 
 fn gpt2_tiny() -> Model {

@@ -13,7 +13,7 @@ use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
 use pgsrm::ppo::{Critic, Episode, PolicyBackend, PpoConfig, UpdateLosses};
 use pgsrm::rng::Rng;
-use pgsrm::sample::SamplingParams;
+use pgsrm::sample::{Generator, SamplingParams};
 
 fn gpt2_tiny() -> Model {
     Model::Gpt2(Gpt2::random(Gpt2Config::named("tiny").unwrap(), 4))
@@ -120,7 +120,7 @@ fn round(
     sharing: Sharing,
     rng: &mut Rng,
 ) -> (Vec<Episode>, UpdateLosses) {
-    let pr = prompts(&p.model, r, sharing);
+    let pr = prompts(&p.passes.model, r, sharing);
     let gens = p.generate(&pr, &params(), rng).unwrap();
     let eps: Vec<Episode> = pr
         .into_iter()
@@ -139,8 +139,8 @@ fn round(
 
 /// max |a - b| over all weights, and max |a| for scale.
 fn diff(a: &Model, b: &Model) -> (f32, f32) {
-    let pa = pgsrm::cpu::policy::params(a);
-    let pb = pgsrm::cpu::policy::params(b);
+    let pa = pgsrm::ppo::policy::params(a);
+    let pb = pgsrm::ppo::policy::params(b);
     let (mut d, mut s) = (0.0f32, 0.0f32);
     for (x, y) in pa.iter().zip(&pb) {
         for (u, w) in x.data.iter().zip(&y.data) {
@@ -217,14 +217,21 @@ fn reuse_equals_plain_with(model: &Model, sharing: Sharing) {
                 &format!("{what}: critic grad norm"),
             );
             close(lf.value_mean, lp.value_mean, &format!("{what}: value mean"));
-            let (d, scale) = diff(&fast.model, &plain.model);
+            let (d, scale) = diff(&fast.passes.model, &plain.passes.model);
             assert!(
                 d <= 1e-5 * scale,
                 "{what}: weights differ by {d} (largest weight {scale})"
             );
-            let (moved, _) = diff(&fast.model, model);
+            let (moved, _) = diff(&fast.passes.model, model);
             assert!(moved > 1e-4, "the update moved the weights by only {moved}");
-            for (a, b) in fast.critic.w.data.iter().zip(&plain.critic.w.data) {
+            for (a, b) in fast
+                .passes
+                .critic
+                .w
+                .data
+                .iter()
+                .zip(&plain.passes.critic.w.data)
+            {
                 assert!((a - b).abs() <= 1e-6, "value head {a} vs {b}");
             }
         }
@@ -258,7 +265,7 @@ fn several_steps_and_changed_episodes_take_the_plain_path() {
     let (ep, _) = round(&mut plain, 0, Sharing::OnePrefix, &mut rp);
     assert_eq!(ef, ep);
     // Two epochs: no kept pass, the same arithmetic bit for bit.
-    assert_eq!(diff(&fast.model, &plain.model).0, 0.0);
+    assert_eq!(diff(&fast.passes.model, &plain.passes.model).0, 0.0);
 
     // Episodes that are not the rollout's: the update runs the policy on them.
     let one = PpoConfig {
@@ -282,5 +289,5 @@ fn several_steps_and_changed_episodes_take_the_plain_path() {
         .collect();
     fast.update(&eps, 0.05, &mut Rng::new(1)).unwrap();
     plain.update(&eps, 0.05, &mut Rng::new(1)).unwrap();
-    assert_eq!(diff(&fast.model, &plain.model).0, 0.0);
+    assert_eq!(diff(&fast.passes.model, &plain.passes.model).0, 0.0);
 }

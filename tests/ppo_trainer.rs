@@ -2,8 +2,8 @@
 //! embedder needed): an update runs and moves the weights, and a run stopped and resumed gives
 //! the same metrics as one that was not.
 
-use pgsrm::cpu::policy::params;
 use pgsrm::model::spec::{Model, load_model};
+use pgsrm::ppo::policy::params;
 use pgsrm::ppo::{PpoConfig, Trainer, UpdateStats};
 use pgsrm::run::train::trainer_on;
 use pgsrm::tasks;
@@ -16,7 +16,7 @@ fn trainer(seed: u64) -> Trainer {
         batch_size: Some(6),
         ..PpoConfig::default()
     };
-    trainer_on(None, cfg, loaded, task, None, seed).unwrap()
+    trainer_on(&pgsrm::device::Device::Cpu, cfg, loaded, task, None, seed).unwrap()
 }
 
 /// The stats without the wall-clock figures.

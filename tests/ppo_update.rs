@@ -2,11 +2,12 @@
 //! reference's update with one epoch and one minibatch, the weights and value head move, a
 //! non-finite loss is an error that leaves everything as it was.
 
-use pgsrm::cpu::policy::{CpuPolicy, scored_batch};
+use pgsrm::cpu::policy::CpuPolicy;
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::model::llama::{Llama, LlamaConfig};
 use pgsrm::model::spec::Model;
 use pgsrm::ppo::loss::kept_tokens;
+use pgsrm::ppo::policy::scored_batch;
 use pgsrm::ppo::{Critic, Episode, PolicyBackend, PpoConfig};
 use pgsrm::rng::Rng;
 use pgsrm::sample::SamplingParams;
@@ -63,8 +64,8 @@ fn policy(model: &Model, cfg: PpoConfig, eos: u32) -> CpuPolicy {
 }
 
 fn max_diff(a: &Model, b: &Model) -> f32 {
-    let pa = pgsrm::cpu::policy::params(a);
-    let pb = pgsrm::cpu::policy::params(b);
+    let pa = pgsrm::ppo::policy::params(a);
+    let pb = pgsrm::ppo::policy::params(b);
     let mut worst = 0.0f32;
     for (x, y) in pa.iter().zip(&pb) {
         for (u, w) in x.data.iter().zip(&y.data) {
@@ -142,15 +143,15 @@ fn clipped_equals_reference(model: Model, eos: u32) {
     }
     // Same gradients, so the same step; Adam's first step is lr * sign(g) wherever g is not
     // tiny, so compare against the size of the step.
-    let d = max_diff(&plain.model, &clipped.model);
+    let d = max_diff(&plain.passes.model, &clipped.passes.model);
     assert!(d < 1e-6, "weights differ by {d}");
-    let moved = max_diff(&plain.model, &model);
+    let moved = max_diff(&plain.passes.model, &model);
     assert!(moved > 5e-6, "the update moved the weights by only {moved}");
-    assert_ne!(plain.critic, Critic::new(model.hidden_size(), 1));
-    assert_eq!(plain.actor_opt.step, 1);
-    assert_eq!(plain.critic_opt.step, 1);
+    assert_ne!(plain.passes.critic, Critic::new(model.hidden_size(), 1));
+    assert_eq!(plain.passes.actor_opt.step, 1);
+    assert_eq!(plain.passes.critic_opt.step, 1);
     // The reference model never moves.
-    assert_eq!(max_diff(&plain.reference, &model), 0.0);
+    assert_eq!(max_diff(&plain.passes.reference, &model), 0.0);
     // Every number is finite, and the entropy of a near-uniform random init is large.
     assert!(a.entropy > 1.0, "{}", a.entropy);
     // The first response lost its end-of-text: 1 + 3 + 3 + 3 scored tokens at most.
@@ -186,26 +187,26 @@ fn batch_mean_baseline_is_r_minus_the_mean_reward() {
         .unwrap();
     // The paper's baseline with a value head that says `mean` whatever it reads.
     let mut b = policy(&model, PpoConfig::default(), eos);
-    b.critic.w.data.fill(0.0);
-    b.critic.b.data[0] = mean;
+    b.passes.critic.w.data.fill(0.0);
+    b.passes.critic.b.data[0] = mean;
     b.update(&episodes(&model, eos, &rewards), 5e-5, &mut Rng::new(1))
         .unwrap();
-    let d = max_diff(&a.model, &b.model);
+    let d = max_diff(&a.passes.model, &b.passes.model);
     assert!(d < 1e-7, "the actors differ by {d}");
     // Shifted rewards: the same actor step, the value head chases the new rewards instead.
     let shifted: Vec<f32> = rewards.iter().map(|r| r + 0.5).collect();
     let mut c = policy(&model, batch_mean, eos);
     c.update(&episodes(&model, eos, &shifted), 5e-5, &mut Rng::new(1))
         .unwrap();
-    let d = max_diff(&a.model, &c.model);
+    let d = max_diff(&a.passes.model, &c.passes.model);
     assert!(d < 1e-7, "a shift of the rewards changed the actor by {d}");
-    assert_ne!(a.critic, c.critic);
-    assert_ne!(a.critic, Critic::new(model.hidden_size(), 1));
+    assert_ne!(a.passes.critic, c.passes.critic);
+    assert_ne!(a.passes.critic, Critic::new(model.hidden_size(), 1));
     // Against the value head's baseline the same episodes give another step.
     let mut e = policy(&model, PpoConfig::default(), eos);
     e.update(&episodes(&model, eos, &rewards), 5e-5, &mut Rng::new(1))
         .unwrap();
-    assert!(max_diff(&a.model, &e.model) > 1e-6);
+    assert!(max_diff(&a.passes.model, &e.passes.model) > 1e-6);
 }
 
 #[test]
@@ -223,7 +224,7 @@ fn several_epochs_and_minibatches_run_and_whiten() {
     };
     let mut p = policy(&model, cfg, 2);
     let s = p.update(&eps, 5e-5, &mut Rng::new(3)).unwrap();
-    assert_eq!(p.actor_opt.step, 4);
+    assert_eq!(p.passes.actor_opt.step, 4);
     // Later steps see a moved policy: the ratio leaves 1.
     assert!(s.approx_kl > 0.0, "{}", s.approx_kl);
     assert!(s.policy_loss.is_finite() && s.critic_loss.is_finite());
@@ -244,10 +245,10 @@ fn nan_leaves_everything(cfg: PpoConfig, bad: f32) {
         msg.contains("loss") && msg.contains("nothing was applied"),
         "{msg}"
     );
-    assert_eq!(max_diff(&p.model, &before.model), 0.0);
-    assert_eq!(p.critic, before.critic);
-    assert_eq!(p.actor_opt, before.actor_opt);
-    assert_eq!(p.critic_opt, before.critic_opt);
+    assert_eq!(max_diff(&p.passes.model, &before.model), 0.0);
+    assert_eq!(p.passes.critic, before.critic);
+    assert_eq!(p.passes.actor_opt, before.actor_opt);
+    assert_eq!(p.passes.critic_opt, before.critic_opt);
     assert_eq!(rng, Rng::new(5));
 }
 
@@ -279,9 +280,9 @@ fn non_finite_loss_is_an_error_with_weights_untouched() {
         .update(&eps, 5e-5, &mut Rng::new(5))
         .expect_err("must fail");
     assert!(format!("{e:#}").contains("nothing was applied"), "{e:#}");
-    assert_eq!(max_diff(&p.model, &before.model), 0.0);
-    assert_eq!(p.actor_opt, before.actor_opt);
-    assert_eq!(p.critic, before.critic);
+    assert_eq!(max_diff(&p.passes.model, &before.model), 0.0);
+    assert_eq!(p.passes.actor_opt, before.actor_opt);
+    assert_eq!(p.passes.critic, before.critic);
 }
 
 #[test]

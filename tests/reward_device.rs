@@ -5,7 +5,9 @@
 //! children through the encoder; the binary shaping unchanged. On the emulated device, and on a
 //! CUDA device when there is one. The model folder comes through the asset code.
 
+use pgsrm::cpu::bert::CpuEncoder;
 use pgsrm::cuda::device::Gpu;
+use pgsrm::cuda::model::bert::DeviceEncoders;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::vector_cache::VectorCache;
 use pgsrm::reward::embedder::{MINILM_ASSET, SentenceEncoder};
@@ -13,7 +15,7 @@ use pgsrm::reward::shaping::{self, Shaping};
 use pgsrm::rng::Rng;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 fn model_dir() -> PathBuf {
     pgsrm::assets::resolve_dir(MINILM_ASSET).expect("all-MiniLM-L6-v2 through the asset code")
@@ -21,7 +23,7 @@ fn model_dir() -> PathBuf {
 
 fn cpu() -> &'static SentenceEncoder {
     static ENC: OnceLock<SentenceEncoder> = OnceLock::new();
-    ENC.get_or_init(|| SentenceEncoder::load(&model_dir(), "minilm").unwrap())
+    ENC.get_or_init(|| SentenceEncoder::load(&model_dir(), "minilm", &CpuEncoder).unwrap())
 }
 
 /// The emulated device, and the first CUDA device when there is one.
@@ -34,10 +36,8 @@ fn devices() -> Vec<Gpu> {
 }
 
 fn on_device(gpu: Gpu) -> SentenceEncoder {
-    SentenceEncoder::load(&model_dir(), "minilm")
-        .unwrap()
-        .on_device(gpu)
-        .unwrap()
+    let encoders = DeviceEncoders { gpu: Arc::new(gpu) };
+    SentenceEncoder::load(&model_dir(), "minilm", &encoders).unwrap()
 }
 
 /// Rewards of `dev` and the worst difference from the CPU path under `shaping`, after checking

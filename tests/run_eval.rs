@@ -3,7 +3,7 @@
 //! command's JSON.
 
 use pgsrm::batch::Batch;
-use pgsrm::cuda::DeviceChoice;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::model::spec::load_model;
 use pgsrm::run::eval::evaluate;
 use std::process::Command;
@@ -13,7 +13,7 @@ fn eval_on_random_tiny_gives_a_defined_accuracy() {
     let loaded = load_model("random:tiny:3").unwrap();
     let task = pgsrm::tasks::by_name("colors").unwrap();
     let n = task.held_out().len();
-    let r = evaluate(&loaded, &task, false, 2, None, n, DeviceChoice::Cpu).unwrap();
+    let r = evaluate(&loaded, &task, false, 2, None, n, &Device::Cpu).unwrap();
     assert_eq!(r["n"], n);
     let acc = r["exact_match"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
@@ -62,8 +62,17 @@ fn eval_on_the_emulated_device_gives_the_cpu_answers() {
     let loaded = load_model("random:tiny:3").unwrap();
     let task = pgsrm::tasks::by_name("opposites").unwrap();
     let n = task.held_out().len();
-    let cpu = evaluate(&loaded, &task, false, 2, None, n, DeviceChoice::Cpu).unwrap();
-    let emu = evaluate(&loaded, &task, false, 2, None, n, DeviceChoice::Emu).unwrap();
+    let cpu = evaluate(&loaded, &task, false, 2, None, n, &Device::Cpu).unwrap();
+    let emu = evaluate(
+        &loaded,
+        &task,
+        false,
+        2,
+        None,
+        n,
+        &Device::open(DeviceChoice::Emu, 0).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cpu["device"], "cpu");
     assert!(
         emu["device"]

@@ -60,7 +60,7 @@ fn sizes_are_close_to_the_paper() {
 #[test]
 fn every_prompt_has_a_parent_answer() {
     for t in tasks::all().unwrap() {
-        let mut parent = t.table_parent();
+        let mut parent = pgsrm::reward::parent::TableParent::for_task(&t);
         assert_eq!(parent.len(), t.prompts().len(), "{}", t.name);
         for p in t.prompts() {
             let a = parent.answer(p).unwrap();

@@ -2,7 +2,8 @@
 //! in detail; this command is what runs on a machine with only the binary, such as a GPU machine.
 
 use anyhow::{Result, bail};
-use pgsrm::cuda::{DeviceChoice, bench, device::Gpu, paper_shapes};
+use pgsrm::cuda::{bench, paper_shapes};
+use pgsrm::device::{Device, DeviceChoice};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Job {
@@ -67,10 +68,11 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         DeviceChoice::Cuda | DeviceChoice::Auto => {
-            let g = Gpu::new(0)?;
+            let device = Device::open(DeviceChoice::Cuda, 0)?;
+            let g = device.require_gpu("pgsrm bench")?;
             if matches!(args.job, Job::Generate | Job::All) {
                 let fig = bench::generate_throughput(
-                    &g,
+                    g,
                     &args.config,
                     args.batch,
                     args.prompt,
@@ -85,14 +87,14 @@ pub fn run(args: Args) -> Result<()> {
             if matches!(args.job, Job::Matmul | Job::All) {
                 let products = paper_shapes::products(&[args.update_prompt], &[1, 10, 50]);
                 if args.sweep {
-                    for fig in bench::matmul_sweep(&g, &products)? {
+                    for fig in bench::matmul_sweep(g, &products)? {
                         println!(
                             "{}",
                             serde_json::json!({"job": "matmul-sweep", "device": g.name, "figure": fig})
                         );
                     }
                 } else {
-                    let figs = bench::matmul_vs_cublas(&g, &products)?;
+                    let figs = bench::matmul_vs_cublas(g, &products)?;
                     for fig in &figs {
                         println!(
                             "{}",

@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use pgsrm::check;
-use pgsrm::cuda::{DeviceChoice, device::Gpu};
+use pgsrm::device::{Device, DeviceChoice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,11 +34,12 @@ pub fn run(args: Args) -> Result<()> {
         println!("the CPU backend is the reference: nothing to check against");
         return Ok(());
     }
-    let Some(gpu) = Gpu::open(args.device, args.ordinal)? else {
+    let device = Device::open(args.device, args.ordinal)?;
+    let Some(gpu) = device.gpu() else {
         bail!("--device auto found no CUDA device; use --device cuda or --device emu");
     };
     eprintln!("checking kernels on {} ({})", gpu.name, gpu.arch);
-    let rows = check::run_filtered(&gpu, args.seed, args.filter.as_deref())?;
+    let rows = check::run_filtered(gpu, args.seed, args.filter.as_deref())?;
     if rows.is_empty() {
         bail!(
             "--filter {:?}: no row's kernel name contains it",

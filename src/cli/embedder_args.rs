@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use pgsrm::assets;
-use pgsrm::cuda::DeviceChoice;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::reward::Embedder;
 use pgsrm::reward::api_embedder::ApiEmbedder;
 use pgsrm::reward::embedder::{self, EmbedderOptions, MINILM_ASSET};
@@ -52,52 +52,57 @@ struct ApiArgs {
 }
 
 impl EmbedderArgs {
-    /// The embedder the flags name.
+    /// The embedder the flags name, its sentence encoder on `--device` (opened here: the
+    /// commands that only embed open no other device). The other embedders run on the host and
+    /// refuse a device.
     pub fn build(&self) -> Result<Box<dyn Embedder>> {
-        make_embedder(self, self.device)
+        if matches!(self.device, DeviceChoice::Cuda | DeviceChoice::Emu)
+            && !embedder::is_sentence_encoder(&self.embedder)
+        {
+            bail!(
+                "--device {}: only the sentence encoders (minilm, sentence) run on a device; \
+                 embedder '{}' runs on the CPU",
+                format!("{:?}", self.device).to_lowercase(),
+                self.embedder
+            );
+        }
+        self.build_on(&Device::open(self.device, 0)?)
     }
 
-    /// The embedder the flags name, on `device` when it is a sentence encoder (which runs there)
-    /// and on the CPU otherwise: for a command whose model runs on `device` anyway.
-    pub fn build_on(&self, device: DeviceChoice) -> Result<Box<dyn Embedder>> {
-        make_embedder(self, embedder::device_for(&self.embedder, device))
+    /// The embedder the flags name, its sentence encoder on `device` (the device the command's
+    /// models run on), the other embedders on the host.
+    pub fn build_on(&self, device: &Device) -> Result<Box<dyn Embedder>> {
+        match self.embedder.as_str() {
+            "api" | "openai" => api_embedder(self),
+            other => local_embedder(self, other, device),
+        }
     }
 }
 
-fn make_embedder(args: &EmbedderArgs, device: DeviceChoice) -> Result<Box<dyn Embedder>> {
-    match args.embedder.as_str() {
-        "api" | "openai" => {
-            embedder::check_device("api", Some(device))?;
-            if !(args.api.api_timeout.is_finite() && args.api.api_timeout > 0.0) {
-                bail!("--api-timeout must be a positive number of seconds");
-            }
-            let config = ApiConfig {
-                base_url: args.api.api_base.clone(),
-                api_key_env: args.api.api_key_env.clone(),
-                timeout: Duration::from_secs_f64(args.api.api_timeout),
-                ..ApiConfig::default()
-            };
-            Ok(Box::new(ApiEmbedder::new(
-                config,
-                &args.api.api_model,
-                None,
-                args.api.api_cache.clone(),
-            )?))
-        }
-        other => local_embedder(args, other, device),
+fn api_embedder(args: &EmbedderArgs) -> Result<Box<dyn Embedder>> {
+    if !(args.api.api_timeout.is_finite() && args.api.api_timeout > 0.0) {
+        bail!("--api-timeout must be a positive number of seconds");
     }
+    let config = ApiConfig {
+        base_url: args.api.api_base.clone(),
+        api_key_env: args.api.api_key_env.clone(),
+        timeout: Duration::from_secs_f64(args.api.api_timeout),
+        ..ApiConfig::default()
+    };
+    Ok(Box::new(ApiEmbedder::new(
+        config,
+        &args.api.api_model,
+        None,
+        args.api.api_cache.clone(),
+    )?))
 }
 
 /// The local embedders (MiniLM, sentence encoders, static mean, word vectors).
-fn local_embedder(
-    args: &EmbedderArgs,
-    name: &str,
-    device: DeviceChoice,
-) -> Result<Box<dyn Embedder>> {
+fn local_embedder(args: &EmbedderArgs, name: &str, device: &Device) -> Result<Box<dyn Embedder>> {
     let mut opts = EmbedderOptions {
         model_dir: args.model_dir.clone(),
         vectors: args.vectors.clone(),
-        device: Some(device),
+        encoders: Some(device.encoders()),
         ..EmbedderOptions::default()
     };
     if opts.model_dir.is_none() && matches!(name, "minilm" | "all-minilm-l6-v2" | "static") {

@@ -2,6 +2,7 @@
 
 use crate::cli::embedder_args::EmbedderArgs;
 use anyhow::{Context, Result, bail};
+use pgsrm::device::Device;
 use pgsrm::files::write_atomic;
 use pgsrm::model::spec::load_model;
 use pgsrm::run::eval::evaluate;
@@ -76,7 +77,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--max-new-tokens must be at least 1");
     }
     let loaded = load_model(&model)?;
-    let embedder = args.embedder.build_on(args.embedder.device)?;
+    let device = Device::open(args.embedder.device, 0)?;
+    let embedder = args.embedder.build_on(&device)?;
     let result = evaluate(
         &loaded,
         &task,
@@ -84,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         max_new,
         Some(embedder.as_ref()),
         args.examples,
-        args.embedder.device,
+        &device,
     )?;
     if let Some(p) = &save_to {
         write_atomic(p, serde_json::to_string_pretty(&result)?.as_bytes())?;

@@ -1,8 +1,7 @@
 //! `pgsrm generate`: sample continuations of a prompt.
 
 use anyhow::{Result, bail};
-use pgsrm::backend::Runner;
-use pgsrm::cuda::DeviceChoice;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::model::spec::load_model;
 use pgsrm::sample::SamplingParams;
 use serde_json::json;
@@ -78,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
     };
     let prompts = vec![prompt; args.num_samples];
-    let runner = Runner::new(&loaded.model, args.device)?;
+    let runner = Device::open(args.device, 0)?.runner(&loaded.model)?;
     let gens = runner.generate(&prompts, &params, loaded.eos, args.seed)?;
     let mut samples = Vec::new();
     for g in &gens {

@@ -7,11 +7,11 @@
 use crate::cli::train::{self, lock};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use pgsrm::cuda::DeviceChoice;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::files::write_atomic;
 use pgsrm::model::spec::load_model;
 use pgsrm::reward::Embedder;
-use pgsrm::reward::embedder::{EmbedderOptions, device_for};
+use pgsrm::reward::embedder::EmbedderOptions;
 use pgsrm::run::eval::evaluate;
 use pgsrm::run::folder::{CONFIG, STATE_JSON, latest_checkpoint};
 use pgsrm::run::progress::{JobProgress, PlannedRun, duration};
@@ -212,7 +212,7 @@ fn evaluate_run(
     path: &Path,
     task: &str,
     embedder: &dyn Embedder,
-    device: DeviceChoice,
+    device: &Device,
     quiet: bool,
 ) -> Result<()> {
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(path.join(CONFIG))?)
@@ -294,6 +294,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--jobs: give at least 1 (runs trained at once)");
     }
     let tasks = parse_tasks(&args.task)?;
+    // The device first: a missing driver or device stops the job before any folder is made.
+    let device = Device::open(args.device, 0)?;
     let t0 = Instant::now();
     let out = args.out.clone().unwrap_or_else(|| {
         let name = if tasks == NAMES {
@@ -337,7 +339,7 @@ pub fn run(args: Args) -> Result<()> {
     let n = jobs.len();
     let parallel = args
         .jobs
-        .unwrap_or_else(|| default_parallel(args.device))
+        .unwrap_or_else(|| default_parallel(&device))
         .clamp(1, n.max(1));
     let threads = (rayon::current_num_threads() / parallel).max(1);
     if !args.quiet && parallel > 1 {
@@ -345,6 +347,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let shared = Shared {
         args: &args,
+        device: &device,
         jobs: &jobs,
         single,
         out: &out,
@@ -420,14 +423,9 @@ pub fn run(args: Args) -> Result<()> {
 const MEMORY_PER_RUN: u64 = 8 << 30;
 
 /// Runs trained at once unless `--jobs` says: on the CPU one per thread of the pool, at most one
-/// per `MEMORY_PER_RUN` of the memory available; one when the runs may go to a GPU.
-fn default_parallel(device: DeviceChoice) -> usize {
-    let on_cpu = match device {
-        DeviceChoice::Cpu => true,
-        DeviceChoice::Auto => !pgsrm::cuda::driver_present(),
-        DeviceChoice::Cuda | DeviceChoice::Emu => false,
-    };
-    if !on_cpu {
+/// per `MEMORY_PER_RUN` of the memory available; one on a GPU.
+fn default_parallel(device: &Device) -> usize {
+    if device.gpu().is_some() {
         return 1;
     }
     let threads = rayon::current_num_threads();
@@ -446,6 +444,8 @@ fn available_memory() -> Option<u64> {
 /// What the runs of a job share while several train at once.
 struct Shared<'a> {
     args: &'a Args,
+    /// Where every run trains and is evaluated: the device the command opened.
+    device: &'a Device,
     jobs: &'a [Job],
     single: bool,
     out: &'a Path,
@@ -480,7 +480,7 @@ impl Shared<'_> {
             let embedder = pgsrm::reward::embedder::by_name(
                 &args.embedder,
                 &EmbedderOptions {
-                    device: Some(device_for(&args.embedder, args.device)),
+                    encoders: Some(self.device.encoders()),
                     ..Default::default()
                 },
             )?;
@@ -529,10 +529,14 @@ impl Shared<'_> {
             p.resume_run(k, episodes);
             job.dir.clone()
         } else {
-            train::train_with(&parse_train(&job.argv(args))?, Some((&self.progress, k)))?
+            train::train_with(
+                &parse_train(&job.argv(args))?,
+                self.device,
+                Some((&self.progress, k)),
+            )?
         };
         let te = Instant::now();
-        evaluate_run(&path, job.task, embedder, args.device, args.quiet)?;
+        evaluate_run(&path, job.task, embedder, self.device, args.quiet)?;
         lock(&self.progress).record_eval(te.elapsed().as_secs_f64());
         let task_done = {
             let mut done = lock(&self.done);

@@ -1,8 +1,7 @@
 //! `pgsrm score`: the log-probability of every token of a text under a model, as JSON.
 
 use anyhow::{Result, bail};
-use pgsrm::backend::Runner;
-use pgsrm::cuda::DeviceChoice;
+use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::model::spec::load_model;
 use serde_json::json;
 
@@ -54,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let v = loaded.model.vocab_size();
-    let runner = Runner::new(&loaded.model, args.device)?;
+    let runner = Device::open(args.device, 0)?.runner(&loaded.model)?;
     // Row p of the logits predicts token p + 1; the scored tokens are those after the first.
     let logits = runner.next_token_logits(&seq)?;
     let mut logp = vec![0.0f32; logits.len()];

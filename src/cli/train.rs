@@ -3,7 +3,7 @@
 
 use crate::cli::embedder_args::EmbedderArgs;
 use anyhow::Result;
-use pgsrm::cuda::DeviceChoice;
+use pgsrm::device::Device;
 use pgsrm::reward::Embedder;
 use pgsrm::run::progress::JobProgress;
 use pgsrm::run::train::{Event, TrainOptions, train_run};
@@ -129,25 +129,30 @@ impl Args {
             kl_target: self.kl_target,
             no_adaptive_kl: self.no_adaptive_kl,
             embedder: self.embedder.embedder.clone(),
-            device: self.embedder.device,
         }
     }
 
-    /// The PGSRM embedder the flags name, on the policy's backend `on` when it can run there
-    /// (the sentence encoders), else on the CPU.
-    fn embedder_on(&self, on: DeviceChoice) -> Result<Box<dyn Embedder>> {
-        self.embedder.build_on(on)
+    /// The PGSRM embedder the flags name, on the policy's device when it can run there (the
+    /// sentence encoders), else on the host.
+    fn embedder_on(&self, device: &Device) -> Result<Box<dyn Embedder>> {
+        self.embedder.build_on(device)
     }
 }
 
 /// Runs `pgsrm train`; returns the run folder.
 pub fn train(args: &Args) -> Result<PathBuf> {
-    train_with(args, None)
+    // The device first: a missing driver or device stops the run before any folder is made.
+    let device = Device::open(args.embedder.device, 0)?;
+    train_with(args, &device, None)
 }
 
-/// `train` as run `k` of a job: the progress line is the job's (`JobProgress`), shared with the
-/// job's other runs.
-pub fn train_with(args: &Args, job: Option<(&Mutex<JobProgress>, usize)>) -> Result<PathBuf> {
+/// `train` on `device` (the command's), as run `k` of a job when given: the progress line is the
+/// job's (`JobProgress`), shared with the job's other runs.
+pub fn train_with(
+    args: &Args,
+    device: &Device,
+    job: Option<(&Mutex<JobProgress>, usize)>,
+) -> Result<PathBuf> {
     // Set once per process: a second handler cannot be set, so every run of a job shares it.
     static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     let stop = STOP.get_or_init(|| {
@@ -227,7 +232,8 @@ pub fn train_with(args: &Args, job: Option<(&Mutex<JobProgress>, usize)>) -> Res
     };
     train_run(
         &args.options(),
-        &|on| args.embedder_on(on),
+        device,
+        &|d| args.embedder_on(d),
         stop,
         &mut print,
     )

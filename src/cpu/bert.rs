@@ -9,7 +9,8 @@ use crate::batch::EncoderInput;
 use crate::cpu::ops::{
     encoder_attention_forward, gelu_tanh_forward, layernorm_forward, matmul_forward,
 };
-use crate::model::bert::{Activation, BertConfig, BertWeights, Pooling};
+use crate::model::bert::{Activation, BertConfig, BertWeights, Pooling, SentenceModel};
+use crate::reward::embedder::{EncoderBackend, EncoderPasses};
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
@@ -272,5 +273,37 @@ mod tests {
                 "x={xi}: {a} vs {b}"
             );
         }
+    }
+}
+
+/// The CPU's sentence-encoder passes: `bert_forward`, then `sentence_pool_forward` as the model's
+/// folder says. Also its own backend: the passes read the loaded model's weights in place.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuEncoder;
+
+impl EncoderPasses for CpuEncoder {
+    fn pooled(&self, model: &SentenceModel, input: &EncoderInput) -> Result<Vec<f32>> {
+        let c = model.config.hidden_size;
+        let hidden = bert_forward(&model.config, &model.weights, input)?;
+        let mut pooled = vec![0.0f32; input.batch() * c];
+        sentence_pool_forward(
+            &mut pooled,
+            &hidden,
+            input,
+            c,
+            model.sentence.pooling,
+            model.sentence.normalize,
+        );
+        Ok(pooled)
+    }
+
+    fn device_name(&self) -> Option<String> {
+        None
+    }
+}
+
+impl EncoderBackend for CpuEncoder {
+    fn passes(&self, _model: &SentenceModel) -> Result<Box<dyn EncoderPasses>> {
+        Ok(Box::new(CpuEncoder))
     }
 }

@@ -2,66 +2,13 @@
 //! (see `cpu::gpt2`), then every step feeds one token per row. A row that has produced end-of-text
 //! stops: from then on it is fed end-of-text as padding and its outputs are ignored.
 
-use crate::batch::Batch;
+use crate::batch::{Batch, check_prompts, check_step};
 use crate::cpu::gpt2::{ChunkBuffers, chunk_forward, head_forward};
 use crate::cpu::kv::{Attend, KvCache};
-use crate::model::gpt2::{Gpt2, Gpt2Config};
+use crate::model::gpt2::Gpt2;
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams, sample_step};
 use anyhow::{Result, bail};
-
-/// Prompts a GPT-2 decoder can take: each fits the context with `max_new_tokens` more, and every
-/// id (the padding one too) is inside the vocabulary. Shared by the CPU and CUDA decoders.
-pub fn check_prompts(
-    cfg: &Gpt2Config,
-    prompts: &[Vec<u32>],
-    max_new_tokens: usize,
-    pad: u32,
-) -> Result<()> {
-    for (r, p) in prompts.iter().enumerate() {
-        if p.len() + max_new_tokens > cfg.n_positions {
-            bail!(
-                "prompt {r} has {} tokens; with {max_new_tokens} new tokens that exceeds the model's context of {} positions",
-                p.len(),
-                cfg.n_positions
-            );
-        }
-        if let Some(&bad) = p.iter().find(|&&x| x as usize >= cfg.vocab_size) {
-            bail!(
-                "prompt {r} holds token id {bad}, outside the vocabulary of {}",
-                cfg.vocab_size
-            );
-        }
-    }
-    if pad as usize >= cfg.vocab_size {
-        bail!(
-            "padding token {pad} is outside the vocabulary of {}",
-            cfg.vocab_size
-        );
-    }
-    Ok(())
-}
-
-/// Tokens a decoding step can take: one per row, inside the vocabulary, with room left in the
-/// cache. Shared by the CPU and CUDA decoders.
-pub fn check_step(
-    tokens: &[u32],
-    rows: usize,
-    len: usize,
-    tmax: usize,
-    vocab: usize,
-) -> Result<()> {
-    if tokens.len() != rows {
-        bail!("a decoding step takes {rows} tokens, got {}", tokens.len());
-    }
-    if len >= tmax {
-        bail!("the cache is full ({tmax} positions)");
-    }
-    if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= vocab) {
-        bail!("token id {bad} is outside the vocabulary");
-    }
-    Ok(())
-}
 
 /// The decoding state of a batch: per layer, the keys and values of every position so far.
 pub struct Gpt2Decoder<'m> {
@@ -82,7 +29,13 @@ impl<'m> Gpt2Decoder<'m> {
         pad: u32,
     ) -> Result<Self> {
         let cfg = &model.config;
-        check_prompts(cfg, prompts, max_new_tokens, pad)?;
+        check_prompts(
+            prompts,
+            max_new_tokens,
+            pad,
+            cfg.n_positions,
+            cfg.vocab_size,
+        )?;
         let batch = Batch::left_padded(prompts, pad)?;
         let cache = KvCache::new(
             cfg.n_layer,

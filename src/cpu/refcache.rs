@@ -20,9 +20,7 @@ use anyhow::{Result, bail};
 use rayon::prelude::*;
 use std::collections::HashSet;
 
-/// Default bound on the bytes kept: the prompts of a hundred-prompt task take far less (the
-/// rows of a shared prefix are kept once).
-pub const DEFAULT_LIMIT_BYTES: usize = 384 << 20;
+pub use crate::ppo::policy::REFERENCE_CACHE_BYTES as DEFAULT_LIMIT_BYTES;
 
 /// Prompt rows of one frozen model, bounded in memory: once full, prompts not yet seen are
 /// computed for the update that needs them and not kept.
@@ -49,7 +47,7 @@ impl Default for RefCache {
     }
 }
 
-/// log-sum-exp of a row of logits, summed in f64 as `cpu::policy::token_logprobs` does.
+/// log-sum-exp of a row of logits, summed in f64 as `cpu::model::token_logprobs` does.
 fn lse(row: &[f32]) -> f64 {
     let max = row.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)) as f64;
     max + row

@@ -5,6 +5,7 @@
 //! one set of rows, run once. Then every continuation has one row per step. The update
 //! differentiates this pass instead of running the policy again: same weights, same tokens.
 
+use crate::batch::check_prompts;
 use crate::cpu::kv::RowKv;
 use crate::cpu::prefix::{PrefixRows, RecordPaths};
 use crate::cpu::rows::{Prepared, RowModel};
@@ -29,30 +30,6 @@ pub struct Rollout<M: RowModel> {
     logits: Vec<f32>,
 }
 
-/// Checks that every prompt has tokens, inside the vocabulary, and fits the context with
-/// `new_tokens` more.
-fn check_prompts<M: RowModel>(model: &M, prompts: &[Vec<u32>], new_tokens: usize) -> Result<()> {
-    for (r, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            bail!("prompt {r} is empty");
-        }
-        if p.len() + new_tokens > model.context() {
-            bail!(
-                "prompt {r} has {} tokens; with {new_tokens} new tokens that exceeds the model's context of {} positions",
-                p.len(),
-                model.context()
-            );
-        }
-        if let Some(&bad) = p.iter().find(|&&x| x as usize >= model.vocab_size()) {
-            bail!(
-                "prompt {r} holds token id {bad}, outside the vocabulary of {}",
-                model.vocab_size()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Samples a continuation of every prompt, as `generate` does (the same `rng` state gives the
 /// same tokens, log-probabilities equal up to rounding), keeping the forward pass, with every
 /// shared prompt prefix run once.
@@ -67,13 +44,7 @@ pub fn generate_recorded<M: RowModel>(
     if prompts.is_empty() || s == 0 {
         bail!("a recorded rollout needs at least one prompt and one new token");
     }
-    if eos as usize >= model.vocab_size() {
-        bail!(
-            "padding token {eos} is outside the vocabulary of {}",
-            model.vocab_size()
-        );
-    }
-    check_prompts(model, prompts, s)?;
+    check_prompts(prompts, s, eos, model.context(), model.vocab_size())?;
     let (b, v) = (prompts.len(), model.vocab_size());
     let mut rows = PrefixRows::default();
     let prompt_end: Vec<usize> = prompts

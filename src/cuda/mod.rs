@@ -16,20 +16,6 @@ pub mod ops;
 pub mod paper_shapes;
 pub mod policy;
 
-/// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
-/// never picks the emulated device, which is for checking kernels, not for speed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    /// CUDA when a GPU and its driver are present, else the CPU
-    Auto,
-    /// The CPU reference backend
-    Cpu,
-    /// A CUDA GPU (kernels compiled by NVRTC)
-    Cuda,
-    /// The emulated device: the CUDA kernels compiled as C++ and run on the CPU, with checks
-    Emu,
-}
-
 /// Whether the CUDA driver library can be loaded (it says nothing about a device being present).
 pub fn driver_present() -> bool {
     // SAFETY: only tries to open the shared library; no driver call is made.

@@ -12,8 +12,7 @@ use crate::reward::Embedder;
 use crate::reward::parent::Parent;
 use crate::reward::shaping::{Shaping, rewards};
 use crate::rng::Rng;
-use crate::sample::Generation;
-use crate::sample::SamplingParams;
+use crate::sample::{Generator, SamplingParams};
 use crate::tasks::Task;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -29,17 +28,10 @@ pub fn prompt_bos(model: &Model, bos: Option<u32>) -> Option<u32> {
     }
 }
 
-/// What a backend does for the trainer: `cpu::policy::CpuPolicy` on the CPU,
-/// `cuda::policy::CudaPolicy` on a device.
-pub trait PolicyBackend {
-    /// Samples a continuation of every prompt, all together (KV cache), with each sampled
-    /// token's log-probability.
-    fn generate(
-        &mut self,
-        prompts: &[Vec<u32>],
-        params: &SamplingParams,
-        rng: &mut Rng,
-    ) -> Result<Vec<Generation>>;
+/// What a backend does for the trainer: sample a continuation of every prompt, all together
+/// (KV cache), with each sampled token's log-probability (`Generator`), and the policy's update.
+/// The run's assembly builds one for the device the run is on and hands it down.
+pub trait PolicyBackend: Generator {
     /// The policy update on a batch of episodes. An error leaves the weights as they were.
     fn update(&mut self, episodes: &[Episode], kl_coef: f32, rng: &mut Rng)
     -> Result<UpdateLosses>;

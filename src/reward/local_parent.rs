@@ -1,20 +1,25 @@
-//! The `local` parent: a GPT-2-family model run through our own decoder, greedy, behind a few-shot
-//! prompt made of the task's own (prompt, answer) pairs. It needs no network, so a run with it can
-//! be repeated offline; how good its answers are depends entirely on the checkpoint.
+//! The `local` parent: a model of either family, greedy, behind a few-shot prompt made of the
+//! task's own (prompt, answer) pairs. It generates through the interface the trainer's policy
+//! generates through (`sample::Generator`), on whatever backend the run's assembly gives it. It
+//! needs no network, so a run with it can be repeated offline; how good its answers are depends
+//! entirely on the checkpoint.
 
-use crate::cpu::decode::generate;
-use crate::model::gpt2::Gpt2;
 use crate::model::spec::{Model, load_model};
 use crate::model::tokenizer::Tokenizer;
 use crate::reward::parent::Parent;
 use crate::rng::Rng;
-use crate::sample::SamplingParams;
+use crate::sample::{Generator, SamplingParams};
 use crate::tasks::Example;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 
+/// Where a backend runs a model for a local parent: a `Generator` of it, ending answers at `eos`.
+pub trait Generators: Send + Sync + std::fmt::Debug {
+    fn generator(&self, model: Model, eos: u32) -> Result<Box<dyn Generator>>;
+}
+
 pub struct LocalParent {
-    model: Gpt2,
+    generator: Box<dyn Generator>,
     tokenizer: Tokenizer,
     source: String,
     prefix: String,
@@ -34,10 +39,11 @@ fn lead_in(prompt: &str) -> String {
 }
 
 impl LocalParent {
-    /// `shots` become the few-shot prefix, one `prompt answer` line each; answers are cut at the
-    /// first newline and trimmed.
+    /// `model` on `backend`; `shots` become the few-shot prefix, one `prompt answer` line each;
+    /// answers are cut at the first newline and trimmed.
     pub fn new(
-        model: Gpt2,
+        model: Model,
+        backend: &dyn Generators,
         tokenizer: Tokenizer,
         source: &str,
         shots: &[Example<'_>],
@@ -49,12 +55,13 @@ impl LocalParent {
         let eos = tokenizer
             .eos_id()
             .context("the local parent's tokenizer has no end-of-text token")?;
+        let generator = backend.generator(model, eos)?;
         let prefix: String = shots
             .iter()
             .map(|s| format!("{}{}\n", lead_in(s.prompt), s.answer))
             .collect();
         Ok(LocalParent {
-            model,
+            generator,
             tokenizer,
             source: source.to_string(),
             prefix,
@@ -64,19 +71,24 @@ impl LocalParent {
         })
     }
 
-    /// Loads `spec` as `--model` accepts it (a folder, a hub name, `random:<config>[:seed]`).
-    pub fn load(spec: &str, shots: &[Example<'_>], max_new_tokens: usize) -> Result<LocalParent> {
+    /// Loads `spec` as `--model` accepts it (a folder, a hub name, `random:<config>[:seed]`, a
+    /// Llama-family child) to run on `backend`.
+    pub fn load(
+        spec: &str,
+        backend: &dyn Generators,
+        shots: &[Example<'_>],
+        max_new_tokens: usize,
+    ) -> Result<LocalParent> {
         let loaded =
             load_model(spec).with_context(|| format!("loading the local parent {spec}"))?;
-        #[allow(unreachable_patterns)]
-        let model = match loaded.model {
-            Model::Gpt2(m) => m,
-            other => bail!(
-                "the local parent runs GPT-2-family models; {spec} is {}",
-                other.family()
-            ),
-        };
-        LocalParent::new(model, loaded.tokenizer, spec, shots, max_new_tokens)
+        LocalParent::new(
+            loaded.model,
+            backend,
+            loaded.tokenizer,
+            spec,
+            shots,
+            max_new_tokens,
+        )
     }
 
     /// The full text the model continues for `prompt`.
@@ -120,7 +132,7 @@ impl Parent for LocalParent {
                 .collect::<Result<Vec<_>>>()?;
             let params = SamplingParams::greedy(self.max_new_tokens);
             // Greedy decoding draws nothing; the generator only needs a stream to hold.
-            let gens = generate(&self.model, &ids, &params, self.eos, &mut Rng::new(0))?;
+            let gens = self.generator.generate(&ids, &params, &mut Rng::new(0))?;
             for (p, g) in pending.iter().zip(gens) {
                 let text = self.text_of(&g.tokens)?;
                 self.answers.insert(p.to_string(), text);

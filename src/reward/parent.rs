@@ -29,12 +29,6 @@ pub struct TableParent {
     table: HashMap<String, String>,
 }
 
-#[derive(serde::Deserialize)]
-struct TableLine {
-    prompt: String,
-    answer: String,
-}
-
 impl TableParent {
     /// Reads a JSON Lines table from disk.
     pub fn open(path: impl AsRef<Path>) -> Result<TableParent> {
@@ -44,35 +38,24 @@ impl TableParent {
         TableParent::parse(&text, &path.display().to_string())
     }
 
-    /// Parses a JSON Lines table; `source` names it in errors. Blank lines are skipped; a prompt
-    /// given twice is an error, since one of the two answers would be silently lost.
+    /// Parses a JSON Lines table (`tasks::parse_table`); `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<TableParent> {
-        let mut table = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let row: TableLine = serde_json::from_str(line).with_context(|| {
-                format!(
-                    "parent table {source} line {}: expected {{\"prompt\": \"...\", \"answer\": \"...\"}}",
-                    i + 1
-                )
-            })?;
-            if table.insert(row.prompt.clone(), row.answer).is_some() {
-                bail!(
-                    "parent table {source} line {}: prompt {:?} is given twice",
-                    i + 1,
-                    row.prompt
-                );
-            }
-        }
-        if table.is_empty() {
-            bail!("parent table {source} has no entries");
-        }
         Ok(TableParent {
             source: source.to_string(),
-            table,
+            table: crate::tasks::parse_table(text, source)?,
         })
+    }
+
+    /// The task's shipped table (every prompt it can make, with its answer).
+    pub fn for_task(task: &crate::tasks::Task) -> TableParent {
+        TableParent {
+            source: format!("data/parents/{}.jsonl", task.name),
+            table: task
+                .examples()
+                .iter()
+                .map(|e| (e.prompt.to_string(), e.answer.to_string()))
+                .collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -183,6 +166,8 @@ pub struct ParentOptions {
     pub shots: usize,
     /// Longest `local` answer, in tokens.
     pub max_new_tokens: usize,
+    /// Where the `local` parent's model runs: the backend of the device the command opened.
+    pub generators: Option<std::sync::Arc<dyn crate::reward::local_parent::Generators>>,
 }
 
 impl Default for ParentOptions {
@@ -192,6 +177,7 @@ impl Default for ParentOptions {
             cache: None,
             shots: 3,
             max_new_tokens: 16,
+            generators: None,
         }
     }
 }
@@ -215,7 +201,7 @@ pub fn parent_by_spec(
         None => (spec, None),
     };
     match (kind, arg) {
-        ("table", None) => Ok(Box::new(task.table_parent())),
+        ("table", None) => Ok(Box::new(TableParent::for_task(task))),
         ("table", Some(path)) => Ok(Box::new(TableParent::open(path)?)),
         ("openai", model) => Ok(Box::new(OpenAiParent::new(
             opts.api.clone(),
@@ -225,6 +211,9 @@ pub fn parent_by_spec(
         )?)),
         ("local", Some(model)) => Ok(Box::new(crate::reward::local_parent::LocalParent::load(
             model,
+            opts.generators
+                .as_deref()
+                .context("the local parent was given no backend to run its model on")?,
             &task.few_shot(opts.shots),
             opts.max_new_tokens,
         )?)),

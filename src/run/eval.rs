@@ -1,8 +1,7 @@
 //! Held-out evaluation: greedy answers to a task's held-out prompts, scored against the parent's
 //! reference answers by exact match (strip + lower-case) and by the PGSRM reward.
 
-use crate::backend::Runner;
-use crate::cuda::DeviceChoice;
+use crate::device::Device;
 use crate::model::spec::{Loaded, Model};
 use crate::reward::Embedder;
 use crate::reward::shaping::{DEFAULT_POWER, Shaping, binary, rewards};
@@ -53,14 +52,14 @@ pub fn evaluate(
     max_new_tokens: usize,
     embedder: Option<&dyn Embedder>,
     examples: usize,
-    device: DeviceChoice,
+    device: &Device,
 ) -> Result<Value> {
     let held = task.held_out();
     if held.is_empty() {
         bail!("task {} has no held-out prompts", task.name);
     }
     let params = SamplingParams::greedy(max_new_tokens);
-    let runner = Runner::new(&loaded.model, device)?;
+    let runner = device.runner(&loaded.model)?;
     let mut children = Vec::with_capacity(held.len());
     for chunk in held.chunks(CHUNK) {
         let mut prompts = Vec::with_capacity(chunk.len());

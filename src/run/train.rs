@@ -4,15 +4,14 @@
 //! into `TrainOptions` and print the `Event`s this sends.
 
 use crate::assets::Locations;
-use crate::backend::policy_backend;
-use crate::cuda::DeviceChoice;
-use crate::cuda::device::Gpu;
+use crate::device::Device;
 use crate::files::write_atomic;
 use crate::model::spec::{ChildFiles, Loaded, load_model};
 use crate::ppo::config::Baseline;
 use crate::ppo::trainer::prompt_bos;
 use crate::ppo::{Critic, PpoConfig, Trainer, UpdateStats};
 use crate::reward::Embedder;
+use crate::reward::parent::TableParent;
 use crate::reward::shaping::Shaping;
 use crate::run::RunDir;
 use crate::run::checkpoint::{Keep, load_trainer_state, save_trainer_state};
@@ -109,8 +108,6 @@ pub struct TrainOptions {
     pub no_adaptive_kl: bool,
     /// The embedder's name, recorded in config.json (the embedder itself is given to `train_run`).
     pub embedder: String,
-    /// What runs the policy (and the sentence encoder with it).
-    pub device: DeviceChoice,
 }
 
 /// What a run tells as it goes.
@@ -258,11 +255,10 @@ fn field<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, path: &Path) ->
         .with_context(|| format!("{}/config.json: bad or missing {key:?}", path.display()))
 }
 
-/// A trainer for `child` on `gpu` (the CPU backend when `None`), its value head initialised from
-/// `seed`, its reference a frozen copy of the child.
-#[allow(clippy::too_many_arguments)]
+/// A trainer for `child` on `device`, its value head initialised from `seed`, its reference a
+/// frozen copy of the child, its parent the task's table.
 pub fn trainer_on(
-    gpu: Option<Gpu>,
+    device: &Device,
     ppo: PpoConfig,
     child: Loaded,
     task: Task,
@@ -272,29 +268,24 @@ pub fn trainer_on(
     let files = ChildFiles::of(&child);
     let bos = prompt_bos(&child.model, child.bos);
     let critic = Critic::new(child.model.hidden_size(), seed);
-    let parent = Box::new(task.table_parent());
-    let backend = policy_backend(gpu, ppo.clone(), child.model, critic, child.eos)?;
+    let parent = Box::new(TableParent::for_task(&task));
+    let backend = device.policy(ppo.clone(), child.model, critic, child.eos)?;
     Trainer::new(ppo, backend, &files, bos, task, embedder, parent, seed)
 }
 
 /// Runs (or continues) the run `opts` describes until its episode total or until `stop` is
-/// set (then a checkpoint is written and the run stops with an error saying so). `embedder`
-/// makes the PGSRM embedder when the reward needs one, on the backend the policy runs on
-/// (`Cpu`, `Cuda` or `Emu`). Returns the run folder.
+/// set (then a checkpoint is written and the run stops with an error saying so), on `device`,
+/// which the command opened (a missing driver or device stopped it before any folder was made).
+/// `embedder` makes the PGSRM embedder when the reward needs one, on the same device. Returns
+/// the run folder.
 pub fn train_run(
     opts: &TrainOptions,
-    embedder: &dyn Fn(DeviceChoice) -> Result<Box<dyn Embedder>>,
+    device: &Device,
+    embedder: &dyn Fn(&Device) -> Result<Box<dyn Embedder>>,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<PathBuf> {
-    // The device first: a missing driver or device stops the run before any folder is made.
-    let gpu = Gpu::open(opts.device, 0)?;
-    let device = gpu.as_ref().map_or("cpu".to_string(), |g| g.name.clone());
-    let on = match &gpu {
-        None => DeviceChoice::Cpu,
-        Some(g) if g.emu().is_some() => DeviceChoice::Emu,
-        Some(_) => DeviceChoice::Cuda,
-    };
+    let device_name = device.name();
     let (mut dir, mut cfg, checkpoint) = match &opts.resume {
         Some(path) => {
             let r = RunDir::resume(path)?;
@@ -326,16 +317,16 @@ pub fn train_run(
         reward: &ppo.shaping,
         seed,
         total,
-        device: &device,
+        device: &device_name,
     });
     let child = load_model(&field::<String>(&cfg, "model", &path)?)?;
     let child_files = ChildFiles::of(&child);
     let embedder = if Shaping::from_name(&ppo.shaping)?.needs_embeddings() {
-        Some(embedder(on)?)
+        Some(embedder(device)?)
     } else {
         None
     };
-    let mut trainer = trainer_on(gpu, ppo, child, task, embedder, seed)?;
+    let mut trainer = trainer_on(device, ppo, child, task, embedder, seed)?;
     if let Some((step, ck)) = &checkpoint {
         trainer.restore(load_trainer_state(ck)?)?;
         dir.truncate_after(*step)?;
@@ -351,7 +342,7 @@ pub fn train_run(
     }
     // Every device the run has run on, in order: a checkpoint continues on any backend.
     let mut devices: Vec<Value> = cfg["devices"].as_array().cloned().unwrap_or_default();
-    devices.push(device.into());
+    devices.push(device_name.into());
     cfg["devices"] = devices.into();
     write_atomic(
         &path.join(CONFIG),

@@ -4,7 +4,6 @@
 //!
 //! The data files live in `data/` and are compiled into the binary, so a task works from any folder.
 
-use crate::reward::parent::TableParent;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};
@@ -214,13 +213,13 @@ impl Task {
                 groups.push(i);
             }
         }
-        let table = TableParent::parse(src.table, src.table_file)?;
+        let table = parse_table(src.table, src.table_file)?;
         let answers = prompts
             .iter()
             .map(|p| {
                 table
                     .get(p)
-                    .map(str::to_string)
+                    .cloned()
                     .with_context(|| format!("{} has no answer for prompt {p:?}", src.table_file))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -273,6 +272,11 @@ impl Task {
         }
     }
 
+    /// Every prompt the task can make, training and held-out, with its reference answer.
+    pub fn examples(&self) -> Vec<Example<'_>> {
+        (0..self.prompts.len()).map(|i| self.example(i)).collect()
+    }
+
     /// The training prompts with their reference answers.
     pub fn train(&self) -> Vec<Example<'_>> {
         self.train.iter().map(|&i| self.example(i)).collect()
@@ -306,16 +310,39 @@ impl Task {
             .position(|p| p == prompt)
             .map(|i| self.answers[i].as_str())
     }
+}
 
-    /// The shipped reference table as a parent.
-    pub fn table_parent(&self) -> TableParent {
-        let text: String = self
-            .prompts
-            .iter()
-            .zip(&self.answers)
-            .map(|(p, a)| serde_json::json!({"prompt": p, "answer": a}).to_string() + "\n")
-            .collect();
-        TableParent::parse(&text, &format!("data/parents/{}.jsonl", self.name))
-            .expect("the shipped table parsed when the task was built")
+#[derive(serde::Deserialize)]
+struct TableLine {
+    prompt: String,
+    answer: String,
+}
+
+/// A JSON Lines table of `{"prompt": ..., "answer": ...}`, the form of our parent tables;
+/// `source` names it in errors. Blank lines are skipped; a prompt given twice is an error, since
+/// one of the two answers would be silently lost.
+pub fn parse_table(text: &str, source: &str) -> Result<HashMap<String, String>> {
+    let mut table = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: TableLine = serde_json::from_str(line).with_context(|| {
+            format!(
+                "parent table {source} line {}: expected {{\"prompt\": \"...\", \"answer\": \"...\"}}",
+                i + 1
+            )
+        })?;
+        if table.insert(row.prompt.clone(), row.answer).is_some() {
+            bail!(
+                "parent table {source} line {}: prompt {:?} is given twice",
+                i + 1,
+                row.prompt
+            );
+        }
     }
+    if table.is_empty() {
+        bail!("parent table {source} has no entries");
+    }
+    Ok(table)
 }

@@ -1,24 +1,7 @@
 //! Rotary position embeddings in the Hugging Face convention ("rotate half"): within each head of
 //! width D, element j pairs with element j + D/2 and the pair turns by angle pos * theta^(-2j/D).
 
-/// Angle tables cos, sin (P, D/2) for positions 0..P. Computed in f32 the way `transformers`
-/// does (inverse frequencies, then products with the position), so that logits agree closely.
-pub fn rope_table(max_pos: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = d / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|j| 1.0 / theta.powf((2 * j) as f32 / d as f32))
-        .collect();
-    let mut cos = vec![0.0f32; max_pos * half];
-    let mut sin = vec![0.0f32; max_pos * half];
-    for p in 0..max_pos {
-        for j in 0..half {
-            let a = p as f32 * inv[j];
-            cos[p * half + j] = a.cos();
-            sin[p * half + j] = a.sin();
-        }
-    }
-    (cos, sin)
-}
+pub use crate::model::llama::rope_table;
 
 /// out (N, H*D) = rotate(inp (N, H*D)) row n by position pos[n], using the tables cos, sin (P, D/2)
 #[allow(clippy::too_many_arguments)]

@@ -291,18 +291,6 @@ impl Gpu {
         })
     }
 
-    /// The device `choice` names: `None` for the CPU backend (and for `auto` without a GPU).
-    pub fn open(choice: crate::cuda::DeviceChoice, ordinal: usize) -> Result<Option<Gpu>> {
-        use crate::cuda::DeviceChoice as D;
-        Ok(match choice {
-            D::Cpu => None,
-            D::Cuda => Some(Gpu::new(ordinal)?),
-            D::Emu => Some(Gpu::emulated()?),
-            D::Auto if crate::cuda::device_count() > ordinal => Some(Gpu::new(ordinal)?),
-            D::Auto => None,
-        })
-    }
-
     /// The emulated device behind this one, if it is that (to set its schedule).
     pub fn emu(&self) -> Option<&EmuDevice> {
         match &self.dev {

@@ -6,9 +6,12 @@ use crate::batch::EncoderInput;
 use crate::cuda::device::DevBuf;
 use crate::cuda::device::Gpu;
 use crate::cuda::ops as k;
+use crate::model::bert::SentenceModel;
 use crate::model::bert::{Activation, BertConfig, BertWeights};
+use crate::reward::embedder::{EncoderBackend, EncoderPasses};
 use crate::reward::shaping::Shaping;
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use std::sync::Arc;
 
 type Buf = DevBuf<f32>;
 
@@ -275,12 +278,56 @@ pub fn shape_code(shaping: Shaping) -> Option<i32> {
 /// L2 normalisation (its reward output unused). The pooling `sentence-transformers` folders most
 /// often name; other poolings stay on the CPU encoder.
 pub struct DeviceEncoder {
-    gpu: Gpu,
+    gpu: Arc<Gpu>,
     bert: GpuBert,
 }
 
+/// The sentence encoders' backend on a device: each loaded encoder's weights go there once.
+pub struct DeviceEncoders {
+    pub gpu: Arc<Gpu>,
+}
+
+impl std::fmt::Debug for DeviceEncoders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceEncoders({})", self.gpu.name)
+    }
+}
+
+impl EncoderBackend for DeviceEncoders {
+    fn passes(&self, model: &SentenceModel) -> Result<Box<dyn EncoderPasses>> {
+        Ok(Box::new(DeviceEncoder::new(self.gpu.clone(), model)?))
+    }
+}
+
+impl EncoderPasses for DeviceEncoder {
+    fn pooled(&self, _model: &SentenceModel, input: &EncoderInput) -> Result<Vec<f32>> {
+        DeviceEncoder::pooled(self, input)
+    }
+
+    fn fuses(&self, shaping: Shaping) -> bool {
+        shape_code(shaping).is_some()
+    }
+
+    fn rewards(
+        &self,
+        input: &EncoderInput,
+        answer: &[usize],
+        against: &[f32],
+        shaping: Shaping,
+        power: f32,
+    ) -> Result<Vec<f32>> {
+        let code = shape_code(shaping)
+            .with_context(|| format!("the device encoder does not shape {shaping:?} rewards"))?;
+        DeviceEncoder::rewards(self, input, answer, against, code, power)
+    }
+
+    fn device_name(&self) -> Option<String> {
+        Some(self.gpu.name.clone())
+    }
+}
+
 impl DeviceEncoder {
-    pub fn new(gpu: Gpu, model: &crate::model::bert::SentenceModel) -> Result<Self> {
+    pub fn new(gpu: Arc<Gpu>, model: &SentenceModel) -> Result<Self> {
         use crate::model::bert::Pooling;
         ensure!(
             model.sentence.pooling == Pooling::Mean && model.sentence.normalize,
@@ -295,10 +342,6 @@ impl DeviceEncoder {
         );
         let bert = GpuBert::upload(&gpu, &model.config, &model.weights)?;
         Ok(DeviceEncoder { gpu, bert })
-    }
-
-    pub fn device_name(&self) -> &str {
-        &self.gpu.name
     }
 
     /// Unit vectors (B, C) of the packed sequences of `input`.

@@ -121,7 +121,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// Feeds one token per row (B).
     pub fn step(&mut self, tokens: &[u32]) -> Result<()> {
-        crate::cpu::decode::check_step(
+        crate::batch::check_step(
             tokens,
             self.b,
             self.len,

@@ -172,7 +172,13 @@ impl DeviceModel for GpuGpt2 {
     }
 
     fn check_prompts(&self, prompts: &[Vec<u32>], max_new: usize, pad: u32) -> Result<()> {
-        crate::cpu::decode::check_prompts(&self.config, prompts, max_new, pad)
+        crate::batch::check_prompts(
+            prompts,
+            max_new,
+            pad,
+            self.config.n_positions,
+            self.config.vocab_size,
+        )
     }
 
     fn forward_cached(&self, g: &Gpu, rows: &CachedRows, cache: &mut KvCache) -> Result<Buf> {

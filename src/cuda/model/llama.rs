@@ -3,10 +3,10 @@
 //! embeddings from the same f32 tables, grouped-query attention over the KV cache, the SiLU-gated
 //! MLP; the final norm and the head. Decoding itself is `cuda::decode`'s, shared with GPT-2.
 
-use crate::cpu::ops::rope_table;
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::decode::{CachedRows, DeviceModel, KvCache};
 use crate::cuda::ops::{self as k, AttnShape};
+use crate::model::llama::rope_table;
 use crate::model::llama::{Llama, LlamaConfig, LlamaWeights};
 use anyhow::{Result, bail};
 
@@ -148,7 +148,7 @@ impl GpuLlamaWeights {
 pub struct GpuLlama {
     pub config: LlamaConfig,
     pub weights: GpuLlamaWeights,
-    /// The rotary tables (max_position_embeddings, head_dim / 2) of `cpu::ops::rope_table`.
+    /// The rotary tables (max_position_embeddings, head_dim / 2) of `model::llama::rope_table`.
     pub cos: Buf,
     pub sin: Buf,
 }
@@ -189,21 +189,13 @@ impl DeviceModel for GpuLlama {
 
     fn check_prompts(&self, prompts: &[Vec<u32>], max_new: usize, pad: u32) -> Result<()> {
         let cfg = &self.config;
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if longest + max_new > cfg.max_position_embeddings {
-            bail!(
-                "prompts of {longest} tokens with {max_new} new tokens exceed the model's context of {}",
-                cfg.max_position_embeddings
-            );
-        }
-        let ids = prompts.iter().flatten().chain(std::iter::once(&pad));
-        if let Some(&bad) = ids.into_iter().find(|&&x| x as usize >= cfg.vocab_size) {
-            bail!(
-                "token id {bad} is outside the vocabulary of {}",
-                cfg.vocab_size
-            );
-        }
-        Ok(())
+        crate::batch::check_prompts(
+            prompts,
+            max_new,
+            pad,
+            cfg.max_position_embeddings,
+            cfg.vocab_size,
+        )
     }
 
     fn forward_cached(&self, g: &Gpu, rows: &CachedRows, cache: &mut KvCache) -> Result<Buf> {

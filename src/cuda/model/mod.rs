@@ -12,16 +12,17 @@ pub mod train_batch;
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::model::decode::generate_with_rng;
+use crate::cuda::model::decode::{generate, generate_with_rng, logits_at_every_position};
 use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
 use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
 use crate::cuda::model::train_batch::TrainBatch;
 use crate::model::spec::Model;
 use crate::rng::Rng;
-use crate::sample::{Generation, SamplingParams};
+use crate::sample::{Generation, Generator, SamplingParams};
 use anyhow::{Result, bail};
 use gpt2_train::Gpt2Activations;
 use llama_train::LlamaActivations;
+use std::sync::Arc;
 
 type Buf = DevBuf<f32>;
 
@@ -187,7 +188,31 @@ impl DevModel {
         }
     }
 
-    /// `cuda::decode::generate_with_rng` on this model.
+    /// `decode::generate` on this model: the uniforms drawn on the device, keyed by (seed, row,
+    /// step).
+    pub fn generate_seeded(
+        &self,
+        g: &Gpu,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        eos: u32,
+        seed: u64,
+    ) -> Result<Vec<Generation>> {
+        match self {
+            DevModel::Gpt2(m) => generate(g, m, prompts, params, eos, seed),
+            DevModel::Llama(m) => generate(g, m, prompts, params, eos, seed),
+        }
+    }
+
+    /// `decode::logits_at_every_position` on this model.
+    pub fn logits_at_every_position(&self, g: &Gpu, seq: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            DevModel::Gpt2(m) => logits_at_every_position(g, m, seq),
+            DevModel::Llama(m) => logits_at_every_position(g, m, seq),
+        }
+    }
+
+    /// `decode::generate_with_rng` on this model.
     pub fn generate(
         &self,
         g: &Gpu,
@@ -200,5 +225,25 @@ impl DevModel {
             DevModel::Gpt2(m) => generate_with_rng(g, m, prompts, params, eos, rng),
             DevModel::Llama(m) => generate_with_rng(g, m, prompts, params, eos, rng),
         }
+    }
+}
+
+/// A child on a device as a `Generator`, ending answers at `eos`; the host's generator draws the
+/// uniforms, so the tokens are the CPU's.
+pub struct DevGenerator {
+    pub gpu: Arc<Gpu>,
+    pub model: DevModel,
+    pub eos: u32,
+}
+
+impl Generator for DevGenerator {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        rng: &mut Rng,
+    ) -> Result<Vec<Generation>> {
+        self.model
+            .generate(&self.gpu, prompts, params, self.eos, rng)
     }
 }

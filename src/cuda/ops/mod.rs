@@ -593,7 +593,7 @@ pub fn rmsnorm_forward(
 }
 
 /// x (N, H, HS) rotated in place by pos (N) with the tables cos, sin (max_pos, HS/2) of
-/// `cpu::ops::rope_table`; `offset`/`stride` locate the heads
+/// `model::llama::rope_table`; `offset`/`stride` locate the heads
 #[allow(clippy::too_many_arguments)]
 pub fn rope_forward(
     g: &Gpu,

@@ -1,14 +1,11 @@
-//! The device backend's jobs for the trainer, mirroring `cpu::policy::CpuPolicy` one to one:
-//! rollouts with the device decoder (the host's generator draws the uniforms, so the tokens are
-//! the CPU's), and PAPER.md's update with the actor forward and backward, the frozen reference's
-//! log-probs, the fused losses, the value head and both AdamW optimisers on the device. Only
-//! tokens, log-probs, per-row values and the losses' means cross to the host.
+//! The device backend's passes for the trainer's policy (`ppo::policy::Passes`), mirroring
+//! `cpu::policy::CpuPasses` one to one: rollouts with the device decoder (the host's generator
+//! draws the uniforms, so the tokens are the CPU's), the frozen reference's log-probs, the actor's
+//! forward and backward, the fused losses, the value head and both AdamW optimisers on the device.
+//! Only tokens, log-probs, per-row values and the losses' means cross to the host.
 
 pub mod refcache;
 
-use crate::cpu::policy::{
-    ScoredBatch, check_state_fits, params, scored_batch, starting_optimisers,
-};
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::train_batch::TrainBatch;
 use crate::cuda::model::{DevActs, DevGrads, DevModel};
@@ -17,50 +14,27 @@ use crate::cuda::ops::ppo_loss::{self as kl, ActorInputs, DevActorLoss};
 use crate::cuda::policy::refcache::DevRefCache;
 use crate::model::spec::Model;
 use crate::ppo::config::PpoConfig;
-use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses};
-use crate::ppo::steps::{
-    StepTargets, all_or_nothing, batch_mean, check_finite, mean_of_steps, step_count,
+use crate::ppo::loss::{ActorLoss, Critic, Episode};
+use crate::ppo::policy::{
+    Passes, Policy, ScoredBatch, check_state_fits, params, starting_optimisers,
 };
-use crate::ppo::trainer::{PolicyBackend, PolicyState};
+use crate::ppo::steps::StepTargets;
+use crate::ppo::trainer::PolicyState;
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
 use anyhow::{Context, Result, anyhow};
+use std::sync::Arc;
 
 type Buf = DevBuf<f32>;
 
-/// The policy, its frozen reference, the value head and both optimisers on a device.
-pub struct CudaPolicy {
-    gpu: Gpu,
-    cfg: PpoConfig,
-    eos: u32,
-    /// The policy as it was given: its config and family, for `state` to rebuild a host model
-    /// around the downloaded weights (its own weights are not kept up to date).
-    host: Model,
-    policy: DevModel,
-    reference: DevModel,
-    /// The value head: w (C), b (1).
-    critic_w: Buf,
-    critic_b: Buf,
-    actor_opt: AdamW,
-    critic_opt: AdamW,
-    /// The last step's gradient buffer, reused by the next.
-    grads: Option<DevGrads>,
-    /// The frozen reference's prompt rows, kept across updates.
-    ref_cache: DevRefCache,
-}
-
-/// What an error of a pass over a batch says about it: an allocation that fails names its bytes,
-/// this names the update's episodes and the tokens of the pass.
-fn pass_context(what: &str, episodes: usize, sb: &ScoredBatch) -> String {
-    format!(
-        "{what} of an update of {episodes} episodes ({} x {} tokens) on the device",
-        sb.batch.b, sb.batch.t
-    )
-}
+/// The trainer's policy on a device.
+pub type CudaPolicy = Policy<CudaPasses>;
 
 impl CudaPolicy {
+    /// The policy `model`, its frozen `reference` (a copy of it), the value head and fresh
+    /// optimisers, uploaded to `gpu`, ending answers at `eos`.
     pub fn new(
-        gpu: Gpu,
+        gpu: Arc<Gpu>,
         cfg: PpoConfig,
         model: Model,
         reference: Model,
@@ -87,8 +61,7 @@ impl CudaPolicy {
                     gpu.name
                 )
             })?;
-        Ok(CudaPolicy {
-            cfg,
+        let passes = CudaPasses {
             eos,
             host: model,
             policy,
@@ -98,11 +71,56 @@ impl CudaPolicy {
             actor_opt,
             critic_opt,
             grads: None,
+            after_backward: None,
             ref_cache: DevRefCache::default(),
             gpu,
-        })
+        };
+        Ok(Policy::over(passes, cfg, eos))
     }
+}
 
+/// The policy, its frozen reference, the value head and both optimisers on a device.
+pub struct CudaPasses {
+    gpu: Arc<Gpu>,
+    eos: u32,
+    /// The policy as it was given: its config and family, for `state` to rebuild a host model
+    /// around the downloaded weights (its own weights are not kept up to date).
+    host: Model,
+    policy: DevModel,
+    reference: DevModel,
+    /// The value head: w (C), b (1).
+    critic_w: Buf,
+    critic_b: Buf,
+    actor_opt: AdamW,
+    critic_opt: AdamW,
+    /// The last step's gradient buffer, reused by the next.
+    grads: Option<DevGrads>,
+    /// Between `backward` and `step`: the actor's norm and clipping coefficient (2) and the
+    /// value head's clipped gradient (w, b).
+    after_backward: Option<(Buf, Buf, Buf)>,
+    /// The frozen reference's prompt rows, kept across updates.
+    ref_cache: DevRefCache,
+}
+
+/// A step's forward pass on the device and what its losses leave for backward.
+pub struct CudaPass {
+    batch: TrainBatch,
+    acts: DevActs,
+    values: Buf,
+    actor: Option<DevActorLoss>,
+    dvalues: Option<Buf>,
+}
+
+/// What an error of a pass over a batch says about it: an allocation that fails names its bytes,
+/// this names the batch and its tokens.
+fn pass_context(what: &str, sb: &ScoredBatch) -> String {
+    format!(
+        "{what} of a batch of {} episodes ({} x {} tokens) on the device",
+        sb.batch.b, sb.batch.b, sb.batch.t
+    )
+}
+
+impl CudaPasses {
     fn hidden(&self) -> usize {
         self.host.hidden_size()
     }
@@ -132,21 +150,6 @@ impl CudaPolicy {
         Ok(values)
     }
 
-    /// Values of the last index of every row, before the update (no logits computed).
-    fn values(&self, sb: &ScoredBatch, episodes: usize) -> Result<Vec<f32>> {
-        let no_logits = ScoredBatch {
-            batch: sb.batch.clone(),
-            positions: Vec::new(),
-            tokens: Vec::new(),
-            old_logprobs: Vec::new(),
-            rows: Vec::new(),
-        };
-        let (batch, acts) = self
-            .pass(&no_logits)
-            .with_context(|| pass_context("the values pass", episodes, sb))?;
-        self.gpu.download(&self.values_on(&batch, &acts)?)
-    }
-
     /// The reference model's prompt cache (for its size and hit counts).
     pub fn reference_cache(&self) -> &DevRefCache {
         &self.ref_cache
@@ -156,54 +159,100 @@ impl CudaPolicy {
     pub fn set_reference_cache_limit(&mut self, bytes: usize) {
         self.ref_cache = DevRefCache::new(bytes);
     }
+}
 
-    /// One optimiser step on the episodes `idx`, with the reference log-probs and (when given)
-    /// the values before the update of the whole batch. Everything is checked before anything
-    /// is applied.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
+impl Passes for CudaPasses {
+    type Pass = CudaPass;
+    /// A device rollout keeps nothing: the update runs the policy again.
+    type Rollout = ();
+
+    fn generate(
         &mut self,
-        episodes: &[Episode],
-        idx: &[usize],
-        ref_lp: &[Vec<f32>],
-        old_values: Option<&[f32]>,
-        batch_mean: Option<f32>,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        rng: &mut Rng,
+        _keep: bool,
+    ) -> Result<Vec<Generation>> {
+        self.policy
+            .generate(&self.gpu, prompts, params, self.eos, rng)
+    }
+
+    fn take_rollout(&mut self) -> Option<()> {
+        None
+    }
+
+    fn reference_logprobs(
+        &mut self,
+        episodes: &[&Episode],
+        sb: &ScoredBatch,
+        eos: u32,
+        train_eos: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.ref_cache
+            .logprobs(&self.gpu, &self.reference, episodes, eos, train_eos)
+            .with_context(|| pass_context("the reference's pass", sb))
+    }
+
+    fn values(&mut self, sb: &ScoredBatch) -> Result<Vec<f32>> {
+        let no_logits = ScoredBatch {
+            batch: sb.batch.clone(),
+            positions: Vec::new(),
+            tokens: Vec::new(),
+            old_logprobs: Vec::new(),
+            rows: Vec::new(),
+        };
+        let (batch, acts) = self
+            .pass(&no_logits)
+            .with_context(|| pass_context("the values pass", sb))?;
+        self.gpu.download(&self.values_on(&batch, &acts)?)
+    }
+
+    fn forward(
+        &mut self,
+        sb: &ScoredBatch,
+        _rollout: Option<((), &[Episode])>,
+    ) -> Result<(CudaPass, Vec<f32>)> {
+        let (batch, acts) = self
+            .pass(sb)
+            .with_context(|| pass_context("the actor's pass", sb))?;
+        let values = self.values_on(&batch, &acts)?;
+        let host_values = self.gpu.download(&values)?;
+        let pass = CudaPass {
+            batch,
+            acts,
+            values,
+            actor: None,
+            dvalues: None,
+        };
+        Ok((pass, host_values))
+    }
+
+    fn losses(
+        &mut self,
+        pass: &mut CudaPass,
+        sb: &ScoredBatch,
+        t: &StepTargets,
+        cfg: &PpoConfig,
         kl_coef: f32,
-    ) -> Result<UpdateLosses> {
-        let cfg = self.cfg.clone();
-        let eps: Vec<&Episode> = idx.iter().map(|&i| &episodes[i]).collect();
-        let sb = scored_batch(&eps, self.eos, cfg.train_eos)?;
-        let (batch, mut acts) = self
-            .pass(&sb)
-            .with_context(|| pass_context("the actor's pass", episodes.len(), &sb))?;
+    ) -> Result<(ActorLoss, f32, f32)> {
         let g = &self.gpu;
-        let (b, c, m, v) = (
-            batch.b,
-            self.hidden(),
-            sb.tokens.len(),
-            self.policy.vocab_size(),
-        );
-        let values_dev = self.values_on(&batch, &acts)?;
-        let values = g.download(&values_dev)?;
-        let t = StepTargets::new(
-            &cfg, episodes, idx, &sb.rows, &values, old_values, batch_mean, ref_lp,
-        );
-        let mut al_dev = DevActorLoss::new(g, m, v)
-            .with_context(|| pass_context("the actor's loss", episodes.len(), &sb))?;
+        let (b, m, v) = (pass.batch.b, sb.tokens.len(), self.policy.vocab_size());
+        let mut al_dev =
+            DevActorLoss::new(g, m, v).with_context(|| pass_context("the actor's loss", sb))?;
         // With no scored token the actor's terms are zero, as on the CPU, and backward skips
         // the head.
-        let al = if m > 0 {
+        let actor = if m > 0 {
             let (tokens, old_lp) = (g.upload(&sb.tokens)?, g.upload(&sb.old_logprobs)?);
             let (reference, advantages) = (g.upload(&t.ref_logprobs)?, g.upload(&t.advantages)?);
             let inp = ActorInputs {
-                logits: acts.logits(),
+                logits: pass.acts.logits(),
                 vocab: v,
                 tokens: &tokens,
                 old_logprobs: &old_lp,
                 ref_logprobs: &reference,
                 advantages: &advantages,
             };
-            kl::actor_loss(g, &mut al_dev, &inp, &cfg, kl_coef)?;
+            kl::actor_loss(g, &mut al_dev, &inp, cfg, kl_coef)?;
             al_dev.download(g)?
         } else {
             ActorLoss::default()
@@ -213,15 +262,30 @@ impl CudaPolicy {
             g,
             &mut closs,
             &mut dv,
-            &values_dev,
+            &pass.values,
             &g.upload(&t.old_values)?,
             &g.upload(&t.returns)?,
             b,
             cfg.value_clip,
         )?;
         let closs = g.download(&closs)?;
-        let (value_loss, critic_loss) = (closs[0], closs[1]);
-        check_finite(&al, value_loss, critic_loss)?;
+        pass.actor = Some(al_dev);
+        pass.dvalues = Some(dv);
+        Ok((actor, closs[0], closs[1]))
+    }
+
+    fn backward(&mut self, pass: CudaPass, cfg: &PpoConfig) -> Result<(f32, f32)> {
+        let CudaPass {
+            batch,
+            mut acts,
+            actor,
+            dvalues,
+            ..
+        } = pass;
+        let (actor, dv) = actor
+            .zip(dvalues)
+            .ok_or_else(|| anyhow!("backward before the losses"))?;
+        let (g, b, c) = (&self.gpu, batch.b, self.hidden());
         let (mut cw, mut cb) = (g.zeros(c)?, g.zeros(1)?);
         kl::value_backward(
             g,
@@ -240,14 +304,13 @@ impl CudaPolicy {
             }
             None => self.policy.zero_grads(g).with_context(|| {
                 format!(
-                    "the gradients ({} parameters) of an update of {} episodes on the device",
-                    self.host.num_params(),
-                    episodes.len()
+                    "the gradients ({} parameters) of an update on the device",
+                    self.host.num_params()
                 )
             })?,
         };
         self.policy
-            .backward(g, &batch, &mut acts, &al_dev.dlogits, &mut grads)?;
+            .backward(g, &batch, &mut acts, &actor.dlogits, &mut grads)?;
         drop(acts);
         let views = grads.list();
         let mut norm_coef = g.alloc(2)?;
@@ -267,90 +330,34 @@ impl CudaPolicy {
         let (critic_norm, _) =
             optim::clip_grad_norm(g, &mut [&mut cw, &mut cb], cfg.critic_max_grad_norm)
                 .context("critic gradient: nothing was applied to the weights")?;
+        self.grads = Some(grads);
+        self.after_backward = Some((norm_coef, cw, cb));
+        Ok((actor_norm, critic_norm))
+    }
+
+    fn step(&mut self, _cfg: &PpoConfig, _actor_norm: f32) -> Result<()> {
+        let g = &self.gpu;
+        let (norm_coef, cw, cb) = self
+            .after_backward
+            .take()
+            .ok_or_else(|| anyhow!("an optimiser step before backward"))?;
+        let grads = self
+            .grads
+            .as_ref()
+            .ok_or_else(|| anyhow!("an optimiser step before backward"))?;
         // The actor's clipping coefficient goes into its step, read from the device.
-        self.actor_opt
-            .step(g, &mut self.policy.params_mut(), &views, Some(&norm_coef))?;
+        self.actor_opt.step(
+            g,
+            &mut self.policy.params_mut(),
+            &grads.list(),
+            Some(&norm_coef),
+        )?;
         self.critic_opt.step(
             g,
             &mut [&mut self.critic_w, &mut self.critic_b],
             &[&cw, &cb],
             None,
-        )?;
-        self.grads = Some(grads);
-        Ok(t.losses(
-            &al,
-            (value_loss, critic_loss),
-            kl_coef,
-            (actor_norm, critic_norm),
-            sb.tokens.len(),
-        ))
-    }
-
-    fn update_inner(
-        &mut self,
-        episodes: &[Episode],
-        kl_coef: f32,
-        rng: &mut Rng,
-    ) -> Result<UpdateLosses> {
-        let all: Vec<&Episode> = episodes.iter().collect();
-        let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
-        // The frozen reference runs only the response tokens, on its cached prompt keys and values.
-        let ref_lp = self
-            .ref_cache
-            .logprobs(
-                &self.gpu,
-                &self.reference,
-                &all,
-                self.eos,
-                self.cfg.train_eos,
-            )
-            .with_context(|| pass_context("the reference's pass", episodes.len(), &sb))?;
-        let steps = step_count(&self.cfg, episodes.len());
-        // With one step the values of that step's forward are the values before the update.
-        let old_values = if steps > 1 {
-            Some(self.values(&sb, episodes.len())?)
-        } else {
-            None
-        };
-        let batch_mean = batch_mean(&self.cfg, episodes);
-        let cfg = self.cfg.clone();
-        mean_of_steps(&cfg, episodes.len(), kl_coef, rng, |idx| {
-            self.step(
-                episodes,
-                idx,
-                &ref_lp,
-                old_values.as_deref(),
-                batch_mean,
-                kl_coef,
-            )
-        })
-    }
-}
-
-impl PolicyBackend for CudaPolicy {
-    fn generate(
-        &mut self,
-        prompts: &[Vec<u32>],
-        params: &SamplingParams,
-        rng: &mut Rng,
-    ) -> Result<Vec<Generation>> {
-        self.policy
-            .generate(&self.gpu, prompts, params, self.eos, rng)
-    }
-
-    /// PAPER.md's update on `episodes`. On an error (a non-finite loss or gradient among them,
-    /// or device memory running out) the weights, value head and optimisers are as they were
-    /// before the call.
-    fn update(
-        &mut self,
-        episodes: &[Episode],
-        kl_coef: f32,
-        rng: &mut Rng,
-    ) -> Result<UpdateLosses> {
-        let cfg = self.cfg.clone();
-        all_or_nothing(self, &cfg, episodes.len(), rng, |p, rng| {
-            p.update_inner(episodes, kl_coef, rng)
-        })
+        )
     }
 
     fn state(&self) -> Result<PolicyState> {
@@ -397,6 +404,7 @@ impl PolicyBackend for CudaPolicy {
         let actor_opt = AdamW::upload(g, &state.actor_opt)?;
         let critic_opt = AdamW::upload(g, &state.critic_opt)?;
         self.grads = None;
+        self.after_backward = None;
         self.policy = policy;
         self.critic_w = critic_w;
         self.critic_b = critic_b;

@@ -18,8 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 type Buf = DevBuf<f32>;
 
-/// The same bound as the CPU's cache.
-pub const DEFAULT_LIMIT_BYTES: usize = crate::cpu::refcache::DEFAULT_LIMIT_BYTES;
+pub use crate::ppo::policy::REFERENCE_CACHE_BYTES as DEFAULT_LIMIT_BYTES;
 
 /// One prompt's rows on the device.
 struct Prompt {

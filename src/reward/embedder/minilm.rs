@@ -1,7 +1,7 @@
 //! The sentence encoder as an embedder: any BERT folder in the `sentence-transformers` layout,
 //! all-MiniLM-L6-v2 by default. Texts are tokenised in one call, packed without padding into
-//! batches of bounded size, run through the encoder (the CPU's, or a device's), pooled and
-//! normalised as the folder says.
+//! batches of bounded size, run through the encoder's passes (`EncoderPasses`: a backend's BERT,
+//! the CPU's or a device's), pooled and normalised as the folder says.
 //! An empty text is encoded as [CLS] [SEP], as `sentence-transformers` does, so it has a vector
 //! like any other text (not the zero vector).
 //!
@@ -12,9 +12,6 @@
 
 use super::vector_cache::VectorCache;
 use crate::batch::EncoderInput;
-use crate::cpu::bert::{bert_forward, sentence_pool_forward};
-use crate::cuda::device::Gpu;
-use crate::cuda::model::bert::{DeviceEncoder, shape_code};
 use crate::model::bert::SentenceModel;
 use crate::reward::Embedder;
 use crate::reward::shaping::Shaping;
@@ -33,6 +30,39 @@ const MAX_ROWS_PER_PASS: usize = 4096;
 /// distinct parent answers of a task's prompts.
 pub const PARENT_CACHE_ENTRIES: usize = 4096;
 
+/// A sentence encoder's passes on a backend: the BERT stack over packed sequences, pooled.
+pub trait EncoderPasses: Send + Sync {
+    /// Vectors (B, C) of the packed sequences of `input`, pooled (and normalised) as `model`
+    /// says.
+    fn pooled(&self, model: &SentenceModel, input: &EncoderInput) -> Result<Vec<f32>>;
+    /// Whether `rewards` shapes pairs under `shaping` where the passes run (a device does, in
+    /// one fused kernel; then only the rewards come back).
+    fn fuses(&self, _shaping: Shaping) -> bool {
+        false
+    }
+    /// Rewards (P) of answer pairs: pair k is the packed sequence `answer[k]` of `input` against
+    /// the unit vector `against[k]` (P, C), shaped by `shaping` with `power`. Called only where
+    /// `fuses` says so.
+    fn rewards(
+        &self,
+        _input: &EncoderInput,
+        _answer: &[usize],
+        _against: &[f32],
+        shaping: Shaping,
+        _power: f32,
+    ) -> Result<Vec<f32>> {
+        anyhow::bail!("these encoder passes do not shape {shaping:?} rewards")
+    }
+    /// The device the passes run on; `None` for the CPU.
+    fn device_name(&self) -> Option<String>;
+}
+
+/// Where a backend runs a loaded encoder: it makes the passes (a device copies the weights there
+/// once). The run's assembly gives one to the embedders it builds.
+pub trait EncoderBackend: Send + Sync + std::fmt::Debug {
+    fn passes(&self, model: &SentenceModel) -> Result<Box<dyn EncoderPasses>>;
+}
+
 /// Word-piece ids and token type ids of one text, with [CLS]/[SEP] and truncation applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Encoded {
@@ -46,8 +76,8 @@ pub struct SentenceEncoder {
     dedup: bool,
     /// Most rows per forward pass, `MAX_ROWS_PER_PASS` unless set.
     rows_per_pass: usize,
-    /// The encoder on a device, when one was given; else the CPU reference runs.
-    device: Option<DeviceEncoder>,
+    /// Where the passes run.
+    passes: Box<dyn EncoderPasses>,
     /// Unit vectors of parent answers by text, for the device reward (`&self` calls share it).
     parent_vectors: Mutex<VectorCache>,
     /// Word pieces put through the encoder so far, every pass counted.
@@ -58,35 +88,31 @@ pub struct SentenceEncoder {
 pub type MiniLm = SentenceEncoder;
 
 impl SentenceEncoder {
-    /// Loads a sentence-transformers BERT folder; `name` is what logs and run configs show.
-    pub fn load(dir: &Path, name: &str) -> Result<Self> {
+    /// Loads a sentence-transformers BERT folder to run on `backend`; `name` is what logs and run
+    /// configs show.
+    pub fn load(dir: &Path, name: &str, backend: &dyn EncoderBackend) -> Result<Self> {
+        let model = SentenceModel::load(dir)?;
+        let passes = backend.passes(&model)?;
         Ok(SentenceEncoder {
-            model: SentenceModel::load(dir)?,
+            model,
             name: name.to_string(),
             dedup: true,
             rows_per_pass: MAX_ROWS_PER_PASS,
-            device: None,
+            passes,
             parent_vectors: Mutex::new(VectorCache::new(PARENT_CACHE_ENTRIES)),
             rows_encoded: AtomicUsize::new(0),
         })
     }
 
-    /// Runs the encoder on `gpu` (a CUDA device or the emulated one) from now on: the weights
-    /// are copied there once.
-    pub fn on_device(mut self, gpu: Gpu) -> Result<Self> {
-        self.device = Some(DeviceEncoder::new(gpu, &self.model)?);
-        Ok(self)
-    }
-
     /// The device the encoder runs on, if not the CPU.
-    pub fn device_name(&self) -> Option<&str> {
-        self.device.as_ref().map(|d| d.device_name())
+    pub fn device_name(&self) -> Option<String> {
+        self.passes.device_name()
     }
 
-    /// all-MiniLM-L6-v2, found or fetched by the asset code.
-    pub fn minilm() -> Result<Self> {
+    /// all-MiniLM-L6-v2, found or fetched by the asset code, on `backend`.
+    pub fn minilm(backend: &dyn EncoderBackend) -> Result<Self> {
         let dir = crate::assets::resolve_dir(super::MINILM_ASSET)?;
-        Self::load(&dir, "minilm")
+        Self::load(&dir, "minilm", backend)
     }
 
     /// Whether `embed` runs each distinct text of a call once (the default). Rewards repeat
@@ -159,22 +185,7 @@ impl SentenceEncoder {
         while i < encoded.len() {
             let (input, end) = self.pack(encoded, i);
             i = end;
-            let pooled = match &self.device {
-                Some(d) => d.pooled(&input)?,
-                None => {
-                    let hidden = bert_forward(&self.model.config, &self.model.weights, &input)?;
-                    let mut pooled = vec![0.0f32; input.batch() * c];
-                    sentence_pool_forward(
-                        &mut pooled,
-                        &hidden,
-                        &input,
-                        c,
-                        self.model.sentence.pooling,
-                        self.model.sentence.normalize,
-                    );
-                    pooled
-                }
-            };
+            let pooled = self.passes.pooled(&self.model, &input)?;
             vectors.extend(pooled.chunks_exact(c).map(|v| v.to_vec()));
         }
         Ok(vectors)
@@ -221,13 +232,11 @@ impl SentenceEncoder {
         Ok(vectors)
     }
 
-    /// Rewards of the pairs (parents[i], children[i]) on `device` under the kernel's shaping code
-    /// `code`: each distinct child encoded once, each pair shaped against its parent's vector
-    /// (cached across calls).
-    fn device_rewards(
+    /// Rewards of the pairs (parents[i], children[i]) shaped where the passes run: each distinct
+    /// child encoded once, each pair shaped against its parent's vector (cached across calls).
+    fn fused_rewards(
         &self,
-        device: &DeviceEncoder,
-        code: i32,
+        shaping: Shaping,
         power: f32,
         parents: &[&str],
         children: &[&str],
@@ -256,7 +265,9 @@ impl SentenceEncoder {
             for &k in &pairs {
                 against.extend_from_slice(&parent_vecs[parent_slot[k]]);
             }
-            let r = device.rewards(&input, &answer, &against, code, power)?;
+            let r = self
+                .passes
+                .rewards(&input, &answer, &against, shaping, power)?;
             // The kernel guards its norms, so only a fault upstream makes a reward non-finite:
             // say so rather than train on it.
             for (&k, r) in pairs.iter().zip(r) {
@@ -310,8 +321,8 @@ impl Embedder for SentenceEncoder {
         Ok(slot.into_iter().map(|k| vectors[k].clone()).collect())
     }
 
-    /// On a device and for an embedding shaping: the fused device reward. Else `None`, and the
-    /// caller embeds and shapes on the host.
+    /// Where the passes fuse the shaping (a device, for an embedding shaping): the fused reward.
+    /// Else `None`, and the caller embeds and shapes on the host.
     fn shaped_rewards(
         &self,
         shaping: Shaping,
@@ -319,8 +330,9 @@ impl Embedder for SentenceEncoder {
         parents: &[&str],
         children: &[&str],
     ) -> Option<Result<Vec<f32>>> {
-        let device = self.device.as_ref()?;
-        let code = shape_code(shaping)?;
-        Some(self.device_rewards(device, code, power, parents, children))
+        if !self.passes.fuses(shaping) {
+            return None;
+        }
+        Some(self.fused_rewards(shaping, power, parents, children))
     }
 }

@@ -6,17 +6,16 @@ pub mod static_mean;
 pub mod vector_cache;
 pub mod word_vectors;
 
-pub use minilm::{Encoded, MiniLm, SentenceEncoder};
+pub use minilm::{Encoded, EncoderBackend, EncoderPasses, MiniLm, SentenceEncoder};
 pub use static_mean::StaticMean;
 pub use word_vectors::WordVectors;
 
-use crate::cuda::DeviceChoice;
-use crate::cuda::device::Gpu;
 use crate::reward::Embedder;
 use crate::reward::api_embedder::ApiEmbedder;
 use crate::reward::http::ApiConfig;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The names `by_name` accepts, first the default.
 pub const EMBEDDER_NAMES: [&str; 5] = ["minilm", "sentence", "static", "word-vectors", "api"];
@@ -39,9 +38,9 @@ pub struct EmbedderOptions {
     pub api_dim: Option<usize>,
     /// The `api` embedder's on-disk cache file (JSON Lines), kept across runs.
     pub api_cache: Option<PathBuf>,
-    /// Where the sentence encoders (`minilm`, `sentence`) run; unset, the CPU. The other
-    /// embedders run on the CPU and refuse `cuda` and `emu`.
-    pub device: Option<DeviceChoice>,
+    /// Where the sentence encoders (`minilm`, `sentence`) run: the backend of the device the
+    /// command opened. They need one; the other embedders run on the host.
+    pub encoders: Option<Arc<dyn EncoderBackend>>,
 }
 
 /// The paper's sentence embedder.
@@ -58,53 +57,32 @@ fn minilm_dir(opts: &EmbedderOptions) -> Result<PathBuf> {
     }
 }
 
-/// Where embedder `name` runs when the models of a command run on `device`: there for the
-/// sentence encoders, on the CPU for the rest.
-pub fn device_for(name: &str, device: DeviceChoice) -> DeviceChoice {
-    if check_device(name, Some(device)).is_ok() {
-        device
-    } else {
-        DeviceChoice::Cpu
-    }
-}
-
-/// Refuses a device for the embedders that run on the CPU only (all but the sentence encoders).
-pub fn check_device(name: &str, device: Option<DeviceChoice>) -> Result<()> {
-    let sentence = matches!(name, "minilm" | "all-minilm-l6-v2" | "sentence");
-    if let Some(d @ (DeviceChoice::Cuda | DeviceChoice::Emu)) = device
-        && !sentence
-    {
-        bail!(
-            "--device {}: only the sentence encoders (minilm, sentence) run on a device; \
-             embedder '{name}' runs on the CPU",
-            format!("{d:?}").to_lowercase()
-        );
-    }
-    Ok(())
+/// Whether embedder `name` is a sentence encoder, the kind that runs on a device.
+pub fn is_sentence_encoder(name: &str) -> bool {
+    matches!(name, "minilm" | "all-minilm-l6-v2" | "sentence")
 }
 
 /// Builds the embedder called `name` (one of `EMBEDDER_NAMES`; `numberbatch` is another name for
 /// `word-vectors`).
 pub fn by_name(name: &str, opts: &EmbedderOptions) -> Result<Box<dyn Embedder>> {
-    check_device(name, opts.device)?;
-    // The sentence encoder on the device `--device` names, if any.
-    let placed = |e: SentenceEncoder| -> Result<Box<dyn Embedder>> {
-        match opts.device.map(|d| Gpu::open(d, 0)).transpose()?.flatten() {
-            Some(gpu) => Ok(Box::new(e.on_device(gpu)?)),
-            None => Ok(Box::new(e)),
-        }
+    let encoders = || {
+        opts.encoders.as_deref().with_context(|| {
+            format!("embedder '{name}' is a sentence encoder and was given no backend to run on")
+        })
     };
     match name {
-        "minilm" | "all-minilm-l6-v2" => {
-            placed(SentenceEncoder::load(&minilm_dir(opts)?, "minilm")?)
-        }
+        "minilm" | "all-minilm-l6-v2" => Ok(Box::new(SentenceEncoder::load(
+            &minilm_dir(opts)?,
+            "minilm",
+            encoders()?,
+        )?)),
         "sentence" => match &opts.model_dir {
             Some(d) => {
                 let label = format!(
                     "sentence:{}",
                     d.file_name().unwrap_or_default().to_string_lossy()
                 );
-                placed(SentenceEncoder::load(d, &label)?)
+                Ok(Box::new(SentenceEncoder::load(d, &label, encoders()?)?))
             }
             None => {
                 bail!("embedder 'sentence' needs the path of a sentence-transformers BERT folder")
