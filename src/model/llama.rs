@@ -663,6 +663,25 @@ fn tensor_from_view(v: &TensorView) -> Result<Tensor> {
     Ok(Tensor::from_vec(v.shape(), data))
 }
 
+/// Angle tables cos, sin (P, D/2) for positions 0..P. Computed in f32 the way `transformers`
+/// does (inverse frequencies, then products with the position), so that logits agree closely.
+pub fn rope_table(max_pos: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = d / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|j| 1.0 / theta.powf((2 * j) as f32 / d as f32))
+        .collect();
+    let mut cos = vec![0.0f32; max_pos * half];
+    let mut sin = vec![0.0f32; max_pos * half];
+    for p in 0..max_pos {
+        for j in 0..half {
+            let a = p as f32 * inv[j];
+            cos[p * half + j] = a.cos();
+            sin[p * half + j] = a.sin();
+        }
+    }
+    (cos, sin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,23 +708,4 @@ mod tests {
         );
         assert!(gguf_name("model.layers.0.bogus").is_none());
     }
-}
-
-/// Angle tables cos, sin (P, D/2) for positions 0..P. Computed in f32 the way `transformers`
-/// does (inverse frequencies, then products with the position), so that logits agree closely.
-pub fn rope_table(max_pos: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = d / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|j| 1.0 / theta.powf((2 * j) as f32 / d as f32))
-        .collect();
-    let mut cos = vec![0.0f32; max_pos * half];
-    let mut sin = vec![0.0f32; max_pos * half];
-    for p in 0..max_pos {
-        for j in 0..half {
-            let a = p as f32 * inv[j];
-            cos[p * half + j] = a.cos();
-            sin[p * half + j] = a.sin();
-        }
-    }
-    (cos, sin)
 }
