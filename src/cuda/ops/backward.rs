@@ -83,7 +83,7 @@ fn scatter_rows(
         int("C", c)?.into(),
     ];
     g.launch(
-        "backward.cu",
+        "embedding.cu",
         "embedding_backward",
         blocks(by.n_keys * c, 256),
         &args,
@@ -165,7 +165,7 @@ pub fn layernorm_backward(
         ci.into(),
     ];
     g.launch(
-        "backward.cu",
+        "layernorm.cu",
         "layernorm_backward_dinp",
         per_row(n, 256),
         &args,
@@ -181,7 +181,7 @@ pub fn layernorm_backward(
         ci.into(),
     ];
     g.launch(
-        "backward.cu",
+        "layernorm.cu",
         "layernorm_backward_params",
         columns(c),
         &args,
@@ -325,7 +325,7 @@ pub fn attention_backward(
     args.extend(sizes);
     args.extend(strides);
     g.launch(
-        "attention_backward.cu",
+        "attention.cu",
         "attention_backward_dq",
         warps(n * s.n_head),
         &args,
@@ -334,7 +334,7 @@ pub fn attention_backward(
     args.extend(sizes);
     args.extend(strides);
     g.launch(
-        "attention_backward.cu",
+        "attention.cu",
         "attention_backward_dkv",
         warps(n * s.n_kv_head),
         &args,
@@ -372,7 +372,7 @@ pub fn rmsnorm_backward(
         ci.into(),
     ];
     g.launch(
-        "llama_backward.cu",
+        "rmsnorm.cu",
         "rmsnorm_backward_dinp",
         per_row(n, 256),
         &args,
@@ -385,12 +385,7 @@ pub fn rmsnorm_backward(
         ni.into(),
         ci.into(),
     ];
-    g.launch(
-        "llama_backward.cu",
-        "rmsnorm_backward_dweight",
-        columns(c),
-        &args,
-    )
+    g.launch("rmsnorm.cu", "rmsnorm_backward_dweight", columns(c), &args)
 }
 
 /// dinp (N, H*hd) += rotate back(dout (N, H*hd)) by pos (N) with the tables cos, sin (max_pos, hd/2)
@@ -419,7 +414,7 @@ pub fn rope_backward(
         int("HS", hs)?.into(),
     ];
     g.launch(
-        "llama_backward.cu",
+        "rope.cu",
         "rope_backward",
         blocks(n * h * hs / 2, 256),
         &args,
@@ -454,12 +449,7 @@ pub fn swiglu_backward(
         up.into(),
         (n as i64).into(),
     ];
-    g.launch(
-        "llama_backward.cu",
-        "swiglu_backward",
-        blocks(n, 256),
-        &args,
-    )
+    g.launch("swiglu.cu", "swiglu_backward", blocks(n, 256), &args)
 }
 
 /// dinp (n) += dout * gelu_tanh'(inp)
@@ -470,7 +460,7 @@ pub fn gelu_tanh_backward(g: &Gpu, dinp: &mut Buf, inp: &Buf, dout: &Buf, n: usi
         n,
     )?;
     let args = [dinp.into(), inp.into(), dout.into(), (n as i64).into()];
-    g.launch("backward.cu", "gelu_tanh_backward", blocks(n, 256), &args)
+    g.launch("gelu.cu", "gelu_tanh_backward", blocks(n, 256), &args)
 }
 
 /// da (n) += dout; db (n) += dout
@@ -481,5 +471,5 @@ pub fn residual_backward(g: &Gpu, da: &mut Buf, db: &mut Buf, dout: &Buf, n: usi
         n,
     )?;
     let args = [da.into(), db.into(), dout.into(), (n as i64).into()];
-    g.launch("backward.cu", "residual_backward", blocks(n, 256), &args)
+    g.launch("residual.cu", "residual_backward", blocks(n, 256), &args)
 }

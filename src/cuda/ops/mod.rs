@@ -57,7 +57,7 @@ pub fn embedding_forward(
         int("C", c)?.into(),
     ];
     g.launch(
-        "elementwise.cu",
+        "embedding.cu",
         "embedding_forward",
         blocks(n * c, 256),
         &args,
@@ -96,7 +96,7 @@ pub fn bert_embedding_forward(
         int("C", c)?.into(),
     ];
     g.launch(
-        "elementwise.cu",
+        "embedding.cu",
         "bert_embedding_forward",
         blocks(n * c, 256),
         &args,
@@ -130,12 +130,7 @@ pub fn layernorm_forward(
         int("C", c)?.into(),
         eps.into(),
     ];
-    g.launch(
-        "elementwise.cu",
-        "layernorm_forward",
-        per_row(n, 256),
-        &args,
-    )
+    g.launch("layernorm.cu", "layernorm_forward", per_row(n, 256), &args)
 }
 
 /// out (n) = f(inp) for the one-input elementwise kernels of `file`
@@ -169,22 +164,22 @@ fn binary(
 
 /// out (n) = gelu_tanh(inp)
 pub fn gelu_tanh_forward(g: &Gpu, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
-    unary(g, "elementwise.cu", "gelu_tanh_forward", out, inp, n)
+    unary(g, "gelu.cu", "gelu_tanh_forward", out, inp, n)
 }
 
 /// out (n) = gelu_erf(inp)
 pub fn gelu_erf_forward(g: &Gpu, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
-    unary(g, "elementwise.cu", "gelu_erf_forward", out, inp, n)
+    unary(g, "gelu.cu", "gelu_erf_forward", out, inp, n)
 }
 
 /// out (n) = a + b
 pub fn residual_forward(g: &Gpu, out: &mut Buf, x: &Buf, y: &Buf, n: usize) -> Result<()> {
-    binary(g, "elementwise.cu", "residual_forward", out, x, y, n)
+    binary(g, "residual.cu", "residual_forward", out, x, y, n)
 }
 
 /// out (n) = silu(gate) * up
 pub fn swiglu_forward(g: &Gpu, out: &mut Buf, gate: &Buf, up: &Buf, n: usize) -> Result<()> {
-    binary(g, "llama.cu", "swiglu_forward", out, gate, up, n)
+    binary(g, "swiglu.cu", "swiglu_forward", out, gate, up, n)
 }
 
 /// out (N, OC) = inp (N, C) @ w (C, OC) + bias
@@ -235,7 +230,7 @@ pub fn logits_forward_rows(
         int("M", m)?.into(),
         int("C", c)?.into(),
     ];
-    g.launch("elementwise.cu", "gather_rows", blocks(m * c, 256), &args)
+    g.launch("logits.cu", "gather_rows", blocks(m * c, 256), &args)
 }
 
 /// out (M, V) = inp[rows] (M, C) @ wte^T; gathered (M, C) receives inp[rows]
@@ -430,7 +425,7 @@ pub fn encoder_attention_forward(
         int("NH", nh)?.into(),
     ];
     g.launch(
-        "attention.cu",
+        "encoder_attention.cu",
         "encoder_attention_forward",
         warps(n * nh),
         &args,
@@ -503,7 +498,7 @@ pub fn log_softmax_gather_forward(
         inv_temp.into(),
     ];
     g.launch(
-        "logprob.cu",
+        "softmax.cu",
         "log_softmax_gather_forward",
         per_row(p, 256),
         &args,
@@ -520,7 +515,7 @@ pub fn entropy_forward(g: &Gpu, ent: &mut Buf, logits: &Buf, p: usize, v: usize)
         int("P", p)?.into(),
         int("V", v)?.into(),
     ];
-    g.launch("logprob.cu", "entropy_forward", per_row(p, 256), &args)
+    g.launch("softmax.cu", "entropy_forward", per_row(p, 256), &args)
 }
 
 /// Sampling settings of one launch, as `sample::SamplingParams` (top_k 0 = off, top_p 1 = off).
@@ -589,7 +584,7 @@ pub fn rmsnorm_forward(
         int("C", c)?.into(),
         eps.into(),
     ];
-    g.launch("llama.cu", "rmsnorm_forward", per_row(n, 256), &args)
+    g.launch("rmsnorm.cu", "rmsnorm_forward", per_row(n, 256), &args)
 }
 
 /// x (N, H, HS) rotated in place by pos (N) with the tables cos, sin (max_pos, HS/2) of
@@ -619,7 +614,7 @@ pub fn rope_forward(
         (stride as i64).into(),
     ];
     g.launch(
-        "llama.cu",
+        "rope.cu",
         "rope_forward",
         blocks(n * h * hs / 2, 256),
         &args,
