@@ -180,9 +180,9 @@ pub fn forward(
             c,
             eps,
         )?;
-        k::matmul_nt_forward(g, &mut a.q, &a.xn1, &lw.q_proj, None, n, c, qw)?;
-        k::matmul_nt_forward(g, &mut a.k, &a.xn1, &lw.k_proj, None, n, c, kw)?;
-        k::matmul_nt_forward(g, &mut a.v, &a.xn1, &lw.v_proj, None, n, c, kw)?;
+        k::linear_forward(g, &mut a.q, &a.xn1, &lw.q_proj, None, n, c, qw)?;
+        k::linear_forward(g, &mut a.k, &a.xn1, &lw.k_proj, None, n, c, kw)?;
+        k::linear_forward(g, &mut a.v, &a.xn1, &lw.v_proj, None, n, c, kw)?;
         k::rope_forward(
             g, &mut a.q, 0, qw, &batch.pos, &model.cos, &model.sin, n, h, d,
         )?;
@@ -199,7 +199,7 @@ pub fn forward(
             &batch.start,
             shape,
         )?;
-        k::matmul_nt_forward(g, &mut acts.tmp, &a.ao, &lw.o_proj, None, n, qw, c)?;
+        k::linear_forward(g, &mut acts.tmp, &a.ao, &lw.o_proj, None, n, qw, c)?;
         k::residual_forward(g, &mut a.x2, &acts.tmp, &a.x, n * c)?;
         k::rmsnorm_forward(
             g,
@@ -211,10 +211,10 @@ pub fn forward(
             c,
             eps,
         )?;
-        k::matmul_nt_forward(g, &mut a.gate, &a.xn2, &lw.gate_proj, None, n, c, f)?;
-        k::matmul_nt_forward(g, &mut a.up, &a.xn2, &lw.up_proj, None, n, c, f)?;
+        k::linear_forward(g, &mut a.gate, &a.xn2, &lw.gate_proj, None, n, c, f)?;
+        k::linear_forward(g, &mut a.up, &a.xn2, &lw.up_proj, None, n, c, f)?;
         k::swiglu_forward(g, &mut a.act, &a.gate, &a.up, n * f)?;
-        k::matmul_nt_forward(g, &mut acts.tmp, &a.act, &lw.down_proj, None, n, f, c)?;
+        k::linear_forward(g, &mut acts.tmp, &a.act, &lw.down_proj, None, n, f, c)?;
         k::residual_forward(g, out, &acts.tmp, &a.x2, n * c)?;
     }
     k::rmsnorm_forward(

@@ -7,9 +7,10 @@ use anyhow::Result;
 
 type Buf = DevBuf<f32>;
 
-/// out (N, OC) = inp (N, C) @ w^T + bias, w stored (OC, C)
+/// out (N, OC) = inp (N, C) @ w^T + bias, w stored (OC, C): `cpu::ops::linear_forward` with an
+/// optional bias
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_nt_forward(
+pub fn linear_forward(
     g: &Gpu,
     out: &mut Buf,
     inp: &Buf,

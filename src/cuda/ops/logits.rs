@@ -3,7 +3,7 @@
 
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::ops::{
-    RowBuckets, blocks, int, linear_backward, matmul_nt_forward, need, scatter_rows,
+    RowBuckets, blocks, int, linear_backward, linear_forward, need, scatter_rows,
 };
 use anyhow::{Result, bail};
 
@@ -44,7 +44,7 @@ pub fn logits_forward(
     c: usize,
 ) -> Result<()> {
     logits_forward_rows(g, gathered, inp, rows, m, c)?;
-    matmul_nt_forward(g, out, gathered, wte, None, m, c, v)
+    linear_forward(g, out, gathered, wte, None, m, c, v)
 }
 
 /// dinp[map] (N, W) += dout (M, W): each row of dout adds onto its row of dinp (`cpu::shared`'s
