@@ -1,61 +1,17 @@
-// Scaled dot-product attention, mirroring src/cpu/ops/attention.rs (`attention_forward`,
-// `attention_cached_forward`: causal, left padding, grouped-query heads) and
-// src/cpu/ops/encoder_attention.rs (`encoder_attention_forward`: bidirectional over packed
-// sequences, BERT). One warp per (query row, head); keys are visited once with an online softmax,
-// so no T x T score matrix is needed; training's forward saves the probabilities (B, H, T, T) for
-// attention_backward.cu, as the CPU's does. Heads up to 128 wide.
+// Causal attention with left padding and grouped-query heads, mirroring src/cpu/ops/attention.rs.
+// Heads up to 128 wide. q, k, v and their gradients point at their first element (the host adds
+// the layout offsets) with row strides in floats.
+// - Forward (`attention_forward`, `attention_cached_forward`): one warp per (query row, head)
+//   through attend_row.cuh; training's forward saves the probabilities (B, NH, T, T) for the
+//   backward, as the CPU's does. `kv_append` fills the cache the cached forward reads.
+// - Backward (`attention_backward`) through the saved probabilities att (B, NH, T, T), in two
+//   kernels, so that every gradient element is one warp's sum in a fixed order (no atomics):
+//   per (query row, head): the scores' gradient dscores = p (dp - sum p dp) / sqrt(HS), with
+//   dp = dout . v, saved (B, NH, T, T), and dq += dscores @ k; per (key row, kv head):
+//   dk += dscores^T @ q and dv += att^T @ dout over the group's query heads, in the CPU's order
+//   (heads, then queries). Rows before start[b] get no gradient.
 #include "common.cuh"
-
-// One query row of one head: orow (HS) = softmax(scale q.k_j over the visible j) @ v_j, for j in
-// [j0, j1) with key_ok[j] (when given). k_j = kbase + j * kv_stride (same for v). No visible key -> 0.
-// With prow, also the probabilities prow (row_len): 0 outside the visible keys.
-__device__ void attend_row(float* orow, float* prow, int row_len, const float* qrow,
-                           const float* kbase, const float* vbase, long k_stride, long v_stride,
-                           int j0, int j1, const int* key_ok, int HS, float scale) {
-    int lane = threadIdx.x % WARP;
-    float qr[4], acc[4];
-#pragma unroll
-    for (int d = 0; d < 4; d++) {
-        int idx = lane + WARP * d;
-        qr[d] = idx < HS ? qrow[idx] * scale : 0.0f;
-        acc[d] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    for (int j = j0; j < j1; j++) {
-        if (key_ok && !key_ok[j]) continue;
-        const float* krow = kbase + j * k_stride;
-        const float* vrow = vbase + j * v_stride;
-        float s = 0.0f;
-#pragma unroll
-        for (int d = 0; d < 4; d++) {
-            int idx = lane + WARP * d;
-            if (idx < HS) s += qr[d] * krow[idx];
-        }
-        s = warp_sum(s);
-        // The lane that normalises probability j below keeps its score, so no lane reads another's.
-        if (prow && lane == j % WARP) prow[j] = s;
-        float mn = fmaxf(m, s);
-        float corr = expf(m - mn);
-        float p = expf(s - mn);
-        l = l * corr + p;
-#pragma unroll
-        for (int d = 0; d < 4; d++) {
-            int idx = lane + WARP * d;
-            if (idx < HS) acc[d] = acc[d] * corr + p * vrow[idx];
-        }
-        m = mn;
-    }
-#pragma unroll
-    for (int d = 0; d < 4; d++) {
-        int idx = lane + WARP * d;
-        if (idx < HS) orow[idx] = l > 0.0f ? acc[d] / l : 0.0f;
-    }
-    if (!prow) return;
-    for (int j = lane; j < row_len; j += WARP) {
-        bool seen = j >= j0 && j < j1 && (!key_ok || key_ok[j]);
-        prow[j] = seen ? expf(prow[j] - m) / l : 0.0f;
-    }
-}
+#include "attend_row.cuh"
 
 // out (B*T, NH*HS) = causal attention of row b's queries over its keys [start[b], t]; q, k, v point
 // at their first element (the host adds the layout offsets) with row strides in floats; att
@@ -95,28 +51,6 @@ extern "C" __global__ void attention_cached_forward(float* out, const float* q, 
                nullptr, HS, rsqrtf((float)HS));
 }
 
-// out (N, C) = bidirectional attention within each packed sequence s, rows [starts[s], starts[s+1]),
-// over the keys whose key_mask is set; qkv (N, 3C) is BERT's fused q | k | v
-extern "C" __global__ void encoder_attention_forward(float* out, const float* qkv,
-                                                     const int* key_mask, const int* starts,
-                                                     int n_seq, int C, int NH) {
-    long gw = (long)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    int N = starts[n_seq];
-    if (gw >= (long)N * NH) return;
-    int h = gw % NH;
-    int r = gw / NH;
-    int lo = 0, hi = n_seq;  // the sequence holding row r: starts[s] <= r < starts[s + 1]
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (starts[mid] <= r) lo = mid; else hi = mid;
-    }
-    int HS = C / NH;
-    long stride = 3L * C;
-    attend_row(out + (long)r * C + (long)h * HS, nullptr, 0, qkv + r * stride + (long)h * HS,
-               qkv + C + (long)h * HS, qkv + 2L * C + (long)h * HS, stride, stride, starts[lo],
-               starts[lo + 1], key_mask, HS, rsqrtf((float)HS));
-}
-
 // cache_k, cache_v (B, Tmax, W) at positions p0 .. p0 + Tq <- k, v (B*Tq, W) with row strides
 // k_stride, v_stride (the KV-cache append of a prefill or of one decoding step; left padding puts
 // every row at the same position index)
@@ -131,4 +65,116 @@ extern "C" __global__ void kv_append(float* cache_k, float* cache_v, const float
     long dst = ((long)b * Tmax + p0 + t) * W + c;
     cache_k[dst] = k[r * k_stride + c];
     cache_v[dst] = v[r * v_stride + c];
+}
+
+// dq (B*T rows, NH*HS) += ..., dscores (B, NH, T, T) = ... at the visible (t, j); one warp per
+// (query row, head)
+extern "C" __global__ void attention_backward_dq(float* dq, float* dscores, const float* dout,
+                                                 const float* att, const float* k, const float* v,
+                                                 const int* start, int B, int T, int NH, int NKV,
+                                                 int HS, long dq_stride, long k_stride,
+                                                 long v_stride) {
+    long gw = (long)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    if (gw >= (long)B * T * NH) return;
+    int lane = threadIdx.x % WARP;
+    int h = gw % NH;
+    long n = gw / NH;  // row b * T + t
+    int b = n / T, t = n % T;
+    int st = start[b];
+    if (t < st) return;
+    int kvh = h / (NH / NKV);
+    long bh = (long)b * NH + h;
+    const float* p = att + (bh * T + t) * T;
+    float* ds = dscores + (bh * T + t) * T;
+    const float* kbase = k + (long)b * T * k_stride + (long)kvh * HS;
+    const float* vbase = v + (long)b * T * v_stride + (long)kvh * HS;
+    float g[4], acc[4];
+#pragma unroll
+    for (int d = 0; d < 4; d++) {
+        int idx = lane + WARP * d;
+        g[d] = idx < HS ? dout[n * NH * HS + (long)h * HS + idx] : 0.0f;
+        acc[d] = 0.0f;
+    }
+    // dp_j = dout . v_j, recomputed in the second loop rather than stored (the warp sums are the
+    // same both times, so both loops see the same bits).
+    float pdp = 0.0f;
+    for (int j = st; j <= t; j++) {
+        const float* vrow = vbase + j * v_stride;
+        float dp = 0.0f;
+#pragma unroll
+        for (int d = 0; d < 4; d++) {
+            int idx = lane + WARP * d;
+            if (idx < HS) dp += g[d] * vrow[idx];
+        }
+        pdp += p[j] * warp_sum(dp);
+    }
+    float scale = rsqrtf((float)HS);
+    for (int j = st; j <= t; j++) {
+        const float* vrow = vbase + j * v_stride;
+        const float* krow = kbase + j * k_stride;
+        float dp = 0.0f;
+#pragma unroll
+        for (int d = 0; d < 4; d++) {
+            int idx = lane + WARP * d;
+            if (idx < HS) dp += g[d] * vrow[idx];
+        }
+        float s = p[j] * (warp_sum(dp) - pdp) * scale;
+        if (lane == 0) ds[j] = s;
+#pragma unroll
+        for (int d = 0; d < 4; d++) {
+            int idx = lane + WARP * d;
+            if (idx < HS) acc[d] += s * krow[idx];
+        }
+    }
+    float* dqrow = dq + n * dq_stride + (long)h * HS;
+#pragma unroll
+    for (int d = 0; d < 4; d++) {
+        int idx = lane + WARP * d;
+        if (idx < HS) dqrow[idx] += acc[d];
+    }
+}
+
+// dk, dv (B*T rows, NKV*HS) += ... from dscores and att; one warp per (key row, kv head)
+extern "C" __global__ void attention_backward_dkv(float* dk, float* dv, const float* dout,
+                                                  const float* att, const float* dscores,
+                                                  const float* q, const int* start, int B, int T,
+                                                  int NH, int NKV, int HS, long q_stride,
+                                                  long dk_stride, long dv_stride) {
+    long gw = (long)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    if (gw >= (long)B * T * NKV) return;
+    int lane = threadIdx.x % WARP;
+    int kvh = gw % NKV;
+    long n = gw / NKV;  // key row b * T + j
+    int b = n / T, j = n % T;
+    if (j < start[b]) return;
+    int group = NH / NKV;
+    float ak[4] = {0.0f, 0.0f, 0.0f, 0.0f}, av[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        long bh = (long)b * NH + h;
+        for (int t = j; t < T; t++) {
+            float p = att[(bh * T + t) * T + j];
+            float s = dscores[(bh * T + t) * T + j];
+            long row = (long)b * T + t;
+            const float* g = dout + row * NH * HS + (long)h * HS;
+            const float* qrow = q + row * q_stride + (long)h * HS;
+#pragma unroll
+            for (int d = 0; d < 4; d++) {
+                int idx = lane + WARP * d;
+                if (idx < HS) {
+                    av[d] += p * g[idx];
+                    ak[d] += s * qrow[idx];
+                }
+            }
+        }
+    }
+    float* dkrow = dk + n * dk_stride + (long)kvh * HS;
+    float* dvrow = dv + n * dv_stride + (long)kvh * HS;
+#pragma unroll
+    for (int d = 0; d < 4; d++) {
+        int idx = lane + WARP * d;
+        if (idx < HS) {
+            dkrow[idx] += ak[d];
+            dvrow[idx] += av[d];
+        }
+    }
 }

@@ -9,53 +9,37 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[
             "attention_forward",
             "attention_cached_forward",
-            "encoder_attention_forward",
             "kv_append",
+            "attention_backward_dq",
+            "attention_backward_dkv",
         ],
     ),
     (
-        "attention_backward.cu",
-        &["attention_backward_dq", "attention_backward_dkv"],
-    ),
-    (
-        "backward.cu",
-        &[
-            "embedding_backward",
-            "layernorm_backward_dinp",
-            "layernorm_backward_params",
-            "gelu_tanh_backward",
-            "residual_backward",
-        ],
-    ),
-    (
-        "elementwise.cu",
+        "embedding.cu",
         &[
             "embedding_forward",
             "bert_embedding_forward",
-            "layernorm_forward",
-            "gelu_tanh_forward",
-            "gelu_erf_forward",
-            "residual_forward",
-            "gather_rows",
+            "embedding_backward",
         ],
     ),
+    ("encoder_attention.cu", &["encoder_attention_forward"]),
     (
-        "llama.cu",
-        &["rmsnorm_forward", "rope_forward", "swiglu_forward"],
-    ),
-    (
-        "llama_backward.cu",
+        "gelu.cu",
         &[
-            "rmsnorm_backward_dinp",
-            "rmsnorm_backward_dweight",
-            "rope_backward",
-            "swiglu_backward",
+            "gelu_tanh_forward",
+            "gelu_tanh_backward",
+            "gelu_erf_forward",
         ],
     ),
     (
-        "logprob.cu",
-        &["log_softmax_gather_forward", "entropy_forward"],
+        "layernorm.cu",
+        &[
+            "layernorm_forward",
+            "layernorm_backward_dinp",
+            "layernorm_backward_params",
+        ],
     ),
+    ("logits.cu", &["gather_rows"]),
     ("matmul.cu", &["matmul_backward_dbias"]),
     (
         "optim.cu",
@@ -76,10 +60,25 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "value_backward",
         ],
     ),
+    ("residual.cu", &["residual_forward", "residual_backward"]),
     ("reward.cu", &["pool_cosine_shape_forward"]),
+    (
+        "rmsnorm.cu",
+        &[
+            "rmsnorm_forward",
+            "rmsnorm_backward_dinp",
+            "rmsnorm_backward_dweight",
+        ],
+    ),
+    ("rope.cu", &["rope_forward", "rope_backward"]),
     ("sampling.cu", &["sample_forward"]),
     // Every kernel a product's plan can name, from the planner itself (below).
     ("sgemm.cu", &["sgemm_sum_splits"]),
+    (
+        "softmax.cu",
+        &["log_softmax_gather_forward", "entropy_forward"],
+    ),
+    ("swiglu.cu", &["swiglu_forward", "swiglu_backward"]),
 ];
 
 #[test]

@@ -292,7 +292,7 @@ fn launches_no_device_accepts_fail_first_with_the_gpus_error() {
     };
     let e = format!(
         "{:#}",
-        g.launch("elementwise.cu", "residual_forward", big_block, &args)
+        g.launch("residual.cu", "residual_forward", big_block, &args)
             .unwrap_err()
     );
     assert!(
@@ -305,7 +305,7 @@ fn launches_no_device_accepts_fail_first_with_the_gpus_error() {
     };
     let e = format!(
         "{:#}",
-        g.launch("elementwise.cu", "residual_forward", big_smem, &args)
+        g.launch("residual.cu", "residual_forward", big_smem, &args)
             .unwrap_err()
     );
     assert!(e.contains("65536 bytes of dynamic shared memory"), "{e}");
@@ -325,7 +325,7 @@ fn launches_no_device_accepts_fail_first_with_the_gpus_error() {
     let e = format!(
         "{:#}",
         g.launch(
-            "elementwise.cu",
+            "residual.cu",
             "residual_forward",
             Grid::linear(4096, 256),
             &args[..3]

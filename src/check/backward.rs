@@ -7,8 +7,7 @@
 use super::table::{Checker, randn};
 use crate::cpu::ops as c;
 use crate::cuda::device::DevBuf;
-use crate::cuda::ops::AttnShape;
-use crate::cuda::ops::backward::{self as kb, QkvGrad, RowBuckets};
+use crate::cuda::ops::{self as k, AttnShape, QkvGrad, RowBuckets};
 use anyhow::Result;
 
 /// Gradient tolerance of DESIGN.md: CUDA f32 within 1e-3 of the CPU.
@@ -76,7 +75,7 @@ fn matmul(ck: &mut Checker, n: usize, ci: usize, oc: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let (mut gi, mut gw, mut gb) = (g.upload(&di0)?, g.upload(&dw0)?, g.upload(&db0)?);
-            kb::matmul_backward(
+            k::matmul_backward(
                 g,
                 Some(&mut gi),
                 &mut gw,
@@ -111,7 +110,7 @@ fn linear(ck: &mut Checker, n: usize, i: usize, o: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let (mut gi, mut gw) = (g.upload(&di0)?, g.upload(&dw0)?);
-            kb::linear_backward(
+            k::linear_backward(
                 g,
                 Some(&mut gi),
                 &mut gw,
@@ -151,7 +150,7 @@ fn layernorm(ck: &mut Checker, n: usize, ci: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let (mut gi, mut gw, mut gb) = (g.upload(&di0)?, g.upload(&dw0)?, g.upload(&db0)?);
-            kb::layernorm_backward(
+            k::layernorm_backward(
                 g,
                 &mut gi,
                 &mut gw,
@@ -186,7 +185,7 @@ fn rmsnorm(ck: &mut Checker, n: usize, ci: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let (mut gi, mut gw) = (g.upload(&di0)?, g.upload(&dw0)?);
-            kb::rmsnorm_backward(
+            k::rmsnorm_backward(
                 g,
                 &mut gi,
                 &mut gw,
@@ -219,7 +218,7 @@ fn elementwise(ck: &mut Checker, n: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let mut d = g.upload(&a0)?;
-            kb::gelu_tanh_backward(g, &mut d, &g.upload(&x)?, &g.upload(&dout)?, n)?;
+            k::gelu_tanh_backward(g, &mut d, &g.upload(&x)?, &g.upload(&dout)?, n)?;
             g.sync()?;
             Ok(vec![g.download(&d)?])
         },
@@ -233,7 +232,7 @@ fn elementwise(ck: &mut Checker, n: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let (mut dg, mut du) = (g.upload(&a0)?, g.upload(&b0)?);
-            kb::swiglu_backward(
+            k::swiglu_backward(
                 g,
                 &mut dg,
                 &mut du,
@@ -250,7 +249,7 @@ fn elementwise(ck: &mut Checker, n: usize) -> Result<()> {
     c::residual_backward(&mut da, &mut db, &dout);
     ck.parts("residual_backward", shape, &[&da, &db], GRAD_TOL, |g| {
         let (mut ga, mut gb) = (g.upload(&a0)?, g.upload(&b0)?);
-        kb::residual_backward(g, &mut ga, &mut gb, &g.upload(&dout)?, n)?;
+        k::residual_backward(g, &mut ga, &mut gb, &g.upload(&dout)?, n)?;
         g.sync()?;
         Ok(vec![g.download(&ga)?, g.download(&gb)?])
     })
@@ -280,7 +279,7 @@ fn embedding(ck: &mut Checker, v: usize, ci: usize, n: usize, distinct: usize) -
         |g| {
             let (mut gte, mut gpe) = (g.upload(&dwte0)?, g.upload(&dwpe0)?);
             let (bi, bp) = (RowBuckets::new(g, &ids)?, RowBuckets::new(g, &pos)?);
-            kb::embedding_backward(
+            k::embedding_backward(
                 g,
                 &mut gte,
                 Some((&mut gpe, &bp)),
@@ -322,7 +321,7 @@ fn logits(ck: &mut Checker, n: usize, ci: usize, v: usize, m: usize) -> Result<(
         |g| {
             let (mut gi, mut gw) = (g.upload(&di0)?, g.upload(&dw0)?);
             let mut scratch = g.alloc(m * ci)?;
-            kb::logits_backward(
+            k::logits_backward(
                 g,
                 &mut gi,
                 &mut gw,
@@ -411,7 +410,7 @@ fn attention(ck: &mut Checker, s: AttnShape, start_at: &[usize], fused: bool) ->
                 [a, b, e] => QkvGrad::Split(a, b, e),
                 _ => unreachable!(),
             };
-            kb::attention_backward(
+            k::attention_backward(
                 g,
                 grads,
                 &mut scores,
@@ -444,7 +443,7 @@ fn rope(ck: &mut Checker, n: usize, h: usize, hd: usize) -> Result<()> {
         GRAD_TOL,
         |g| {
             let mut d = g.upload(&d0)?;
-            kb::rope_backward(
+            k::rope_backward(
                 g,
                 &mut d,
                 &g.upload(&dout)?,

@@ -82,7 +82,7 @@ fn matmul(ck: &mut Checker, n: usize, ci: usize, oc: usize, nt: bool) -> Result<
         c::matmul_forward(&mut want, &inp, &w, Some(&b), n, ci, oc);
     }
     let name = if nt {
-        "matmul_nt_forward"
+        "linear_forward"
     } else {
         "matmul_forward"
     };
@@ -90,7 +90,7 @@ fn matmul(ck: &mut Checker, n: usize, ci: usize, oc: usize, nt: bool) -> Result<
         let (di, dw, db) = (g.upload(&inp)?, g.upload(&w)?, g.upload(&b)?);
         let mut out = g.poisoned(n * oc)?;
         if nt {
-            k::matmul_nt_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
+            k::linear_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
         } else {
             k::matmul_forward(g, &mut out, &di, &dw, Some(&db), n, ci, oc)?;
         }

@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn headers_are_inlined_once_and_cache_keys_differ() {
-        let s = source("elementwise.cu").unwrap();
+        let s = source("attention.cu").unwrap();
         assert!(s.contains("__device__ float block_sum"));
         assert!(!s.lines().any(|l| l.trim_start().starts_with("#include")));
         assert_eq!(s.matches("__device__ float block_sum").count(), 1);

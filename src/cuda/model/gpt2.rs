@@ -285,7 +285,7 @@ impl DeviceModel for GpuGpt2 {
             c,
             cfg.layer_norm_epsilon,
         )?;
-        k::matmul_nt_forward(
+        k::linear_forward(
             g,
             logits,
             &ln,

@@ -6,8 +6,7 @@
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
 use crate::cuda::model::train_batch::TrainBatch;
-use crate::cuda::ops::backward::{self as kb, QkvGrad};
-use crate::cuda::ops::{self as k, AttnShape};
+use crate::cuda::ops::{self as k, AttnShape, QkvGrad};
 use crate::model::gpt2::Gpt2Config;
 use anyhow::Result;
 
@@ -269,7 +268,7 @@ pub fn backward(
     let a = acts;
     g.zero(&mut a.dln)?;
     if m > 0 {
-        kb::logits_backward(
+        k::logits_backward(
             g,
             &mut a.dln,
             &mut grads.wte,
@@ -285,7 +284,7 @@ pub fn backward(
     }
     let last = a.blocks.last().map_or(&a.encoded, |b| &b.res2);
     g.zero(&mut a.dres)?;
-    kb::layernorm_backward(
+    k::layernorm_backward(
         g,
         &mut a.dres,
         &mut grads.ln_f_w,
@@ -311,7 +310,7 @@ pub fn backward(
         let d = &mut grads.blocks[l];
         // MLP branch: res2 = res1 + fc_proj(gelu(fc(ln2(res1))))
         g.zero(&mut a.dfch_gelu)?;
-        kb::matmul_backward(
+        k::matmul_backward(
             g,
             Some(&mut a.dfch_gelu),
             &mut d.fc_proj_w,
@@ -324,9 +323,9 @@ pub fn backward(
             c,
         )?;
         g.zero(&mut a.dfch)?;
-        kb::gelu_tanh_backward(g, &mut a.dfch, &s.fch, &a.dfch_gelu, n * 4 * c)?;
+        k::gelu_tanh_backward(g, &mut a.dfch, &s.fch, &a.dfch_gelu, n * 4 * c)?;
         g.zero(&mut a.dln)?;
-        kb::matmul_backward(
+        k::matmul_backward(
             g,
             Some(&mut a.dln),
             &mut d.fc_w,
@@ -338,7 +337,7 @@ pub fn backward(
             c,
             4 * c,
         )?;
-        kb::layernorm_backward(
+        k::layernorm_backward(
             g,
             &mut a.dres,
             &mut d.ln_2_w,
@@ -353,7 +352,7 @@ pub fn backward(
         )?;
         // Attention branch: res1 = x + attn_proj(attention(c_attn(ln1(x))))
         g.zero(&mut a.datty)?;
-        kb::matmul_backward(
+        k::matmul_backward(
             g,
             Some(&mut a.datty),
             &mut d.attn_proj_w,
@@ -366,7 +365,7 @@ pub fn backward(
             c,
         )?;
         g.zero(&mut a.dqkv)?;
-        kb::attention_backward(
+        k::attention_backward(
             g,
             QkvGrad::Fused(&mut a.dqkv),
             &mut a.dscores,
@@ -379,7 +378,7 @@ pub fn backward(
             shape,
         )?;
         g.zero(&mut a.dln)?;
-        kb::matmul_backward(
+        k::matmul_backward(
             g,
             Some(&mut a.dln),
             &mut d.attn_w,
@@ -391,7 +390,7 @@ pub fn backward(
             c,
             3 * c,
         )?;
-        kb::layernorm_backward(
+        k::layernorm_backward(
             g,
             &mut a.dres,
             &mut d.ln_1_w,
@@ -405,7 +404,7 @@ pub fn backward(
             c,
         )?;
     }
-    kb::embedding_backward(
+    k::embedding_backward(
         g,
         &mut grads.wte,
         Some((&mut grads.wpe, &batch.pos_buckets)),

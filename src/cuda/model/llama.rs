@@ -229,9 +229,9 @@ impl DeviceModel for GpuLlama {
         )?;
         for (li, l) in self.weights.layers.iter().enumerate() {
             k::rmsnorm_forward(g, &mut xn, &mut rrms, &x, &l.input_layernorm, n, c, eps)?;
-            k::matmul_nt_forward(g, &mut q, &xn, &l.q_proj, None, n, c, qw)?;
-            k::matmul_nt_forward(g, &mut kk, &xn, &l.k_proj, None, n, c, kw)?;
-            k::matmul_nt_forward(g, &mut vv, &xn, &l.v_proj, None, n, c, kw)?;
+            k::linear_forward(g, &mut q, &xn, &l.q_proj, None, n, c, qw)?;
+            k::linear_forward(g, &mut kk, &xn, &l.k_proj, None, n, c, kw)?;
+            k::linear_forward(g, &mut vv, &xn, &l.v_proj, None, n, c, kw)?;
             k::rope_forward(g, &mut q, 0, qw, rows.pos, &self.cos, &self.sin, n, h, d)?;
             k::rope_forward(g, &mut kk, 0, kw, rows.pos, &self.cos, &self.sin, n, kv, d)?;
             k::kv_append(
@@ -258,7 +258,7 @@ impl DeviceModel for GpuLlama {
                 cache.tmax,
                 shape,
             )?;
-            k::matmul_nt_forward(g, &mut o, &ao, &l.o_proj, None, n, qw, c)?;
+            k::linear_forward(g, &mut o, &ao, &l.o_proj, None, n, qw, c)?;
             k::residual_forward(g, &mut x2, &o, &x, n * c)?;
             k::rmsnorm_forward(
                 g,
@@ -270,10 +270,10 @@ impl DeviceModel for GpuLlama {
                 c,
                 eps,
             )?;
-            k::matmul_nt_forward(g, &mut gate, &xn, &l.gate_proj, None, n, c, f)?;
-            k::matmul_nt_forward(g, &mut up, &xn, &l.up_proj, None, n, c, f)?;
+            k::linear_forward(g, &mut gate, &xn, &l.gate_proj, None, n, c, f)?;
+            k::linear_forward(g, &mut up, &xn, &l.up_proj, None, n, c, f)?;
             k::swiglu_forward(g, &mut act, &gate, &up, n * f)?;
-            k::matmul_nt_forward(g, &mut o, &act, &l.down_proj, None, n, f, c)?;
+            k::linear_forward(g, &mut o, &act, &l.down_proj, None, n, f, c)?;
             k::residual_forward(g, &mut x, &o, &x2, n * c)?;
         }
         Ok(x)
@@ -293,7 +293,7 @@ impl DeviceModel for GpuLlama {
             c,
             cfg.rms_norm_eps,
         )?;
-        k::matmul_nt_forward(
+        k::linear_forward(
             g,
             logits,
             &normed,

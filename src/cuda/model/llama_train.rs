@@ -6,8 +6,7 @@
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
 use crate::cuda::model::train_batch::TrainBatch;
-use crate::cuda::ops::backward::{self as kb, QkvGrad};
-use crate::cuda::ops::{self as k, AttnShape};
+use crate::cuda::ops::{self as k, AttnShape, QkvGrad};
 use crate::model::llama::LlamaConfig;
 use anyhow::Result;
 
@@ -181,9 +180,9 @@ pub fn forward(
             c,
             eps,
         )?;
-        k::matmul_nt_forward(g, &mut a.q, &a.xn1, &lw.q_proj, None, n, c, qw)?;
-        k::matmul_nt_forward(g, &mut a.k, &a.xn1, &lw.k_proj, None, n, c, kw)?;
-        k::matmul_nt_forward(g, &mut a.v, &a.xn1, &lw.v_proj, None, n, c, kw)?;
+        k::linear_forward(g, &mut a.q, &a.xn1, &lw.q_proj, None, n, c, qw)?;
+        k::linear_forward(g, &mut a.k, &a.xn1, &lw.k_proj, None, n, c, kw)?;
+        k::linear_forward(g, &mut a.v, &a.xn1, &lw.v_proj, None, n, c, kw)?;
         k::rope_forward(
             g, &mut a.q, 0, qw, &batch.pos, &model.cos, &model.sin, n, h, d,
         )?;
@@ -200,7 +199,7 @@ pub fn forward(
             &batch.start,
             shape,
         )?;
-        k::matmul_nt_forward(g, &mut acts.tmp, &a.ao, &lw.o_proj, None, n, qw, c)?;
+        k::linear_forward(g, &mut acts.tmp, &a.ao, &lw.o_proj, None, n, qw, c)?;
         k::residual_forward(g, &mut a.x2, &acts.tmp, &a.x, n * c)?;
         k::rmsnorm_forward(
             g,
@@ -212,10 +211,10 @@ pub fn forward(
             c,
             eps,
         )?;
-        k::matmul_nt_forward(g, &mut a.gate, &a.xn2, &lw.gate_proj, None, n, c, f)?;
-        k::matmul_nt_forward(g, &mut a.up, &a.xn2, &lw.up_proj, None, n, c, f)?;
+        k::linear_forward(g, &mut a.gate, &a.xn2, &lw.gate_proj, None, n, c, f)?;
+        k::linear_forward(g, &mut a.up, &a.xn2, &lw.up_proj, None, n, c, f)?;
         k::swiglu_forward(g, &mut a.act, &a.gate, &a.up, n * f)?;
-        k::matmul_nt_forward(g, &mut acts.tmp, &a.act, &lw.down_proj, None, n, f, c)?;
+        k::linear_forward(g, &mut acts.tmp, &a.act, &lw.down_proj, None, n, f, c)?;
         k::residual_forward(g, out, &acts.tmp, &a.x2, n * c)?;
     }
     k::rmsnorm_forward(
@@ -271,7 +270,7 @@ pub fn backward(
             Some(hd) => hd,
             None => &mut grads.embed_tokens,
         };
-        kb::logits_backward(
+        k::logits_backward(
             g,
             &mut a.dxf,
             dhead,
@@ -286,7 +285,7 @@ pub fn backward(
         )?;
     }
     g.zero(&mut a.dx)?;
-    kb::rmsnorm_backward(
+    k::rmsnorm_backward(
         g,
         &mut a.dx,
         &mut grads.norm,
@@ -301,7 +300,7 @@ pub fn backward(
         let (lw, s, lg) = (&w.layers[li], &a.layers[li], &mut grads.layers[li]);
         // MLP branch; dx is also the gradient of x2 through the residual.
         g.zero(&mut a.dact)?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dact),
             &mut lg.down_proj,
@@ -314,9 +313,9 @@ pub fn backward(
         )?;
         g.zero(&mut a.dgate)?;
         g.zero(&mut a.dup)?;
-        kb::swiglu_backward(g, &mut a.dgate, &mut a.dup, &a.dact, &s.gate, &s.up, n * f)?;
+        k::swiglu_backward(g, &mut a.dgate, &mut a.dup, &a.dact, &s.gate, &s.up, n * f)?;
         g.zero(&mut a.dxn)?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dxn),
             &mut lg.gate_proj,
@@ -327,7 +326,7 @@ pub fn backward(
             c,
             f,
         )?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dxn),
             &mut lg.up_proj,
@@ -338,7 +337,7 @@ pub fn backward(
             c,
             f,
         )?;
-        kb::rmsnorm_backward(
+        k::rmsnorm_backward(
             g,
             &mut a.dx,
             &mut lg.post_attention_layernorm,
@@ -351,7 +350,7 @@ pub fn backward(
         )?;
         // Attention branch.
         g.zero(&mut a.dao)?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dao),
             &mut lg.o_proj,
@@ -365,7 +364,7 @@ pub fn backward(
         g.zero(&mut a.dq)?;
         g.zero(&mut a.dk)?;
         g.zero(&mut a.dv)?;
-        kb::attention_backward(
+        k::attention_backward(
             g,
             QkvGrad::Split(&mut a.dq, &mut a.dk, &mut a.dv),
             &mut a.dscores,
@@ -379,14 +378,14 @@ pub fn backward(
         )?;
         g.zero(&mut a.dq0)?;
         g.zero(&mut a.dk0)?;
-        kb::rope_backward(
+        k::rope_backward(
             g, &mut a.dq0, &a.dq, &batch.pos, &model.cos, &model.sin, n, h, d,
         )?;
-        kb::rope_backward(
+        k::rope_backward(
             g, &mut a.dk0, &a.dk, &batch.pos, &model.cos, &model.sin, n, kv, d,
         )?;
         g.zero(&mut a.dxn)?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dxn),
             &mut lg.q_proj,
@@ -397,7 +396,7 @@ pub fn backward(
             c,
             qw,
         )?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dxn),
             &mut lg.k_proj,
@@ -408,7 +407,7 @@ pub fn backward(
             c,
             kw,
         )?;
-        kb::linear_backward(
+        k::linear_backward(
             g,
             Some(&mut a.dxn),
             &mut lg.v_proj,
@@ -419,7 +418,7 @@ pub fn backward(
             c,
             kw,
         )?;
-        kb::rmsnorm_backward(
+        k::rmsnorm_backward(
             g,
             &mut a.dx,
             &mut lg.input_layernorm,
@@ -431,7 +430,7 @@ pub fn backward(
             c,
         )?;
     }
-    kb::embedding_backward(
+    k::embedding_backward(
         g,
         &mut grads.embed_tokens,
         None,

@@ -5,7 +5,7 @@
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::ops::backward::RowBuckets;
+use crate::cuda::ops::RowBuckets;
 use anyhow::{Result, bail};
 
 pub struct TrainBatch {

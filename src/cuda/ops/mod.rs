@@ -1,14 +1,48 @@
-//! Launchers, one per kernel, named after the CPU function each kernel mirrors. Buffers are device
-//! slices of the same shapes as the CPU functions' (given in the kernels' comments); every launch is
-//! checked, and `Gpu::sync` surfaces asynchronous faults.
+//! Launchers of the kernels, one file per operation as in `cpu::ops`: `<op>.rs` launches the forward
+//! and backward kernels of `kernels/<op>.cu`, each launcher named after the CPU function it
+//! mirrors, with the same arguments (device buffers of the CPU functions' shapes, given in the
+//! kernels' comments). Like the CPU functions, backward launchers add into their gradients; every
+//! parameter gradient is reduced in a fixed order, so a launch gives the same bits every time.
+//! Every launch is checked, and `Gpu::sync` surfaces asynchronous faults. The launch helpers the
+//! op files share live here; the products (`sgemm`), the optimiser (`optim`) and the PPO losses
+//! (`ppo_loss`) keep their own modules.
 
-pub mod backward;
+pub mod attention;
+pub mod embedding;
+pub mod encoder_attention;
+pub mod gelu;
+pub mod layernorm;
+pub mod linear;
+pub mod logits;
+pub mod matmul;
 pub mod optim;
 pub mod ppo_loss;
+pub mod residual;
+pub mod reward;
+pub mod rmsnorm;
+pub mod rope;
+pub mod sampling;
 pub mod sgemm;
+pub mod softmax;
+pub mod swiglu;
+
+pub use attention::*;
+pub use embedding::*;
+pub use encoder_attention::*;
+pub use gelu::*;
+pub use layernorm::*;
+pub use linear::*;
+pub use logits::*;
+pub use matmul::*;
+pub use residual::*;
+pub use reward::*;
+pub use rmsnorm::*;
+pub use rope::*;
+pub use sampling::*;
+pub use softmax::*;
+pub use swiglu::*;
 
 use crate::cuda::device::{Arg, DevBuf, Gpu, Grid};
-use crate::cuda::ops::sgemm::{Layout, sgemm};
 use anyhow::{Result, anyhow, bail};
 
 type Buf = DevBuf<f32>;
@@ -31,111 +65,6 @@ pub(super) fn need(what: &str, buf_len: usize, want: usize) -> Result<()> {
         bail!("{what}: buffer holds {buf_len} values, needs {want}");
     }
     Ok(())
-}
-
-/// out (N, C) = wte[ids] + wpe[pos] (wpe optional)
-#[allow(clippy::too_many_arguments)]
-pub fn embedding_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    ids: &DevBuf<u32>,
-    pos: &DevBuf<i32>,
-    wte: &Buf,
-    wpe: Option<&Buf>,
-    n: usize,
-    c: usize,
-) -> Result<()> {
-    need("embedding_forward out", out.len(), n * c)?;
-    need("embedding_forward ids", ids.len().min(pos.len()), n)?;
-    let args = [
-        out.into(),
-        ids.into(),
-        pos.into(),
-        wte.into(),
-        wpe.into(),
-        int("N", n)?.into(),
-        int("C", c)?.into(),
-    ];
-    g.launch(
-        "elementwise.cu",
-        "embedding_forward",
-        blocks(n * c, 256),
-        &args,
-    )
-}
-
-/// out (N, C) = wte[ids] + wpe[pos] + wtt[types]
-#[allow(clippy::too_many_arguments)]
-pub fn bert_embedding_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    ids: &DevBuf<u32>,
-    pos: &DevBuf<i32>,
-    types: &DevBuf<u32>,
-    wte: &Buf,
-    wpe: &Buf,
-    wtt: &Buf,
-    n: usize,
-    c: usize,
-) -> Result<()> {
-    need("bert_embedding_forward out", out.len(), n * c)?;
-    need(
-        "bert_embedding_forward ids",
-        ids.len().min(pos.len()).min(types.len()),
-        n,
-    )?;
-    let args = [
-        out.into(),
-        ids.into(),
-        pos.into(),
-        types.into(),
-        wte.into(),
-        wpe.into(),
-        wtt.into(),
-        int("N", n)?.into(),
-        int("C", c)?.into(),
-    ];
-    g.launch(
-        "elementwise.cu",
-        "bert_embedding_forward",
-        blocks(n * c, 256),
-        &args,
-    )
-}
-
-/// out (N, C) = layernorm(inp) * w + b; mean, rstd (N)
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    mean: &mut Buf,
-    rstd: &mut Buf,
-    inp: &Buf,
-    w: &Buf,
-    b: &Buf,
-    n: usize,
-    c: usize,
-    eps: f32,
-) -> Result<()> {
-    need("layernorm_forward out", out.len().min(inp.len()), n * c)?;
-    need("layernorm_forward mean", mean.len().min(rstd.len()), n)?;
-    let args = [
-        out.into(),
-        mean.into(),
-        rstd.into(),
-        inp.into(),
-        w.into(),
-        b.into(),
-        int("N", n)?.into(),
-        int("C", c)?.into(),
-        eps.into(),
-    ];
-    g.launch(
-        "elementwise.cu",
-        "layernorm_forward",
-        per_row(n, 256),
-        &args,
-    )
 }
 
 /// out (n) = f(inp) for the one-input elementwise kernels of `file`
@@ -167,126 +96,10 @@ fn binary(
     g.launch(file, entry, blocks(n, 256), &args)
 }
 
-/// out (n) = gelu_tanh(inp)
-pub fn gelu_tanh_forward(g: &Gpu, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
-    unary(g, "elementwise.cu", "gelu_tanh_forward", out, inp, n)
-}
-
-/// out (n) = gelu_erf(inp)
-pub fn gelu_erf_forward(g: &Gpu, out: &mut Buf, inp: &Buf, n: usize) -> Result<()> {
-    unary(g, "elementwise.cu", "gelu_erf_forward", out, inp, n)
-}
-
-/// out (n) = a + b
-pub fn residual_forward(g: &Gpu, out: &mut Buf, x: &Buf, y: &Buf, n: usize) -> Result<()> {
-    binary(g, "elementwise.cu", "residual_forward", out, x, y, n)
-}
-
-/// out (n) = silu(gate) * up
-pub fn swiglu_forward(g: &Gpu, out: &mut Buf, gate: &Buf, up: &Buf, n: usize) -> Result<()> {
-    binary(g, "llama.cu", "swiglu_forward", out, gate, up, n)
-}
-
-/// out (N, OC) = inp (N, C) @ w (C, OC) + bias
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    inp: &Buf,
-    w: &Buf,
-    bias: Option<&Buf>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) -> Result<()> {
-    sgemm(g, Layout::NN, (n, oc, c), out, inp, w, bias, false)
-}
-
-/// out (N, OC) = inp (N, C) @ w^T + bias, w stored (OC, C)
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_nt_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    inp: &Buf,
-    w: &Buf,
-    bias: Option<&Buf>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) -> Result<()> {
-    sgemm(g, Layout::NT, (n, oc, c), out, inp, w, bias, false)
-}
-
-/// out (M, C) = inp[rows]: the gather half of `logits_forward`
-pub fn logits_forward_rows(
-    g: &Gpu,
-    out: &mut Buf,
-    inp: &Buf,
-    rows: &DevBuf<i32>,
-    m: usize,
-    c: usize,
-) -> Result<()> {
-    need("gather_rows out", out.len(), m * c)?;
-    need("gather_rows rows", rows.len(), m)?;
-    let args = [
-        out.into(),
-        inp.into(),
-        rows.into(),
-        int("M", m)?.into(),
-        int("C", c)?.into(),
-    ];
-    g.launch("elementwise.cu", "gather_rows", blocks(m * c, 256), &args)
-}
-
-/// out (M, V) = inp[rows] (M, C) @ wte^T; gathered (M, C) receives inp[rows]
-#[allow(clippy::too_many_arguments)]
-pub fn logits_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    gathered: &mut Buf,
-    inp: &Buf,
-    rows: &DevBuf<i32>,
-    wte: &Buf,
-    m: usize,
-    v: usize,
-    c: usize,
-) -> Result<()> {
-    logits_forward_rows(g, gathered, inp, rows, m, c)?;
-    matmul_nt_forward(g, out, gathered, wte, None, m, c, v)
-}
-
-/// Sizes of an attention call, as `cpu::ops::attention::AttentionShape`.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
-    pub b: usize,
-    pub t: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-}
-
-impl AttnShape {
-    pub(super) fn check(&self, what: &str) -> Result<()> {
-        if self.head_dim > 128 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head)
-        {
-            bail!(
-                "{what}: head_dim {} (max 128), n_head {} must be a multiple of n_kv_head {}",
-                self.head_dim,
-                self.n_head,
-                self.n_kv_head
-            );
-        }
-        Ok(())
-    }
-}
-
 /// One warp per (row, head).
 pub(super) fn warps(n: usize) -> Grid {
     blocks(n * 32, 128)
 }
-
-/// A view of heads inside a buffer: (buffer, offset of the first row, row stride), in floats.
-pub type Heads<'a> = (&'a Buf, usize, usize);
 
 /// The start of a view, checked to leave `rows` rows of `width` in the buffer.
 pub(super) fn view(
@@ -303,373 +116,91 @@ pub(super) fn view(
     buf.at(offset)
 }
 
-/// out (B*T, H*hd) = causal attention with left padding; q, k, v given as (buffer, offset, row
-/// stride); att (B, H, T, T) receives the probabilities when given (training's forward saves them
-/// for `attention_backward`)
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    att: Option<&mut Buf>,
-    q: Heads<'_>,
-    k: Heads<'_>,
-    v: Heads<'_>,
-    start: &DevBuf<i32>,
-    s: AttnShape,
-) -> Result<()> {
-    s.check("attention_forward")?;
-    let (n, qw, kw) = (s.b * s.t, s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
-    need("attention_forward out", out.len(), n * qw)?;
-    need("attention_forward start", start.len(), s.b)?;
-    if let Some(a) = &att {
-        need("attention_forward att", a.len(), s.b * s.n_head * s.t * s.t)?;
+/// Blocks of (32, COLUMN_ROWS) threads, each owning 32 columns of a parameter gradient.
+fn columns(c: usize) -> Grid {
+    Grid {
+        blocks: [c.div_ceil(32).max(1) as u32, 1, 1],
+        threads: [32, 16, 1],
+        shared_bytes: 0,
     }
-    let args = [
-        out.into(),
-        att.map_or(Arg::NULL, Arg::from),
-        view("attention_forward q", q, n, qw)?,
-        view("attention_forward k", k, n, kw)?,
-        view("attention_forward v", v, n, kw)?,
-        start.into(),
-        int("B", s.b)?.into(),
-        int("T", s.t)?.into(),
-        int("NH", s.n_head)?.into(),
-        int("NKV", s.n_kv_head)?.into(),
-        int("HS", s.head_dim)?.into(),
-        (q.2 as i64).into(),
-        (k.2 as i64).into(),
-        (v.2 as i64).into(),
-    ];
-    g.launch(
-        "attention.cu",
-        "attention_forward",
-        warps(n * s.n_head),
-        &args,
-    )
 }
 
-/// out (B*Tq, H*hd): queries at positions p0.. attend to the cache (B, Tmax, KVH*hd)
-#[allow(clippy::too_many_arguments)]
-pub fn attention_cached_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    q: Heads<'_>,
-    kcache: &Buf,
-    vcache: &Buf,
-    start: &DevBuf<i32>,
-    p0: usize,
-    tq: usize,
-    tmax: usize,
-    s: AttnShape,
-) -> Result<()> {
-    s.check("attention_cached_forward")?;
-    let (qw, kw) = (s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
-    need("attention_cached_forward out", out.len(), s.b * tq * qw)?;
-    need(
-        "attention_cached_forward cache",
-        kcache.len().min(vcache.len()),
-        s.b * tmax * kw,
-    )?;
-    need("attention_cached_forward start", start.len(), s.b)?;
-    if p0 + tq > tmax {
-        bail!(
-            "attention_cached_forward: positions {p0}..{} past the cache's {tmax}",
-            p0 + tq
-        );
-    }
-    let args = [
-        out.into(),
-        view("attention_cached_forward q", q, s.b * tq, qw)?,
-        (q.2 as i64).into(),
-        kcache.into(),
-        vcache.into(),
-        start.into(),
-        int("p0", p0)?.into(),
-        int("Tq", tq)?.into(),
-        int("Tmax", tmax)?.into(),
-        int("B", s.b)?.into(),
-        int("NH", s.n_head)?.into(),
-        int("NKV", s.n_kv_head)?.into(),
-        int("HS", s.head_dim)?.into(),
-    ];
-    g.launch(
-        "attention.cu",
-        "attention_cached_forward",
-        warps(s.b * tq * s.n_head),
-        &args,
-    )
+/// Rows grouped by a key, the order-fixed form of a scatter: for each distinct key (ascending),
+/// the rows that carry it (ascending). The host builds it from indices it already holds (token
+/// ids, position ids, chosen rows), so the device adds every table row's contributions in row
+/// order, as the CPU does, without atomics.
+pub struct RowBuckets {
+    keys: DevBuf<i32>,
+    starts: DevBuf<i32>,
+    rows: DevBuf<i32>,
+    n_keys: usize,
+    /// One past the largest key and row (the sizes the scattered-into and scattered buffers need).
+    key_end: usize,
+    row_end: usize,
 }
 
-/// out (N, C) = bidirectional attention within packed sequences [starts[s], starts[s+1])
-#[allow(clippy::too_many_arguments)]
-pub fn encoder_attention_forward(
+impl RowBuckets {
+    /// The buckets of `keys` (one per row: row i carries keys[i]).
+    pub fn new(g: &Gpu, keys: &[usize]) -> Result<Self> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|&i| keys[i]); // stable: rows stay ascending within a key
+        let (mut uniq, mut starts) = (Vec::new(), Vec::new());
+        for (j, &i) in order.iter().enumerate() {
+            if j == 0 || keys[i] != keys[order[j - 1]] {
+                uniq.push(int("key", keys[i])?);
+                starts.push(int("rows", j)?);
+            }
+        }
+        starts.push(int("rows", order.len())?);
+        let rows = order
+            .iter()
+            .map(|&i| int("row", i))
+            .collect::<Result<Vec<_>>>()?;
+        // A CUDA allocation cannot be empty: no keys still upload one unused entry.
+        let nonempty = |mut v: Vec<i32>| {
+            if v.is_empty() {
+                v.push(0);
+            }
+            v
+        };
+        Ok(RowBuckets {
+            n_keys: uniq.len(),
+            key_end: keys.iter().max().map_or(0, |&k| k + 1),
+            row_end: keys.len(),
+            keys: g.upload(&nonempty(uniq))?,
+            starts: g.upload(&starts)?,
+            rows: g.upload(&nonempty(rows))?,
+        })
+    }
+}
+
+/// dtable (K, C) += dout (N, C) scattered by the buckets' keys: row i adds onto table row key(i)
+fn scatter_rows(
     g: &Gpu,
-    out: &mut Buf,
-    qkv: &Buf,
-    key_mask: &DevBuf<i32>,
-    starts: &DevBuf<i32>,
-    n_seq: usize,
-    n: usize,
+    what: &str,
+    dtable: &mut Buf,
+    dout: &Buf,
+    by: &RowBuckets,
     c: usize,
-    nh: usize,
 ) -> Result<()> {
-    if nh == 0 || !c.is_multiple_of(nh) || c / nh > 128 {
-        bail!("encoder_attention_forward: C {c} and NH {nh} must give a head width of at most 128");
+    need(what, dtable.len(), by.key_end * c)?;
+    need(what, dout.len(), by.row_end * c)?;
+    if by.n_keys == 0 {
+        return Ok(());
     }
-    need("encoder_attention_forward out", out.len(), n * c)?;
-    need("encoder_attention_forward qkv", qkv.len(), n * 3 * c)?;
-    need("encoder_attention_forward key_mask", key_mask.len(), n)?;
-    need("encoder_attention_forward starts", starts.len(), n_seq + 1)?;
     let args = [
-        out.into(),
-        qkv.into(),
-        key_mask.into(),
-        starts.into(),
-        int("n_seq", n_seq)?.into(),
+        dtable.into(),
+        dout.into(),
+        (&by.keys).into(),
+        (&by.starts).into(),
+        (&by.rows).into(),
+        int("keys", by.n_keys)?.into(),
         int("C", c)?.into(),
-        int("NH", nh)?.into(),
     ];
     g.launch(
-        "attention.cu",
-        "encoder_attention_forward",
-        warps(n * nh),
-        &args,
-    )
-}
-
-/// cache_k, cache_v (B, Tmax, W) at positions p0..p0+Tq <- k, v (B*Tq rows, W) with row strides
-#[allow(clippy::too_many_arguments)]
-pub fn kv_append(
-    g: &Gpu,
-    cache_k: &mut Buf,
-    cache_v: &mut Buf,
-    k: Heads<'_>,
-    v: Heads<'_>,
-    p0: usize,
-    b: usize,
-    tq: usize,
-    tmax: usize,
-    w: usize,
-) -> Result<()> {
-    need(
-        "kv_append cache",
-        cache_k.len().min(cache_v.len()),
-        b * tmax * w,
-    )?;
-    if p0 + tq > tmax {
-        bail!(
-            "kv_append: positions {p0}..{} past the cache's {tmax}",
-            p0 + tq
-        );
-    }
-    let args = [
-        cache_k.into(),
-        cache_v.into(),
-        view("kv_append k", k, b * tq, w)?,
-        view("kv_append v", v, b * tq, w)?,
-        int("p0", p0)?.into(),
-        int("B", b)?.into(),
-        int("Tq", tq)?.into(),
-        int("Tmax", tmax)?.into(),
-        int("W", w)?.into(),
-        (k.2 as i64).into(),
-        (v.2 as i64).into(),
-    ];
-    g.launch("attention.cu", "kv_append", blocks(b * tq * w, 256), &args)
-}
-
-/// lp (P) = log_softmax(logits * inv_temp)[targets]; logits (P, V)
-pub fn log_softmax_gather_forward(
-    g: &Gpu,
-    lp: &mut Buf,
-    logits: &Buf,
-    targets: &DevBuf<u32>,
-    p: usize,
-    v: usize,
-    inv_temp: f32,
-) -> Result<()> {
-    need("log_softmax_gather_forward logits", logits.len(), p * v)?;
-    need(
-        "log_softmax_gather_forward lp",
-        lp.len().min(targets.len()),
-        p,
-    )?;
-    let args = [
-        lp.into(),
-        logits.into(),
-        targets.into(),
-        int("P", p)?.into(),
-        int("V", v)?.into(),
-        inv_temp.into(),
-    ];
-    g.launch(
-        "logprob.cu",
-        "log_softmax_gather_forward",
-        per_row(p, 256),
-        &args,
-    )
-}
-
-/// ent (P) = entropy of softmax(logits) per row
-pub fn entropy_forward(g: &Gpu, ent: &mut Buf, logits: &Buf, p: usize, v: usize) -> Result<()> {
-    need("entropy_forward logits", logits.len(), p * v)?;
-    need("entropy_forward ent", ent.len(), p)?;
-    let args = [
-        ent.into(),
-        logits.into(),
-        int("P", p)?.into(),
-        int("V", v)?.into(),
-    ];
-    g.launch("logprob.cu", "entropy_forward", per_row(p, 256), &args)
-}
-
-/// Sampling settings of one launch, as `sample::SamplingParams` (top_k 0 = off, top_p 1 = off).
-#[derive(Clone, Copy, Debug)]
-pub struct SampleArgs {
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub seed: u64,
-    pub step: u32,
-}
-
-/// tokens (B), logprobs (B) from logits (B, V); `u` (B) gives the uniform draws, else a counter RNG
-#[allow(clippy::too_many_arguments)]
-pub fn sample_forward(
-    g: &Gpu,
-    tokens: &mut DevBuf<u32>,
-    logprobs: &mut Buf,
-    logits: &Buf,
-    u: Option<&Buf>,
-    b: usize,
-    v: usize,
-    s: SampleArgs,
-) -> Result<()> {
-    need("sample_forward logits", logits.len(), b * v)?;
-    need("sample_forward tokens", tokens.len().min(logprobs.len()), b)?;
-    if let Some(u) = u {
-        need("sample_forward u", u.len(), b)?;
-    }
-    let args = [
-        tokens.into(),
-        logprobs.into(),
-        logits.into(),
-        u.into(),
-        int("B", b)?.into(),
-        int("V", v)?.into(),
-        s.temperature.into(),
-        int("top_k", s.top_k)?.into(),
-        s.top_p.into(),
-        s.seed.into(),
-        s.step.into(),
-    ];
-    g.launch("sampling.cu", "sample_forward", per_row(b, 1024), &args)
-}
-
-/// out (N, C) = inp / rms(inp) * w; rrms (N)
-#[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_forward(
-    g: &Gpu,
-    out: &mut Buf,
-    rrms: &mut Buf,
-    inp: &Buf,
-    w: &Buf,
-    n: usize,
-    c: usize,
-    eps: f32,
-) -> Result<()> {
-    need("rmsnorm_forward out", out.len().min(inp.len()), n * c)?;
-    need("rmsnorm_forward rrms", rrms.len(), n)?;
-    let args = [
-        out.into(),
-        rrms.into(),
-        inp.into(),
-        w.into(),
-        int("N", n)?.into(),
-        int("C", c)?.into(),
-        eps.into(),
-    ];
-    g.launch("llama.cu", "rmsnorm_forward", per_row(n, 256), &args)
-}
-
-/// x (N, H, HS) rotated in place by pos (N) with the tables cos, sin (max_pos, HS/2) of
-/// `model::llama::rope_table`; `offset`/`stride` locate the heads
-#[allow(clippy::too_many_arguments)]
-pub fn rope_forward(
-    g: &Gpu,
-    x: &mut Buf,
-    offset: usize,
-    stride: usize,
-    pos: &DevBuf<i32>,
-    cos: &Buf,
-    sin: &Buf,
-    n: usize,
-    h: usize,
-    hs: usize,
-) -> Result<()> {
-    need("rope_forward pos", pos.len(), n)?;
-    let args = [
-        view("rope_forward x", (&*x, offset, stride), n, h * hs)?,
-        pos.into(),
-        cos.into(),
-        sin.into(),
-        int("N", n)?.into(),
-        int("H", h)?.into(),
-        int("HS", hs)?.into(),
-        (stride as i64).into(),
-    ];
-    g.launch(
-        "llama.cu",
-        "rope_forward",
-        blocks(n * h * hs / 2, 256),
-        &args,
-    )
-}
-
-/// Shaping codes of `pool_cosine_shape_forward`, in the kernel's order.
-pub const SHAPE_PGSRM: i32 = 0;
-pub const SHAPE_TRUNCATE: i32 = 1;
-pub const SHAPE_EUCLIDEAN: i32 = 2;
-pub const SHAPE_BINARY: i32 = 3;
-
-/// reward (B), emb (B, D) from hidden (N, D) with answer b in rows [starts[b], starts[b+1]) (those
-/// with mask set pool), parent (B, D); exact (B) for the binary shaping
-#[allow(clippy::too_many_arguments)]
-pub fn pool_cosine_shape_forward(
-    g: &Gpu,
-    reward: &mut Buf,
-    emb: &mut Buf,
-    hidden: &Buf,
-    mask: &DevBuf<i32>,
-    starts: &DevBuf<i32>,
-    parent: &Buf,
-    exact: Option<&DevBuf<i32>>,
-    b: usize,
-    d: usize,
-    shaping: i32,
-    power: f32,
-) -> Result<()> {
-    need("pool_cosine_shape_forward starts", starts.len(), b + 1)?;
-    need("pool_cosine_shape_forward parent", parent.len(), b * d)?;
-    need("pool_cosine_shape_forward emb", emb.len(), b * d)?;
-    need("pool_cosine_shape_forward reward", reward.len(), b)?;
-    let args = [
-        reward.into(),
-        emb.into(),
-        hidden.into(),
-        mask.into(),
-        starts.into(),
-        parent.into(),
-        exact.into(),
-        int("B", b)?.into(),
-        int("D", d)?.into(),
-        shaping.into(),
-        power.into(),
-    ];
-    g.launch(
-        "reward.cu",
-        "pool_cosine_shape_forward",
-        per_row(b, 128),
+        "embedding.cu",
+        "embedding_backward",
+        blocks(by.n_keys * c, 256),
         &args,
     )
 }

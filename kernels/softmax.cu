@@ -1,5 +1,5 @@
-// Log-probabilities of chosen tokens (log_softmax then gather, fused) and full-vocabulary entropy, mirroring
-// src/cpu/ops/softmax.rs. One block per row of logits.
+// Log-probabilities of chosen tokens (log_softmax then gather, fused) and full-vocabulary entropy,
+// mirroring src/cpu/ops/softmax.rs. One block per row of logits.
 #include "common.cuh"
 
 // lp (P) = log_softmax(logits[p] * inv_temp)[targets[p]]; logits (P, V)
