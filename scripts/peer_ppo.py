@@ -4,7 +4,7 @@
 One timed unit is a whole policy update of the colors task: sample a batch of episodes (batch 50,
 prompt `Mix the two colors and output only one lowercase color name: {c1} and {c2} is => ` with two
 distinct colours drawn uniformly from a seeded generator, 2 new tokens at temperature 1), score them
-with the binary reward against the colour-mix table below, then the update of PAPER.md ("The policy
+with the binary reward against the colour-mix table below, then the update of docs/METHOD.md ("The policy
 update"): actor and frozen-reference log-probs of the sampled tokens, value head (hidden -> 1) on the
 detached final hidden state of the last response token, advantage r - V, actor loss
 policy - 0.01 * entropy + kl_coef * KL, critic loss 0.5 * MSE, two AdamW optimisers (lr 1e-5 and

@@ -1,5 +1,6 @@
 //! pgsrm: reinforcement learning of small transformer language models with the Parent-Guided
-//! Semantic Reward Model. See README.md for the commands and DESIGN.md for the architecture.
+//! Semantic Reward Model (arXiv 2512.06920). See README.md for the commands, docs/METHOD.md for the
+//! method and docs/ARCHITECTURE.md for how the code is laid out.
 
 pub mod assets;
 

@@ -53,7 +53,7 @@ fn forty_five_degrees() {
 fn zero_vectors_and_broken_inputs_give_defined_rewards() {
     let z = [0.0f32; 3];
     let a = [0.3f32, -0.1, 0.9];
-    // PAPER.md: a zero vector gives cos = 0 and so r = 0.0625.
+    // docs/METHOD.md: a zero vector gives cos = 0 and so r = 0.0625.
     assert_eq!(cosine(&z, &a), 0.0);
     assert_eq!(cosine(&z, &z), 0.0);
     let r = Shaping::Pgsrm.reward(4.0, "", "x", &z, &a);

@@ -1,4 +1,4 @@
-//! The five tasks: templates as PAPER.md gives them, complete reference tables, a disjoint and
+//! The five tasks: templates as docs/METHOD.md gives them, complete reference tables, a disjoint and
 //! fixed held-out split, seeded sampling from the training prompts only.
 
 use pgsrm::reward::parent::Parent;
@@ -6,7 +6,7 @@ use pgsrm::rng::Rng;
 use pgsrm::tasks::{self, NAMES};
 use std::collections::HashSet;
 
-// The templates copied from PAPER.md's task table.
+// The templates copied from docs/METHOD.md's task table.
 type MakePrompt = fn(&str) -> String;
 
 const COLORS: [&str; 10] = [

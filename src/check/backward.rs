@@ -10,7 +10,7 @@ use crate::cuda::device::DevBuf;
 use crate::cuda::ops::{self as k, AttnShape, QkvGrad, RowBuckets};
 use anyhow::Result;
 
-/// Gradient tolerance of DESIGN.md: CUDA f32 within 1e-3 of the CPU.
+/// Gradient tolerance of docs/ARCHITECTURE.md: CUDA f32 within 1e-3 of the CPU.
 pub const GRAD_TOL: f32 = 1e-3;
 
 type Buf = DevBuf<f32>;

@@ -24,7 +24,7 @@ pub struct CheckRow {
     pub seconds: f64,
 }
 
-/// Forward tolerance of DESIGN.md: CUDA f32 within 1e-4 of the CPU.
+/// Forward tolerance of docs/ARCHITECTURE.md: CUDA f32 within 1e-4 of the CPU.
 pub const TOL: f32 = 1e-4;
 
 /// The poison byte of the emulated device's later runs (the first uses `emu::POISON`).

@@ -1,4 +1,4 @@
-//! Every hyper-parameter of the policy update, with PAPER.md's defaults.
+//! Every hyper-parameter of the policy update, with docs/METHOD.md's defaults.
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,7 @@ impl Default for PpoConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Baseline {
-    /// `A = r - V`, V from the value head before the update (PAPER.md).
+    /// `A = r - V`, V from the value head before the update (docs/METHOD.md).
     Critic,
     /// `A = r - mean(r)` over the update's batch. The value head still trains and is logged; it
     /// does not enter the advantage. A freshly initialised value head is noise of the order of

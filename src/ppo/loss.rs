@@ -1,4 +1,4 @@
-//! The losses of PAPER.md's policy update on the scored response tokens, and their gradients.
+//! The losses of docs/METHOD.md's policy update on the scored response tokens, and their gradients.
 //!
 //! Every mean is over the M scored tokens of a (mini)batch: the response tokens the mask keeps.
 //! The gradient of the actor loss with respect to the logits is written by hand:

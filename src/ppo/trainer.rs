@@ -9,7 +9,7 @@ use crate::ppo::config::PpoConfig;
 use crate::ppo::kl::KlController;
 use crate::ppo::loss::{Critic, Episode, UpdateLosses};
 use crate::reward::Embedder;
-use crate::reward::parent::Parent;
+use crate::reward::Parent;
 use crate::reward::shaping::{Shaping, rewards};
 use crate::rng::Rng;
 use crate::sample::{Generator, SamplingParams};

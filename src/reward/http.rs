@@ -2,7 +2,7 @@
 //! API parent and the API embedder.
 //!
 //! Rate limits (429), server errors (5xx), timeouts, dropped connections and unreadable response
-//! bodies are retried with exponential back-off (PAPER.md: three tries, waiting 2 s then 4 s). Other
+//! bodies are retried with exponential back-off (docs/METHOD.md: three tries, waiting 2 s then 4 s). Other
 //! client errors (400, 401, 404, ...) are not: asking again cannot fix them. After the last try the
 //! error names the URL, the number of tries and the last failure.
 

@@ -6,7 +6,7 @@
 
 use crate::model::spec::{Model, load_model};
 use crate::model::tokenizer::Tokenizer;
-use crate::reward::parent::Parent;
+use crate::reward::Parent;
 use crate::rng::Rng;
 use crate::sample::{Generator, SamplingParams};
 use crate::tasks::Example;

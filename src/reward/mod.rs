@@ -28,6 +28,19 @@ pub trait Embedder {
     }
 }
 
+/// Where the reference answer for a prompt comes from: a table, an API model, a local model
+/// (`parent`, `local_parent`).
+pub trait Parent {
+    /// Name shown in logs and run configs.
+    fn name(&self) -> String;
+    /// The reference answer for one prompt.
+    fn answer(&mut self, prompt: &str) -> anyhow::Result<String>;
+    /// Reference answers for several prompts, in order.
+    fn answers(&mut self, prompts: &[&str]) -> anyhow::Result<Vec<String>> {
+        prompts.iter().map(|p| self.answer(p)).collect()
+    }
+}
+
 pub mod api_embedder;
 pub mod cache;
 pub mod http;

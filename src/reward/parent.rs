@@ -5,23 +5,13 @@
 //!   message and asked to answer as `{"OUTPUT": "<answer>"}`, with an on-disk cache so a prompt is
 //!   asked once across runs.
 
+pub use crate::reward::Parent;
 use crate::reward::cache::JsonlCache;
 use crate::reward::http::{ApiClient, ApiConfig};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-pub trait Parent {
-    /// Name shown in logs and run configs.
-    fn name(&self) -> String;
-    /// The reference answer for one prompt.
-    fn answer(&mut self, prompt: &str) -> Result<String>;
-    /// Reference answers for several prompts, in order.
-    fn answers(&mut self, prompts: &[&str]) -> Result<Vec<String>> {
-        prompts.iter().map(|p| self.answer(p)).collect()
-    }
-}
 
 /// Answers looked up in a prompt -> answer table.
 pub struct TableParent {
@@ -224,7 +214,7 @@ pub fn parent_by_spec(
     }
 }
 
-/// The answer in a parent's reply, following PAPER.md: the `OUTPUT` field of the JSON object;
+/// The answer in a parent's reply, following docs/METHOD.md: the `OUTPUT` field of the JSON object;
 /// else the `"OUTPUT": "..."` value pulled out of text that is not valid JSON; else the raw text.
 /// Code fences around the JSON are ignored. The result is trimmed.
 pub fn parse_output(reply: &str) -> String {

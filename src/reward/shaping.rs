@@ -96,7 +96,7 @@ impl std::str::FromStr for Shaping {
 }
 
 /// Cosine similarity in f64, so long vectors of small components lose nothing. A zero vector, a
-/// length mismatch or a non-finite component has no direction, and gives 0 (PAPER.md: a zero vector
+/// length mismatch or a non-finite component has no direction, and gives 0 (docs/METHOD.md: a zero vector
 /// gives cos = 0).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() || a.is_empty() {

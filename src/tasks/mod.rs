@@ -39,7 +39,7 @@ pub struct Example<'a> {
 
 pub struct Task {
     pub name: &'static str,
-    /// The prompt template as PAPER.md writes it, named slots in braces.
+    /// The prompt template as docs/METHOD.md writes it, named slots in braces.
     pub template: &'static str,
     /// The system message that tells an API parent the task and the `{"OUTPUT": ...}` protocol.
     pub instruction: &'static str,
