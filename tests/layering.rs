@@ -302,13 +302,13 @@ fn path_between(
 
 fn reaches(
     edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
-    from: &Vec<String>,
-    to: &Vec<String>,
+    from: &[String],
+    to: &[String],
 ) -> bool {
-    let mut stack = vec![from.clone()];
+    let mut stack = vec![from.to_vec()];
     let mut seen = BTreeSet::new();
     while let Some(n) = stack.pop() {
-        if &n == to {
+        if n == to {
             return true;
         }
         if seen.insert(n.clone()) {
