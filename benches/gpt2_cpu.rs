@@ -6,8 +6,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pgsrm::batch::Batch;
-use pgsrm::cpu::decode::generate;
 use pgsrm::cpu::gpt2::{Gpt2Activations, backward_into, forward_into, lm_loss_into};
+use pgsrm::cpu::gpt2_decode::generate;
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
 use pgsrm::rng::Rng;
 use pgsrm::sample::SamplingParams;

@@ -1,8 +1,8 @@
 //! KV-cache decoding against the full forward, seeded generation, stopping at end-of-text.
 
 use pgsrm::batch::Batch;
-use pgsrm::cpu::decode::{Gpt2Decoder, generate};
 use pgsrm::cpu::gpt2::forward;
+use pgsrm::cpu::gpt2_decode::{Gpt2Decoder, generate};
 use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
 use pgsrm::rng::Rng;
 use pgsrm::sample::SamplingParams;

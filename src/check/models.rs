@@ -26,10 +26,10 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
 }
 
 /// GPT-2 with a seeded random init: the logits of the prefill and of two decoding steps against
-/// `cpu::decode::Gpt2Decoder`, and a seeded generation (its tokens and log-probabilities must
+/// `cpu::gpt2_decode::Gpt2Decoder`, and a seeded generation (its tokens and log-probabilities must
 /// come out the same on both runs).
 fn gpt2_decoding(ck: &mut Checker, config: &str) -> Result<()> {
-    use crate::cpu::decode::Gpt2Decoder;
+    use crate::cpu::gpt2_decode::Gpt2Decoder;
     use crate::cuda::model::decode::{Decoder, generate};
     use crate::cuda::model::gpt2::GpuGpt2;
     let cfg = crate::model::gpt2::Gpt2Config::named(config)?;

@@ -127,8 +127,14 @@ fn cpu_generate(args: &Args) -> Result<serde_json::Value> {
                  params: &SamplingParams,
                  eos: u32,
                  seed: u64| {
-                    pgsrm::cpu::decode::generate(model, prompts, params, eos, &mut Rng::new(seed))
-                        .map(|_| ())
+                    pgsrm::cpu::gpt2_decode::generate(
+                        model,
+                        prompts,
+                        params,
+                        eos,
+                        &mut Rng::new(seed),
+                    )
+                    .map(|_| ())
                 },
             )
         },

@@ -2,7 +2,7 @@
 //! gradient `LlamaWeights`, and KV-cache decoding. A batch is left-padded: row b holds its tokens
 //! in [start[b], T), rotary positions count from start[b], and logits are computed only at the
 //! (row, position) pairs asked for. The interface matches GPT-2's (`cpu::gpt2::forward`,
-//! `backward`, `cpu::decode::generate`), so the trainer can take either family.
+//! `backward`, `cpu::gpt2_decode::generate`), so the trainer can take either family.
 
 use crate::batch::Batch;
 use crate::cpu::kv::{Attend, KvCache, RowKv};
@@ -597,7 +597,7 @@ pub struct Choices {
     pub logprobs: Vec<Vec<f32>>,
 }
 
-/// Samples a continuation of every prompt, all rows together, as `cpu::decode::generate` does for
+/// Samples a continuation of every prompt, all rows together, as `cpu::gpt2_decode::generate` does for
 /// GPT-2: a row stops after it samples `eos` (kept, with its log-probability) or after
 /// `params.max_new_tokens` tokens; log-probabilities are under softmax(logits / temperature).
 /// The same `rng` state gives the same tokens.

@@ -62,7 +62,7 @@ pub fn generate(
     rng: &mut Rng,
 ) -> Result<Vec<Generation>> {
     match model {
-        Model::Gpt2(m) => crate::cpu::decode::generate(m, prompts, params, eos, rng),
+        Model::Gpt2(m) => crate::cpu::gpt2_decode::generate(m, prompts, params, eos, rng),
         Model::Llama(m) => llama::generate(m, prompts, params, eos, rng),
     }
 }

@@ -233,7 +233,7 @@ pub fn logits_at_every_position<M: DeviceModel>(
     Ok(out)
 }
 
-/// `cpu::decode::generate` on the device: every prompt continued together; a row stops after it
+/// `cpu::gpt2_decode::generate` on the device: every prompt continued together; a row stops after it
 /// samples `eos` (kept, with its log-probability) or after `max_new_tokens`. Sampling uses the
 /// counter-based generator keyed by (seed, row, step), so the same seed gives the same tokens on
 /// every device (but not the CPU's, whose generator is sequential).

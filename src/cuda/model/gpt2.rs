@@ -1,4 +1,4 @@
-//! GPT-2 on a device, mirroring `cpu::decode::Gpt2Decoder` step for step: layernorm, the fused
+//! GPT-2 on a device, mirroring `cpu::gpt2_decode::Gpt2Decoder` step for step: layernorm, the fused
 //! q|k|v product, the cache append and cached attention, the MLP; decoding itself is
 //! `cuda::decode`'s, shared with Llama.
 
