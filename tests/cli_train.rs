@@ -46,6 +46,13 @@ fn metrics(run: &Path) -> Vec<Value> {
             let m = v.as_object_mut().unwrap();
             m.remove("seconds").unwrap();
             m.remove("episodes_per_s").unwrap();
+            // Where the update's time went: every phase measured, on every backend.
+            let phases = m.remove("phase_seconds").unwrap();
+            for k in ["rollout", "reward", "reference", "actor", "optimiser"] {
+                assert!(phases[k].as_f64().is_some_and(|s| s >= 0.0), "{phases}");
+            }
+            assert!(phases["actor"].as_f64().unwrap() > 0.0, "{phases}");
+            assert!(phases["rollout"].as_f64().unwrap() > 0.0, "{phases}");
             v
         })
         .collect()

@@ -262,6 +262,7 @@ fn figures(path: &Path) -> Vec<Value> {
             let m = v.as_object_mut().unwrap();
             m.remove("seconds");
             m.remove("episodes_per_s");
+            m.remove("phase_seconds");
             v
         })
         .collect()

@@ -23,6 +23,7 @@ fn trainer(seed: u64) -> Trainer {
 fn timeless(mut s: UpdateStats) -> UpdateStats {
     s.episodes_per_s = 0.0;
     s.seconds = 0.0;
+    s.phase_seconds = Default::default();
     s
 }
 

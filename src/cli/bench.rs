@@ -4,6 +4,9 @@
 use anyhow::{Result, bail};
 use pgsrm::cuda::{bench, paper_shapes};
 use pgsrm::device::{Device, DeviceChoice};
+use pgsrm::reward::embedder::{self, EmbedderOptions};
+use pgsrm::reward::shaping::Shaping;
+use pgsrm::run::update_bench::{UpdateJob, update_throughput};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Job {
@@ -13,6 +16,9 @@ enum Job {
     /// small and SmolLM2-135M at batch 50 and GPT-2 large at batch 10, and of decoding steps of
     /// 1, 10 and 50 rows (GPU only)
     Matmul,
+    /// Whole trainer updates of a child (`--model`, `--task`, `--batch`, `--new-tokens`,
+    /// `--reward`) after two warm-up updates: seconds per update and where they went
+    Update,
     /// Every job
     All,
 }
@@ -32,8 +38,22 @@ pub struct Args {
     /// Prompt length in tokens
     #[arg(long, default_value_t = 20)]
     prompt: usize,
-    #[arg(long, default_value_t = 10)]
-    new_tokens: usize,
+    /// New tokens per answer (generate: 10; update: the task's)
+    #[arg(long)]
+    new_tokens: Option<usize>,
+    /// The child of the update job, as `--model` of `pgsrm train` takes it
+    #[arg(long, default_value = "random:small")]
+    model: String,
+    /// The task of the update job
+    #[arg(long, default_value = "colors")]
+    task: String,
+    /// The reward of the update job: binary (no embedder: the policy's work alone) or pgsrm
+    /// (all-MiniLM-L6-v2 on the device)
+    #[arg(long, default_value = "binary")]
+    reward: String,
+    /// The update job's prompts as user turns of the child's chat template
+    #[arg(long)]
+    chat: bool,
     /// Timed runs (the median is reported)
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -50,67 +70,91 @@ pub fn run(args: Args) -> Result<()> {
     if args.runs == 0 || args.batch == 0 || args.prompt == 0 {
         bail!("--runs, --batch and --prompt must be at least 1");
     }
-    match args.device {
-        DeviceChoice::Emu => {
-            bail!(
-                "--device emu: the emulated device checks kernels and is never a speed figure; \
-                 measure on --device cpu or --device cuda"
-            );
-        }
-        DeviceChoice::Cpu => {
+    if args.device == DeviceChoice::Emu {
+        bail!(
+            "--device emu: the emulated device checks kernels and is never a speed figure; \
+             measure on --device cpu or --device cuda"
+        );
+    }
+    let device = match args.device {
+        DeviceChoice::Cpu => Device::Cpu,
+        _ => Device::open(DeviceChoice::Cuda, 0)?,
+    };
+    let line = |job: &str, fig: serde_json::Value| {
+        println!(
+            "{}",
+            serde_json::json!({"job": job, "device": device.name(), "figure": fig})
+        )
+    };
+    if matches!(args.job, Job::Generate | Job::All) {
+        let new_tokens = args.new_tokens.unwrap_or(10);
+        let fig = match device.gpu() {
+            Some(g) => serde_json::to_value(bench::generate_throughput(
+                g,
+                &args.config,
+                args.batch,
+                args.prompt,
+                new_tokens,
+                args.runs,
+            )?)?,
+            None => cpu_generate(&args, new_tokens)?,
+        };
+        line("generate", fig);
+    }
+    if matches!(args.job, Job::Matmul | Job::All) {
+        let Some(g) = device.gpu() else {
             if args.job == Job::Matmul {
                 bail!("--job matmul compares CUDA kernels with cuBLAS: it needs --device cuda");
             }
-            let fig = cpu_generate(&args)?;
-            println!(
-                "{}",
-                serde_json::json!({"job": "generate", "device": "cpu", "figure": fig})
-            );
-        }
-        DeviceChoice::Cuda | DeviceChoice::Auto => {
-            let device = Device::open(DeviceChoice::Cuda, 0)?;
-            let g = device.require_gpu("pgsrm bench")?;
-            if matches!(args.job, Job::Generate | Job::All) {
-                let fig = bench::generate_throughput(
-                    g,
-                    &args.config,
-                    args.batch,
-                    args.prompt,
-                    args.new_tokens,
-                    args.runs,
-                )?;
-                println!(
-                    "{}",
-                    serde_json::json!({"job": "generate", "device": g.name, "figure": fig})
-                );
+            return update(&args, &device, &line);
+        };
+        let products = paper_shapes::products(&[args.update_prompt], &[1, 10, 50]);
+        if args.sweep {
+            for fig in bench::matmul_sweep(g, &products)? {
+                line("matmul-sweep", serde_json::to_value(fig)?);
             }
-            if matches!(args.job, Job::Matmul | Job::All) {
-                let products = paper_shapes::products(&[args.update_prompt], &[1, 10, 50]);
-                if args.sweep {
-                    for fig in bench::matmul_sweep(g, &products)? {
-                        println!(
-                            "{}",
-                            serde_json::json!({"job": "matmul-sweep", "device": g.name, "figure": fig})
-                        );
-                    }
-                } else {
-                    let figs = bench::matmul_vs_cublas(g, &products)?;
-                    for fig in &figs {
-                        println!(
-                            "{}",
-                            serde_json::json!({"job": "matmul", "device": g.name, "figure": fig})
-                        );
-                    }
-                    eprint!("{}", matmul_table(&figs));
-                }
+        } else {
+            let figs = bench::matmul_vs_cublas(g, &products)?;
+            for fig in &figs {
+                line("matmul", serde_json::to_value(fig)?);
             }
+            eprint!("{}", matmul_table(&figs));
         }
     }
+    update(&args, &device, &line)
+}
+
+/// The update job, when asked for (alone or with every job).
+fn update(args: &Args, device: &Device, line: &dyn Fn(&str, serde_json::Value)) -> Result<()> {
+    if !matches!(args.job, Job::Update | Job::All) {
+        return Ok(());
+    }
+    let task = pgsrm::tasks::by_name(&args.task)?;
+    let job = UpdateJob {
+        model: args.model.clone(),
+        task: args.task.clone(),
+        batch: args.batch,
+        new_tokens: args.new_tokens.unwrap_or(task.settings.max_new_tokens),
+        reward: args.reward.clone(),
+        chat: args.chat,
+        runs: args.runs,
+    };
+    let embedder = if Shaping::from_name(&args.reward)?.needs_embeddings() {
+        let opts = EmbedderOptions {
+            encoders: Some(device.encoders()),
+            ..Default::default()
+        };
+        Some(embedder::by_name("minilm", &opts)?)
+    } else {
+        None
+    };
+    let fig = update_throughput(device, &job, embedder)?;
+    line("update", serde_json::to_value(fig)?);
     Ok(())
 }
 
 /// The same generation job on the CPU backend.
-fn cpu_generate(args: &Args) -> Result<serde_json::Value> {
+fn cpu_generate(args: &Args, new_tokens: usize) -> Result<serde_json::Value> {
     use pgsrm::model::gpt2::Gpt2;
     use pgsrm::rng::Rng;
     use pgsrm::sample::SamplingParams;
@@ -118,7 +162,7 @@ fn cpu_generate(args: &Args) -> Result<serde_json::Value> {
         &args.config,
         args.batch,
         args.prompt,
-        args.new_tokens,
+        new_tokens,
         args.runs,
         |_| {
             Ok(

@@ -17,4 +17,6 @@ pub use config::PpoConfig;
 pub use kl::KlController;
 pub use loss::{Critic, Episode, UpdateLosses};
 pub use policy::{Passes, Policy};
-pub use trainer::{EpisodeRecord, PolicyBackend, PolicyState, Trainer, TrainerState, UpdateStats};
+pub use trainer::{
+    EpisodeRecord, PhaseSeconds, PolicyBackend, PolicyState, Trainer, TrainerState, UpdateStats,
+};

@@ -13,11 +13,12 @@ use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses, kept_tokens};
 use crate::ppo::steps::{
     StepTargets, all_or_nothing, batch_mean, check_finite, mean_of_steps, step_count,
 };
-use crate::ppo::trainer::{PolicyBackend, PolicyState};
+use crate::ppo::trainer::{PhaseSeconds, PolicyBackend, PolicyState};
 use crate::rng::Rng;
 use crate::sample::{Generation, Generator, SamplingParams};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
+use std::time::Instant;
 
 /// Default bound on the bytes a backend's cache of the frozen reference's prompt rows keeps: the
 /// prompts of a hundred-prompt task take far less (the rows of a shared prefix are kept once).
@@ -216,6 +217,11 @@ pub trait Passes {
     fn restore(&mut self, state: PolicyState) -> Result<()>;
     /// What runs the passes: `cpu`, or the device's name.
     fn device(&self) -> String;
+    /// Waits until the backend's work so far is done (a device runs its kernels asynchronously),
+    /// so that a phase's time includes its work.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The trainer's policy on a backend's passes.
@@ -227,6 +233,16 @@ pub struct Policy<P: Passes> {
     /// follows it (on exactly those episodes, with the same weights) differentiates that pass
     /// instead of running the policy again. On by default; the result is the same either way.
     pub reuse_rollout: bool,
+    /// Where the last update's time went (the backend's phases).
+    phases: PhaseSeconds,
+}
+
+/// Runs `f` and adds its wall seconds to `slot`.
+fn timed<T>(slot: &mut f32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    let out = f();
+    *slot += t.elapsed().as_secs_f32();
+    out
 }
 
 impl<P: Passes> Policy<P> {
@@ -236,6 +252,7 @@ impl<P: Passes> Policy<P> {
             cfg,
             eos,
             reuse_rollout: true,
+            phases: PhaseSeconds::default(),
         }
     }
 
@@ -256,15 +273,24 @@ impl<P: Passes> Policy<P> {
         let cfg = self.cfg.clone();
         let eps: Vec<&Episode> = idx.iter().map(|&i| &episodes[i]).collect();
         let sb = scored_batch(&eps, self.eos, cfg.train_eos)?;
-        let (mut pass, values) = self.passes.forward(&sb, rollout.map(|r| (r, episodes)))?;
+        let passes = &mut self.passes;
+        let mut actor_s = 0.0;
+        let (mut pass, values) = timed(&mut actor_s, || {
+            passes.forward(&sb, rollout.map(|r| (r, episodes)))
+        })?;
         let t = StepTargets::new(
             &cfg, episodes, idx, &sb.rows, &values, old_values, batch_mean, ref_lp,
         );
-        let (actor, value_loss, critic_loss) =
-            self.passes.losses(&mut pass, &sb, &t, &cfg, kl_coef)?;
+        let (actor, value_loss, critic_loss) = timed(&mut actor_s, || {
+            passes.losses(&mut pass, &sb, &t, &cfg, kl_coef)
+        })?;
         check_finite(&actor, value_loss, critic_loss)?;
-        let (actor_norm, critic_norm) = self.passes.backward(pass, &cfg)?;
-        self.passes.step(&cfg, actor_norm)?;
+        let (actor_norm, critic_norm) = timed(&mut actor_s, || passes.backward(pass, &cfg))?;
+        self.phases.actor += actor_s;
+        timed(&mut self.phases.optimiser, || {
+            passes.step(&cfg, actor_norm)?;
+            passes.sync()
+        })?;
         Ok(t.losses(
             &actor,
             (value_loss, critic_loss),
@@ -284,13 +310,15 @@ impl<P: Passes> Policy<P> {
         let all: Vec<&Episode> = episodes.iter().collect();
         let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
         // The frozen reference runs only the response tokens, on its cached prompt keys and values.
-        let ref_lp = self
-            .passes
-            .reference_logprobs(&all, &sb, self.eos, self.cfg.train_eos)?;
+        let (eos, train_eos) = (self.eos, self.cfg.train_eos);
+        let passes = &mut self.passes;
+        let ref_lp = timed(&mut self.phases.reference, || {
+            passes.reference_logprobs(&all, &sb, eos, train_eos)
+        })?;
         let steps = step_count(&self.cfg, episodes.len());
         // With one step the values of that step's forward are the values before the update.
         let old_values = if steps > 1 {
-            Some(self.passes.values(&sb)?)
+            Some(timed(&mut self.phases.actor, || passes.values(&sb))?)
         } else {
             None
         };
@@ -338,6 +366,7 @@ impl<P: Passes> PolicyBackend for Policy<P> {
     ) -> Result<UpdateLosses> {
         // A kept pass belongs to the weights it ran with: it serves this update or none.
         let rollout = self.passes.take_rollout();
+        self.phases = PhaseSeconds::default();
         let cfg = self.cfg.clone();
         all_or_nothing(self, &cfg, episodes.len(), rng, |p, rng| {
             p.update_inner(episodes, kl_coef, rng, rollout)
@@ -354,5 +383,9 @@ impl<P: Passes> PolicyBackend for Policy<P> {
 
     fn device(&self) -> String {
         self.passes.device()
+    }
+
+    fn phase_seconds(&self) -> PhaseSeconds {
+        self.phases
     }
 }

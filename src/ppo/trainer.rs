@@ -41,6 +41,26 @@ pub trait PolicyBackend: Generator {
     fn restore(&mut self, state: PolicyState) -> Result<()>;
     /// What runs the policy: `cpu`, or the device's name.
     fn device(&self) -> String;
+    /// Where the last update's time went: the frozen reference's pass, the actor's passes and
+    /// the optimisers' steps (the other phases are the trainer's). Zero where not measured.
+    fn phase_seconds(&self) -> PhaseSeconds {
+        PhaseSeconds::default()
+    }
+}
+
+/// Wall seconds of the phases of one update, each measured up to the point where its results
+/// are on the host (a device's work is waited for): the rollout (sampling the answers), the
+/// reward (the parent's answers, the embeddings and the shaping), the frozen reference's
+/// log-probs, the actor's forward and backward (with the value head, the losses and the values
+/// before the update when there are several steps), and the optimisers' steps. What they leave
+/// of an update's `seconds` is the trainer's bookkeeping (tokenizing, decoding answers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    pub rollout: f32,
+    pub reward: f32,
+    pub reference: f32,
+    pub actor: f32,
+    pub optimiser: f32,
 }
 
 /// The trained parts of a backend.
@@ -92,6 +112,9 @@ pub struct UpdateStats {
     /// Episodes of this batch over the wall time of the whole update.
     pub episodes_per_s: f32,
     pub seconds: f32,
+    /// Where `seconds` went.
+    #[serde(default)]
+    pub phase_seconds: PhaseSeconds,
     pub episodes: Vec<EpisodeRecord>,
 }
 
@@ -260,12 +283,15 @@ impl Trainer {
             top_p: 1.0,
             max_new_tokens: self.max_new_tokens,
         };
+        let t_rollout = Instant::now();
         let gens = self.backend.generate(&prompts, &params, &mut self.rng)?;
+        let rollout = t_rollout.elapsed().as_secs_f32();
         let children = gens
             .iter()
             .map(|g| self.decode_answer(&g.tokens))
             .collect::<Result<Vec<_>>>()?;
         let prompt_refs: Vec<&str> = examples.iter().map(String::as_str).collect();
+        let t_reward = Instant::now();
         let parents = self.parent.answers(&prompt_refs)?;
         let p_refs: Vec<&str> = parents.iter().map(String::as_str).collect();
         let c_refs: Vec<&str> = children.iter().map(String::as_str).collect();
@@ -276,6 +302,7 @@ impl Trainer {
             &p_refs,
             &c_refs,
         )?;
+        let reward = t_reward.elapsed().as_secs_f32();
         let episodes: Vec<Episode> = prompts
             .into_iter()
             .zip(gens)
@@ -308,6 +335,11 @@ impl Trainer {
             next_kl_coef,
             episodes_per_s: episodes.len() as f32 / seconds.max(1e-9),
             seconds,
+            phase_seconds: PhaseSeconds {
+                rollout,
+                reward,
+                ..self.backend.phase_seconds()
+            },
             episodes: examples
                 .into_iter()
                 .zip(parents)

@@ -8,5 +8,6 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod train;
+pub mod update_bench;
 
 pub use folder::{Resumed, RunDir};

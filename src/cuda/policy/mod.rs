@@ -417,4 +417,8 @@ impl Passes for CudaPasses {
     fn device(&self) -> String {
         self.gpu.name.clone()
     }
+
+    fn sync(&self) -> Result<()> {
+        self.gpu.sync()
+    }
 }
