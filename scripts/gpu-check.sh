@@ -13,6 +13,8 @@
 #   train      `pgsrm train --device cuda` at the paper's batches: GPT-2 small (colors, batch 50,
 #              2 new tokens), SmolLM2-135M's shape (the same), GPT-2 large (copy, batch 10, 10
 #              new tokens); random weights of each shape, the binary reward
+#   update     `pgsrm bench --job update`: one steady update of each child at the paper's batch,
+#              and where its time went (rollout, reward, reference, actor, optimiser)
 #   generate   `pgsrm bench --job generate` and the generation peer (`transformers.generate`)
 #   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape, same GPU
 #   kernels    Nsight Compute's time of every kernel over one update of GPT-2 small and one of
@@ -68,7 +70,7 @@ BIN=gpu-bin/pgsrm
 [ -x "$BIN" ] || { echo "no $BIN: build here and run with --collect first" >&2; exit 2; }
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-STEPS=${*:-check matmul sweep train generate peer kernels sanitize}
+STEPS=${*:-check matmul sweep train update generate peer kernels sanitize}
 BUDGET=${BUDGET:-540}
 started=$(date +%s)
 
@@ -156,6 +158,15 @@ if has train; then
     train gpt2-small 45 /tmp/gpt2-small-shape colors 50 2 5000
     train smollm2 45 /tmp/smollm2-shape colors 50 2 5000
     train gpt2-large 60 /tmp/gpt2-large-shape copy 10 10 300
+fi
+
+if has update; then
+    shapes
+    for child in gpt2-small:colors:50 smollm2:colors:50 gpt2-large:copy:10; do
+        IFS=: read -r name task batch <<<"$child"
+        limit 90 "update $name" "$BIN" bench --job update --device cuda --model "/tmp/$name-shape" \
+            --task "$task" --batch "$batch" --runs 5 2>&1 | tee -a "$OUT/update.jsonl" || status=1
+    done
 fi
 
 if has generate; then
