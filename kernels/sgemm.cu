@@ -26,6 +26,25 @@
 // distinct banks, and rows stay 16-byte aligned for the float4 reads.
 #define PAD 4
 
+// v[0..4) = the float4 at p (16-byte aligned) when `in`, else zeros.
+__device__ __forceinline__ void load4(float* v, const float* p, bool in) {
+    float4 x = in ? *reinterpret_cast<const float4*>(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+}
+
+// Element (m, n) of a product, v: into c with the bias and what c held added (as asked), or, for
+// split z of K, into the partial products (S, M, N) as it is.
+__device__ __forceinline__ void put(float* c, float* partial, const float* bias, int accumulate, int M,
+                                    int N, int z, int m, int n, float v) {
+    if (partial) {
+        partial[((long)z * M + m) * N + n] = v;
+        return;
+    }
+    if (bias) v += bias[n];
+    if (accumulate) v += c[(long)m * N + n];
+    c[(long)m * N + n] = v;
+}
+
 // One BK x R slice of an operand on its way from global to shared memory. The operand is R-wide
 // (M for a, N for b) and K-deep: element (r, k) sits at p[r * ld + k] when K_CONTIG, else at
 // p[k * ld + r]. Rows at or past `rows` and depths at or past `depth` read as zero.
@@ -58,8 +77,7 @@ struct Slice {
             bool in = e < COUNT && gr < rows && gk < depth;
             const float* at = p + (K_CONTIG ? gr * ld + gk : gk * ld + gr);
             if constexpr (VEC) {
-                float4 x = in ? *reinterpret_cast<const float4*>(at) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                v[i][0] = x.x, v[i][1] = x.y, v[i][2] = x.z, v[i][3] = x.w;
+                load4(v[i], at, in);
             } else {
                 v[i][0] = in ? *at : 0.0f;
             }
@@ -124,15 +142,9 @@ __device__ __forceinline__ void sgemm_tile(float* c, const float* a, const float
         for (int k = 0; k < BK; k++) {
             float ar[TM], br[TN];
 #pragma unroll
-            for (int g = 0; g < TM / 4; g++) {
-                float4 x = *reinterpret_cast<const float4*>(&As[buf][k][g * 64 + ty * 4]);
-                ar[g * 4] = x.x, ar[g * 4 + 1] = x.y, ar[g * 4 + 2] = x.z, ar[g * 4 + 3] = x.w;
-            }
+            for (int g = 0; g < TM / 4; g++) load4(&ar[g * 4], &As[buf][k][g * 64 + ty * 4], true);
 #pragma unroll
-            for (int h = 0; h < TN / 4; h++) {
-                float4 x = *reinterpret_cast<const float4*>(&Bs[buf][k][h * 64 + tx * 4]);
-                br[h * 4] = x.x, br[h * 4 + 1] = x.y, br[h * 4 + 2] = x.z, br[h * 4 + 3] = x.w;
-            }
+            for (int h = 0; h < TN / 4; h++) load4(&br[h * 4], &Bs[buf][k][h * 64 + tx * 4], true);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -147,7 +159,6 @@ __device__ __forceinline__ void sgemm_tile(float* c, const float* a, const float
         buf ^= 1;
     }
 
-    float* dst = partial ? partial + (long)blockIdx.z * M * N : c;
 #pragma unroll
     for (int i = 0; i < TM; i++) {
         int m = m0 + (i / 4) * 64 + ty * 4 + i % 4;
@@ -155,13 +166,7 @@ __device__ __forceinline__ void sgemm_tile(float* c, const float* a, const float
 #pragma unroll
         for (int j = 0; j < TN; j++) {
             int n = n0 + (j / 4) * 64 + tx * 4 + j % 4;
-            if (n >= N) continue;
-            float v = acc[i][j];
-            if (!partial) {
-                if (bias) v += bias[n];
-                if (accumulate) v += dst[(long)m * N + n];
-            }
-            dst[(long)m * N + n] = v;
+            if (n < N) put(c, partial, bias, accumulate, M, N, blockIdx.z, m, n, acc[i][j]);
         }
     }
 }
@@ -227,8 +232,7 @@ __device__ __forceinline__ void sgemm_rows_nn(float* c, const float* a, const fl
             int k = k0 + u;
             bool in = k < ke && n < N;
             if constexpr (VEC) {
-                float4 x = in ? *reinterpret_cast<const float4*>(b + (long)k * N + n) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                bv[u][0] = x.x, bv[u][1] = x.y, bv[u][2] = x.z, bv[u][3] = x.w;
+                load4(bv[u], b + (long)k * N + n, in);
             } else {
                 bv[u][0] = in ? b[(long)k * N + n] : 0.0f;
             }
@@ -242,8 +246,7 @@ __device__ __forceinline__ void sgemm_rows_nn(float* c, const float* a, const fl
                 int k = k0 + q;
                 if constexpr (VEC) {
                     // K and every split's start are multiples of 4: four depths are in range together.
-                    float4 x = k < ke ? *reinterpret_cast<const float4*>(a + (long)m * K + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    av[q] = x.x, av[q + 1] = x.y, av[q + 2] = x.z, av[q + 3] = x.w;
+                    load4(&av[q], a + (long)m * K + k, k < ke);
                 } else {
 #pragma unroll
                     for (int u = 0; u < 4; u++) av[q + u] = k + u < ke ? a[(long)m * K + k + u] : 0.0f;
@@ -255,20 +258,12 @@ __device__ __forceinline__ void sgemm_rows_nn(float* c, const float* a, const fl
                 for (int j = 0; j < V; j++) acc[m][j] = fmaf(av[u], bv[u][j], acc[m][j]);
         }
     }
-    float* dst = partial ? partial + (long)s * M * N : c;
 #pragma unroll
     for (int m = 0; m < RM; m++) {
         if (m >= M) break;
 #pragma unroll
-        for (int j = 0; j < V; j++) {
-            if (n + j >= N) continue;
-            float v = acc[m][j];
-            if (!partial) {
-                if (bias) v += bias[n + j];
-                if (accumulate) v += dst[(long)m * N + n + j];
-            }
-            dst[(long)m * N + n + j] = v;
-        }
+        for (int j = 0; j < V; j++)
+            if (n + j < N) put(c, partial, bias, accumulate, M, N, s, m, n + j, acc[m][j]);
     }
 }
 
@@ -298,8 +293,7 @@ __device__ __forceinline__ void sgemm_rows_nt(float* c, const float* a, const fl
         for (int j = 0; j < NC; j++) {
             bool in = n0 + j < N;
             if constexpr (VEC) {
-                float4 x = in ? *reinterpret_cast<const float4*>(b + (long)(n0 + j) * K + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                bv[j][0] = x.x, bv[j][1] = x.y, bv[j][2] = x.z, bv[j][3] = x.w;
+                load4(bv[j], b + (long)(n0 + j) * K + k, in);
             } else {
                 bv[j][0] = in ? b[(long)(n0 + j) * K + k] : 0.0f;
             }
@@ -309,8 +303,7 @@ __device__ __forceinline__ void sgemm_rows_nt(float* c, const float* a, const fl
             if (m >= M) break;
             float av[V];
             if constexpr (VEC) {
-                float4 x = *reinterpret_cast<const float4*>(a + (long)m * K + k);
-                av[0] = x.x, av[1] = x.y, av[2] = x.z, av[3] = x.w;
+                load4(av, a + (long)m * K + k, true);
             } else {
                 av[0] = a[(long)m * K + k];
             }
@@ -320,7 +313,6 @@ __device__ __forceinline__ void sgemm_rows_nt(float* c, const float* a, const fl
                 for (int u = 0; u < V; u++) acc[m][j] = fmaf(av[u], bv[j][u], acc[m][j]);
         }
     }
-    float* dst = partial ? partial + (long)s * M * N : c;
 #pragma unroll
     for (int m = 0; m < RM; m++) {
         if (m >= M) break;
@@ -328,12 +320,7 @@ __device__ __forceinline__ void sgemm_rows_nt(float* c, const float* a, const fl
         for (int j = 0; j < NC; j++) {
             float v = warp_sum(acc[m][j]);
             int n = n0 + j;
-            if (lane != (m * NC + j) % WARP || n >= N) continue;
-            if (!partial) {
-                if (bias) v += bias[n];
-                if (accumulate) v += dst[(long)m * N + n];
-            }
-            dst[(long)m * N + n] = v;
+            if (lane == (m * NC + j) % WARP && n < N) put(c, partial, bias, accumulate, M, N, s, m, n, v);
         }
     }
 }
