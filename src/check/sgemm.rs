@@ -13,12 +13,7 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
             let s = Shape::new(layout, m, n, k);
             for (bm, bn) in TILES {
                 for splits in [1, 3] {
-                    let p = Plan {
-                        family: Family::Tile { bm, bn },
-                        vec: s.vec,
-                        splits: 1,
-                        kc: k,
-                    };
+                    let p = Plan::unsplit(Family::Tile { bm, bn }, s.vec, k);
                     product(ck, s, p.with_splits(&s, splits))?;
                 }
             }
@@ -30,14 +25,8 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
             for (n, k) in [(75, 45), (68, 264)] {
                 let s = Shape::new(layout, m, n, k);
                 for splits in [1, 3] {
-                    let p = Plan {
-                        family: Family::Rows {
-                            rm: m.next_power_of_two(),
-                        },
-                        vec: s.vec,
-                        splits: 1,
-                        kc: k,
-                    };
+                    let rm = m.next_power_of_two();
+                    let p = Plan::unsplit(Family::Rows { rm }, s.vec, k);
                     product(ck, s, p.with_splits(&s, splits))?;
                 }
             }

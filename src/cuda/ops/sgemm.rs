@@ -140,6 +140,16 @@ impl Plan {
         self.grid(s).blocks.iter().map(|&b| b as usize).product()
     }
 
+    /// `family` over the whole of K in one part.
+    pub fn unsplit(family: Family, vec: bool, k: usize) -> Plan {
+        Plan {
+            family,
+            vec,
+            splits: 1,
+            kc: k.max(1),
+        }
+    }
+
     /// The same kernel with K split into about `splits` parts (as many as whole parts allow).
     pub fn with_splits(self, s: &Shape, splits: usize) -> Plan {
         let align = match self.family {
@@ -176,13 +186,7 @@ fn split_k(k: usize, splits: usize, align: usize) -> (usize, usize) {
 }
 
 fn tile_plan(s: &Shape, bm: usize, bn: usize, splits: usize) -> Plan {
-    let (kc, splits) = split_k(s.k, splits, BK);
-    Plan {
-        family: Family::Tile { bm, bn },
-        vec: s.vec,
-        splits,
-        kc,
-    }
+    Plan::unsplit(Family::Tile { bm, bn }, s.vec, s.k).with_splits(s, splits)
 }
 
 fn tiles(s: &Shape, bm: usize, bn: usize) -> usize {
@@ -194,12 +198,7 @@ fn tiles(s: &Shape, bm: usize, bn: usize) -> usize {
 /// flight, and in `sgemm_rows_nt` one full stride of the warp's lanes.
 fn rows_plan(s: &Shape, vec: bool) -> Plan {
     let rm = s.m.next_power_of_two().max(1);
-    let unsplit = Plan {
-        family: Family::Rows { rm },
-        vec,
-        splits: 1,
-        kc: s.k.max(1),
-    };
+    let unsplit = Plan::unsplit(Family::Rows { rm }, vec, s.k);
     let warps = unsplit.row_warps(s);
     let want = (TARGET_BLOCKS * ROWS_WARPS).div_ceil(warps);
     let min_kc = match s.layout {
@@ -207,12 +206,7 @@ fn rows_plan(s: &Shape, vec: bool) -> Plan {
         _ => 16,
     };
     let most = (s.k / min_kc).max(1);
-    let (kc, splits) = split_k(s.k, want.min(most), 4);
-    Plan {
-        splits,
-        kc,
-        ..unsplit
-    }
+    unsplit.with_splits(s, want.min(most))
 }
 
 /// The most parts a tile product's K is split into: each keeps two shared-memory slices.
@@ -276,11 +270,7 @@ pub fn candidates(s: Shape) -> Vec<Plan> {
         }
         if s.m <= MAX_ROWS && s.layout != Layout::TN && s.k > 0 {
             let split = rows_plan(&v, vec);
-            out.push(Plan {
-                splits: 1,
-                kc: s.k,
-                ..split
-            });
+            out.push(split.with_splits(&v, 1));
             out.push(split);
         }
     }
@@ -306,13 +296,7 @@ pub fn entries() -> Vec<String> {
                 families.extend([1, 2, 4, 8, MAX_ROWS].map(|rm| Family::Rows { rm }));
             }
             for family in families {
-                let p = Plan {
-                    family,
-                    vec,
-                    splits: 1,
-                    kc: 1,
-                };
-                out.push(p.entry(layout));
+                out.push(Plan::unsplit(family, vec, 1).entry(layout));
             }
         }
     }
