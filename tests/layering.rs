@@ -125,10 +125,9 @@ fn module_of(path: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Every module path a file names: `crate::a::b::...`, and `super::...` resolved against the
-/// file's own module (outside its test module, where `super` is the file itself).
-fn imports(module: &[String], text: &str) -> Vec<Vec<String>> {
-    let code = code(text);
+/// Every module path a file's code (`code`) names: `crate::a::b::...`, and `super::...` resolved
+/// against the file's own module (outside its test module, where `super` is the file itself).
+fn imports(module: &[String], code: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let path_at = |s: &str| -> Vec<String> {
         s.split("::")
@@ -189,7 +188,8 @@ fn violations(sources: &[Source]) -> Vec<String> {
     let mut file_edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for s in sources {
         let is_lib = !s.path.starts_with("src/cli/") && s.path != "src/main.rs";
-        if is_lib && code(&s.text).contains("crate::cli") {
+        let code = code(&s.text);
+        if is_lib && code.contains("crate::cli") {
             out.push(format!(
                 "{}: the library imports the command line (crate::cli)",
                 s.path
@@ -199,7 +199,7 @@ fn violations(sources: &[Source]) -> Vec<String> {
             && !OPENS_DEVICES.iter().any(|p| s.path.starts_with(p))
             && ["Gpu::new(", "Gpu::emulated("]
                 .iter()
-                .any(|o| code(&s.text).contains(o))
+                .any(|o| code.contains(o))
         {
             out.push(format!(
                 "{}: opens a device; only src/device/ opens one, once per command",
@@ -217,7 +217,7 @@ fn violations(sources: &[Source]) -> Vec<String> {
             ));
             continue;
         };
-        for imp in imports(&module, &s.text) {
+        for imp in imports(&module, &code) {
             let to = &imp[0];
             if *to != top && modules.iter().any(|m| m[0] == *to) {
                 if !allowed.contains(to.as_str()) {
