@@ -23,7 +23,7 @@ use crate::ppo::{Critic, PolicyBackend, PpoConfig};
 use crate::reward::embedder::EncoderBackend;
 use crate::reward::local_parent::Generators;
 use crate::sample::Generator;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use std::sync::Arc;
 
 /// Which backend runs the models: `auto` picks CUDA when a device and its driver are present (it
@@ -77,30 +77,11 @@ impl Device {
         }
     }
 
-    /// What the device is, as `--device` names it (never `auto`).
-    pub fn choice(&self) -> DeviceChoice {
-        match self {
-            Device::Cpu => DeviceChoice::Cpu,
-            Device::Gpu(g) if g.emu().is_some() => DeviceChoice::Emu,
-            Device::Gpu(_) => DeviceChoice::Cuda,
-        }
-    }
-
     /// The GPU, for the commands that need one (`check`, `bench`).
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
         match self {
             Device::Cpu => None,
             Device::Gpu(g) => Some(g),
-        }
-    }
-
-    /// The GPU, or an error naming `what` needs one.
-    pub fn require_gpu(&self, what: &str) -> Result<&Arc<Gpu>> {
-        match self {
-            Device::Gpu(g) => Ok(g),
-            Device::Cpu => {
-                bail!("{what} needs a CUDA device or the emulated one (--device cuda or emu)")
-            }
         }
     }
 
