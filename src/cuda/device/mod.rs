@@ -16,6 +16,7 @@ use emu::{ArgBytes, EmuDevice, HostMem};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 /// The element types device buffers hold.
 pub trait DevElem: DeviceRepr + ValidAsZeroBits + bytemuck::Pod + Default + Send + Sync {}
@@ -245,8 +246,54 @@ pub struct Gpu {
     dev: Dev,
     /// Scratch memory for work between two launches of one op (the partial products of a split
     /// product), grown on demand and kept: no allocation per call.
-    scratch: Mutex<Option<Box<DevBuf<f32>>>>,
+    scratch: Mutex<Scratch>,
+    /// The graph being recorded, if any (`Gpu::capture`).
+    capture: Mutex<Option<Capture>>,
 }
+
+/// The scratch buffer, and those it outgrew while a graph may still read them: a graph holds
+/// the addresses it was recorded with, so a buffer one reads is never freed.
+#[derive(Default)]
+struct Scratch {
+    buf: Option<Box<DevBuf<f32>>>,
+    kept: Vec<DevBuf<f32>>,
+    /// Whether a graph was recorded with the current buffer.
+    in_graph: bool,
+}
+
+/// A recording in progress: the thread recording, and on the emulated device the launches so far.
+struct Capture {
+    thread: ThreadId,
+    launches: Vec<EmuLaunch>,
+}
+
+/// A launch as the emulated device replays it.
+struct EmuLaunch {
+    module: Arc<emu::Module>,
+    entry: String,
+    grid: Grid,
+    args: Vec<ArgBytes>,
+}
+
+/// Kernel launches recorded once (`Gpu::capture`) and replayed as one (`Gpu::replay`): a CUDA
+/// graph on a GPU, the list of launches on the emulated device. A replay runs the kernels with
+/// the arguments they were recorded with, so every buffer they name must outlive the graph and
+/// whatever changes between replays must be written into those buffers first.
+pub struct Graph {
+    inner: GraphInner,
+    /// Launches recorded.
+    pub launches: usize,
+}
+
+enum GraphInner {
+    Cuda(cudarc::driver::CudaGraph),
+    Emu(Vec<EmuLaunch>),
+}
+
+// SAFETY: a graph is only launched on the stream of the device that recorded it, through
+// `Gpu::replay`, which takes it by reference from one owner at a time; CUDA requires no more
+// than that calls on one graph do not overlap, and a `Graph` is not `Sync`.
+unsafe impl Send for Graph {}
 
 impl Gpu {
     /// Opens CUDA device `ordinal`; fails with a reason when there is no driver, no device or no NVRTC.
@@ -266,6 +313,7 @@ impl Gpu {
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         let arch = registry::arch_for(major, minor)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
+        keep_freed_memory(&ctx)?;
         let stream = ctx.default_stream();
         Ok(Gpu {
             name,
@@ -276,7 +324,8 @@ impl Gpu {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
             }),
-            scratch: Mutex::new(None),
+            scratch: Mutex::default(),
+            capture: Mutex::new(None),
         })
     }
 
@@ -287,7 +336,8 @@ impl Gpu {
             name: format!("emulated device ({} workers, {})", e.workers, e.compiler),
             arch: "emulated",
             dev: Dev::Emu(e),
-            scratch: Mutex::new(None),
+            scratch: Mutex::default(),
+            capture: Mutex::new(None),
         })
     }
 
@@ -341,6 +391,9 @@ impl Gpu {
     /// kernel's parameters in order and type. Launch shapes no device accepts fail first.
     pub fn launch(&self, file: &'static str, entry: &str, grid: Grid, args: &[Arg]) -> Result<()> {
         check_grid(entry, &grid, launch_bound(file, entry)?)?;
+        if self.recorded(entry, || Ok((self.emu_module(file)?, grid, args)))? {
+            return Ok(());
+        }
         match &self.dev {
             Dev::Cuda(d) => {
                 let f = Self::cuda_function(d, self.arch, file, entry)?;
@@ -386,7 +439,140 @@ impl Gpu {
         };
         let m = e.module_from_source(name, cuda)?;
         check_grid(entry, &grid, m.max_threads(entry))?;
+        if self.recorded(entry, || Ok((Some(m.clone()), grid, args)))? {
+            return Ok(());
+        }
         Self::emu_launch(e, &m, entry, grid, args)
+    }
+
+    /// The emulated device's module of `kernels/<file>`; `None` on a GPU.
+    fn emu_module(&self, file: &'static str) -> Result<Option<Arc<emu::Module>>> {
+        match &self.dev {
+            Dev::Emu(e) => e.module(file).map(Some),
+            Dev::Cuda(_) => Ok(None),
+        }
+    }
+
+    /// During a capture: refuses a launch from another thread, and on the emulated device records
+    /// the launch instead of running it (true). A GPU records through its stream, so it runs on.
+    fn recorded<'a>(
+        &self,
+        entry: &str,
+        launch: impl FnOnce() -> Result<(Option<Arc<emu::Module>>, Grid, &'a [Arg])>,
+    ) -> Result<bool> {
+        let mut guard = self.capture.lock().unwrap();
+        let Some(cap) = guard.as_mut() else {
+            return Ok(false);
+        };
+        if cap.thread != std::thread::current().id() {
+            bail!("launching {entry}: the device is recording a graph on another thread");
+        }
+        let (module, grid, args) = launch()?;
+        let Some(module) = module else {
+            return Ok(false);
+        };
+        cap.launches.push(EmuLaunch {
+            module,
+            entry: entry.to_string(),
+            grid,
+            args: args.iter().map(|a| a.bytes()).collect(),
+        });
+        Ok(true)
+    }
+
+    /// Fails when a graph is being recorded: only kernel launches go into a graph, so memory is
+    /// made, copied and read before or after (`what` says which was tried).
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.capture.lock().unwrap().is_some() {
+            bail!(
+                "{what} while the device records a graph: a graph holds kernel launches only, so \
+                 buffers are made and written before it is recorded or replayed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Records the kernels `launches` launches as a graph, without running them on the emulated
+    /// device (a GPU's capture does not run them either). Nothing else may touch the device
+    /// meanwhile: no allocation, copy or wait, and no launch from another thread.
+    pub fn capture(&self, launches: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        {
+            let mut guard = self.capture.lock().unwrap();
+            if guard.is_some() {
+                bail!("a graph is already being recorded on this device");
+            }
+            *guard = Some(Capture {
+                thread: std::thread::current().id(),
+                launches: Vec::new(),
+            });
+        }
+        self.scratch.lock().unwrap().in_graph = true;
+        if let Dev::Cuda(d) = &self.dev {
+            let begun = d
+                .stream
+                .begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+                .map_err(|e| anyhow!("starting a graph capture: {e:?}"));
+            if let Err(e) = begun {
+                *self.capture.lock().unwrap() = None;
+                return Err(e);
+            }
+        }
+        let ran = launches();
+        let cap = self
+            .capture
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the capture begun above");
+        let graph = match &self.dev {
+            Dev::Cuda(d) => {
+                let ended = d
+                    .stream
+                    .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+                    .map_err(|e| anyhow!("ending a graph capture: {e:?}"));
+                ran?;
+                let g = ended?.ok_or_else(|| anyhow!("the capture recorded no graph"))?;
+                GraphInner::Cuda(g)
+            }
+            Dev::Emu(_) => {
+                ran?;
+                GraphInner::Emu(cap.launches)
+            }
+        };
+        let launches = match &graph {
+            GraphInner::Emu(l) => l.len(),
+            GraphInner::Cuda(g) => cuda_graph_nodes(g),
+        };
+        Ok(Graph {
+            inner: graph,
+            launches,
+        })
+    }
+
+    /// Runs a graph this device recorded.
+    pub fn replay(&self, graph: &Graph) -> Result<()> {
+        self.not_capturing("replaying a graph")?;
+        match (&self.dev, &graph.inner) {
+            (Dev::Cuda(_), GraphInner::Cuda(g)) => {
+                g.launch().map_err(|e| anyhow!("launching a graph: {e:?}"))
+            }
+            (Dev::Emu(e), GraphInner::Emu(launches)) => {
+                for l in launches {
+                    e.launch(
+                        &l.module,
+                        &l.entry,
+                        l.grid.blocks,
+                        l.grid.threads,
+                        l.grid.shared_bytes as usize,
+                        &l.args,
+                    )?;
+                }
+                Ok(())
+            }
+            _ => bail!("a graph of one device replayed on another"),
+        }
     }
 
     fn emu_launch(
@@ -410,6 +596,7 @@ impl Gpu {
     /// A buffer of `n` elements whose contents are not set: on the emulated device, filled with
     /// the poison byte, so a kernel that reads what nobody wrote shows it.
     pub fn alloc<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
+        self.not_capturing("allocating a buffer")?;
         match &self.dev {
             Dev::Cuda(d) => {
                 // SAFETY: the memory is uninitialised; every user writes before it reads, which
@@ -436,6 +623,7 @@ impl Gpu {
     }
 
     pub fn zeros<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
+        self.not_capturing("allocating a buffer")?;
         match &self.dev {
             Dev::Cuda(d) => {
                 let s = d
@@ -456,6 +644,7 @@ impl Gpu {
     }
 
     pub fn upload<T: DevElem>(&self, host: &[T]) -> Result<DevBuf<T>> {
+        self.not_capturing("copying to the device")?;
         match &self.dev {
             Dev::Cuda(d) => {
                 let s = d
@@ -481,6 +670,7 @@ impl Gpu {
                 buf.len
             );
         }
+        self.not_capturing("copying to the device")?;
         match (&self.dev, &mut buf.mem) {
             (Dev::Cuda(d), Mem::Cuda(s)) => {
                 let mut view = s.slice_mut(0..host.len());
@@ -502,6 +692,7 @@ impl Gpu {
 
     /// Sets every element of `buf` to zero (gradients and other buffers that kernels add into).
     pub fn zero<T: DevElem>(&self, buf: &mut DevBuf<T>) -> Result<()> {
+        self.not_capturing("zeroing a buffer")?;
         match (&self.dev, &mut buf.mem) {
             (Dev::Cuda(d), Mem::Cuda(s)) => d
                 .stream
@@ -533,6 +724,7 @@ impl Gpu {
                 dst.len
             );
         }
+        self.not_capturing("copying on the device")?;
         match (&self.dev, &mut dst.mem, &src.mem) {
             (Dev::Cuda(d), Mem::Cuda(a), Mem::Cuda(b)) => d
                 .stream
@@ -558,6 +750,7 @@ impl Gpu {
     }
 
     pub fn download<T: DevElem>(&self, buf: &DevBuf<T>) -> Result<Vec<T>> {
+        self.not_capturing("copying from the device")?;
         match (&self.dev, &buf.mem) {
             (Dev::Cuda(d), Mem::Cuda(s)) => d
                 .stream
@@ -583,18 +776,25 @@ impl Gpu {
     /// Runs `f` with the device's scratch buffer, at least `n` floats long, whose contents are
     /// not set. Everything runs on one stream in order, so the kernels one call launches are
     /// done with the buffer before the next call's kernels touch it; a buffer outgrown is freed
-    /// in stream order too.
+    /// in stream order too, unless a graph was recorded with it. While a graph is recorded the
+    /// buffer cannot grow: run the same launches once before recording them.
     pub fn with_scratch<R>(
         &self,
         n: usize,
         f: impl FnOnce(&mut DevBuf<f32>) -> Result<R>,
     ) -> Result<R> {
         let mut guard = self.scratch.lock().unwrap();
-        if guard.as_ref().is_none_or(|b| b.len() < n) {
-            *guard = None;
-            *guard = Some(Box::new(self.alloc::<f32>(n)?));
+        let s = &mut *guard;
+        if s.buf.as_ref().is_none_or(|b| b.len() < n) {
+            let grown = Box::new(self.alloc::<f32>(n)?);
+            if let Some(old) = s.buf.replace(grown)
+                && s.in_graph
+            {
+                s.kept.push(*old);
+            }
+            s.in_graph = false;
         }
-        f(guard.as_mut().unwrap())
+        f(s.buf.as_mut().unwrap())
     }
 
     /// A buffer of NaNs, so that an element a kernel fails to write shows up in a comparison.
@@ -605,6 +805,7 @@ impl Gpu {
     /// Waits for the device; an asynchronous kernel fault surfaces here. (The emulated device
     /// runs each launch to completion, so there is nothing to wait for.)
     pub fn sync(&self) -> Result<()> {
+        self.not_capturing("waiting for the device")?;
         match &self.dev {
             Dev::Cuda(d) => d
                 .stream
@@ -613,6 +814,40 @@ impl Gpu {
                 .context("after a kernel launch"),
             Dev::Emu(_) => Ok(()),
         }
+    }
+}
+
+/// Sets the stream-ordered pool's release threshold to its maximum, so memory freed between
+/// updates stays with the pool instead of going back to the driver at every synchronisation.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::{result, sys};
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the device comes from the context just made, and the attribute takes a u64.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device())
+            .map_err(|e| anyhow!("the device's memory pool: {e:?}"))?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(|e| anyhow!("setting the memory pool's release threshold: {e:?}"))
+    }
+}
+
+/// The nodes of a recorded CUDA graph (its kernel launches, as the stream recorded them).
+fn cuda_graph_nodes(g: &cudarc::driver::CudaGraph) -> usize {
+    let mut n: usize = 0;
+    // SAFETY: the graph is alive; a null node array asks for the count only.
+    let r =
+        unsafe { cudarc::driver::sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n) };
+    if r == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        n
+    } else {
+        0
     }
 }
 
