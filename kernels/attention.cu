@@ -33,11 +33,14 @@ extern "C" __global__ void attention_forward(float* out, float* att, const float
 }
 
 // out (B*Tq, NH*HS): query i of row b sits at position p0 + i and attends to the cached keys
-// [start[b], p0 + i]; kcache, vcache (B, Tmax, NKV*HS)
-extern "C" __global__ void attention_cached_forward(float* out, const float* q, long q_stride,
-                                                    const float* kcache, const float* vcache,
-                                                    const int* start, int p0, int Tq, int Tmax,
-                                                    int B, int NH, int NKV, int HS) {
+// [start[b], p0 + i]; kcache, vcache (B, Tmax, NKV*HS); att (B, NH, Tmax, Tmax), when non-null,
+// receives the probabilities of those queries' rows, laid out as training's forward saves them
+// for a batch of Tmax positions (a rollout recorded for its update)
+extern "C" __global__ void attention_cached_forward(float* out, float* att, const float* q,
+                                                    long q_stride, const float* kcache,
+                                                    const float* vcache, const int* start, int p0,
+                                                    int Tq, int Tmax, int B, int NH, int NKV,
+                                                    int HS) {
     long gw = (long)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (gw >= (long)B * Tq * NH) return;
     int h = gw % NH;
@@ -45,7 +48,8 @@ extern "C" __global__ void attention_cached_forward(float* out, const float* q, 
     int b = n / Tq, i = n % Tq;
     int kvh = h / (NH / NKV);
     long kv_w = (long)NKV * HS;
-    attend_row(out + n * NH * HS + (long)h * HS, nullptr, 0, q + n * q_stride + (long)h * HS,
+    float* prow = att ? att + (((long)b * NH + h) * Tmax + p0 + i) * Tmax : nullptr;
+    attend_row(out + n * NH * HS + (long)h * HS, prow, Tmax, q + n * q_stride + (long)h * HS,
                kcache + (long)b * Tmax * kv_w + (long)kvh * HS,
                vcache + (long)b * Tmax * kv_w + (long)kvh * HS, kv_w, kv_w, start[b], p0 + i + 1,
                nullptr, HS, rsqrtf((float)HS));

@@ -139,3 +139,38 @@ extern "C" __global__ void __launch_bounds__(1024) sample_forward(
         logprobs[b] = x[pick] * inv_temp - m - logf(z_all);
     }
 }
+
+// The bookkeeping of a decoding loop on the device, mirroring `sample::sample_step` around the
+// sampling itself, so that a loop of steps needs nothing from the host until it ends.
+
+// u (B): step `step`'s uniform draw of every row. Sequential order (`keyed` = 0): the rows not yet
+// done take the next draws of `draws` in row order, as `sample_step` takes them from its
+// generator, and `cursor` counts the draws taken; done rows get 0. Keyed order: row b takes
+// draws[step * B + b]. One thread: the order is sequential by definition, and B is small.
+extern "C" __global__ void __launch_bounds__(32) draw_uniforms(
+    float* u, const float* draws, const int* done, int* cursor, int step, int keyed, int B) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    if (keyed) {
+        for (int b = 0; b < B; b++) u[b] = draws[(long)step * B + b];
+        return;
+    }
+    int c = *cursor;
+    for (int b = 0; b < B; b++) u[b] = done[b] ? 0.0f : draws[c++];
+    *cursor = c;
+}
+
+// After step `step` sampled tokens (B) and logprobs (B): both go to row `step` of out_tokens and
+// out_logprobs (S, B); each row's next input `ids` is its token, or `eos` once it is done (it was
+// done before, or it just sampled `eos`), at position `pos` + 1.
+extern "C" __global__ void __launch_bounds__(256) feed_sampled(
+    unsigned* out_tokens, float* out_logprobs, unsigned* ids, int* pos, int* done,
+    const unsigned* tokens, const float* logprobs, int step, unsigned eos, int B) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    out_tokens[(long)step * B + b] = tokens[b];
+    out_logprobs[(long)step * B + b] = logprobs[b];
+    int was = done[b];
+    ids[b] = was ? eos : tokens[b];
+    done[b] = was || tokens[b] == eos;
+    pos[b] += 1;
+}

@@ -46,6 +46,20 @@ impl SamplingParams {
     }
 }
 
+/// The devices' counter-based draw (`counter_uniform` in `kernels/sampling.cu`): a uniform in
+/// [0, 1) with 24 bits that depends on (seed, row, step) alone, so a decoding loop needs no
+/// generator state. Splitmix64's finaliser, applied twice.
+pub fn keyed_uniform(seed: u64, row: u32, step: u32) -> f32 {
+    fn mix64(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let h = mix64(seed ^ mix64(((row as u64) << 32) | step as u64));
+    (h >> 40) as f32 * (1.0 / 16_777_216.0)
+}
+
 /// log softmax(logits / temperature)[i] for every i, in f64.
 fn log_probs(logits: &[f32], temperature: f64) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;

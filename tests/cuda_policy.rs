@@ -281,6 +281,91 @@ fn llama_gqa_clipped_update_over_epochs_and_minibatches_matches_the_cpu() {
     matches_cpu("llama clipped 2x2", llama_tiny(), clipped());
 }
 
+/// Three rounds of rollout and update on the CPU, on the device differentiating its rollout's
+/// recorded pass, and on the device running the policy again: the same tokens every round, and
+/// the recorded pass's update within `TOL` of both others (weights, value head, moments,
+/// losses). Rollouts of one shape record into the same buffers, replayed as a graph from the
+/// second on.
+fn recorded_pass_matches(name: &str, model: Model, cfg: PpoConfig) {
+    for g in devices() {
+        let device = g.name.clone();
+        let gpu = std::sync::Arc::new(g);
+        let (mut cpu, _) = backends(&model, &cfg, Gpu::emulated().unwrap());
+        let critic = Critic::new(model.hidden_size(), 1);
+        let dev_policy = || {
+            let (m, r) = (model.clone(), model.clone());
+            CudaPolicy::new(gpu.clone(), cfg.clone(), m, r, critic.clone(), EOS).unwrap()
+        };
+        let (mut dev, mut fresh) = (dev_policy(), dev_policy());
+        fresh.reuse_rollout = false;
+        let rngs = || Rng::new(23);
+        let (mut r_cpu, mut r_dev, mut r_fresh) = (rngs(), rngs(), rngs());
+        let ps = prompts(&model);
+        for round in 0..3 {
+            let g_cpu = cpu.generate(&ps, &sampling(), &mut r_cpu).unwrap();
+            let g_dev = dev.generate(&ps, &sampling(), &mut r_dev).unwrap();
+            let g_fresh = fresh.generate(&ps, &sampling(), &mut r_fresh).unwrap();
+            let tokens = |gs: &[pgsrm::sample::Generation]| -> Vec<Vec<u32>> {
+                gs.iter().map(|g| g.tokens.clone()).collect()
+            };
+            assert_eq!(tokens(&g_dev), tokens(&g_cpu), "{name} round {round}");
+            assert_eq!(tokens(&g_fresh), tokens(&g_cpu), "{name} round {round}");
+            let eps = |gens: &[pgsrm::sample::Generation]| -> Vec<Episode> {
+                ps.iter()
+                    .zip(gens)
+                    .enumerate()
+                    .map(|(i, (p, g))| Episode {
+                        prompt: p.clone(),
+                        response: g.tokens.clone(),
+                        logprobs: g.logprobs.clone(),
+                        reward: ((i + round) as f32 * 0.37) % 1.0,
+                    })
+                    .collect()
+            };
+            let l_cpu = cpu.update(&eps(&g_cpu), 0.1, &mut r_cpu).unwrap();
+            let l_dev = dev.update(&eps(&g_dev), 0.1, &mut r_dev).unwrap();
+            let l_fresh = fresh.update(&eps(&g_fresh), 0.1, &mut r_fresh).unwrap();
+            let (s_cpu, s_dev, s_fresh) = (
+                cpu.state().unwrap(),
+                dev.state().unwrap(),
+                fresh.state().unwrap(),
+            );
+            let (dw, dw_fresh) = (state_diff(&s_cpu, &s_dev), state_diff(&s_fresh, &s_dev));
+            let (dl, dl_fresh) = (losses_diff(&l_cpu, &l_dev), losses_diff(&l_fresh, &l_dev));
+            println!(
+                "{name} on {device}, round {round}: the recorded pass's update within {dw:.2e} of the CPU's and {dw_fresh:.2e} of a fresh pass's; losses within {dl:.2e} and {dl_fresh:.2e}"
+            );
+            assert!(dw < TOL && dw_fresh < TOL, "{name} round {round}: states");
+            assert!(dl < TOL && dl_fresh < TOL, "{name} round {round}: losses");
+        }
+        assert_eq!(dev.passes.reused, 3, "{name}: updates on the recorded pass");
+        assert_eq!(fresh.passes.reused, 0);
+        // Round 1 recorded its segment as a graph and replayed it; round 2 replayed it.
+        assert_eq!(dev.passes.decoding().replays, 2, "{name}: graph replays");
+    }
+}
+
+#[test]
+fn gpt2_update_on_the_recorded_rollout_matches_the_cpu_and_a_fresh_pass() {
+    recorded_pass_matches("gpt2", gpt2_tiny(), paper());
+}
+
+#[test]
+fn llama_gqa_update_on_the_recorded_rollout_matches_the_cpu_and_a_fresh_pass() {
+    recorded_pass_matches("llama", llama_tiny(), paper());
+}
+
+/// With end-of-text trained, rows that ended keep every token they sampled (without, the
+/// default, they keep one fewer).
+#[test]
+fn an_update_on_the_recorded_rollout_training_eos_matches_the_cpu() {
+    let cfg = PpoConfig {
+        train_eos: true,
+        ..paper()
+    };
+    recorded_pass_matches("llama, eos trained", llama_tiny(), cfg);
+}
+
 /// Episodes from the device's own rollouts.
 fn rollout(dev: &mut CudaPolicy, model: &Model, seed: u64) -> Vec<Episode> {
     let ps = prompts(model);

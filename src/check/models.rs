@@ -30,7 +30,8 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
 /// come out the same on both runs).
 fn gpt2_decoding(ck: &mut Checker, config: &str) -> Result<()> {
     use crate::cpu::gpt2_decode::Gpt2Decoder;
-    use crate::cuda::model::decode::{Decoder, generate};
+    use crate::cuda::model::decode::Decoder;
+    use crate::cuda::model::generate::generate;
     use crate::cuda::model::gpt2::GpuGpt2;
     let cfg = crate::model::gpt2::Gpt2Config::named(config)?;
     let model = crate::model::gpt2::Gpt2::random(cfg.clone(), ck.rng.next_u64());

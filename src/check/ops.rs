@@ -61,6 +61,10 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
     }
     sampling(ck, 8, 1000)?;
     sampling(ck, 3, 50257)?;
+    decode_loop(ck, 5, 6, 4)?;
+    decode_loop(ck, 33, 3, 0)?;
+    scatter_rows(ck, 7, 20, 96)?;
+    scatter_rows(ck, 50, 50, 33)?;
     reward(ck, 5, 7, 384)?;
     reward(ck, 2, 3, 33)?;
     Ok(())
@@ -384,6 +388,7 @@ fn attention_cached(
             k::attention_cached_forward(
                 g,
                 &mut out,
+                None,
                 (&dq, 0, h * hd),
                 &g.upload(&kc)?,
                 &g.upload(&vc)?,
@@ -395,6 +400,70 @@ fn attention_cached(
             )?;
             g.sync()?;
             g.download(&out)
+        },
+    )?;
+
+    // Their probabilities, against training's forward over all Tmax positions with those queries
+    // at p0.. (its rows of them).
+    let (qw, kw) = (h * hd, kv * hd);
+    let mut q_full = vec![0.0; s.b * tmax * qw];
+    for b in 0..s.b {
+        for i in 0..tq {
+            let (from, to) = ((b * tq + i) * qw, (b * tmax + p0 + i) * qw);
+            q_full[to..to + qw].copy_from_slice(&q[from..from + qw]);
+        }
+    }
+    let rows = |w: usize| c::HeadsLayout {
+        offset: 0,
+        stride: w,
+    };
+    let layout = c::QkvLayout {
+        q: rows(qw),
+        k: rows(kw),
+        v: rows(kw),
+    };
+    let full = c::AttentionShape { t: tmax, ..cs };
+    let mut att = vec![0.0; s.b * h * tmax * tmax];
+    let mut out_full = vec![0.0; s.b * tmax * qw];
+    c::attention_forward(
+        &mut out_full,
+        &mut att,
+        &q_full,
+        &kc,
+        &vc,
+        &layout,
+        start,
+        full,
+    );
+    let queried = |a: &[f32]| -> Vec<f32> {
+        let mut out = Vec::with_capacity(s.b * h * tq * tmax);
+        for bh in 0..s.b * h {
+            let at = (bh * tmax + p0) * tmax;
+            out.extend_from_slice(&a[at..at + tq * tmax]);
+        }
+        out
+    };
+    ck.case(
+        "attention_cached_forward (att)",
+        format!("B={} Tmax={tmax} p0={p0} Tq={tq} H={h} KVH={kv}", s.b),
+        &queried(&att),
+        |g| {
+            let mut out = g.poisoned(s.b * tq * qw)?;
+            let mut probs = g.poisoned(s.b * h * tmax * tmax)?;
+            k::attention_cached_forward(
+                g,
+                &mut out,
+                Some(&mut probs),
+                (&g.upload(&q)?, 0, qw),
+                &g.upload(&kc)?,
+                &g.upload(&vc)?,
+                &g.upload(&st)?,
+                p0,
+                tq,
+                tmax,
+                s,
+            )?;
+            Ok(queried(&g.download(&probs)?))
         },
     )
 }
@@ -543,6 +612,123 @@ fn softmax_family(ck: &mut Checker, p: usize, v: usize) -> Result<()> {
 
 /// The sampler: with the same uniform draws, the device must pick the CPU's tokens and report the
 /// same log-probabilities. The "error" column counts differing tokens plus the log-prob error.
+/// The decoding loop's bookkeeping over `steps` steps of `b` rows, against `sample::sample_step`'s
+/// (mirrored here): each step's draws in both orders, then what `feed_sampled` leaves: the
+/// outputs (S, B), the next inputs, positions and done rows. Tokens below `eos_every` steps'
+/// worth end rows early.
+fn decode_loop(ck: &mut Checker, b: usize, steps: usize, eos_every: usize) -> Result<()> {
+    let eos = 7u32;
+    let draws: Vec<f32> = (0..steps * b).map(|_| ck.rng.uniform() as f32).collect();
+    let toks: Vec<u32> = (0..steps * b)
+        .map(|i| {
+            let t = ck.rng.below(20) as u32;
+            if eos_every > 0 && i % (eos_every * 3 + 1) == 0 {
+                eos
+            } else {
+                t
+            }
+        })
+        .collect();
+    let lps: Vec<f32> = (0..steps * b).map(|_| -(ck.rng.uniform() as f32)).collect();
+    let pos0: Vec<i32> = (0..b as i32).collect();
+    // The host's loop.
+    let (mut done, mut cursor, mut pos) = (vec![false; b], 0, pos0.clone());
+    let (mut u_seq, mut u_key, mut ids) = (Vec::new(), Vec::new(), vec![0u32; b]);
+    for s in 0..steps {
+        for r in 0..b {
+            u_seq.push(if done[r] {
+                0.0
+            } else {
+                cursor += 1;
+                draws[cursor - 1]
+            });
+            u_key.push(draws[s * b + r]);
+        }
+        for r in 0..b {
+            let t = toks[s * b + r];
+            ids[r] = if done[r] { eos } else { t };
+            done[r] = done[r] || t == eos;
+            pos[r] += 1;
+        }
+    }
+    let f = |xs: &[u32]| xs.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let state: Vec<f32> = ids
+        .iter()
+        .map(|&x| x as f32)
+        .chain(pos.iter().map(|&x| x as f32))
+        .chain(done.iter().map(|&d| f32::from(u8::from(d))))
+        .collect();
+    let shape = format!("B={b} S={steps}");
+    ck.cases(
+        &[
+            ("draw_uniforms sequential", shape.clone()),
+            ("draw_uniforms keyed", shape.clone()),
+            ("feed_sampled outputs", shape.clone()),
+            ("feed_sampled state", shape),
+        ],
+        &[&u_seq, &u_key, &[f(&toks), lps.clone()].concat(), &state],
+        0.0,
+        |g| {
+            let dd = g.upload(&draws)?;
+            let (mut u, mut cur) = (g.poisoned(b)?, g.zeros::<i32>(1)?);
+            let (mut done, mut pos) = (g.zeros::<i32>(b)?, g.upload(&pos0)?);
+            let (mut ids, mut out_t) = (g.alloc::<u32>(b)?, g.alloc::<u32>(steps * b)?);
+            let mut out_l = g.poisoned(steps * b)?;
+            let (mut got_seq, mut got_key) = (Vec::new(), Vec::new());
+            for s in 0..steps {
+                k::draw_uniforms(g, &mut u, &dd, &done, &mut cur, s, false, b)?;
+                got_seq.extend(g.download(&u)?);
+                k::draw_uniforms(g, &mut u, &dd, &done, &mut cur, s, true, b)?;
+                got_key.extend(g.download(&u)?);
+                let t = g.upload(&toks[s * b..(s + 1) * b])?;
+                let l = g.upload(&lps[s * b..(s + 1) * b])?;
+                let st = k::DecodeState {
+                    out_tokens: &mut out_t,
+                    out_logprobs: &mut out_l,
+                    ids: &mut ids,
+                    pos: &mut pos,
+                    done: &mut done,
+                };
+                k::feed_sampled(g, st, &t, &l, s, eos, b)?;
+            }
+            let outputs = [f(&g.download(&out_t)?), g.download(&out_l)?].concat();
+            let state = f(&g.download(&ids)?)
+                .into_iter()
+                .chain(g.download(&pos)?.iter().map(|&x| x as f32))
+                .chain(g.download(&done)?.iter().map(|&x| x as f32))
+                .collect();
+            Ok(vec![got_seq, got_key, outputs, state])
+        },
+    )
+}
+
+/// `scatter_rows` of `m` rows of width `c` into a buffer of `p` rows, against the host's copy
+/// (the rows not written are left out of the comparison).
+fn scatter_rows(ck: &mut Checker, m: usize, p: usize, c: usize) -> Result<()> {
+    let inp = randn(&mut ck.rng, m * c, 1.0);
+    let mut rows: Vec<usize> = (0..p).collect();
+    for i in (1..p).rev() {
+        rows.swap(i, ck.rng.below(i + 1));
+    }
+    rows.truncate(m);
+    let mut want = Vec::with_capacity(m * c);
+    let mut order: Vec<(usize, usize)> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+    order.sort_unstable();
+    for &(_, i) in &order {
+        want.extend_from_slice(&inp[i * c..(i + 1) * c]);
+    }
+    let rows_i: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+    ck.case("scatter_rows", format!("M={m} P={p} C={c}"), &want, |g| {
+        let mut out = g.poisoned(p * c)?;
+        k::scatter_rows(g, &mut out, &g.upload(&inp)?, &g.upload(&rows_i)?, m, c)?;
+        let all = g.download(&out)?;
+        Ok(order
+            .iter()
+            .flat_map(|&(r, _)| all[r * c..(r + 1) * c].to_vec())
+            .collect())
+    })
+}
+
 fn sampling(ck: &mut Checker, b: usize, v: usize) -> Result<()> {
     let logits = randn(&mut ck.rng, b * v, 2.0);
     let u: Vec<f32> = (0..b).map(|_| ck.rng.uniform() as f32).collect();

@@ -4,7 +4,7 @@
 
 use super::device::DevBuf;
 use super::device::Gpu;
-use super::model::decode::generate;
+use super::model::generate::{DecodeCache, Draws, generate_on};
 use super::model::gpt2::GpuGpt2;
 use super::ops::sgemm::{self, Layout, Plan, Shape};
 use super::paper_shapes::Product;
@@ -16,7 +16,7 @@ use anyhow::{Result, anyhow};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use serde::Serialize;
 
-/// New tokens per second of `cuda::decode::generate` on the shared generation job
+/// New tokens per second of `cuda::model::generate::generate_on` on the shared generation job
 /// (`throughput::generate_throughput`).
 pub fn generate_throughput(
     g: &Gpu,
@@ -28,9 +28,13 @@ pub fn generate_throughput(
 ) -> Result<GenerateFigure> {
     throughput::generate_throughput(config, batch, prompt, new_tokens, runs, |model| {
         let dev = GpuGpt2::upload(g, model)?;
+        // The buffers and graphs of the batch shape are kept from one run to the next, as a
+        // trainer's rollouts keep them.
+        let mut cache = DecodeCache::default();
         Ok(
             move |_: &Gpt2, prompts: &[Vec<u32>], params: &SamplingParams, eos: u32, seed: u64| {
-                generate(g, &dev, prompts, params, eos, seed).map(|_| ())
+                let draws = Draws::Keyed(seed);
+                generate_on(g, &dev, &mut cache, prompts, params, eos, draws).map(|_| ())
             },
         )
     })

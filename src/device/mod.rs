@@ -129,6 +129,7 @@ impl Generators for Device {
                 model: DevModel::upload(g, &model)?,
                 gpu: g.clone(),
                 eos,
+                decoding: Default::default(),
             }),
         })
     }

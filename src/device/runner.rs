@@ -5,6 +5,7 @@ use super::Device;
 use crate::batch::Batch;
 use crate::cuda::device::Gpu;
 use crate::cuda::model::DevModel;
+use crate::cuda::model::generate::{DecodeCache, Draws};
 use crate::model::spec::Model;
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
@@ -51,7 +52,10 @@ impl<'m> Runner<'m> {
             Runner::Cpu(m) => {
                 crate::cpu::model::generate(m, prompts, params, eos, &mut Rng::new(seed))
             }
-            Runner::Device { gpu, model } => model.generate_seeded(gpu, prompts, params, eos, seed),
+            Runner::Device { gpu, model } => {
+                let mut once = DecodeCache::new(false);
+                model.generate(gpu, &mut once, prompts, params, eos, Draws::Keyed(seed))
+            }
         }
     }
 

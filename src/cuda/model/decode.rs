@@ -1,14 +1,11 @@
 //! Decoding on a device, for both families: the prompts are prefilled into a KV cache in one pass,
 //! then each step feeds one token per row; only the rows whose logits are wanted go through the
-//! final norm and the head, and sampling runs on the device too, so a step copies B tokens and B
-//! log-probabilities back, not B x V logits. What differs between GPT-2 and Llama is the layer
-//! stack and the head, behind `DeviceModel`.
+//! final norm and the head. What differs between GPT-2 and Llama is the layer stack and the head,
+//! behind `DeviceModel`. `cuda::model::generate` runs sampling loops on top of it.
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::ops::{self as k, SampleArgs};
-use crate::rng::Rng;
-use crate::sample::Generation;
 use crate::sample::SamplingParams;
 use anyhow::{Result, bail};
 
@@ -32,8 +29,21 @@ pub struct CachedRows<'a> {
     pub tq: usize,
 }
 
+/// Where a forward through the cache also copies what training's forward keeps for backward:
+/// the family's activations of a whole batch, and the row of them each run row goes to.
+pub struct Recording<'a, R> {
+    pub acts: &'a mut R,
+    pub rows: &'a DevBuf<i32>,
+}
+
 /// A model on the device, as the decoder drives it.
 pub trait DeviceModel {
+    /// The buffers of a forward through the cache and of the head, for up to some number of rows.
+    type Workspace: Send + 'static;
+    /// Training's activations of a batch (`gpt2_train`, `llama_train`), which a recorded
+    /// rollout fills for the update that follows it.
+    type Record: Send + 'static;
+
     fn vocab_size(&self) -> usize;
     fn hidden_size(&self) -> usize;
     fn n_layer(&self) -> usize;
@@ -41,24 +51,60 @@ pub trait DeviceModel {
     fn kv_width(&self) -> usize;
     /// Whether the prompts (left padded with `pad`) and `max_new` more tokens fit the model.
     fn check_prompts(&self, prompts: &[Vec<u32>], max_new: usize, pad: u32) -> Result<()>;
-    /// The last hidden states (b * tq, C) of the rows, before the final norm; their keys and
-    /// values are appended to `cache`.
-    fn forward_cached(&self, g: &Gpu, rows: &CachedRows, cache: &mut KvCache) -> Result<Buf>;
-    /// logits (m, V) of hidden rows (m, C): the final norm, then the head.
-    fn head(&self, g: &Gpu, hidden: &Buf, m: usize, logits: &mut Buf) -> Result<()>;
+    /// Buffers for `rows` rows.
+    fn workspace(&self, g: &Gpu, rows: usize) -> Result<Self::Workspace>;
+    /// Activations of `b` rows of `t` positions, with logits for up to `m` of them.
+    fn recording(&self, g: &Gpu, b: usize, t: usize, m: usize) -> Result<Self::Record>;
+    /// Runs the rows through the layers, leaving their last hidden states (b * tq, C), before the
+    /// final norm, in `ws`; their keys and values are appended to `cache`. With `rec`, every
+    /// activation training keeps is also copied to its rows, the attention probabilities over
+    /// the cache's `tmax` positions included.
+    fn forward_cached(
+        &self,
+        g: &Gpu,
+        rows: &CachedRows,
+        cache: &mut KvCache,
+        ws: &mut Self::Workspace,
+        rec: Option<Recording<Self::Record>>,
+    ) -> Result<()>;
+    /// logits (m, V) of the hidden rows `picked` (m) of the last `forward_cached`: the final
+    /// norm, then the head.
+    fn head(
+        &self,
+        g: &Gpu,
+        ws: &mut Self::Workspace,
+        picked: &DevBuf<i32>,
+        m: usize,
+        logits: &mut Buf,
+    ) -> Result<()>;
+}
+
+/// Makes `buf` hold at least `n` elements (its contents are not kept).
+fn ensure<T: crate::cuda::device::DevElem>(g: &Gpu, buf: &mut DevBuf<T>, n: usize) -> Result<()> {
+    if buf.len() < n {
+        *buf = g.alloc(n)?;
+    }
+    Ok(())
 }
 
 /// The decoding state of a batch on the device.
 pub struct Decoder<'m, M: DeviceModel> {
-    g: &'m Gpu,
-    model: &'m M,
-    b: usize,
+    pub(super) g: &'m Gpu,
+    pub(super) model: &'m M,
+    pub(super) b: usize,
     /// (B) first real position of each row.
     pub(crate) start: Vec<usize>,
-    start_dev: DevBuf<i32>,
+    pub(super) start_dev: DevBuf<i32>,
     /// Positions filled so far.
     pub(crate) len: usize,
     pub(crate) cache: KvCache,
+    pub(super) ws: M::Workspace,
+    /// Rows `ws` holds.
+    pub(super) ws_rows: usize,
+    /// The tokens, positions and picked rows of a `run`.
+    pub(super) ids: DevBuf<u32>,
+    pub(super) pos: DevBuf<i32>,
+    pub(super) picked: DevBuf<i32>,
     /// Logits of the rows the last `run` picked.
     pub(crate) logits: Buf,
 }
@@ -89,16 +135,30 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
     ) -> Result<(Self, Batch)> {
         model.check_prompts(prompts, max_new_tokens, pad)?;
         let batch = Batch::left_padded(prompts, pad)?;
-        let tmax = batch.t + max_new_tokens;
+        let mut d = Self::sized(g, model, batch.b, batch.t, max_new_tokens)?;
+        d.set_start(&batch.start)?;
+        Ok((d, batch))
+    }
+
+    /// A decoder for `b` rows of `tp` prompt positions and `steps` more, its buffers made for
+    /// prefilling the prompts and decoding.
+    pub(super) fn sized(
+        g: &'m Gpu,
+        model: &'m M,
+        b: usize,
+        tp: usize,
+        steps: usize,
+    ) -> Result<Self> {
+        let tmax = tp + steps;
         let kw = model.kv_width();
-        let start_i: Vec<i32> = batch.start.iter().map(|&s| s as i32).collect();
-        let layer = || g.alloc::<f32>(batch.b * tmax * kw);
-        let d = Decoder {
+        let layer = || g.alloc::<f32>(b * tmax * kw);
+        let rows = b * tp.max(1);
+        Ok(Decoder {
             g,
             model,
-            b: batch.b,
-            start: batch.start.clone(),
-            start_dev: g.upload(&start_i)?,
+            b,
+            start: vec![0; b],
+            start_dev: g.alloc(b)?,
             len: 0,
             cache: KvCache {
                 k: (0..model.n_layer())
@@ -109,14 +169,29 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
                     .collect::<Result<_>>()?,
                 tmax,
             },
-            logits: g.alloc(batch.b * model.vocab_size())?,
-        };
-        Ok((d, batch))
+            ws: model.workspace(g, rows)?,
+            ws_rows: rows,
+            ids: g.alloc(rows)?,
+            pos: g.alloc(rows)?,
+            picked: g.alloc(b)?,
+            logits: g.alloc(b * model.vocab_size())?,
+        })
+    }
+
+    /// Sets each row's first real position, and starts over at position 0.
+    pub(super) fn set_start(&mut self, start: &[usize]) -> Result<()> {
+        let start_i: Vec<i32> = start.iter().map(|&s| s as i32).collect();
+        self.g.write(&mut self.start_dev, &start_i)?;
+        self.start = start.to_vec();
+        self.len = 0;
+        Ok(())
     }
 
     /// Next-token logits (B, V) after the last position fed, copied to the host.
     pub fn logits(&self) -> Result<Vec<f32>> {
-        self.g.download(&self.logits)
+        let mut out = self.g.download(&self.logits)?;
+        out.truncate(self.b * self.model.vocab_size());
+        Ok(out)
     }
 
     /// Feeds one token per row (B).
@@ -134,7 +209,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
     /// Runs `tq` new tokens per row; the logits of each row's last one, or with `every` of every
     /// one of them (b * tq rows).
     pub(crate) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
-        let (g, b, c) = (self.g, self.b, self.model.hidden_size());
+        let (g, b, v) = (self.g, self.b, self.model.vocab_size());
         let n = b * tq;
         if self.len + tq > self.cache.tmax {
             bail!(
@@ -146,29 +221,46 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         let pos: Vec<i32> = (0..n)
             .map(|i| (p0 + i % tq).saturating_sub(self.start[i / tq]) as i32)
             .collect();
-        let (ids, pos) = (g.upload(tokens)?, g.upload(&pos)?);
-        let rows = CachedRows {
-            ids: &ids,
-            pos: &pos,
-            start: &self.start_dev,
-            p0,
-            b,
-            tq,
-        };
-        let hidden = self.model.forward_cached(g, &rows, &mut self.cache)?;
         let picked: Vec<i32> = if every {
             (0..n as i32).collect()
         } else {
             (0..b).map(|r| (r * tq + tq - 1) as i32).collect()
         };
-        let m = picked.len();
-        let mut last = g.alloc::<f32>(m * c)?;
-        k::logits_forward_rows(g, &mut last, &hidden, &g.upload(&picked)?, m, c)?;
-        if self.logits.len() < m * self.model.vocab_size() {
-            self.logits = g.alloc(m * self.model.vocab_size())?;
+        if self.ws_rows < n {
+            self.ws = self.model.workspace(g, n)?;
+            self.ws_rows = n;
         }
-        self.model.head(g, &last, m, &mut self.logits)?;
-        self.len += tq;
+        ensure(g, &mut self.ids, n)?;
+        ensure(g, &mut self.pos, n)?;
+        ensure(g, &mut self.picked, picked.len())?;
+        ensure(g, &mut self.logits, picked.len() * v)?;
+        g.write(&mut self.ids, tokens)?;
+        g.write(&mut self.pos, &pos)?;
+        g.write(&mut self.picked, &picked)?;
+        self.forward(p0, tq, picked.len(), None)
+    }
+
+    /// The forward of `tq` tokens per row from `ids` and `pos` at cache position `p0` (recorded
+    /// with `rec`), and the logits of the `m` rows of `picked`: launches only.
+    pub(super) fn forward(
+        &mut self,
+        p0: usize,
+        tq: usize,
+        m: usize,
+        rec: Option<Recording<M::Record>>,
+    ) -> Result<()> {
+        let rows = CachedRows {
+            ids: &self.ids,
+            pos: &self.pos,
+            start: &self.start_dev,
+            p0,
+            b: self.b,
+            tq,
+        };
+        let (g, model) = (self.g, self.model);
+        model.forward_cached(g, &rows, &mut self.cache, &mut self.ws, rec)?;
+        model.head(g, &mut self.ws, &self.picked, m, &mut self.logits)?;
+        self.len = p0 + tq;
         Ok(())
     }
 
@@ -177,27 +269,6 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
     pub fn sample(
         &self,
         params: &SamplingParams,
-        seed: u64,
-        step: u32,
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
-        self.sample_from(params, None, seed, step)
-    }
-
-    /// `sample` with each row's uniform draw in [0, 1) given (B), so that a generator on the host
-    /// decides the tokens.
-    pub fn sample_uniforms(
-        &self,
-        params: &SamplingParams,
-        u: &[f32],
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
-        let u = self.g.upload(u)?;
-        self.sample_from(params, Some(&u), 0, 0)
-    }
-
-    fn sample_from(
-        &self,
-        params: &SamplingParams,
-        u: Option<&Buf>,
         seed: u64,
         step: u32,
     ) -> Result<(Vec<u32>, Vec<f32>)> {
@@ -211,7 +282,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
             step,
         };
         let v = self.model.vocab_size();
-        k::sample_forward(g, &mut tok, &mut lp, &self.logits, u, self.b, v, args)?;
+        k::sample_forward(g, &mut tok, &mut lp, &self.logits, None, self.b, v, args)?;
         Ok((g.download(&tok)?, g.download(&lp)?))
     }
 }
@@ -228,86 +299,7 @@ pub fn logits_at_every_position<M: DeviceModel>(
     }
     let (mut d, _) = Decoder::empty(g, model, &[seq.to_vec()], 0, 0)?;
     d.run(seq, seq.len(), true)?;
-    let mut out = d.logits()?;
+    let mut out = g.download(&d.logits)?;
     out.truncate(seq.len() * model.vocab_size());
-    Ok(out)
-}
-
-/// `cpu::gpt2_decode::generate` on the device: every prompt continued together; a row stops after it
-/// samples `eos` (kept, with its log-probability) or after `max_new_tokens`. Sampling uses the
-/// counter-based generator keyed by (seed, row, step), so the same seed gives the same tokens on
-/// every device (but not the CPU's, whose generator is sequential).
-pub fn generate<M: DeviceModel>(
-    g: &Gpu,
-    model: &M,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    eos: u32,
-    seed: u64,
-) -> Result<Vec<Generation>> {
-    generate_by(g, model, prompts, params, eos, |dec, _, step| {
-        dec.sample(params, seed, step as u32)
-    })
-}
-
-/// `generate` with the uniform draws taken from the host's `rng` as `sample::sample_step` takes
-/// them: one per row not yet done, in row order, none when greedy. The same generator then gives
-/// the CPU's tokens, unless rounding puts a draw on a boundary between two tokens.
-pub fn generate_with_rng<M: DeviceModel>(
-    g: &Gpu,
-    model: &M,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    eos: u32,
-    rng: &mut Rng,
-) -> Result<Vec<Generation>> {
-    generate_by(g, model, prompts, params, eos, |dec, done, _| {
-        let u: Vec<f32> = done
-            .iter()
-            .map(|&d| {
-                if d || params.temperature <= 0.0 {
-                    0.0
-                } else {
-                    rng.uniform() as f32
-                }
-            })
-            .collect();
-        dec.sample_uniforms(params, &u)
-    })
-}
-
-/// The decoding loop of both generators; `draw(decoder, done, step)` samples every row.
-fn generate_by<M: DeviceModel>(
-    g: &Gpu,
-    model: &M,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    eos: u32,
-    mut draw: impl FnMut(&Decoder<M>, &[bool], usize) -> Result<(Vec<u32>, Vec<f32>)>,
-) -> Result<Vec<Generation>> {
-    let rows = prompts.len();
-    let mut out = vec![Generation::default(); rows];
-    if rows == 0 || params.max_new_tokens == 0 {
-        return Ok(out);
-    }
-    let mut dec = Decoder::new(g, model, prompts, params.max_new_tokens, eos)?;
-    let mut done = vec![false; rows];
-    for step in 0..params.max_new_tokens {
-        let (toks, lps) = draw(&dec, &done, step)?;
-        let mut next = vec![eos; rows];
-        for (r, o) in out.iter_mut().enumerate() {
-            if done[r] {
-                continue;
-            }
-            o.tokens.push(toks[r]);
-            o.logprobs.push(lps[r]);
-            next[r] = toks[r];
-            done[r] = toks[r] == eos;
-        }
-        if done.iter().all(|&d| d) || step + 1 == params.max_new_tokens {
-            break;
-        }
-        dec.step(&next)?;
-    }
     Ok(out)
 }

@@ -13,20 +13,20 @@ use anyhow::Result;
 type Buf = DevBuf<f32>;
 
 /// What one block saves for backward; N = B T rows.
-struct BlockActs {
-    ln1: Buf,      // (N, C)
-    ln1_mean: Buf, // (N)
-    ln1_rstd: Buf, // (N)
-    qkv: Buf,      // (N, 3C)
-    att: Buf,      // (B, H, T, T)
-    atty: Buf,     // (N, C)
-    res1: Buf,     // (N, C)  input + attention branch
-    ln2: Buf,      // (N, C)
-    ln2_mean: Buf, // (N)
-    ln2_rstd: Buf, // (N)
-    fch: Buf,      // (N, 4C)
-    fch_gelu: Buf, // (N, 4C)
-    res2: Buf,     // (N, C)  res1 + MLP branch: the block's output
+pub(super) struct BlockActs {
+    pub(super) ln1: Buf,      // (N, C)
+    pub(super) ln1_mean: Buf, // (N)
+    pub(super) ln1_rstd: Buf, // (N)
+    pub(super) qkv: Buf,      // (N, 3C)
+    pub(super) att: Buf,      // (B, H, T, T)
+    pub(super) atty: Buf,     // (N, C)
+    pub(super) res1: Buf,     // (N, C)  input + attention branch
+    pub(super) ln2: Buf,      // (N, C)
+    pub(super) ln2_mean: Buf, // (N)
+    pub(super) ln2_rstd: Buf, // (N)
+    pub(super) fch: Buf,      // (N, 4C)
+    pub(super) fch_gelu: Buf, // (N, 4C)
+    pub(super) res2: Buf,     // (N, C)  res1 + MLP branch: the block's output
 }
 
 /// Saved activations and backward scratch of one batch shape (B, T, M) on the device. Keep one
@@ -35,8 +35,10 @@ pub struct Gpt2Activations {
     b: usize,
     t: usize,
     m: usize,
-    encoded: Buf, // (N, C)
-    blocks: Vec<BlockActs>,
+    /// The most logit rows the buffers hold.
+    m_cap: usize,
+    pub(super) encoded: Buf, // (N, C)
+    pub(super) blocks: Vec<BlockActs>,
     lnf: Buf,      // (N, C)
     lnf_mean: Buf, // (N)
     lnf_rstd: Buf, // (N)
@@ -80,6 +82,7 @@ impl Gpt2Activations {
             b,
             t,
             m,
+            m_cap: m,
             encoded: rows(c)?,
             blocks: (0..cfg.n_layer).map(|_| block()).collect::<Result<_>>()?,
             lnf: rows(c)?,
@@ -106,6 +109,15 @@ impl Gpt2Activations {
 
     fn check(&self, batch: &TrainBatch) -> Result<()> {
         batch.check_shape(self.b, self.t, self.m)
+    }
+
+    /// Logit rows `m` of the batch to come, at most as many as the activations were made for.
+    fn set_rows(&mut self, m: usize) -> Result<()> {
+        if m > self.m_cap {
+            anyhow::bail!("activations made for {} logit rows given {m}", self.m_cap);
+        }
+        self.m = m;
+        Ok(())
     }
 }
 
@@ -221,19 +233,7 @@ pub fn forward(
         )?;
         k::residual_forward(g, &mut a.res2, &a.res1, &acts.scratch, n * c)?;
     }
-    let last = acts.blocks.last().map_or(&acts.encoded, |a| &a.res2);
-    k::layernorm_forward(
-        g,
-        &mut acts.lnf,
-        &mut acts.lnf_mean,
-        &mut acts.lnf_rstd,
-        last,
-        &w.ln_f_w,
-        &w.ln_f_b,
-        n,
-        c,
-        eps,
-    )?;
+    final_norm(g, model, n, acts)?;
     if m > 0 {
         k::logits_forward(
             g,
@@ -246,6 +246,47 @@ pub fn forward(
             v,
             c,
         )?;
+    }
+    Ok(())
+}
+
+/// lnf (N, C) = ln_f(the last block's output), with its mean and rstd.
+fn final_norm(g: &Gpu, model: &GpuGpt2, n: usize, acts: &mut Gpt2Activations) -> Result<()> {
+    let cfg = &model.config;
+    let last = acts.blocks.last().map_or(&acts.encoded, |a| &a.res2);
+    k::layernorm_forward(
+        g,
+        &mut acts.lnf,
+        &mut acts.lnf_mean,
+        &mut acts.lnf_rstd,
+        last,
+        &model.weights.ln_f_w,
+        &model.weights.ln_f_b,
+        n,
+        cfg.n_embd,
+        cfg.layer_norm_epsilon,
+    )
+}
+
+/// Completes the activations a rollout recorded (`cuda::model::generate`) for `backward` on
+/// `batch`, the rollout's own batch: the final norm of every row, and at the chosen rows their
+/// normed states and, as `forward` leaves them, the logits, here taken from those the rollout
+/// sampled from (`logits` rows `logit_rows` (M)).
+pub fn finish_recorded(
+    g: &Gpu,
+    model: &GpuGpt2,
+    batch: &TrainBatch,
+    acts: &mut Gpt2Activations,
+    logits: &Buf,
+    logit_rows: &DevBuf<i32>,
+) -> Result<()> {
+    acts.set_rows(batch.m)?;
+    acts.check(batch)?;
+    let (c, v, m) = (model.config.n_embd, model.config.vocab_size, batch.m);
+    final_norm(g, model, batch.n(), acts)?;
+    if m > 0 {
+        k::logits_forward_rows(g, &mut acts.gathered, &acts.lnf, &batch.rows, m, c)?;
+        k::logits_forward_rows(g, &mut acts.logits, logits, logit_rows, m, v)?;
     }
     Ok(())
 }

@@ -13,21 +13,21 @@ use anyhow::Result;
 type Buf = DevBuf<f32>;
 
 /// Activations of one layer saved for backward. N = B T rows.
-struct LayerActs {
-    x: Buf,     // (N, C) residual stream entering the layer
-    rstd1: Buf, // (N)
-    xn1: Buf,   // (N, C)
-    q: Buf,     // (N, H*D) after rotation
-    k: Buf,     // (N, KV*D) after rotation
-    v: Buf,     // (N, KV*D)
-    att: Buf,   // (B, H, T, T)
-    ao: Buf,    // (N, H*D) attention output before o_proj
-    x2: Buf,    // (N, C) residual after attention
-    rstd2: Buf, // (N)
-    xn2: Buf,   // (N, C)
-    gate: Buf,  // (N, F)
-    up: Buf,    // (N, F)
-    act: Buf,   // (N, F)
+pub(super) struct LayerActs {
+    pub(super) x: Buf,     // (N, C) residual stream entering the layer
+    pub(super) rstd1: Buf, // (N)
+    pub(super) xn1: Buf,   // (N, C)
+    pub(super) q: Buf,     // (N, H*D) after rotation
+    pub(super) k: Buf,     // (N, KV*D) after rotation
+    pub(super) v: Buf,     // (N, KV*D)
+    pub(super) att: Buf,   // (B, H, T, T)
+    pub(super) ao: Buf,    // (N, H*D) attention output before o_proj
+    pub(super) x2: Buf,    // (N, C) residual after attention
+    pub(super) rstd2: Buf, // (N)
+    pub(super) xn2: Buf,   // (N, C)
+    pub(super) gate: Buf,  // (N, F)
+    pub(super) up: Buf,    // (N, F)
+    pub(super) act: Buf,   // (N, F)
 }
 
 /// Saved activations and backward scratch of one batch shape (B, T, M) on the device.
@@ -35,11 +35,13 @@ pub struct LlamaActivations {
     b: usize,
     t: usize,
     m: usize,
-    layers: Vec<LayerActs>,
-    xl: Buf,       // (N, C) output of the last layer
-    rstdf: Buf,    // (N)
-    xf: Buf,       // (N, C) after the final norm
-    gathered: Buf, // (M, C)
+    /// The most logit rows the buffers hold.
+    m_cap: usize,
+    pub(super) layers: Vec<LayerActs>,
+    pub(super) xl: Buf, // (N, C) output of the last layer
+    rstdf: Buf,         // (N)
+    xf: Buf,            // (N, C) after the final norm
+    gathered: Buf,      // (M, C)
     /// (M, V) logits of the chosen rows after `forward`.
     pub logits: Buf,
     tmp: Buf, // (N, C)
@@ -89,6 +91,7 @@ impl LlamaActivations {
             b,
             t,
             m,
+            m_cap: m,
             layers: (0..cfg.num_hidden_layers)
                 .map(|_| layer())
                 .collect::<Result<_>>()?,
@@ -123,6 +126,15 @@ impl LlamaActivations {
 
     fn check(&self, batch: &TrainBatch) -> Result<()> {
         batch.check_shape(self.b, self.t, self.m)
+    }
+
+    /// Logit rows `m` of the batch to come, at most as many as the activations were made for.
+    fn set_rows(&mut self, m: usize) -> Result<()> {
+        if m > self.m_cap {
+            anyhow::bail!("activations made for {} logit rows given {m}", self.m_cap);
+        }
+        self.m = m;
+        Ok(())
     }
 }
 
@@ -217,16 +229,7 @@ pub fn forward(
         k::linear_forward(g, &mut acts.tmp, &a.act, &lw.down_proj, None, n, f, c)?;
         k::residual_forward(g, out, &acts.tmp, &a.x2, n * c)?;
     }
-    k::rmsnorm_forward(
-        g,
-        &mut acts.xf,
-        &mut acts.rstdf,
-        &acts.xl,
-        &w.norm,
-        n,
-        c,
-        eps,
-    )?;
+    final_norm(g, model, n, acts)?;
     if m > 0 {
         k::logits_forward(
             g,
@@ -239,6 +242,44 @@ pub fn forward(
             cfg.vocab_size,
             c,
         )?;
+    }
+    Ok(())
+}
+
+/// xf (N, C) = norm(the last layer's output), with its rstd.
+fn final_norm(g: &Gpu, model: &GpuLlama, n: usize, acts: &mut LlamaActivations) -> Result<()> {
+    let cfg = &model.config;
+    k::rmsnorm_forward(
+        g,
+        &mut acts.xf,
+        &mut acts.rstdf,
+        &acts.xl,
+        &model.weights.norm,
+        n,
+        cfg.hidden_size,
+        cfg.rms_norm_eps,
+    )
+}
+
+/// Completes the activations a rollout recorded (`cuda::model::generate`) for `backward` on
+/// `batch`, the rollout's own batch: the final norm of every row, and at the chosen rows their
+/// normed states and, as `forward` leaves them, the logits, here taken from those the rollout
+/// sampled from (`logits` rows `logit_rows` (M)).
+pub fn finish_recorded(
+    g: &Gpu,
+    model: &GpuLlama,
+    batch: &TrainBatch,
+    acts: &mut LlamaActivations,
+    logits: &Buf,
+    logit_rows: &DevBuf<i32>,
+) -> Result<()> {
+    acts.set_rows(batch.m)?;
+    acts.check(batch)?;
+    let (c, v, m) = (model.config.hidden_size, model.config.vocab_size, batch.m);
+    final_norm(g, model, batch.n(), acts)?;
+    if m > 0 {
+        k::logits_forward_rows(g, &mut acts.gathered, &acts.xf, &batch.rows, m, c)?;
+        k::logits_forward_rows(g, &mut acts.logits, logits, logit_rows, m, v)?;
     }
     Ok(())
 }

@@ -4,15 +4,19 @@
 
 pub mod bert;
 pub mod decode;
+pub mod generate;
 pub mod gpt2;
+pub mod gpt2_decode;
 pub mod gpt2_train;
 pub mod llama;
+pub mod llama_decode;
 pub mod llama_train;
 pub mod train_batch;
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::model::decode::{generate, generate_with_rng, logits_at_every_position};
+use crate::cuda::model::decode::logits_at_every_position;
+use crate::cuda::model::generate::{DecodeCache, Draws, Lent, generate_on, generate_recorded};
 use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
 use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
 use crate::cuda::model::train_batch::TrainBatch;
@@ -59,6 +63,13 @@ impl DevActs {
             DevActs::Llama(a) => a.final_hidden(),
         }
     }
+}
+
+/// A rollout recorded on the device for the update that follows it
+/// (`generate::generate_recorded`): training's activations of its batch, and what else it lends.
+pub struct DevRollout {
+    pub acts: DevActs,
+    pub lent: Lent,
 }
 
 impl DevGrads {
@@ -133,7 +144,7 @@ impl DevModel {
     }
 
     /// Positions the model can attend over.
-    fn context(&self) -> usize {
+    pub fn context(&self) -> usize {
         match self {
             DevModel::Gpt2(m) => m.config.n_positions,
             DevModel::Llama(m) => m.config.max_position_embeddings,
@@ -188,22 +199,6 @@ impl DevModel {
         }
     }
 
-    /// `decode::generate` on this model: the uniforms drawn on the device, keyed by (seed, row,
-    /// step).
-    pub fn generate_seeded(
-        &self,
-        g: &Gpu,
-        prompts: &[Vec<u32>],
-        params: &SamplingParams,
-        eos: u32,
-        seed: u64,
-    ) -> Result<Vec<Generation>> {
-        match self {
-            DevModel::Gpt2(m) => generate(g, m, prompts, params, eos, seed),
-            DevModel::Llama(m) => generate(g, m, prompts, params, eos, seed),
-        }
-    }
-
     /// `decode::logits_at_every_position` on this model.
     pub fn logits_at_every_position(&self, g: &Gpu, seq: &[u32]) -> Result<Vec<f32>> {
         match self {
@@ -212,18 +207,77 @@ impl DevModel {
         }
     }
 
-    /// `decode::generate_with_rng` on this model.
-    pub fn generate(
+    /// `generate::generate_recorded` on this model, with `cache` kept for these weights.
+    pub fn generate_recorded(
         &self,
         g: &Gpu,
+        cache: &mut DecodeCache,
         prompts: &[Vec<u32>],
         params: &SamplingParams,
         eos: u32,
-        rng: &mut Rng,
+        draws: Draws,
+    ) -> Result<DevRollout> {
+        Ok(match self {
+            DevModel::Gpt2(m) => {
+                let r = generate_recorded(g, m, cache, prompts, params, eos, draws)?;
+                DevRollout {
+                    acts: DevActs::Gpt2(r.acts),
+                    lent: r.lent,
+                }
+            }
+            DevModel::Llama(m) => {
+                let r = generate_recorded(g, m, cache, prompts, params, eos, draws)?;
+                DevRollout {
+                    acts: DevActs::Llama(r.acts),
+                    lent: r.lent,
+                }
+            }
+        })
+    }
+
+    /// The activations of `rollout` made ready for `backward` on `batch`, its own batch with
+    /// logits wanted at rows `logit_rows` (M) of the rollout's (S B, V) logits.
+    pub fn finish_recorded(
+        &self,
+        g: &Gpu,
+        batch: &TrainBatch,
+        rollout: &mut DevRollout,
+        logit_rows: &DevBuf<i32>,
+    ) -> Result<()> {
+        let logits = rollout.lent.logits();
+        match (self, &mut rollout.acts) {
+            (DevModel::Gpt2(d), DevActs::Gpt2(a)) => {
+                gpt2_train::finish_recorded(g, d, batch, a, logits, logit_rows)
+            }
+            (DevModel::Llama(d), DevActs::Llama(a)) => {
+                llama_train::finish_recorded(g, d, batch, a, logits, logit_rows)
+            }
+            _ => bail!("a rollout recorded by a model of another family"),
+        }
+    }
+
+    /// Gives a recorded rollout's buffers back to `cache` once its update is done with them.
+    pub fn give_back(&self, cache: &mut DecodeCache, rollout: DevRollout) {
+        match (self, rollout.acts) {
+            (DevModel::Gpt2(_), DevActs::Gpt2(a)) => cache.give_back::<GpuGpt2>(a, rollout.lent),
+            (DevModel::Llama(_), DevActs::Llama(a)) => cache.give_back::<GpuLlama>(a, rollout.lent),
+            _ => {}
+        }
+    }
+
+    /// `generate::generate_on` on this model, with `cache` kept for these weights.
+    pub fn generate(
+        &self,
+        g: &Gpu,
+        cache: &mut DecodeCache,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        eos: u32,
+        draws: Draws,
     ) -> Result<Vec<Generation>> {
         match self {
-            DevModel::Gpt2(m) => generate_with_rng(g, m, prompts, params, eos, rng),
-            DevModel::Llama(m) => generate_with_rng(g, m, prompts, params, eos, rng),
+            DevModel::Gpt2(m) => generate_on(g, m, cache, prompts, params, eos, draws),
+            DevModel::Llama(m) => generate_on(g, m, cache, prompts, params, eos, draws),
         }
     }
 }
@@ -234,6 +288,7 @@ pub struct DevGenerator {
     pub gpu: Arc<Gpu>,
     pub model: DevModel,
     pub eos: u32,
+    pub decoding: DecodeCache,
 }
 
 impl Generator for DevGenerator {
@@ -243,7 +298,8 @@ impl Generator for DevGenerator {
         params: &SamplingParams,
         rng: &mut Rng,
     ) -> Result<Vec<Generation>> {
+        let d = &mut self.decoding;
         self.model
-            .generate(&self.gpu, prompts, params, self.eos, rng)
+            .generate(&self.gpu, d, prompts, params, self.eos, Draws::Host(rng))
     }
 }

@@ -33,7 +33,8 @@ pub struct TrainBatch {
 
 impl TrainBatch {
     /// Uploads `batch` with logits wanted at `positions` ((row, index) pairs, each at most once),
-    /// for a model of `vocab` tokens and a context of `max_len`.
+    /// for a model of `vocab` tokens and a context of `max_len`. Every row ends at index T - 1,
+    /// where the value head reads.
     pub fn new(
         g: &Gpu,
         batch: &Batch,
@@ -41,8 +42,25 @@ impl TrainBatch {
         vocab: usize,
         max_len: usize,
     ) -> Result<Self> {
+        let last = vec![batch.t.saturating_sub(1); batch.b];
+        Self::ending_at(g, batch, positions, &last, vocab, max_len)
+    }
+
+    /// `new` for a batch whose row r ends at index `last[r]` (a rollout's batch, where a row's
+    /// kept tokens end before the columns every row was fed).
+    pub fn ending_at(
+        g: &Gpu,
+        batch: &Batch,
+        positions: &[(usize, usize)],
+        last: &[usize],
+        vocab: usize,
+        max_len: usize,
+    ) -> Result<Self> {
         let (b, t) = (batch.b, batch.t);
         batch.check(vocab, max_len)?;
+        if last.len() != b || last.iter().any(|&i| i >= t) {
+            bail!("{} last indices for a batch of {b} x {t}", last.len());
+        }
         let mut rows = Vec::with_capacity(positions.len());
         let mut seen = vec![false; b * t];
         for &(r, i) in positions {
@@ -57,7 +75,7 @@ impl TrainBatch {
         let pos: Vec<usize> = batch.position_ids().iter().map(|&p| p as usize).collect();
         let tokens: Vec<usize> = batch.tokens.iter().map(|&x| x as usize).collect();
         let to_i32 = |xs: &[usize]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
-        let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
+        let last: Vec<usize> = last.iter().enumerate().map(|(r, &i)| r * t + i).collect();
         Ok(TrainBatch {
             b,
             t,

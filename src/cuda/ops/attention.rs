@@ -81,11 +81,13 @@ pub fn attention_forward(
     )
 }
 
-/// out (B*Tq, H*hd): queries at positions p0.. attend to the cache (B, Tmax, KVH*hd)
+/// out (B*Tq, H*hd): queries at positions p0.. attend to the cache (B, Tmax, KVH*hd); att
+/// (B, H, Tmax, Tmax) gets their probability rows when given
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cached_forward(
     g: &Gpu,
     out: &mut Buf,
+    att: Option<&mut Buf>,
     q: Heads<'_>,
     kcache: &Buf,
     vcache: &Buf,
@@ -104,6 +106,13 @@ pub fn attention_cached_forward(
         s.b * tmax * kw,
     )?;
     need("attention_cached_forward start", start.len(), s.b)?;
+    if let Some(a) = &att {
+        need(
+            "attention_cached_forward att",
+            a.len(),
+            s.b * s.n_head * tmax * tmax,
+        )?;
+    }
     if p0 + tq > tmax {
         bail!(
             "attention_cached_forward: positions {p0}..{} past the cache's {tmax}",
@@ -112,6 +121,7 @@ pub fn attention_cached_forward(
     }
     let args = [
         out.into(),
+        att.map_or(Arg::NULL, Arg::from),
         view("attention_cached_forward q", q, s.b * tq, qw)?,
         (q.2 as i64).into(),
         kcache.into(),

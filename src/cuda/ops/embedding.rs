@@ -1,7 +1,7 @@
 //! Launchers of `kernels/embedding.cu`, mirroring `cpu::ops::embedding`.
 
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::ops::{RowBuckets, blocks, int, need, scatter_rows};
+use crate::cuda::ops::{RowBuckets, blocks, int, need, scatter_add_rows};
 use anyhow::Result;
 
 type Buf = DevBuf<f32>;
@@ -85,9 +85,9 @@ pub fn embedding_backward(
     ids: &RowBuckets,
     c: usize,
 ) -> Result<()> {
-    scatter_rows(g, "embedding_backward wte", dwte, dout, ids, c)?;
+    scatter_add_rows(g, "embedding_backward wte", dwte, dout, ids, c)?;
     if let Some((dwpe, pos)) = dwpe {
-        scatter_rows(g, "embedding_backward wpe", dwpe, dout, pos, c)?;
+        scatter_add_rows(g, "embedding_backward wpe", dwpe, dout, pos, c)?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::ops::{
-    RowBuckets, blocks, int, linear_backward, linear_forward, need, scatter_rows,
+    RowBuckets, blocks, int, linear_backward, linear_forward, need, scatter_add_rows,
 };
 use anyhow::{Result, bail};
 
@@ -28,6 +28,27 @@ pub fn logits_forward_rows(
         int("C", c)?.into(),
     ];
     g.launch("logits.cu", "gather_rows", blocks(m * c, 256), &args)
+}
+
+/// out[rows] = inp (M, C): the rows of a decoding step into a larger layout (rows distinct)
+pub fn scatter_rows(
+    g: &Gpu,
+    out: &mut Buf,
+    inp: &Buf,
+    rows: &DevBuf<i32>,
+    m: usize,
+    c: usize,
+) -> Result<()> {
+    need("scatter_rows inp", inp.len(), m * c)?;
+    need("scatter_rows rows", rows.len(), m)?;
+    let args = [
+        out.into(),
+        inp.into(),
+        rows.into(),
+        int("M", m)?.into(),
+        int("C", c)?.into(),
+    ];
+    g.launch("logits.cu", "scatter_rows", blocks(m * c, 256), &args)
 }
 
 /// out (M, V) = inp[rows] (M, C) @ wte^T; gathered (M, C) receives inp[rows]
@@ -56,7 +77,7 @@ pub fn gather_rows_backward(
     map: &RowBuckets,
     w: usize,
 ) -> Result<()> {
-    scatter_rows(g, "gather_rows_backward", dinp, dout, map, w)
+    scatter_add_rows(g, "gather_rows_backward", dinp, dout, map, w)
 }
 
 /// dinp[rows] (N, C) += dout (M, V) @ wte; dwte (V, C) += dout^T @ gathered (M, C); `d` (M, C) is

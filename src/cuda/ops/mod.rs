@@ -175,7 +175,7 @@ impl RowBuckets {
 }
 
 /// dtable (K, C) += dout (N, C) scattered by the buckets' keys: row i adds onto table row key(i)
-fn scatter_rows(
+fn scatter_add_rows(
     g: &Gpu,
     what: &str,
     dtable: &mut Buf,

@@ -7,8 +7,10 @@
 pub mod refcache;
 
 use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::model::generate::Lent;
+use crate::cuda::model::generate::{DecodeCache, Draws};
 use crate::cuda::model::train_batch::TrainBatch;
-use crate::cuda::model::{DevActs, DevGrads, DevModel};
+use crate::cuda::model::{DevActs, DevGrads, DevModel, DevRollout};
 use crate::cuda::ops::optim::{self, AdamW};
 use crate::cuda::ops::ppo_loss::{self as kl, ActorInputs, DevActorLoss};
 use crate::cuda::policy::refcache::DevRefCache;
@@ -73,6 +75,9 @@ impl CudaPolicy {
             grads: None,
             after_backward: None,
             ref_cache: DevRefCache::default(),
+            decoding: DecodeCache::default(),
+            rollout: None,
+            reused: 0,
             gpu,
         };
         Ok(Policy::over(passes, cfg, eos))
@@ -100,6 +105,13 @@ pub struct CudaPasses {
     after_backward: Option<(Buf, Buf, Buf)>,
     /// The frozen reference's prompt rows, kept across updates.
     ref_cache: DevRefCache,
+    /// The rollouts' buffers and graphs per batch shape, for the policy's weights (updated in
+    /// place, so they stay valid until `restore` replaces them).
+    decoding: DecodeCache,
+    /// The last rollout's recorded pass, until an update takes it.
+    rollout: Option<DevRollout>,
+    /// Updates that differentiated their rollout's pass instead of running the policy again.
+    pub reused: usize,
 }
 
 /// A step's forward pass on the device and what its losses leave for backward.
@@ -109,6 +121,18 @@ pub struct CudaPass {
     values: Buf,
     actor: Option<DevActorLoss>,
     dvalues: Option<Buf>,
+    /// What a recorded rollout lent with its activations, to give back after backward.
+    lent: Option<Lent>,
+}
+
+/// Whether `episodes` are exactly the rollout's prompts and continuations, in order.
+fn rollout_matches(lent: &Lent, episodes: &[Episode]) -> bool {
+    episodes.len() == lent.prompts.len()
+        && episodes
+            .iter()
+            .zip(&lent.prompts)
+            .zip(&lent.generations)
+            .all(|((e, p), g)| e.prompt == *p && e.response == g.tokens)
 }
 
 /// What an error of a pass over a batch says about it: an allocation that fails names its bytes,
@@ -150,6 +174,43 @@ impl CudaPasses {
         Ok(values)
     }
 
+    /// The batch of a recorded rollout whose episodes are `sb`'s, in the rollout's own layout
+    /// (the prompts left padded to one width, then every step's fed token), with logits wanted
+    /// at `sb`'s scored tokens in its order and each row ending at its last kept token; and the
+    /// rollout's activations made ready for backward on it.
+    fn finish_rollout(
+        &self,
+        sb: &ScoredBatch,
+        mut r: DevRollout,
+    ) -> Result<(TrainBatch, DevRollout)> {
+        let g = &self.gpu;
+        let l = &r.lent;
+        let b = l.prompts.len();
+        let mut kept = vec![0usize; b];
+        for &row in &sb.rows {
+            kept[row] += 1;
+        }
+        let (mut positions, mut logit_rows) = (Vec::new(), Vec::new());
+        for (row, &k) in kept.iter().enumerate() {
+            for j in 0..k {
+                positions.push((row, l.tp - 1 + j));
+                logit_rows.push((j * b + row) as i32);
+            }
+        }
+        let last: Vec<usize> = kept.iter().map(|&k| l.tp - 1 + k).collect();
+        let (vocab, context) = (self.policy.vocab_size(), self.policy.context());
+        let batch = TrainBatch::ending_at(g, &l.batch(), &positions, &last, vocab, context)?;
+        let logit_rows = g.upload(&logit_rows.into_iter().chain([0]).collect::<Vec<_>>())?;
+        self.policy
+            .finish_recorded(g, &batch, &mut r, &logit_rows)?;
+        Ok((batch, r))
+    }
+
+    /// The rollouts' buffers and graphs (for how often a graph ran).
+    pub fn decoding(&self) -> &DecodeCache {
+        &self.decoding
+    }
+
     /// The reference model's prompt cache (for its size and hit counts).
     pub fn reference_cache(&self) -> &DevRefCache {
         &self.ref_cache
@@ -163,22 +224,34 @@ impl CudaPasses {
 
 impl Passes for CudaPasses {
     type Pass = CudaPass;
-    /// A device rollout keeps nothing: the update runs the policy again.
-    type Rollout = ();
+    type Rollout = DevRollout;
 
     fn generate(
         &mut self,
         prompts: &[Vec<u32>],
         params: &SamplingParams,
         rng: &mut Rng,
-        _keep: bool,
+        keep: bool,
     ) -> Result<Vec<Generation>> {
-        self.policy
-            .generate(&self.gpu, prompts, params, self.eos, rng)
+        if let Some(r) = self.rollout.take() {
+            self.policy.give_back(&mut self.decoding, r);
+        }
+        let (g, d, eos) = (&self.gpu, &mut self.decoding, self.eos);
+        if !keep {
+            return self
+                .policy
+                .generate(g, d, prompts, params, eos, Draws::Host(rng));
+        }
+        let r = self
+            .policy
+            .generate_recorded(g, d, prompts, params, eos, Draws::Host(rng))?;
+        let gens = r.lent.generations.clone();
+        self.rollout = Some(r);
+        Ok(gens)
     }
 
-    fn take_rollout(&mut self) -> Option<()> {
-        None
+    fn take_rollout(&mut self) -> Option<DevRollout> {
+        self.rollout.take()
     }
 
     fn reference_logprobs(
@@ -210,11 +283,26 @@ impl Passes for CudaPasses {
     fn forward(
         &mut self,
         sb: &ScoredBatch,
-        _rollout: Option<((), &[Episode])>,
+        rollout: Option<(DevRollout, &[Episode])>,
     ) -> Result<(CudaPass, Vec<f32>)> {
-        let (batch, acts) = self
-            .pass(sb)
-            .with_context(|| pass_context("the actor's pass", sb))?;
+        let (batch, acts, lent) = match rollout {
+            Some((r, episodes)) if rollout_matches(&r.lent, episodes) => {
+                let (batch, r) = self
+                    .finish_rollout(sb, r)
+                    .with_context(|| pass_context("the rollout's kept pass", sb))?;
+                self.reused += 1;
+                (batch, r.acts, Some(r.lent))
+            }
+            other => {
+                if let Some((r, _)) = other {
+                    self.policy.give_back(&mut self.decoding, r);
+                }
+                let (batch, acts) = self
+                    .pass(sb)
+                    .with_context(|| pass_context("the actor's pass", sb))?;
+                (batch, acts, None)
+            }
+        };
         let values = self.values_on(&batch, &acts)?;
         let host_values = self.gpu.download(&values)?;
         let pass = CudaPass {
@@ -223,6 +311,7 @@ impl Passes for CudaPasses {
             values,
             actor: None,
             dvalues: None,
+            lent,
         };
         Ok((pass, host_values))
     }
@@ -280,6 +369,7 @@ impl Passes for CudaPasses {
             mut acts,
             actor,
             dvalues,
+            lent,
             ..
         } = pass;
         let (actor, dv) = actor
@@ -311,7 +401,11 @@ impl Passes for CudaPasses {
         };
         self.policy
             .backward(g, &batch, &mut acts, &actor.dlogits, &mut grads)?;
-        drop(acts);
+        // A rollout's buffers go back for the next rollout of its shape to write.
+        if let Some(lent) = lent {
+            let r = DevRollout { acts, lent };
+            self.policy.give_back(&mut self.decoding, r);
+        }
         let views = grads.list();
         let mut norm_coef = g.alloc(2)?;
         let mut partial = g.alloc(optim::norm_pieces(&views).max(1))?;
@@ -405,6 +499,8 @@ impl Passes for CudaPasses {
         let critic_opt = AdamW::upload(g, &state.critic_opt)?;
         self.grads = None;
         self.after_backward = None;
+        self.decoding.clear();
+        self.rollout = None;
         self.policy = policy;
         self.critic_w = critic_w;
         self.critic_b = critic_b;
