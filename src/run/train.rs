@@ -132,50 +132,105 @@ pub enum Event<'a> {
     Done { path: &'a Path },
 }
 
-/// Which child, and the line that says why.
-fn choose_child(opts: &TrainOptions, task: &Task) -> (String, String) {
-    if let Some(m) = &opts.model {
-        return (m.clone(), format!("child: {m} (--model)"));
+/// The child a run trains, and why it is that one.
+struct ChildChoice {
+    /// What `load_model` takes.
+    model: String,
+    /// The lines `pgsrm train` prints first: the child, why, and how to get the paper's.
+    why: String,
+    /// The reason in a few words, for reports and plans (`child_reason` in config.json).
+    reason: String,
+}
+
+/// The paper's GPT-2 for a task's `child` setting (`small`, `large`): its Hugging Face name and
+/// the name the paper gives it.
+fn paper_child(child: &str) -> (String, String) {
+    match child {
+        "small" => ("gpt2".into(), "GPT-2 small".into()),
+        other => (format!("gpt2-{other}"), format!("GPT-2 {other}")),
     }
-    let hub = match task.settings.child {
-        "small" => "gpt2".to_string(),
-        other => format!("gpt2-{other}"),
-    };
+}
+
+/// Which child: `--model`, else the task's GPT-2 when its weights are in the Hugging Face cache,
+/// else the SmolLM2 fallback.
+fn choose_child(opts: &TrainOptions, task: &Task) -> ChildChoice {
+    if let Some(m) = &opts.model {
+        return ChildChoice {
+            model: m.clone(),
+            why: format!("child: {m} (--model)"),
+            reason: "given by --model".into(),
+        };
+    }
+    let (hub, paper_name) = paper_child(task.settings.child);
     let loc = Locations::from_env();
     let files = ["config.json", "model.safetensors"];
     let found = loc
         .hf_snapshot(&hub, &files)
         .or_else(|_| loc.hf_snapshot(&format!("openai-community/{hub}"), &files));
     if found.is_ok() {
-        return (
-            hub.clone(),
-            format!(
+        return ChildChoice {
+            model: hub.clone(),
+            why: format!(
                 "child: {hub}, the paper's child for {}, found in the Hugging Face cache",
                 task.name
             ),
-        );
+            reason: format!("{paper_name}, the paper's child, found in the Hugging Face cache"),
+        };
     }
+    // The fallback's scaled settings, less those a flag sets.
     let f = fallback(task.name);
-    (
-        FALLBACK_CHILD.to_string(),
-        format!(
-            "child: {FALLBACK_CHILD}: no {hub} weights in the Hugging Face cache (the paper's \
-             child for {}), so the pretrained SmolLM2-135M-Instruct runs instead, with settings \
-             scaled to finish in minutes on a CPU (batch {}, {} episodes, actor lr {:e}, the \
-             batch's mean reward as the baseline, no entropy bonus, chat prompts; flags \
-             override each).\n  For the paper's child: put {hub} in the Hugging Face cache \
-             (huggingface-cli download openai-community/{hub}) or pass --model <folder with \
-             config.json + model.safetensors>.",
-            task.name, f.batch, f.episodes, f.actor_lr
+    let all = [
+        (opts.batch_size.is_none(), format!("batch {}", f.batch)),
+        (opts.episodes.is_none(), format!("{} episodes", f.episodes)),
+        (
+            opts.actor_lr.is_none(),
+            format!("actor lr {:e}", f.actor_lr),
         ),
-    )
+        (
+            opts.baseline.is_none(),
+            "the batch's mean reward as the baseline".into(),
+        ),
+        (opts.entropy_coef.is_none(), "no entropy bonus".into()),
+        (opts.chat.is_none(), "chat prompts".into()),
+    ];
+    let count = all.len();
+    let scaled: Vec<String> = all
+        .into_iter()
+        .filter_map(|(default, s)| default.then_some(s))
+        .collect();
+    let settings = match scaled.len() {
+        0 => "with the settings its flags give".to_string(),
+        n if n == count => format!(
+            "with settings scaled to finish in minutes on a CPU ({}; flags override each)",
+            scaled.join(", ")
+        ),
+        _ => format!(
+            "with the short CPU runs' settings where no flag sets them ({})",
+            scaled.join(", ")
+        ),
+    };
+    ChildChoice {
+        model: FALLBACK_CHILD.to_string(),
+        why: format!(
+            "child: {FALLBACK_CHILD}: no {hub} weights in the Hugging Face cache (the paper's \
+             child for {}), so the pretrained SmolLM2-135M-Instruct runs instead, {settings}.\n  \
+             For the paper's child: put {hub} in the Hugging Face cache (huggingface-cli download \
+             openai-community/{hub}) or pass --model <folder with config.json + \
+             model.safetensors>.",
+            task.name
+        ),
+        reason: format!(
+            "{paper_name} ({hub}) weights not found in the Hugging Face cache: \
+             SmolLM2-135M-Instruct"
+        ),
+    }
 }
 
 /// Everything a run is made of, resolved: written as config.json and read back on resume.
 pub fn resolve(opts: &TrainOptions) -> Result<Value> {
     let task = crate::tasks::by_name(opts.task.as_deref().context("--task is required")?)?;
     Shaping::from_name(&opts.reward).context("--reward")?;
-    let (model, why) = choose_child(opts, &task);
+    let ChildChoice { model, why, reason } = choose_child(opts, &task);
     let is_fallback = model == FALLBACK_CHILD && opts.model.is_none();
     let mut ppo = PpoConfig {
         shaping: opts.reward.clone(),
@@ -234,6 +289,7 @@ pub fn resolve(opts: &TrainOptions) -> Result<Value> {
         "reward": opts.reward,
         "model": model,
         "child_choice": why,
+        "child_reason": reason,
         "seed": opts.seed,
         "episodes": episodes,
         "batch_size": ppo.batch_size,
