@@ -2,7 +2,9 @@
 //! baseline train on the same seeds, each run is evaluated on its task's held-out prompts, and
 //! `report.md` with plots compares them: per task, and with several tasks one table and one
 //! figure over all of them. On the CPU several runs train at once (`--jobs`), each on its own
-//! share of the threads; a run's figures do not depend on that.
+//! share of the threads; a run's figures do not depend on that. `--scale` says how big the runs
+//! are: `pgsrm train`'s defaults (quick) or the paper's settings per task (paper); `--plan`
+//! prints the runs and their settings without training.
 
 use crate::cli::train::{self, lock};
 use anyhow::{Context, Result, bail};
@@ -10,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use pgsrm::device::{Device, DeviceChoice};
 use pgsrm::files::write_atomic;
 use pgsrm::model::spec::load_model;
+use pgsrm::ppo::PpoConfig;
 use pgsrm::reward::Embedder;
 use pgsrm::reward::embedder::EmbedderOptions;
 use pgsrm::run::eval::evaluate;
@@ -18,6 +21,7 @@ use pgsrm::run::progress::{JobProgress, PlannedRun, duration};
 use pgsrm::run::report::{
     EVAL, Group, RunCurves, TaskReport, charts, write_report, write_tasks_report,
 };
+use pgsrm::run::train::PAPER_EPISODES;
 use pgsrm::tasks::NAMES;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,17 +37,29 @@ pub struct Args {
     /// Seeds, comma-separated; every seed runs under both rewards
     #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
     seeds: Vec<u64>,
-    /// Child (default as for `pgsrm train`: GPT-2 when found, else smollm2-135m-instruct)
+    /// How big the runs are. quick: `pgsrm train`'s defaults (without GPT-2 weights in the
+    /// Hugging Face cache, SmolLM2-135M-Instruct with 240 episodes of 8 per run, minutes on a
+    /// CPU; with them, the paper's settings). paper: the paper's settings per task, batch 50 and
+    /// 2 new tokens for colors, opposites and categories, batch 10 and 10 new tokens for copy and
+    /// negative, 100,000 episodes per run, the child GPT-2 small (word tasks) or GPT-2 large
+    /// (sentence tasks) when its weights are in the Hugging Face cache, else
+    /// SmolLM2-135M-Instruct; a checkpoint every 10,000 episodes. Default: paper on a CUDA GPU,
+    /// quick otherwise (cpu, emu). --model, --episodes and --batch-size override either
+    #[arg(long, value_enum)]
+    scale: Option<Scale>,
+    /// Child (default as for `pgsrm train`: the task's GPT-2 when found, else
+    /// smollm2-135m-instruct)
     #[arg(long)]
     model: Option<String>,
-    /// Episodes per run (default as for `pgsrm train`)
+    /// Episodes per run (default: the scale's)
     #[arg(long)]
     episodes: Option<u64>,
-    /// Episodes per update (default as for `pgsrm train`)
+    /// Episodes per update (default: the scale's)
     #[arg(long)]
     batch_size: Option<usize>,
     /// Folder for the runs and the report (default: runs/reproduce-<task>, runs/reproduce-all
-    /// for all five tasks)
+    /// for all five tasks; runs/reproduce-paper-<task> and runs/reproduce-paper-all at the paper's
+    /// scale)
     #[arg(long)]
     out: Option<PathBuf>,
     /// Embedder of the PGSRM reward and of the held-out reward
@@ -61,6 +77,68 @@ pub struct Args {
     /// No progress lines
     #[arg(long)]
     quiet: bool,
+    /// Print the runs (folder, and whether each is new, half done or finished), each task's
+    /// child and why, and its settings, then exit without training or writing anything
+    #[arg(long)]
+    plan: bool,
+}
+
+/// How big a reproduction's runs are (`--scale`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    /// `pgsrm train`'s defaults: the SmolLM2 fallback's short runs without GPT-2 weights
+    Quick,
+    /// the paper's batch, new tokens and 100,000 episodes per run for each task
+    Paper,
+}
+
+/// Episodes between the checkpoints of a run at the paper's scale: a run of 100,000 episodes
+/// that stops (a crash, a machine taken back) continues from the last of them rather than from
+/// the start; only the newest is kept.
+const PAPER_CHECKPOINT_EPISODES: u64 = 10_000;
+
+impl Scale {
+    fn name(self) -> &'static str {
+        match self {
+            Scale::Quick => "quick",
+            Scale::Paper => "paper",
+        }
+    }
+
+    /// What the scale runs, in words, with the flags that override it.
+    fn describe(self, args: &Args) -> String {
+        let what = match self {
+            Scale::Quick => "`pgsrm train`'s defaults for each task",
+            Scale::Paper => {
+                "the paper's batch, new tokens and 100,000 episodes per run for each task"
+            }
+        };
+        let given: Vec<&str> = [
+            (args.model.is_some(), "--model"),
+            (args.episodes.is_some(), "--episodes"),
+            (args.batch_size.is_some(), "--batch-size"),
+        ]
+        .into_iter()
+        .filter_map(|(g, f)| g.then_some(f))
+        .collect();
+        if given.is_empty() {
+            format!("{} ({what})", self.name())
+        } else {
+            format!("{} ({what}; {} as given)", self.name(), given.join(", "))
+        }
+    }
+}
+
+/// The scale `--scale` names, else the device's: the paper's on a CUDA GPU, quick on the CPU
+/// and on the emulated device. With the words that say which it was.
+fn choose_scale(flag: Option<Scale>, device: &Device) -> (Scale, &'static str) {
+    match flag {
+        Some(s) => (s, "set by --scale"),
+        None if device.gpu().is_some_and(|g| g.emu().is_none()) => {
+            (Scale::Paper, "the default on a CUDA GPU")
+        }
+        None => (Scale::Quick, "the default off a CUDA GPU"),
+    }
 }
 
 /// `pgsrm train`'s flags, parsed from an argument list built here.
@@ -93,13 +171,16 @@ pub fn parse_tasks(flag: &str) -> Result<Vec<&'static str>> {
     Ok(tasks)
 }
 
-/// One run of the job: where it lives and the `pgsrm train` flags that start or continue it.
+/// One run of the job: where it lives, the `pgsrm train` flags that start or continue it, and
+/// the settings those flags give a new run.
 struct Job {
     task: &'static str,
     reward: &'static str,
     seed: u64,
     dir: PathBuf,
     fresh: Vec<String>,
+    /// The config.json a new run gets from `fresh` (`pgsrm::run::train::resolve`).
+    settings: Value,
 }
 
 impl Job {
@@ -122,7 +203,7 @@ impl Job {
     }
 
     /// The flags that continue this run when it has a config, else those that start it.
-    fn argv(&self, args: &Args) -> Vec<String> {
+    fn argv(&self, args: &Args, scale: Scale) -> Vec<String> {
         if self.dir.join(CONFIG).is_file() {
             // A reproduction run again continues (or just re-reads) the runs it already has.
             let mut argv: Vec<String> = vec![
@@ -137,25 +218,117 @@ impl Job {
             if args.quiet {
                 argv.push("--quiet".into());
             }
+            if scale == Scale::Paper {
+                // As when it started: only the newest of its checkpoints is kept.
+                argv.extend(["--keep-checkpoints".into(), "1".into()]);
+            }
             argv
         } else {
             self.fresh.clone()
         }
     }
 
+    /// The config.json of the run already in this job's folder, if there is one.
+    fn existing(&self) -> Result<Option<Value>> {
+        match std::fs::read_to_string(self.dir.join(CONFIG)) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{}/{CONFIG}: not valid JSON", self.dir.display()))
+                .map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// The episodes this run trains: its config's when it has one, else what `pgsrm train`
     /// resolves its flags to.
     fn episodes(&self, args: &Args) -> Result<u64> {
-        let cfg: Value = match std::fs::read_to_string(self.dir.join(CONFIG)) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{}/{CONFIG}: not valid JSON", self.dir.display()))?,
-            Err(_) => pgsrm::run::train::resolve(&parse_train(&self.fresh)?.options())?,
-        };
+        let cfg = self.existing()?.unwrap_or_else(|| self.settings.clone());
         cfg["episodes"]
             .as_u64()
             .or(args.episodes)
             .with_context(|| format!("{}/{CONFIG}: no episodes", self.dir.display()))
     }
+
+    /// Fails, naming the folder and each setting that differs, when the folder holds a run
+    /// whose settings are not those this job would start it with: a job continues or reads the
+    /// runs it finds, and must not mix another job's runs (of another scale, child or length)
+    /// into its report.
+    fn check_existing(&self, scale: Scale) -> Result<()> {
+        let Some(there) = self.existing()? else {
+            return Ok(());
+        };
+        let diffs = differences(&there, &self.settings);
+        if !diffs.is_empty() {
+            bail!(
+                "{}: holds a run with other settings than this job's (--scale {}): {}. Give \
+                 another --out, the flags that run had, or remove the folder to train it again",
+                self.dir.display(),
+                scale.name(),
+                diffs.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    /// How far the run in this folder is, for the plan.
+    fn state(&self) -> Result<String> {
+        if self.existing()?.is_none() {
+            return Ok("new".into());
+        }
+        let Some((step, ck)) = latest_checkpoint(&self.dir)? else {
+            return Ok("stopped before its first checkpoint: starts again".into());
+        };
+        if self.complete()? {
+            return Ok("finished: read, not trained".into());
+        }
+        let done: Value = serde_json::from_str(&std::fs::read_to_string(ck.join(STATE_JSON))?)
+            .with_context(|| format!("{}/{STATE_JSON}: not valid JSON", ck.display()))?;
+        Ok(format!(
+            "continues from step-{step} ({} episodes done)",
+            done["episodes"]
+        ))
+    }
+}
+
+/// The settings of a run that shape its figures: `there` (a run folder's config.json) against
+/// `here` (a new run's), as "name X there, Y here" for each that differs.
+fn differences(there: &Value, here: &Value) -> Vec<String> {
+    fn show(v: &Value) -> String {
+        match v {
+            // The learning rates and coefficients are f32s in the config.
+            Value::Number(n) if n.is_f64() => {
+                format!("{:e}", n.as_f64().unwrap_or(f64::NAN) as f32)
+            }
+            Value::Null => "none".into(),
+            v => v.to_string(),
+        }
+    }
+    let mut diffs = Vec::new();
+    let mut compare = |name: &str, a: &Value, b: &Value| {
+        if a != b {
+            diffs.push(format!("{name} {} there, {} here", show(a), show(b)));
+        }
+    };
+    for key in ["task", "reward", "seed", "model", "episodes", "embedder"] {
+        compare(key, &there[key], &here[key]);
+    }
+    // Both through `PpoConfig`, so that a setting an older config leaves out reads as its default.
+    let ppo = |cfg: &Value| -> std::result::Result<Value, String> {
+        serde_json::from_value::<PpoConfig>(cfg["ppo"].clone())
+            .and_then(serde_json::to_value)
+            .map_err(|e| e.to_string())
+    };
+    match (ppo(there), ppo(here)) {
+        (Ok(a), Ok(b)) => {
+            if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+                for (key, b) in b {
+                    compare(key, a.get(key).unwrap_or(&Value::Null), b);
+                }
+            }
+        }
+        (Err(e), _) => diffs.push(format!("its PPO settings cannot be read ({e})")),
+        (_, Err(e)) => diffs.push(format!("this job's PPO settings: {e}")),
+    }
+    diffs
 }
 
 fn parse_train(argv: &[String]) -> Result<train::Args> {
@@ -164,8 +337,15 @@ fn parse_train(argv: &[String]) -> Result<train::Args> {
         .args)
 }
 
-/// The flags of a fresh run of `task` under `reward` with `seed`, into `runs_dir`.
-fn fresh_argv(args: &Args, task: &str, reward: &str, seed: u64, runs_dir: &Path) -> Vec<String> {
+/// The flags of a fresh run of `task` under `reward` with `seed`, into `runs_dir`, at `scale`.
+fn fresh_argv(
+    args: &Args,
+    scale: Scale,
+    task: &str,
+    reward: &str,
+    seed: u64,
+    runs_dir: &Path,
+) -> Result<Vec<String>> {
     let mut argv: Vec<String> = vec!["train".into()];
     let mut flag = |k: &str, v: String| {
         argv.push(format!("--{k}"));
@@ -178,25 +358,44 @@ fn fresh_argv(args: &Args, task: &str, reward: &str, seed: u64, runs_dir: &Path)
     flag("run-name", format!("{task}-{reward}-seed{seed}"));
     flag("embedder", args.embedder.clone());
     flag("device", device_flag(args.device));
-    // Runs of a reproduction are short: one checkpoint at the end, which evaluation reads,
-    // rather than one every ten updates; and without the optimiser moments, which only a run
-    // that goes on needs: a third of the size (0.5 GB instead of 1.6 for SmolLM2, 30 runs of
-    // them for all five tasks).
-    flag("checkpoint-every", "0".into());
+    let (episodes, batch_size) = match scale {
+        Scale::Quick => {
+            // Runs of a quick reproduction are short: one checkpoint at the end, which
+            // evaluation reads, rather than one every ten updates.
+            flag("checkpoint-every", "0".into());
+            (args.episodes, args.batch_size)
+        }
+        Scale::Paper => {
+            // The paper's settings for the task: its batch and new tokens (`pgsrm tasks`), and
+            // its run length. The child is `pgsrm train`'s choice (the task's GPT-2 when found,
+            // else SmolLM2). A run that long keeps a checkpoint every 10,000 episodes, the newest
+            // only, so that one that stops continues.
+            let settings = pgsrm::tasks::by_name(task)?.settings;
+            let batch = args.batch_size.unwrap_or(settings.batch_size);
+            let every = PAPER_CHECKPOINT_EPISODES.div_ceil(batch.max(1) as u64);
+            flag("max-new-tokens", settings.max_new_tokens.to_string());
+            flag("checkpoint-every", every.to_string());
+            flag("keep-checkpoints", "1".into());
+            (Some(args.episodes.unwrap_or(PAPER_EPISODES)), Some(batch))
+        }
+    };
     if let Some(m) = &args.model {
         flag("model", m.clone());
     }
-    if let Some(e) = args.episodes {
+    if let Some(e) = episodes {
         flag("episodes", e.to_string());
     }
-    if let Some(b) = args.batch_size {
+    if let Some(b) = batch_size {
         flag("batch-size", b.to_string());
     }
+    // The last checkpoint without the optimiser moments, which only a run that goes on needs:
+    // a third of the size (0.5 GB instead of 1.6 for SmolLM2, 30 runs of them for all five
+    // tasks).
     argv.push("--lean-last-checkpoint".into());
     if args.quiet {
         argv.push("--quiet".into());
     }
-    argv
+    Ok(argv)
 }
 
 /// `choice` as its `--device` value.
@@ -257,13 +456,27 @@ fn wall_time(seconds: f64) -> String {
     }
 }
 
-/// A markdown table of each task's child and settings.
+/// A markdown table of each task's child, why it is that one, and its settings.
 fn settings_table(reports: &[TaskReport]) -> String {
-    let mut t = String::from("| task | child | settings |\n| --- | --- | --- |\n");
+    let mut t =
+        String::from("| task | child | why this child | settings |\n| --- | --- | --- | --- |\n");
     for r in reports {
-        t.push_str(&format!("| {} | {} | {} |\n", r.task, r.child, r.settings));
+        t.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.task, r.child, r.child_reason, r.settings
+        ));
     }
     t
+}
+
+/// Why a run's child is the one it is, in a few words: its config's `child_reason` (older
+/// configs have only the long `child_choice`).
+fn child_reason(cfg: &Value) -> String {
+    cfg["child_reason"]
+        .as_str()
+        .or_else(|| cfg["child_choice"].as_str())
+        .unwrap_or("not recorded")
+        .to_string()
 }
 
 /// The one-line description of a task's runs for a report: its settings.
@@ -273,8 +486,12 @@ fn settings_line(cfg: &Value) -> String {
     let lr = ppo["actor_lr"]
         .as_f64()
         .map_or_else(|| "?".into(), |x| format!("{:e}", x as f32));
+    let entropy = ppo["entropy_coef"]
+        .as_f64()
+        .map_or_else(|| "?".into(), |x| format!("{}", x as f32));
     format!(
-        "{} episodes per run, batch {}, {} new tokens, actor lr {lr}, {}",
+        "{} episodes per run, batch {}, {} new tokens, actor lr {lr}, {}, {} baseline, entropy \
+         bonus {entropy}",
         cfg["episodes"],
         ppo["batch_size"],
         ppo["max_new_tokens"],
@@ -282,7 +499,8 @@ fn settings_line(cfg: &Value) -> String {
             "chat prompts"
         } else {
             "raw prompts"
-        }
+        },
+        ppo["baseline"].as_str().unwrap_or("?"),
     )
 }
 
@@ -296,6 +514,7 @@ pub fn run(args: Args) -> Result<()> {
     let tasks = parse_tasks(&args.task)?;
     // The device first: a missing driver or device stops the job before any folder is made.
     let device = Device::open(args.device, 0)?;
+    let (scale, chosen_by) = choose_scale(args.scale, &device);
     let t0 = Instant::now();
     let out = args.out.clone().unwrap_or_else(|| {
         let name = if tasks == NAMES {
@@ -303,7 +522,12 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             tasks.join("-")
         };
-        PathBuf::from(format!("runs/reproduce-{name}"))
+        // The paper's runs in folders of their own: a quick job's runs are never continued as
+        // the paper's (nor the other way round), whichever ran first.
+        match scale {
+            Scale::Quick => PathBuf::from(format!("runs/reproduce-{name}")),
+            Scale::Paper => PathBuf::from(format!("runs/reproduce-paper-{name}")),
+        }
     });
     // One task keeps its runs and report in `out`; several have a folder each under it.
     let single = tasks.len() == 1;
@@ -315,15 +539,25 @@ pub fn run(args: Args) -> Result<()> {
         for reward in REWARDS {
             for &seed in &args.seeds {
                 let runs_dir = task_dir(task);
+                let fresh = fresh_argv(&args, scale, task, reward, seed, &runs_dir)?;
+                let settings = pgsrm::run::train::resolve(&parse_train(&fresh)?.options())?;
                 jobs.push(Job {
                     task,
                     reward,
                     seed,
                     dir: runs_dir.join(format!("{task}-{reward}-seed{seed}")),
-                    fresh: fresh_argv(&args, task, reward, seed, &runs_dir),
+                    fresh,
+                    settings,
                 });
             }
         }
+    }
+    let scale_words = format!("{}, {chosen_by}", scale.describe(&args));
+    if args.plan {
+        return print_plan(&args, &jobs, &scale_words, &device, &out);
+    }
+    for job in &jobs {
+        job.check_existing(scale)?;
     }
     let planned = jobs
         .iter()
@@ -347,6 +581,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let shared = Shared {
         args: &args,
+        scale,
+        scale_words: &scale_words,
         device: &device,
         jobs: &jobs,
         single,
@@ -395,7 +631,8 @@ pub fn run(args: Args) -> Result<()> {
             String::new()
         };
         let preamble = format!(
-            "Tasks {}; seeds {:?}; every seed under both rewards. Each task's child and settings:\n\n\
+            "Tasks {}; seeds {:?}; every seed under both rewards; scale {scale_words}. Each task's \
+             child and settings:\n\n\
              {}\nWall time of this run of the command (training, evaluation, reports): {}{read}.",
             tasks.join(", "),
             args.seeds,
@@ -414,6 +651,63 @@ pub fn run(args: Args) -> Result<()> {
         out.join("report.md").display(),
         wall_time(wall)
     );
+    Ok(())
+}
+
+/// `--plan`: the job's runs and their settings on stdout; nothing is trained or written.
+fn print_plan(
+    args: &Args,
+    jobs: &[Job],
+    scale_words: &str,
+    device: &Device,
+    out: &Path,
+) -> Result<()> {
+    let episodes = jobs.iter().map(|j| j.episodes(args)).sum::<Result<u64>>()?;
+    println!(
+        "reproduce: scale {scale_words}; on {}; seeds {:?}, each under both rewards: {} runs, \
+         {episodes} episodes in all, into {}",
+        device.name(),
+        args.seeds,
+        jobs.len(),
+        out.display()
+    );
+    let mut tasks: Vec<&str> = jobs.iter().map(|j| j.task).collect();
+    tasks.dedup();
+    for task in tasks {
+        let runs: Vec<&Job> = jobs.iter().filter(|j| j.task == task).collect();
+        let cfg = &runs[0].settings;
+        println!(
+            "\n{task}: child {} ({})",
+            cfg["model"].as_str().unwrap_or("?"),
+            child_reason(cfg)
+        );
+        let updates = cfg["episodes"]
+            .as_u64()
+            .zip(cfg["ppo"]["batch_size"].as_u64())
+            .map_or(0, |(e, b)| e.div_ceil(b.max(1)));
+        let every = match cfg["checkpoint_every"].as_u64() {
+            Some(n) if n > 0 && n < updates => {
+                format!("{updates} updates, a checkpoint every {n}, the newest kept")
+            }
+            _ => format!("{updates} updates, one checkpoint at the end"),
+        };
+        println!("  {}; {every}", settings_line(cfg));
+        for job in runs {
+            let differs = job
+                .existing()?
+                .map(|there| differences(&there, &job.settings))
+                .unwrap_or_default();
+            let state = if differs.is_empty() {
+                job.state()?
+            } else {
+                format!(
+                    "holds a run with other settings ({}): the job stops there",
+                    differs.join("; ")
+                )
+            };
+            println!("  {}: {state}", job.dir.display());
+        }
+    }
     Ok(())
 }
 
@@ -444,6 +738,9 @@ fn available_memory() -> Option<u64> {
 /// What the runs of a job share while several train at once.
 struct Shared<'a> {
     args: &'a Args,
+    scale: Scale,
+    /// The scale in words, and how it was chosen, for the reports.
+    scale_words: &'a str,
     /// Where every run trains and is evaluated: the device the command opened.
     device: &'a Device,
     jobs: &'a [Job],
@@ -530,7 +827,7 @@ impl Shared<'_> {
             job.dir.clone()
         } else {
             train::train_with(
-                &parse_train(&job.argv(args))?,
+                &parse_train(&job.argv(args, self.scale))?,
                 self.device,
                 Some((&self.progress, k)),
             )?
@@ -551,7 +848,7 @@ impl Shared<'_> {
             // it to the report over them.
             let wall = self.single.then(|| self.t0.elapsed().as_secs_f64());
             let dir = (self.task_dir)(job.task);
-            let report = task_report(job.task, self.jobs, &dir, self.out, wall)?;
+            let report = task_report(job.task, self.jobs, &dir, self.out, wall, self.scale_words)?;
             lock(&self.done).reports.push(report);
         }
         Ok(())
@@ -565,6 +862,7 @@ fn task_report(
     dir: &Path,
     out: &Path,
     wall: Option<f64>,
+    scale_words: &str,
 ) -> Result<TaskReport> {
     let curves: Vec<RunCurves> = jobs
         .iter()
@@ -579,20 +877,24 @@ fn task_report(
         })
         .collect();
     let cfg = &curves[0].config;
-    let child_choice = cfg["child_choice"].as_str().unwrap_or("");
+    let child = cfg["model"].as_str().unwrap_or("").to_string();
+    let reason = child_reason(cfg);
     let seeds: Vec<u64> = curves
         .iter()
         .filter(|c| c.reward() == Some(REWARDS[0]))
         .filter_map(|c| c.config["seed"].as_u64())
         .collect();
     let settings = settings_line(cfg);
+    let about = format!(
+        "Task `{task}`, seeds {seeds:?}, scale {scale_words}: {settings}. Child: {child} \
+         ({reason})."
+    );
     let preamble = match wall {
         Some(wall) => format!(
-            "Task `{task}`, seeds {seeds:?}, {settings}. {child_choice}\n\nWall time of the whole \
-             reproduction (training, evaluation, report): {}.",
+            "{about}\n\nWall time of the whole reproduction (training, evaluation, report): {}.",
             wall_time(wall)
         ),
-        None => format!("Task `{task}`, seeds {seeds:?}, {settings}."),
+        None => about,
     };
     let summaries = write_report(
         &groups,
@@ -610,8 +912,110 @@ fn task_report(
         task: task.to_string(),
         folder,
         settings,
-        child: cfg["model"].as_str().unwrap_or("").to_string(),
+        child,
+        child_reason: reason,
         summaries,
         reward,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(flags: &[&str]) -> Args {
+        let argv = [
+            &["reproduce", "--task", "colors", "--device", "cpu"][..],
+            flags,
+        ]
+        .concat();
+        Flags::try_parse_from(argv).unwrap().args
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The quick scale gives `pgsrm train` the flags a reproduction always gave it.
+    #[test]
+    fn quick_scale_passes_train_the_flags_it_always_did() {
+        let dir = Path::new("runs/x");
+        let argv = fresh_argv(&args(&[]), Scale::Quick, "colors", "pgsrm", 2, dir).unwrap();
+        let base = [
+            "train",
+            "--task",
+            "colors",
+            "--reward",
+            "pgsrm",
+            "--seed",
+            "2",
+            "--runs-dir",
+            "runs/x",
+            "--run-name",
+            "colors-pgsrm-seed2",
+            "--embedder",
+            "minilm",
+            "--device",
+            "cpu",
+            "--checkpoint-every",
+            "0",
+        ];
+        assert_eq!(
+            argv,
+            strings(&[&base[..], &["--lean-last-checkpoint"]].concat())
+        );
+        let flags = [
+            "--model",
+            "m",
+            "--episodes",
+            "5",
+            "--batch-size",
+            "3",
+            "--quiet",
+        ];
+        let argv = fresh_argv(&args(&flags), Scale::Quick, "colors", "pgsrm", 2, dir).unwrap();
+        let more = [
+            "--model",
+            "m",
+            "--episodes",
+            "5",
+            "--batch-size",
+            "3",
+            "--lean-last-checkpoint",
+            "--quiet",
+        ];
+        assert_eq!(argv, strings(&[&base[..], &more[..]].concat()));
+    }
+
+    /// The paper's scale: the task's batch and new tokens, 100,000 episodes, a checkpoint every
+    /// 10,000 episodes; flags override the batch and the episodes.
+    #[test]
+    fn paper_scale_passes_the_tasks_settings() {
+        let dir = Path::new("runs/x");
+        let has = |argv: &[String], flag: &str, value: &str| {
+            argv.windows(2).any(|w| w[0] == flag && w[1] == value)
+        };
+        for (task, batch, tokens, every) in
+            [("colors", "50", "2", "200"), ("copy", "10", "10", "1000")]
+        {
+            let argv = fresh_argv(&args(&[]), Scale::Paper, task, "binary", 1, dir).unwrap();
+            assert!(has(&argv, "--batch-size", batch), "{argv:?}");
+            assert!(has(&argv, "--max-new-tokens", tokens), "{argv:?}");
+            assert!(has(&argv, "--episodes", "100000"), "{argv:?}");
+            assert!(has(&argv, "--checkpoint-every", every), "{argv:?}");
+            assert!(has(&argv, "--keep-checkpoints", "1"), "{argv:?}");
+            assert!(!argv.contains(&"--model".to_string()), "{argv:?}");
+        }
+        let flags = ["--episodes", "300", "--batch-size", "3"];
+        let argv = fresh_argv(&args(&flags), Scale::Paper, "copy", "binary", 1, dir).unwrap();
+        assert!(has(&argv, "--batch-size", "3"), "{argv:?}");
+        assert!(has(&argv, "--episodes", "300"), "{argv:?}");
+        assert!(has(&argv, "--checkpoint-every", "3334"), "{argv:?}");
+    }
 }

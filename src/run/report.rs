@@ -360,12 +360,14 @@ pub fn write_report(
 }
 
 /// One task of a report over several tasks: its report's folder (relative to the overall one),
-/// its child, its settings in words, its groups' summaries (`summary`) and its reward chart.
+/// its child and why it is that one, its settings in words, its groups' summaries (`summary`)
+/// and its reward chart.
 pub struct TaskReport {
     pub task: String,
     pub folder: String,
     pub settings: String,
     pub child: String,
+    pub child_reason: String,
     pub summaries: Vec<Value>,
     pub reward: Chart,
 }
