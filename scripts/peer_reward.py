@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""sentence-transformers throughput on the CPU, the peer figure for pgsrm's reward bench in BENCHMARKS.md.
+"""sentence-transformers throughput, the peer figure for pgsrm's reward bench in BENCHMARKS.md: on the
+CPU beside the `reward_cpu` group of `cargo bench --bench reward`, and with --device cuda on a GPU
+beside its `reward_cuda` group (scripts/gpu-check.sh runs both there).
 
 With all-MiniLM-L6-v2 (mean pooling, L2 normalisation), on batches of 50 short answers (1-3 words):
   texts_per_s    SentenceTransformer.encode of one batch of 50 answers
   rewards_per_s  the whole PGSRM reward for 50 (parent, child) pairs: both sides encoded in one call
                  of 100 texts, cosine per pair, r = ((cos + 1) / 2) ** 4 clamped to [0, 1]
-Prints one JSON line.
+Prints one JSON line. On a GPU the timers wait for the GPU's work before they read the clock.
 
 Regenerate the environment and run (from the repository root):
   python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements.txt
   .venv/bin/python scripts/peer_reward.py --threads 2 [--minilm DIR]
+  .venv/bin/python scripts/peer_reward.py --device cuda [--minilm DIR]
 """
 
 import argparse
@@ -49,6 +52,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--power", type=float, default=4.0, help="shaping exponent p in ((cos + 1) / 2) ** p")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where sentence-transformers runs (cuda: the first GPU; needs a CUDA build of torch)")
     args = ap.parse_args()
 
     if args.threads < 1 or args.batch < 1 or args.batches < 1:
@@ -58,12 +63,18 @@ def main() -> int:
     if not (folder / "modules.json").is_file():
         print(f"error: --minilm {folder}: no modules.json (not a sentence-transformers folder)", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        print(f"error: --device cuda: torch {torch.__version__} ({built}) sees no CUDA device "
+              "(torch.cuda.is_available() is False); install a CUDA build of torch or use --device cpu",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
 
     import sentence_transformers
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(folder), device="cpu")
+    st = SentenceTransformer(str(folder), device=args.device)
     rng = random.Random(args.seed)
     batches = [
         ([rng.choice(ANSWERS) for _ in range(args.batch)], [rng.choice(ANSWERS) for _ in range(args.batch)])
@@ -72,6 +83,11 @@ def main() -> int:
 
     def encode(texts):
         return st.encode(texts, batch_size=len(texts), convert_to_tensor=True, normalize_embeddings=True)
+
+    def sync():
+        # The GPU's work is queued: wait for it before reading the clock.
+        if args.device == "cuda":
+            torch.cuda.synchronize()
 
     def reward(parents, children):
         emb = encode(parents + children)
@@ -82,13 +98,16 @@ def main() -> int:
         for parents, children in batches[: args.warmup]:
             encode(children)
             reward(parents, children)
+        sync()
         t0 = time.perf_counter()
         for _, children in batches[args.warmup :]:
             encode(children)
+        sync()
         encode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for parents, children in batches[args.warmup :]:
             r = reward(parents, children)
+        sync()
         reward_s = time.perf_counter() - t0
     assert r.shape == (args.batch,) and bool(torch.isfinite(r).all())
 
@@ -101,6 +120,7 @@ def main() -> int:
         "batches": args.batches,
         "power": args.power,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
         "sentence_transformers": sentence_transformers.__version__,
     }))
