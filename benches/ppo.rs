@@ -12,6 +12,12 @@
 //!
 //! The binary reward needs no embedder, so the figures measure the policy work. Reported as
 //! episodes per second (criterion "elements").
+//!
+//! `PGSRM_BENCH_SMOLLM2` names another model (anything `--model` takes) to stand in for
+//! SmolLM2-135M-Instruct: scripts/gpu-check.sh gives a folder of its shape, tokenizer and chat
+//! template with random weights on a GPU machine the GGUF cannot be carried to (speed does not
+//! depend on the weights' values). The groups' times are the defaults of the `Criterion` below,
+//! so command-line flags (`--measurement-time 5`) override them.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pgsrm::device::{Device, DeviceChoice};
@@ -51,9 +57,14 @@ fn trainer(device: &str, loaded: Loaded, cfg: PpoConfig) -> Trainer {
     trainer_on(&device, cfg, loaded, task, None, 1).expect("trainer")
 }
 
+/// SmolLM2-135M-Instruct (fetched by the asset code), or what `PGSRM_BENCH_SMOLLM2` names.
 fn smollm2() -> Loaded {
-    load_model("smollm2-135m-instruct")
-        .unwrap_or_else(|e| panic!("SmolLM2-135M-Instruct (fetched by the asset code): {e:#}"))
+    match std::env::var("PGSRM_BENCH_SMOLLM2") {
+        Ok(m) if !m.is_empty() => load_model(&m)
+            .unwrap_or_else(|e| panic!("PGSRM_BENCH_SMOLLM2={m} (SmolLM2's stand-in): {e:#}")),
+        _ => load_model("smollm2-135m-instruct")
+            .unwrap_or_else(|e| panic!("SmolLM2-135M-Instruct (fetched by the asset code): {e:#}")),
+    }
 }
 
 /// GPT-2 small (random init) with SmolLM2's chat template, for the fallback's prompt shape.
@@ -78,9 +89,6 @@ fn ppo_update(c: &mut Criterion) {
     ];
     for device in devices {
         let mut group = c.benchmark_group(format!("ppo_{device}"));
-        group.sample_size(10);
-        group.warm_up_time(Duration::from_secs(1));
-        group.measurement_time(Duration::from_secs(60));
         for (shape, cfg) in &shapes {
             let mut t = trainer(device, gpt2_small(template.clone()), cfg.clone());
             group.throughput(Throughput::Elements(t.batch_size() as u64));
@@ -99,5 +107,13 @@ fn ppo_update(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, ppo_update);
+criterion_group! {
+    name = benches;
+    // Here rather than on the groups, where they would override the command line's.
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(60));
+    targets = ppo_update
+}
 criterion_main!(benches);

@@ -21,7 +21,8 @@
 //! Throughput is reported per answer (embed) or per reward (reward).
 //!
 //! `cargo bench --bench reward -- reward_cpu` for the CPU group, `-- reward_cuda` for the device
-//! group; the MiniLM folder comes through the asset code.
+//! group; the MiniLM folder comes through the asset code. The groups' times are the defaults of
+//! the `Criterion` below, so command-line flags (`--measurement-time 5`) override them.
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
@@ -148,9 +149,6 @@ fn reward(c: &mut Criterion) {
 /// A group of `c` named `name`, set up as every group of this bench.
 fn group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
     let mut g = c.benchmark_group(name);
-    g.sample_size(20);
-    g.warm_up_time(Duration::from_secs(2));
-    g.measurement_time(Duration::from_secs(6));
     g.throughput(Throughput::Elements(BATCH as u64));
     g
 }
@@ -223,5 +221,13 @@ fn reward_cuda(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, reward);
+criterion_group! {
+    name = benches;
+    // Here rather than on the groups, where they would override the command line's.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6));
+    targets = reward
+}
 criterion_main!(benches);
