@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a lent machine with a CUDA GPU but no Rust toolchain and no network.
 #
-# Here (with cargo):   cargo build --profile gpu --bins --tests
+# Here (with cargo):   cargo build --profile gpu --bins --tests --bench ppo --bench reward
 #                      bash scripts/gpu-check.sh --collect     # binaries and model shapes in gpu-bin/
 # There (carry gpu-bin/ and the work tree):
 #                      bash scripts/gpu-check.sh [STEP ...]
@@ -16,17 +16,24 @@
 #   update     `pgsrm bench --job update`: one steady update of each child at the paper's batch,
 #              and where its time went (rollout, reward, reference, actor, optimiser)
 #   generate   `pgsrm bench --job generate` and the generation peer (`transformers.generate`)
-#   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape, same GPU
+#   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape and `scripts/peer_reward.py`
+#              (sentence-transformers on MiniLM's shape), same GPU
 #   kernels    Nsight Compute's time of every kernel over one update of GPT-2 small and one of
 #              GPT-2 large, summed by kernel and grid (scripts/ncu_summary.py)
 #   sanitize   compute-sanitizer: racecheck over the product and reduction kernels' rows
 #              (`pgsrm check --filter`), memcheck, synccheck and initcheck over every row
+#   criterion  the criterion benches' CUDA groups with short settings (1 s warm-up, 5 s, 10
+#              samples): `ppo_cuda` of benches/ppo.rs (whole updates of GPT-2 small and SmolLM2's
+#              shape, batch 50 and the fallback's batch 8 of chat prompts) and `reward_cuda` of
+#              benches/reward.rs (MiniLM's shape), the peers' figures beside them in the summary
 # Outputs go to $OUT (default gpu-out/); a summary is printed last.
 #
 # The real SmolLM2 and MiniLM weights are over the 64 MiB that travels to a lent machine, so
 # --collect takes their configs and tokenizers only, and there `scripts/random_weights.py` gives
 # both seeded random weights of the same shapes: speed does not depend on the values. GPT-2 small
-# and large get the same from the configs --collect writes.
+# and large get the same from the configs --collect writes. The criterion benches find GPT-2's
+# tokenizer and MiniLM through the asset code in $PGSRM_HOME, where the `criterion` step links
+# those shapes when the cache has none, and SmolLM2 through PGSRM_BENCH_SMOLLM2.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +42,18 @@ if [ "${1:-}" = "--collect" ]; then
     cp target/gpu/pgsrm gpu-bin/
     for t in target/gpu/deps/cuda_check-*; do
         [ -x "$t" ] && [ -f "$t" ] && cp "$t" gpu-bin/cuda_check
+    done
+    # The criterion benches of benches/ppo.rs and benches/reward.rs: the newest build of each,
+    # compressed (a third of the size; the `criterion` step unpacks them).
+    for b in ppo reward; do
+        f=$(ls -t target/gpu/deps/"$b"-* 2>/dev/null | while read -r p; do
+            [ -f "$p" ] && [ -x "$p" ] && { echo "$p"; break; }
+        done)
+        if [ -n "$f" ]; then
+            gzip -9 -c "$f" >"gpu-bin/bench-$b.gz"
+        else
+            echo "no target/gpu/deps/$b-*: cargo build --profile gpu --bench ppo --bench reward (the criterion step needs it)" >&2
+        fi
     done
     # The children's shapes without their weights (see above).
     hf=$(mktemp -d)
@@ -70,7 +89,7 @@ BIN=gpu-bin/pgsrm
 [ -x "$BIN" ] || { echo "no $BIN: build here and run with --collect first" >&2; exit 2; }
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-STEPS=${*:-check matmul sweep train update generate peer kernels sanitize}
+STEPS=${*:-check matmul sweep train update generate peer kernels sanitize criterion}
 BUDGET=${BUDGET:-540}
 started=$(date +%s)
 
@@ -180,6 +199,8 @@ if has peer && [ $have_torch = 1 ]; then
     shapes
     limit 50 "peer_ppo" python3 scripts/peer_ppo.py --model smollm2 --hf-dir /tmp/smollm2-shape --workflow tuned \
         --device cuda --batch 50 --warmup 2 --updates 10 2>&1 | tail -2 | tee "$OUT/peer_ppo.json"
+    limit 40 "peer_reward" python3 scripts/peer_reward.py --minilm /tmp/minilm-shape --device cuda 2>&1 |
+        tail -2 | tee "$OUT/peer_reward.json"
 fi
 
 if has kernels && command -v ncu >/dev/null; then
@@ -210,6 +231,39 @@ if has sanitize && command -v compute-sanitizer >/dev/null; then
     cs initcheck 120
 fi
 
+if has criterion; then
+    if [ $have_torch = 1 ]; then
+        shapes
+        # The benches' assets in our cache, where it has none: GPT-2's tokenizer (for random:small)
+        # and MiniLM's shape with random weights, as links; SmolLM2's shape through
+        # PGSRM_BENCH_SMOLLM2 (benches/ppo.rs).
+        assets="$PGSRM_HOME/assets"
+        mkdir -p "$assets/gpt2-tokenizer"
+        [ -e "$assets/gpt2-tokenizer/tokenizer.json" ] ||
+            ln -s "$PWD/gpu-bin/gpt2-small-shape/tokenizer.json" "$assets/gpt2-tokenizer/tokenizer.json"
+        [ -e "$assets/all-minilm-l6-v2" ] || ln -s /tmp/minilm-shape "$assets/all-minilm-l6-v2"
+    fi
+    criterion() {  # bench, limit in s, group
+        local bin=/tmp/pgsrm-bench-$1
+        if [ ! -f "gpu-bin/bench-$1.gz" ]; then
+            echo "== criterion $3: no gpu-bin/bench-$1.gz (build the benches here and run --collect)" >&3
+            status=1
+            return
+        fi
+        if [ $have_torch = 0 ]; then
+            echo "== criterion $3: skipped (random weights of the shapes need torch and transformers)" >&3
+            return
+        fi
+        gunzip -c "gpu-bin/bench-$1.gz" >"$bin" && chmod +x "$bin" || { status=1; return; }
+        limit "$2" "criterion $3" env CRITERION_HOME="$OUT/criterion" PGSRM_BENCH_SMOLLM2=/tmp/smollm2-shape \
+            "$bin" --bench "$3" --warm-up-time 1 --measurement-time 5 --sample-size 10 \
+            >"$OUT/criterion-$1.txt" 2>&1 || status=1
+        grep -E "^$3/|thrpt:|panicked" "$OUT/criterion-$1.txt"
+    }
+    criterion ppo 150 ppo_cuda
+    criterion reward 60 reward_cuda
+fi
+
 echo
 echo "== summary (${BUDGET}s budget, $(( $(date +%s) - started ))s used)"
 if [ -f "$OUT/check.txt" ]; then
@@ -236,5 +290,27 @@ if grep -q episodes_per_s "$OUT/peer_ppo.json" 2>/dev/null; then
 import json, sys
 r = json.loads(sys.stdin.read())
 print("peer_ppo tuned on %s: %.0f episodes/s" % (r.get("device"), r["episodes_per_s"]))'
+fi
+if grep -q rewards_per_s "$OUT/peer_reward.json" 2>/dev/null; then
+    grep -h rewards_per_s "$OUT/peer_reward.json" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print("peer_reward on %s: %.0f texts/s embedded, %.0f rewards/s" % (r.get("device"), r["texts_per_s"], r["rewards_per_s"]))'
+fi
+# The criterion figures (median time per iteration), beside the peers above: ppo_cuda's
+# smollm2_135m_b50 row times the update peer_ppo times; reward_cuda's minilm_embed encodes every
+# answer as peer_reward's texts_per_s does, and its minilm_reward rows shape 50 pairs as its
+# rewards_per_s does (with each distinct text encoded once).
+if [ -d "$OUT/criterion" ]; then
+    python3 - "$OUT/criterion" <<'PY' || status=1
+import json, sys
+from pathlib import Path
+for bench in sorted(Path(sys.argv[1]).glob("*_cuda/*/new/benchmark.json")):
+    b = json.loads(bench.read_text())
+    median_s = json.loads((bench.parent / "estimates.json").read_text())["median"]["point_estimate"] / 1e9
+    per = (b.get("throughput") or {}).get("Elements")
+    rate = f", {per / median_s:.0f} per s ({per} per iteration)" if per else ""
+    print(f"criterion {b['full_id']}: {1e3 * median_s:.2f} ms{rate}")
+PY
 fi
 exit $status
