@@ -19,15 +19,7 @@ pub fn logits_forward_rows(
     c: usize,
 ) -> Result<()> {
     need("gather_rows out", out.len(), m * c)?;
-    need("gather_rows rows", rows.len(), m)?;
-    let args = [
-        out.into(),
-        inp.into(),
-        rows.into(),
-        int("M", m)?.into(),
-        int("C", c)?.into(),
-    ];
-    g.launch("logits.cu", "gather_rows", blocks(m * c, 256), &args)
+    move_rows(g, "gather_rows", out, inp, rows, m, c)
 }
 
 /// out[rows] = inp (M, C): the rows of a decoding step into a larger layout (rows distinct)
@@ -40,7 +32,20 @@ pub fn scatter_rows(
     c: usize,
 ) -> Result<()> {
     need("scatter_rows inp", inp.len(), m * c)?;
-    need("scatter_rows rows", rows.len(), m)?;
+    move_rows(g, "scatter_rows", out, inp, rows, m, c)
+}
+
+/// `gather_rows` or `scatter_rows` of `m` rows of width `c` by `rows` (M).
+fn move_rows(
+    g: &Gpu,
+    entry: &str,
+    out: &mut Buf,
+    inp: &Buf,
+    rows: &DevBuf<i32>,
+    m: usize,
+    c: usize,
+) -> Result<()> {
+    need(&format!("{entry} rows"), rows.len(), m)?;
     let args = [
         out.into(),
         inp.into(),
@@ -48,7 +53,7 @@ pub fn scatter_rows(
         int("M", m)?.into(),
         int("C", c)?.into(),
     ];
-    g.launch("logits.cu", "scatter_rows", blocks(m * c, 256), &args)
+    g.launch("logits.cu", entry, blocks(m * c, 256), &args)
 }
 
 /// out (M, V) = inp[rows] (M, C) @ wte^T; gathered (M, C) receives inp[rows]
