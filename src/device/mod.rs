@@ -14,6 +14,7 @@ use crate::cpu::bert::CpuEncoder;
 use crate::cpu::model::CpuGenerator;
 use crate::cpu::policy::CpuPolicy;
 use crate::cuda::device::Gpu;
+pub use crate::cuda::device::LaunchCounts;
 use crate::cuda::model::DevGenerator;
 use crate::cuda::model::DevModel;
 use crate::cuda::model::bert::DeviceEncoders;
@@ -78,6 +79,11 @@ impl Device {
     }
 
     /// The GPU, for the commands that need one (`check`, `bench`).
+    /// The launches asked of the device so far; `None` on the CPU.
+    pub fn launch_counts(&self) -> Option<LaunchCounts> {
+        self.gpu().map(|g| g.launch_counts())
+    }
+
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
         match self {
             Device::Cpu => None,

@@ -2,7 +2,7 @@
 //! parent table, the reward, the policy update), timed after warm-up updates, with where each
 //! update's time went (`ppo::PhaseSeconds`).
 
-use crate::device::Device;
+use crate::device::{Device, LaunchCounts};
 use crate::model::spec::load_model;
 use crate::ppo::{PhaseSeconds, PpoConfig};
 use crate::reward::Embedder;
@@ -38,6 +38,9 @@ pub struct UpdateFigure {
     pub episodes_per_s: f64,
     /// The median of each phase on its own (they need not add up to `seconds_per_update`).
     pub phase_seconds: PhaseSeconds,
+    /// On a device: the kernels launched one by one and the graphs launched, per update (the
+    /// median of each).
+    pub launches_per_update: Option<LaunchCounts>,
 }
 
 fn median(mut x: Vec<f32>) -> f32 {
@@ -69,9 +72,24 @@ pub fn update_throughput(
         trainer.update()?;
     }
     let mut stats = Vec::with_capacity(job.runs);
+    let mut launches = Vec::with_capacity(job.runs);
+    let counts = || device.launch_counts();
     for _ in 0..job.runs {
+        let before = counts();
         stats.push(trainer.update()?);
+        launches.extend(counts().zip(before).map(|(after, before)| after - before));
     }
+    let launches_per_update = (!launches.is_empty()).then(|| {
+        let mid = |f: fn(&LaunchCounts) -> u64| {
+            let mut x: Vec<u64> = launches.iter().map(f).collect();
+            x.sort_unstable();
+            x[x.len() / 2]
+        };
+        LaunchCounts {
+            kernels: mid(|c| c.kernels),
+            graphs: mid(|c| c.graphs),
+        }
+    });
     let phase =
         |f: fn(&PhaseSeconds) -> f32| median(stats.iter().map(|s| f(&s.phase_seconds)).collect());
     let seconds = median(stats.iter().map(|s| s.seconds).collect()) as f64;
@@ -85,6 +103,7 @@ pub fn update_throughput(
         updates: job.runs,
         seconds_per_update: seconds,
         episodes_per_s: job.batch as f64 / seconds,
+        launches_per_update,
         phase_seconds: PhaseSeconds {
             rollout: phase(|p| p.rollout),
             reward: phase(|p| p.reward),

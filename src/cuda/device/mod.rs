@@ -15,6 +15,7 @@ use cudarc::driver::{
 use emu::{ArgBytes, EmuDevice, HostMem};
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
@@ -249,6 +250,33 @@ pub struct Gpu {
     scratch: Mutex<Scratch>,
     /// The graph being recorded, if any (`Gpu::capture`).
     capture: Mutex<Option<Capture>>,
+    /// What the host has asked the device to run so far.
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    kernels: AtomicU64,
+    graphs: AtomicU64,
+}
+
+/// What the host has asked a device to run: kernel launches one by one, and graph launches (each
+/// one call for all the kernels it recorded). The cost on the host, and on a GPU each launch's
+/// few microseconds, go with these counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LaunchCounts {
+    pub kernels: u64,
+    pub graphs: u64,
+}
+
+impl std::ops::Sub for LaunchCounts {
+    type Output = LaunchCounts;
+    fn sub(self, before: LaunchCounts) -> LaunchCounts {
+        LaunchCounts {
+            kernels: self.kernels - before.kernels,
+            graphs: self.graphs - before.graphs,
+        }
+    }
 }
 
 /// The scratch buffer, and those it outgrew while a graph may still read them: a graph holds
@@ -326,6 +354,7 @@ impl Gpu {
             }),
             scratch: Mutex::default(),
             capture: Mutex::new(None),
+            counts: Counts::default(),
         })
     }
 
@@ -338,6 +367,7 @@ impl Gpu {
             dev: Dev::Emu(e),
             scratch: Mutex::default(),
             capture: Mutex::new(None),
+            counts: Counts::default(),
         })
     }
 
@@ -445,6 +475,14 @@ impl Gpu {
         Self::emu_launch(e, &m, entry, grid, args)
     }
 
+    /// The launches asked of this device so far (`LaunchCounts`).
+    pub fn launch_counts(&self) -> LaunchCounts {
+        LaunchCounts {
+            kernels: self.counts.kernels.load(Ordering::Relaxed),
+            graphs: self.counts.graphs.load(Ordering::Relaxed),
+        }
+    }
+
     /// The emulated device's module of `kernels/<file>`; `None` on a GPU.
     fn emu_module(&self, file: &'static str) -> Result<Option<Arc<emu::Module>>> {
         match &self.dev {
@@ -455,6 +493,7 @@ impl Gpu {
 
     /// During a capture: refuses a launch from another thread, and on the emulated device records
     /// the launch instead of running it (true). A GPU records through its stream, so it runs on.
+    /// Outside a capture, counts the launch.
     fn recorded<'a>(
         &self,
         entry: &str,
@@ -462,6 +501,7 @@ impl Gpu {
     ) -> Result<bool> {
         let mut guard = self.capture.lock().unwrap();
         let Some(cap) = guard.as_mut() else {
+            self.counts.kernels.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         };
         if cap.thread != std::thread::current().id() {
@@ -554,6 +594,7 @@ impl Gpu {
     /// Runs a graph this device recorded.
     pub fn replay(&self, graph: &Graph) -> Result<()> {
         self.not_capturing("replaying a graph")?;
+        self.counts.graphs.fetch_add(1, Ordering::Relaxed);
         match (&self.dev, &graph.inner) {
             (Dev::Cuda(_), GraphInner::Cuda(g)) => {
                 g.launch().map_err(|e| anyhow!("launching a graph: {e:?}"))

@@ -134,8 +134,10 @@ pub struct DecodeCache {
 const SHAPES_KEPT: usize = 4;
 
 impl Default for DecodeCache {
+    /// Graphs on, unless `PGSRM_GRAPHS=0` turns them off (every launch then goes one by one, to
+    /// compare, or to profile kernels with a tool that does not follow graphs).
     fn default() -> Self {
-        DecodeCache::new(true)
+        DecodeCache::new(std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0"))
     }
 }
 

@@ -211,6 +211,13 @@ impl CudaPasses {
         &self.decoding
     }
 
+    /// Whether rollouts replay a batch shape's recorded graph (on by default): off, every kernel
+    /// is launched one by one, to compare.
+    pub fn set_decode_graphs(&mut self, on: bool) {
+        self.decoding = DecodeCache::new(on);
+        self.rollout = None;
+    }
+
     /// The reference model's prompt cache (for its size and hit counts).
     pub fn reference_cache(&self) -> &DevRefCache {
         &self.ref_cache

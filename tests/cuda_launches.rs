@@ -1,0 +1,83 @@
+//! What the host launches on a device for a rollout and an update, counted on the emulated device
+//! (the counts are the code's, not the device's): a rollout of a batch shape seen before is one
+//! graph launch and no kernel launched on its own; launched one by one, the same rollout takes
+//! a launch per kernel of every step. An update on the rollout's recorded pass launches fewer
+//! kernels than one that runs the policy again. A GPT-2 of GPT-2 small's 12 layers (narrow), at
+//! the word tasks' 2 new tokens.
+
+use pgsrm::cuda::device::{Gpu, LaunchCounts};
+use pgsrm::cuda::policy::CudaPolicy;
+use pgsrm::model::gpt2::{Gpt2, Gpt2Config};
+use pgsrm::model::spec::Model;
+use pgsrm::ppo::{Critic, Episode, PolicyBackend, PpoConfig};
+use pgsrm::rng::Rng;
+use pgsrm::sample::{Generator, SamplingParams};
+use std::sync::Arc;
+
+const EOS: u32 = 3;
+
+/// Launches of one steady round (the third): (rollout, update).
+fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, LaunchCounts) {
+    let cfg: Gpt2Config = serde_json::from_str(
+        r#"{"vocab_size": 61, "n_positions": 64, "n_embd": 32, "n_layer": 12, "n_head": 4}"#,
+    )
+    .unwrap();
+    let model = Model::Gpt2(Gpt2::random(cfg, 5));
+    let critic = Critic::new(model.hidden_size(), 1);
+    let (m, r) = (model.clone(), model.clone());
+    let mut dev = CudaPolicy::new(gpu.clone(), PpoConfig::default(), m, r, critic, EOS).unwrap();
+    dev.passes.set_decode_graphs(graphs);
+    dev.reuse_rollout = reuse;
+    let prompts: Vec<Vec<u32>> = (0..8)
+        .map(|i| (0..6).map(|j| (5 + i * 7 + j * 3) as u32 % 61).collect())
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: 2,
+        ..SamplingParams::default()
+    };
+    let mut rng = Rng::new(3);
+    let mut last = (LaunchCounts::default(), LaunchCounts::default());
+    for _ in 0..3 {
+        let before = gpu.launch_counts();
+        let gens = dev.generate(&prompts, &params, &mut rng).unwrap();
+        let rolled = gpu.launch_counts();
+        let eps: Vec<Episode> = prompts
+            .iter()
+            .zip(&gens)
+            .enumerate()
+            .map(|(i, (p, g))| Episode {
+                prompt: p.clone(),
+                response: g.tokens.clone(),
+                logprobs: g.logprobs.clone(),
+                reward: i as f32 * 0.1,
+            })
+            .collect();
+        dev.update(&eps, 0.1, &mut rng).unwrap();
+        last = (rolled - before, gpu.launch_counts() - rolled);
+    }
+    last
+}
+
+#[test]
+fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forward() {
+    let gpu = Arc::new(Gpu::emulated().unwrap());
+    let (rollout, update) = steady_round(&gpu, true, true);
+    let (eager_rollout, _) = steady_round(&gpu, false, true);
+    let (_, fresh_update) = steady_round(&gpu, true, false);
+    println!("rollout: {rollout:?} (one by one: {eager_rollout:?})");
+    println!("update: {update:?} (on a fresh pass: {fresh_update:?})");
+    assert_eq!(
+        rollout,
+        LaunchCounts {
+            kernels: 0,
+            graphs: 1
+        }
+    );
+    assert_eq!(eager_rollout.graphs, 0);
+    // Every layer's kernels, for the prefill and each fed step.
+    assert!(eager_rollout.kernels > 12 * 10 * 2, "{eager_rollout:?}");
+    assert!(
+        update.kernels < fresh_update.kernels,
+        "{update:?} {fresh_update:?}"
+    );
+}
