@@ -40,15 +40,18 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--collect" ]; then
     rm -rf gpu-bin && mkdir -p gpu-bin
     cp target/gpu/pgsrm gpu-bin/
-    for t in target/gpu/deps/cuda_check-*; do
-        [ -x "$t" ] && [ -f "$t" ] && cp "$t" gpu-bin/cuda_check
-    done
+    # The newest executable build of test or bench $1 (cargo leaves older ones beside it).
+    newest() {
+        ls -t target/gpu/deps/"$1"-* 2>/dev/null | while read -r p; do
+            [ -f "$p" ] && [ -x "$p" ] && { echo "$p"; break; }
+        done
+    }
+    t=$(newest cuda_check)
+    [ -n "$t" ] && cp "$t" gpu-bin/cuda_check
     # The criterion benches of benches/ppo.rs and benches/reward.rs: the newest build of each,
     # compressed (a third of the size; the `criterion` step unpacks them).
     for b in ppo reward; do
-        f=$(ls -t target/gpu/deps/"$b"-* 2>/dev/null | while read -r p; do
-            [ -f "$p" ] && [ -x "$p" ] && { echo "$p"; break; }
-        done)
+        f=$(newest "$b")
         if [ -n "$f" ]; then
             gzip -9 -c "$f" >"gpu-bin/bench-$b.gz"
         else
