@@ -2,16 +2,33 @@
 // of squares of fixed pieces in f64, then their sum in a fixed order), clipping (a scale of every
 // gradient by the clip coefficient), and PyTorch's AdamW step. The norm and the coefficient stay
 // on the device, so clipping and the step read them without a round trip to the host; the step
-// can also apply the coefficient itself instead of a clipping pass.
+// can also apply the coefficient itself instead of a clipping pass. The norm's first pass and the
+// step each take every tensor of a model in one launch, through a list of the tensors' addresses
+// (`ptrs`, a row of addresses per tensor), lengths and first blocks: block b works on the tensor
+// whose blocks start at or before b.
 #include "common.cuh"
 
 // Elements per piece of the norm's first pass, as the CPU reference sums them.
 #define NORM_PIECE 32768
 
-// partial (ceil(n / NORM_PIECE)) = the sum of squares of each piece of g (n), in f64; one block per
-// piece
-extern "C" __global__ void grad_norm_squares(double* partial, const float* g, long n) {
-    long p0 = (long)blockIdx.x * NORM_PIECE;
+// The tensor of block b: the last t with first[t] <= b, of first (T + 1, ascending).
+__device__ __forceinline__ int tensor_of(const int* first, int T, int b) {
+    int lo = 0, hi = T;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (first[mid] <= b) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+// partial (the pieces of every tensor, tensor after tensor) = the sum of squares of each piece of
+// NORM_PIECE elements of the tensors ptrs[t] (lens[t]), in f64; one block per piece
+extern "C" __global__ void grad_norm_squares(double* partial, const unsigned long long* ptrs,
+                                             const long long* lens, const int* first, int T) {
+    int t = tensor_of(first, T, blockIdx.x);
+    const float* g = (const float*)ptrs[t];
+    long n = lens[t];
+    long p0 = (long)(blockIdx.x - first[t]) * NORM_PIECE;
     long p1 = p0 + NORM_PIECE < n ? p0 + NORM_PIECE : n;
     double s = 0.0;
     for (long i = p0 + threadIdx.x; i < p1; i += blockDim.x) s += (double)g[i] * (double)g[i];
@@ -43,15 +60,22 @@ extern "C" __global__ void grad_clip(float* g, long n, const float* norm_coef) {
     if (coef < 1.0f) g[i] *= coef;
 }
 
-// One AdamW step over p, m, v, g (n): p *= decay (= 1 - lr wd); m, v move towards g, g^2; then
+// One AdamW step over every tensor t, with ptrs[4 t ..] = its p, m, v, g (lens[t]), one element a
+// thread: p *= decay (= 1 - lr wd); m, v move towards g, g^2; then
 // p -= step_size m / (sqrt(v) / bc2_sqrt + eps), with step_size = lr / (1 - beta1^t) and
 // bc2_sqrt = sqrt(1 - beta2^t) computed by the host. With norm_coef, the gradient is first scaled
 // by norm_coef[1] (the clip coefficient) instead of a clipping pass.
-extern "C" __global__ void adamw_step(float* p, float* m, float* v, const float* g, long n,
-                                      float beta1, float beta2, float eps, float decay,
-                                      float step_size, float bc2_sqrt, const float* norm_coef) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+extern "C" __global__ void adamw_step(const unsigned long long* ptrs, const long long* lens,
+                                      const int* first, int T, float beta1, float beta2, float eps,
+                                      float decay, float step_size, float bc2_sqrt,
+                                      const float* norm_coef) {
+    int t = tensor_of(first, T, blockIdx.x);
+    long i = (long)(blockIdx.x - first[t]) * blockDim.x + threadIdx.x;
+    if (i >= lens[t]) return;
+    float* p = (float*)ptrs[4 * t];
+    float* m = (float*)ptrs[4 * t + 1];
+    float* v = (float*)ptrs[4 * t + 2];
+    const float* g = (const float*)ptrs[4 * t + 3];
     float gi = norm_coef ? g[i] * norm_coef[1] : g[i];
     float pi = p[i] * decay;
     float mi = beta1 * m[i] + (1.0f - beta1) * gi;

@@ -267,7 +267,7 @@ fn adamw(ck: &mut Checker, sizes: &[usize], clipped: bool) -> Result<()> {
             let nc = if clipped {
                 let mut nc = g.alloc(2)?;
                 let mut partial = g.alloc(optim::norm_pieces(&views))?;
-                optim::grad_norm(g, &mut nc, &mut partial, &views, max_norm)?;
+                optim::grad_norm(g, &mut nc, &mut partial, &views, max_norm, &mut None)?;
                 Some(nc)
             } else {
                 None

@@ -25,6 +25,8 @@ impl DevElem for f32 {}
 impl DevElem for i32 {}
 impl DevElem for u32 {}
 impl DevElem for f64 {}
+impl DevElem for u64 {}
+impl DevElem for i64 {}
 
 enum Mem<T> {
     Cuda(CudaSlice<T>),
@@ -56,6 +58,11 @@ impl<T: DevElem> DevBuf<T> {
             );
         }
         Ok(Arg::Ptr(self.addr + (offset * size_of::<T>()) as u64))
+    }
+
+    /// The buffer's device address (a table of buffers that a kernel reads holds these).
+    pub fn address(&self) -> u64 {
+        self.addr
     }
 
     /// Whether the buffer starts at a multiple of `bytes` (float4 loads need 16).

@@ -2,7 +2,8 @@
 //! and AdamW with PyTorch's semantics, as three pieces (`grad_norm`, `clip_grad_norm`'s scaling,
 //! `AdamW::step`) over lists of tensors. The norm and the clip coefficient stay on the device in a
 //! two-float buffer, so clipping, or a step that applies the coefficient itself, never waits for
-//! the host.
+//! the host. The norm's first pass and the step each launch once for all of a model's tensors,
+//! through a `TensorList` of their addresses, kept while the addresses hold.
 
 use crate::cuda::device::{DevBuf, Gpu, Grid};
 use crate::cuda::ops::{blocks, int, need};
@@ -13,33 +14,83 @@ type Buf = DevBuf<f32>;
 /// Elements per piece of the norm's first pass (the kernel's NORM_PIECE; `ppo::adamw`'s CHUNK).
 const NORM_PIECE: usize = 1 << 15;
 
+/// Tensors as one launch of `kernels/optim.cu` reads them: a row of addresses per tensor, each
+/// tensor's length, and the first block of each (T + 1 offsets) for `per_block` elements a block.
+pub struct TensorList {
+    /// What the list was made from: every address, and the lengths.
+    addrs: Vec<u64>,
+    lens_host: Vec<usize>,
+    ptrs: DevBuf<u64>,
+    lens: DevBuf<i64>,
+    first: DevBuf<i32>,
+    tensors: usize,
+    blocks: usize,
+}
+
+impl TensorList {
+    /// `slot`'s list for tensors of `lens` whose addresses are `addrs` (a row per tensor), made
+    /// anew unless it is already that list.
+    fn kept<'a>(
+        slot: &'a mut Option<TensorList>,
+        g: &Gpu,
+        addrs: Vec<u64>,
+        lens: &[usize],
+        per_block: usize,
+    ) -> Result<&'a TensorList> {
+        let same = slot
+            .as_ref()
+            .is_some_and(|l| l.addrs == addrs && l.lens_host == lens);
+        if !same {
+            let mut first = Vec::with_capacity(lens.len() + 1);
+            let mut at = 0usize;
+            for &n in lens {
+                first.push(int("first block", at)?);
+                at += n.div_ceil(per_block);
+            }
+            first.push(int("blocks", at)?);
+            let lens_i: Vec<i64> = lens.iter().map(|&n| n as i64).collect();
+            *slot = Some(TensorList {
+                ptrs: g.upload(&addrs)?,
+                lens: g.upload(&lens_i)?,
+                first: g.upload(&first)?,
+                tensors: lens.len(),
+                blocks: at,
+                addrs,
+                lens_host: lens.to_vec(),
+            });
+        }
+        Ok(slot.as_ref().expect("made above"))
+    }
+}
+
 /// norm_coef (2) = (global L2 norm of `grads`, the clip coefficient for `max_norm`: max_norm /
 /// (norm + 1e-6) when below 1, else 1). Each tensor's pieces are summed in f64, then all pieces
-/// in a fixed order. `partial` is scratch of at least `norm_pieces(grads)` values.
+/// in a fixed order. `partial` is scratch of at least `norm_pieces(grads)` values; `list` keeps
+/// the tensors' list between calls.
 pub fn grad_norm(
     g: &Gpu,
     norm_coef: &mut Buf,
     partial: &mut DevBuf<f64>,
     grads: &[&Buf],
     max_norm: f32,
+    list: &mut Option<TensorList>,
 ) -> Result<()> {
     need("grad_norm norm_coef", norm_coef.len(), 2)?;
     let pieces = norm_pieces(grads);
     need("grad_norm partial", partial.len(), pieces)?;
-    let mut at = 0;
-    for t in grads {
-        let p = t.len().div_ceil(NORM_PIECE);
-        if p == 0 {
-            continue;
-        }
-        let args = [partial.at(at)?, (*t).into(), (t.len() as i64).into()];
-        g.launch(
-            "optim.cu",
-            "grad_norm_squares",
-            Grid::per_row(p, 256),
-            &args,
-        )?;
-        at += p;
+    let addrs = grads.iter().map(|t| t.address()).collect();
+    let lens: Vec<usize> = grads.iter().map(|t| t.len()).collect();
+    let l = TensorList::kept(list, g, addrs, &lens, NORM_PIECE)?;
+    if l.blocks > 0 {
+        let args = [
+            (&*partial).into(),
+            (&l.ptrs).into(),
+            (&l.lens).into(),
+            (&l.first).into(),
+            int("tensors", l.tensors)?.into(),
+        ];
+        let grid = Grid::per_row(l.blocks, 256);
+        g.launch("optim.cu", "grad_norm_squares", grid, &args)?;
     }
     let args = [
         (&*norm_coef).into(),
@@ -74,7 +125,7 @@ pub fn clip_grad_norm(g: &Gpu, grads: &mut [&mut Buf], max_norm: f32) -> Result<
     let mut norm_coef = g.alloc(2)?;
     let views: Vec<&Buf> = grads.iter().map(|t| &**t).collect();
     let mut partial = g.alloc(norm_pieces(&views).max(1))?;
-    grad_norm(g, &mut norm_coef, &mut partial, &views, max_norm)?;
+    grad_norm(g, &mut norm_coef, &mut partial, &views, max_norm, &mut None)?;
     let nc = g.download(&norm_coef)?;
     if !nc[0].is_finite() {
         bail!("the gradient norm is {}", nc[0]);
@@ -93,6 +144,8 @@ pub struct AdamW {
     pub step: u64,
     pub m: Vec<Buf>,
     pub v: Vec<Buf>,
+    /// The parameters', moments' and gradients' list of the last step.
+    list: Option<TensorList>,
 }
 
 impl AdamW {
@@ -110,6 +163,7 @@ impl AdamW {
             step: host.step,
             m: up(&host.m)?,
             v: up(&host.v)?,
+            list: None,
         })
     }
 
@@ -146,25 +200,35 @@ impl AdamW {
         let bc2_sqrt = (1.0 - (self.beta2 as f64).powi(t)).sqrt() as f32;
         let step_size = (self.lr as f64 / bc1) as f32;
         let decay = 1.0 - self.lr * self.weight_decay;
-        for (i, (p, gr)) in params.iter_mut().zip(grads).enumerate() {
-            let n = p.len();
-            let args = [
-                (&**p).into(),
-                (&self.m[i]).into(),
-                (&self.v[i]).into(),
-                (*gr).into(),
-                (n as i64).into(),
-                self.beta1.into(),
-                self.beta2.into(),
-                self.eps.into(),
-                decay.into(),
-                step_size.into(),
-                bc2_sqrt.into(),
-                norm_coef.into(),
-            ];
-            g.launch("optim.cu", "adamw_step", blocks(n, 256), &args)?;
+        let mut addrs = Vec::with_capacity(4 * params.len());
+        for (i, (p, gr)) in params.iter().zip(grads).enumerate() {
+            let (m, v) = (&self.m[i], &self.v[i]);
+            addrs.extend([p.address(), m.address(), v.address(), gr.address()]);
         }
-        Ok(())
+        let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        let l = TensorList::kept(&mut self.list, g, addrs, &lens, 256)?;
+        if l.blocks == 0 {
+            return Ok(());
+        }
+        let args = [
+            (&l.ptrs).into(),
+            (&l.lens).into(),
+            (&l.first).into(),
+            int("tensors", l.tensors)?.into(),
+            self.beta1.into(),
+            self.beta2.into(),
+            self.eps.into(),
+            decay.into(),
+            step_size.into(),
+            bc2_sqrt.into(),
+            norm_coef.into(),
+        ];
+        g.launch(
+            "optim.cu",
+            "adamw_step",
+            Grid::per_row(l.blocks, 256),
+            &args,
+        )
     }
 
     /// The moments on the host, as `ppo::AdamW` holds them (shapes from `like`).

@@ -78,6 +78,7 @@ impl CudaPolicy {
             decoding: DecodeCache::default(),
             rollout: None,
             reused: 0,
+            norm_list: None,
             gpu,
         };
         Ok(Policy::over(passes, cfg, eos))
@@ -112,6 +113,8 @@ pub struct CudaPasses {
     rollout: Option<DevRollout>,
     /// Updates that differentiated their rollout's pass instead of running the policy again.
     pub reused: usize,
+    /// The gradients' list for the norm's one launch, kept while they stay where they are.
+    norm_list: Option<optim::TensorList>,
 }
 
 /// A step's forward pass on the device and what its losses leave for backward.
@@ -422,6 +425,7 @@ impl Passes for CudaPasses {
             &mut partial,
             &views,
             cfg.actor_max_grad_norm,
+            &mut self.norm_list,
         )?;
         let actor_norm = g.download(&norm_coef)?[0];
         if !actor_norm.is_finite() {
