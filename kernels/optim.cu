@@ -36,6 +36,14 @@ extern "C" __global__ void grad_norm_squares(double* partial, const unsigned lon
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
+// Every tensor ptrs[t] (lens[t]) = 0, one element a thread: the gradients a step adds into
+extern "C" __global__ void grad_zero(const unsigned long long* ptrs, const long long* lens,
+                                     const int* first, int T) {
+    int t = tensor_of(first, T, blockIdx.x);
+    long i = (long)(blockIdx.x - first[t]) * blockDim.x + threadIdx.x;
+    if (i < lens[t]) ((float*)ptrs[t])[i] = 0.0f;
+}
+
 // norm_coef (2) = the norm sqrt(sum partial) and the clip coefficient max_norm / (norm + 1e-6)
 // when that is below 1, else 1 (also for a norm that is not finite: the host reports it and
 // nothing is scaled). One block.

@@ -29,6 +29,7 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
     value_head(ck, 5, 40, 768)?;
     value_head(ck, 1, 3, 33)?;
     let sizes = [100_003, 7, 2 * 32768 + 1];
+    grad_zero(ck, &sizes)?;
     clip_grad_norm(ck, &sizes, 1.0)?;
     clip_grad_norm(ck, &sizes, 1e4)?;
     adamw(ck, &sizes, false)?;
@@ -188,6 +189,23 @@ fn tensors(ck: &mut Checker, sizes: &[usize], std: f32) -> Vec<Tensor> {
         .iter()
         .map(|&n| Tensor::from_vec(&[n], randn(&mut ck.rng, n, std)))
         .collect()
+}
+
+/// Every gradient set to zero in one launch, from poisoned buffers.
+fn grad_zero(ck: &mut Checker, sizes: &[usize]) -> Result<()> {
+    let want = vec![0.0; sizes.iter().sum()];
+    ck.case("grad_zero", format!("{sizes:?}"), &want, |g| {
+        let mut bufs: Vec<DevBuf<f32>> = sizes
+            .iter()
+            .map(|&n| g.poisoned(n))
+            .collect::<Result<_>>()?;
+        optim::grad_zero(g, &mut bufs.iter_mut().collect::<Vec<_>>(), &mut None)?;
+        let mut out = Vec::new();
+        for b in &bufs {
+            out.extend(g.download(b)?);
+        }
+        Ok(out)
+    })
 }
 
 /// The global norm of tensors of `sizes` (pieces of the first pass split across tensors), the

@@ -20,6 +20,7 @@ use crate::cuda::model::generate::{DecodeCache, Draws, Lent, generate_on, genera
 use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
 use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
 use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::ops::optim::{TensorList, grad_zero};
 use crate::model::spec::Model;
 use crate::rng::Rng;
 use crate::sample::{Generation, Generator, SamplingParams};
@@ -80,16 +81,13 @@ impl DevGrads {
         }
     }
 
-    /// Zeroes every gradient: a step adds into them.
-    pub fn zero(&mut self, g: &Gpu) -> Result<()> {
-        let list = match self {
+    /// Zeroes every gradient, in one launch (`list` keeps their list): a step adds into them.
+    pub fn zero(&mut self, g: &Gpu, list: &mut Option<TensorList>) -> Result<()> {
+        let mut tensors = match self {
             DevGrads::Gpt2(w) => w.list_mut(),
             DevGrads::Llama(w) => w.list_mut(),
         };
-        for t in list {
-            g.zero(t)?;
-        }
-        Ok(())
+        grad_zero(g, &mut tensors, list)
     }
 }
 

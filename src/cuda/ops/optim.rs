@@ -101,6 +101,23 @@ pub fn grad_norm(
     g.launch("optim.cu", "grad_norm_finish", Grid::per_row(1, 256), &args)
 }
 
+/// Sets every tensor of `grads` to zero in one launch; `list` keeps their list between calls.
+pub fn grad_zero(g: &Gpu, grads: &mut [&mut Buf], list: &mut Option<TensorList>) -> Result<()> {
+    let addrs = grads.iter().map(|t| t.address()).collect();
+    let lens: Vec<usize> = grads.iter().map(|t| t.len()).collect();
+    let l = TensorList::kept(list, g, addrs, &lens, 256)?;
+    if l.blocks == 0 {
+        return Ok(());
+    }
+    let args = [
+        (&l.ptrs).into(),
+        (&l.lens).into(),
+        (&l.first).into(),
+        int("tensors", l.tensors)?.into(),
+    ];
+    g.launch("optim.cu", "grad_zero", Grid::per_row(l.blocks, 256), &args)
+}
+
 /// The pieces `grad_norm` sums for `grads`: the size of its scratch.
 pub fn norm_pieces(grads: &[&Buf]) -> usize {
     grads.iter().map(|t| t.len().div_ceil(NORM_PIECE)).sum()

@@ -39,6 +39,8 @@ pub struct DevActorLoss {
     terms: Buf,
     m: usize,
     v: usize,
+    /// Tokens the buffers hold (M at most).
+    cap: usize,
 }
 
 impl DevActorLoss {
@@ -50,7 +52,20 @@ impl DevActorLoss {
             terms: g.alloc((m * TERMS).max(1))?,
             m,
             v,
+            cap: m,
         })
+    }
+
+    /// Buffers for `m` tokens of a vocabulary of `v`: `kept`'s when they hold as many, else new
+    /// ones (so an update's loss does not allocate once a run's batches have been seen).
+    pub fn reusing(g: &Gpu, kept: Option<Self>, m: usize, v: usize) -> Result<Self> {
+        match kept {
+            Some(mut k) if k.v == v && k.cap >= m => {
+                k.m = m;
+                Ok(k)
+            }
+            _ => Self::new(g, m, v),
+        }
     }
 
     /// The losses and log-probabilities on the host (the gradient stays on the device).

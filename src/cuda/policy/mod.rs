@@ -79,6 +79,8 @@ impl CudaPolicy {
             rollout: None,
             reused: 0,
             norm_list: None,
+            zero_list: None,
+            loss_bufs: None,
             gpu,
         };
         Ok(Policy::over(passes, cfg, eos))
@@ -115,6 +117,10 @@ pub struct CudaPasses {
     pub reused: usize,
     /// The gradients' list for the norm's one launch, kept while they stay where they are.
     norm_list: Option<optim::TensorList>,
+    /// The gradients' list for zeroing them in one launch.
+    zero_list: Option<optim::TensorList>,
+    /// The actor loss's buffers of the last step, for the next.
+    loss_bufs: Option<DevActorLoss>,
 }
 
 /// A step's forward pass on the device and what its losses leave for backward.
@@ -336,8 +342,8 @@ impl Passes for CudaPasses {
     ) -> Result<(ActorLoss, f32, f32)> {
         let g = &self.gpu;
         let (b, m, v) = (pass.batch.b, sb.tokens.len(), self.policy.vocab_size());
-        let mut al_dev =
-            DevActorLoss::new(g, m, v).with_context(|| pass_context("the actor's loss", sb))?;
+        let mut al_dev = DevActorLoss::reusing(g, self.loss_bufs.take(), m, v)
+            .with_context(|| pass_context("the actor's loss", sb))?;
         // With no scored token the actor's terms are zero, as on the CPU, and backward skips
         // the head.
         let actor = if m > 0 {
@@ -399,7 +405,7 @@ impl Passes for CudaPasses {
         )?;
         let mut grads = match self.grads.take() {
             Some(mut gr) => {
-                gr.zero(g)?;
+                gr.zero(g, &mut self.zero_list)?;
                 gr
             }
             None => self.policy.zero_grads(g).with_context(|| {
@@ -411,6 +417,7 @@ impl Passes for CudaPasses {
         };
         self.policy
             .backward(g, &batch, &mut acts, &actor.dlogits, &mut grads)?;
+        self.loss_bufs = Some(actor);
         // A rollout's buffers go back for the next rollout of its shape to write.
         if let Some(lent) = lent {
             let r = DevRollout { acts, lent };
