@@ -349,7 +349,10 @@ impl Gpu {
         let arch = registry::arch_for(major, minor)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
         keep_freed_memory(&ctx)?;
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: CUDA cannot record a graph from that.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow!("creating a stream on device {ordinal}: {e:?}"))?;
         Ok(Gpu {
             name,
             arch,

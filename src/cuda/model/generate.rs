@@ -392,15 +392,27 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
     }
 
     /// Runs segment `seg`: its graph when recorded; else eagerly the first time, and recorded
-    /// then replayed the next. True when a graph ran.
-    fn run_segment(&mut self, seg: usize, graphs: bool) -> Result<bool> {
+    /// then replayed the next. True when a graph ran. A recording that fails (a driver that
+    /// cannot record this stream, say) leaves the device as it was: the loop says so once, turns
+    /// `graphs` off and launches one by one.
+    fn run_segment(&mut self, seg: usize, graphs: &mut bool) -> Result<bool> {
         let g = self.dec.g;
-        if graphs && self.graphs[seg].is_none() && self.eager_runs[seg] > 0 {
-            let graph = {
+        if *graphs && self.graphs[seg].is_none() && self.eager_runs[seg] > 0 {
+            let recorded = {
                 let this = &mut *self;
-                g.capture(|| this.launches(seg))?
+                g.capture(|| this.launches(seg))
             };
-            self.graphs[seg] = Some(graph);
+            match recorded {
+                Ok(graph) => self.graphs[seg] = Some(graph),
+                Err(e) => {
+                    eprintln!(
+                        "pgsrm: recording the decoding loop as a graph on {} failed ({e:#}); its \
+                         kernels are launched one by one instead",
+                        g.name
+                    );
+                    *graphs = false;
+                }
+            }
         }
         match &self.graphs[seg] {
             Some(graph) => g.replay(graph).map(|_| true),
@@ -565,7 +577,7 @@ fn run_loop<M: DeviceModel>(
     lp.load(&batch, &host_draws)?;
     let segments = steps.div_ceil(SEGMENT);
     for seg in 0..segments {
-        if lp.run_segment(seg, cache.graphs)? {
+        if lp.run_segment(seg, &mut cache.graphs)? {
             cache.replays += 1;
         }
         if !record && seg + 1 < segments && lp.all_done()? {
