@@ -94,17 +94,24 @@ pub struct Decoder<'m, M: DeviceModel> {
     pub(super) b: usize,
     /// (B) first real position of each row.
     pub(crate) start: Vec<usize>,
-    pub(super) start_dev: DevBuf<i32>,
     /// Positions filled so far.
     pub(crate) len: usize,
+    pub(crate) bufs: DecoderBuffers<M::Workspace>,
+}
+
+/// A decoder's device buffers, which outlive it: kept for the next decoder of the same shape
+/// (`Decoder::reusing`), they spare it the allocations, and a recorded graph its addresses.
+pub struct DecoderBuffers<W> {
+    /// (B) first real position of each row.
+    pub(crate) start_dev: DevBuf<i32>,
     pub(crate) cache: KvCache,
-    pub(super) ws: M::Workspace,
+    pub(crate) ws: W,
     /// Rows `ws` holds.
-    pub(super) ws_rows: usize,
+    pub(crate) ws_rows: usize,
     /// The tokens, positions and picked rows of a `run`.
-    pub(super) ids: DevBuf<u32>,
-    pub(super) pos: DevBuf<i32>,
-    pub(super) picked: DevBuf<i32>,
+    pub(crate) ids: DevBuf<u32>,
+    pub(crate) pos: DevBuf<i32>,
+    pub(crate) picked: DevBuf<i32>,
     /// Logits of the rows the last `run` picked.
     pub(crate) logits: Buf,
 }
@@ -133,11 +140,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         max_new_tokens: usize,
         pad: u32,
     ) -> Result<(Self, Batch)> {
-        model.check_prompts(prompts, max_new_tokens, pad)?;
-        let batch = Batch::left_padded(prompts, pad)?;
-        let mut d = Self::sized(g, model, batch.b, batch.t, max_new_tokens)?;
-        d.set_start(&batch.start)?;
-        Ok((d, batch))
+        Self::reusing(g, model, prompts, max_new_tokens, pad, None)
     }
 
     /// A decoder for `b` rows of `tp` prompt positions and `steps` more, its buffers made for
@@ -153,13 +156,8 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         let kw = model.kv_width();
         let layer = || g.alloc::<f32>(b * tmax * kw);
         let rows = b * tp.max(1);
-        Ok(Decoder {
-            g,
-            model,
-            b,
-            start: vec![0; b],
+        let bufs = DecoderBuffers {
             start_dev: g.alloc(b)?,
-            len: 0,
             cache: KvCache {
                 k: (0..model.n_layer())
                     .map(|_| layer())
@@ -175,13 +173,55 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
             pos: g.alloc(rows)?,
             picked: g.alloc(b)?,
             logits: g.alloc(b * model.vocab_size())?,
-        })
+        };
+        Ok(Self::with_buffers(g, model, b, bufs))
+    }
+
+    /// A decoder of `b` rows over buffers made before (by a decoder of the same shape).
+    pub(crate) fn with_buffers(
+        g: &'m Gpu,
+        model: &'m M,
+        b: usize,
+        bufs: DecoderBuffers<M::Workspace>,
+    ) -> Self {
+        Decoder {
+            g,
+            model,
+            b,
+            start: vec![0; b],
+            len: 0,
+            bufs,
+        }
+    }
+
+    /// `empty`, over `kept` buffers when they were made for as many rows and cache positions,
+    /// with a workspace at least as large.
+    pub(crate) fn reusing(
+        g: &'m Gpu,
+        model: &'m M,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        pad: u32,
+        kept: Option<DecoderBuffers<M::Workspace>>,
+    ) -> Result<(Self, Batch)> {
+        model.check_prompts(prompts, max_new_tokens, pad)?;
+        let batch = Batch::left_padded(prompts, pad)?;
+        let (b, tmax) = (batch.b, batch.t + max_new_tokens);
+        let fits = |k: &DecoderBuffers<M::Workspace>| {
+            k.start_dev.len() == b && k.cache.tmax == tmax && k.ws_rows >= b * batch.t.max(1)
+        };
+        let mut d = match kept.filter(fits) {
+            Some(k) => Self::with_buffers(g, model, b, k),
+            None => Self::sized(g, model, b, batch.t, max_new_tokens)?,
+        };
+        d.set_start(&batch.start)?;
+        Ok((d, batch))
     }
 
     /// Sets each row's first real position, and starts over at position 0.
     pub(super) fn set_start(&mut self, start: &[usize]) -> Result<()> {
         let start_i: Vec<i32> = start.iter().map(|&s| s as i32).collect();
-        self.g.write(&mut self.start_dev, &start_i)?;
+        self.g.write(&mut self.bufs.start_dev, &start_i)?;
         self.start = start.to_vec();
         self.len = 0;
         Ok(())
@@ -189,7 +229,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
 
     /// Next-token logits (B, V) after the last position fed, copied to the host.
     pub fn logits(&self) -> Result<Vec<f32>> {
-        let mut out = self.g.download(&self.logits)?;
+        let mut out = self.g.download(&self.bufs.logits)?;
         out.truncate(self.b * self.model.vocab_size());
         Ok(out)
     }
@@ -200,7 +240,7 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
             tokens,
             self.b,
             self.len,
-            self.cache.tmax,
+            self.bufs.cache.tmax,
             self.model.vocab_size(),
         )?;
         self.run(tokens, 1, false)
@@ -211,10 +251,10 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
     pub(crate) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
         let (g, b, v) = (self.g, self.b, self.model.vocab_size());
         let n = b * tq;
-        if self.len + tq > self.cache.tmax {
+        if self.len + tq > self.bufs.cache.tmax {
             bail!(
                 "{tq} more positions do not fit the cache of {}",
-                self.cache.tmax
+                self.bufs.cache.tmax
             );
         }
         let p0 = self.len;
@@ -226,17 +266,17 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         } else {
             (0..b).map(|r| (r * tq + tq - 1) as i32).collect()
         };
-        if self.ws_rows < n {
-            self.ws = self.model.workspace(g, n)?;
-            self.ws_rows = n;
+        if self.bufs.ws_rows < n {
+            self.bufs.ws = self.model.workspace(g, n)?;
+            self.bufs.ws_rows = n;
         }
-        ensure(g, &mut self.ids, n)?;
-        ensure(g, &mut self.pos, n)?;
-        ensure(g, &mut self.picked, picked.len())?;
-        ensure(g, &mut self.logits, picked.len() * v)?;
-        g.write(&mut self.ids, tokens)?;
-        g.write(&mut self.pos, &pos)?;
-        g.write(&mut self.picked, &picked)?;
+        ensure(g, &mut self.bufs.ids, n)?;
+        ensure(g, &mut self.bufs.pos, n)?;
+        ensure(g, &mut self.bufs.picked, picked.len())?;
+        ensure(g, &mut self.bufs.logits, picked.len() * v)?;
+        g.write(&mut self.bufs.ids, tokens)?;
+        g.write(&mut self.bufs.pos, &pos)?;
+        g.write(&mut self.bufs.picked, &picked)?;
         self.forward(p0, tq, picked.len(), None)
     }
 
@@ -250,16 +290,22 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         rec: Option<Recording<M::Record>>,
     ) -> Result<()> {
         let rows = CachedRows {
-            ids: &self.ids,
-            pos: &self.pos,
-            start: &self.start_dev,
+            ids: &self.bufs.ids,
+            pos: &self.bufs.pos,
+            start: &self.bufs.start_dev,
             p0,
             b: self.b,
             tq,
         };
         let (g, model) = (self.g, self.model);
-        model.forward_cached(g, &rows, &mut self.cache, &mut self.ws, rec)?;
-        model.head(g, &mut self.ws, &self.picked, m, &mut self.logits)?;
+        model.forward_cached(g, &rows, &mut self.bufs.cache, &mut self.bufs.ws, rec)?;
+        model.head(
+            g,
+            &mut self.bufs.ws,
+            &self.bufs.picked,
+            m,
+            &mut self.bufs.logits,
+        )?;
         self.len = p0 + tq;
         Ok(())
     }
@@ -282,7 +328,16 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
             step,
         };
         let v = self.model.vocab_size();
-        k::sample_forward(g, &mut tok, &mut lp, &self.logits, None, self.b, v, args)?;
+        k::sample_forward(
+            g,
+            &mut tok,
+            &mut lp,
+            &self.bufs.logits,
+            None,
+            self.b,
+            v,
+            args,
+        )?;
         Ok((g.download(&tok)?, g.download(&lp)?))
     }
 }
@@ -299,7 +354,7 @@ pub fn logits_at_every_position<M: DeviceModel>(
     }
     let (mut d, _) = Decoder::empty(g, model, &[seq.to_vec()], 0, 0)?;
     d.run(seq, seq.len(), true)?;
-    let mut out = g.download(&d.logits)?;
+    let mut out = g.download(&d.bufs.logits)?;
     out.truncate(seq.len() * model.vocab_size());
     Ok(out)
 }

@@ -14,7 +14,7 @@
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu, Graph};
-use crate::cuda::model::decode::{CachedRows, Decoder, DeviceModel, Recording};
+use crate::cuda::model::decode::{CachedRows, Decoder, DecoderBuffers, DeviceModel, Recording};
 use crate::cuda::ops::{self as k, DecodeState, SampleArgs};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams, keyed_uniform};
@@ -106,13 +106,7 @@ impl RecordRows {
 /// One shape's buffers, kept between generations: the decoder's without its borrows, the loop's,
 /// a recorded shape's activations (unless lent to an update) and each segment's graph.
 struct Kept<W, R> {
-    start_dev: DevBuf<i32>,
-    cache: crate::cuda::model::decode::KvCache,
-    ws: W,
-    ids: DevBuf<u32>,
-    pos: DevBuf<i32>,
-    picked: DevBuf<i32>,
-    logits: Buf,
+    dec: DecoderBuffers<W>,
     lp: LoopBuffers,
     rec: Option<(R, RecordRows)>,
     graphs: Vec<Option<Graph>>,
@@ -232,23 +226,8 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
     }
 
     fn from_kept(g: &'m Gpu, model: &'m M, shape: Shape, k: Kept<M::Workspace, M::Record>) -> Self {
-        let rows = shape.b * shape.tp.max(1);
         Loop {
-            dec: Decoder {
-                g,
-                model,
-                b: shape.b,
-                start: vec![0; shape.b],
-                start_dev: k.start_dev,
-                len: 0,
-                cache: k.cache,
-                ws: k.ws,
-                ws_rows: rows,
-                ids: k.ids,
-                pos: k.pos,
-                picked: k.picked,
-                logits: k.logits,
-            },
+            dec: Decoder::with_buffers(g, model, shape.b, k.dec),
             lp: k.lp,
             rec: k.rec,
             shape,
@@ -258,15 +237,8 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
     }
 
     fn into_kept(self) -> Kept<M::Workspace, M::Record> {
-        let d = self.dec;
         Kept {
-            start_dev: d.start_dev,
-            cache: d.cache,
-            ws: d.ws,
-            ids: d.ids,
-            pos: d.pos,
-            picked: d.picked,
-            logits: d.logits,
+            dec: self.dec.bufs,
             lp: self.lp,
             rec: self.rec,
             graphs: self.graphs,
@@ -289,9 +261,9 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             .iter()
             .map(|&s| (tp - 1 - s.min(tp - 1)) as i32)
             .collect();
-        g.write(&mut self.dec.ids, &batch.tokens)?;
-        g.write(&mut self.dec.pos, &pos)?;
-        g.write(&mut self.dec.picked, &picked)?;
+        g.write(&mut self.dec.bufs.ids, &batch.tokens)?;
+        g.write(&mut self.dec.bufs.pos, &pos)?;
+        g.write(&mut self.dec.bufs.picked, &picked)?;
         g.write(&mut self.lp.step_pos, &step_pos)?;
         g.write(&mut self.lp.draws, draws)?;
         g.zero(&mut self.lp.done)?;
@@ -316,7 +288,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
                 k::scatter_rows(
                     g,
                     &mut rows.logits,
-                    &self.dec.logits,
+                    &self.dec.bufs.logits,
                     &rows.logit_rows[0],
                     b,
                     v,
@@ -347,7 +319,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
                 g,
                 &mut lp.tok,
                 &mut lp.lp,
-                &d.logits,
+                &d.bufs.logits,
                 Some(&lp.u),
                 b,
                 v,
@@ -368,7 +340,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             let rows = CachedRows {
                 ids: &lp.step_ids,
                 pos: &lp.step_pos,
-                start: &d.start_dev,
+                start: &d.bufs.start_dev,
                 p0: tp + step,
                 b,
                 tq: 1,
@@ -378,14 +350,21 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
                 rows: &r.steps[step],
             });
             d.model
-                .forward_cached(g, &rows, &mut d.cache, &mut d.ws, rec)?;
+                .forward_cached(g, &rows, &mut d.bufs.cache, &mut d.bufs.ws, rec)?;
             if last {
                 break;
             }
             d.model
-                .head(g, &mut d.ws, &lp.step_picked, b, &mut d.logits)?;
+                .head(g, &mut d.bufs.ws, &lp.step_picked, b, &mut d.bufs.logits)?;
             if let Some((_, r)) = &mut self.rec {
-                k::scatter_rows(g, &mut r.logits, &d.logits, &r.logit_rows[step + 1], b, v)?;
+                k::scatter_rows(
+                    g,
+                    &mut r.logits,
+                    &d.bufs.logits,
+                    &r.logit_rows[step + 1],
+                    b,
+                    v,
+                )?;
             }
         }
         Ok(())

@@ -10,10 +10,11 @@
 
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::DevModel;
-use crate::cuda::model::decode::{Decoder, DeviceModel};
+use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel};
 use crate::cuda::ops::log_softmax_gather_forward;
 use crate::ppo::loss::{Episode, kept_tokens};
 use anyhow::{Result, bail};
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 
 type Buf = DevBuf<f32>;
@@ -44,6 +45,9 @@ pub struct DevRefCache {
     limit: usize,
     hits: u64,
     misses: u64,
+    /// The last update's decoding buffers (a `DecoderBuffers` of the model's workspace), for the
+    /// next update of the same shape.
+    decoder: Option<Box<dyn Any + Send>>,
 }
 
 impl Default for DevRefCache {
@@ -61,6 +65,7 @@ impl DevRefCache {
             limit: limit_bytes,
             hits: 0,
             misses: 0,
+            decoder: None,
         }
     }
 
@@ -87,6 +92,7 @@ impl DevRefCache {
     pub fn clear(&mut self) {
         self.prompts.clear();
         self.bytes = 0;
+        self.decoder = None;
     }
 
     /// Per episode, the log-probabilities under `model` (always the same frozen model for one
@@ -160,10 +166,21 @@ impl DevRefCache {
         // Every episode's prompt rows copied into one cache, then its kept tokens but the last.
         let a = active.len();
         let tq = active.iter().map(|x| x.1).max().unwrap_or(1) - 1;
-        let (mut dec, _) = Decoder::empty(g, model, &prompts, tq, eos)?;
-        let (tmax, kw) = (dec.cache.tmax, model.kv_width());
+        let kept = self
+            .decoder
+            .take()
+            .and_then(|d| d.downcast::<DecoderBuffers<M::Workspace>>().ok())
+            .map(|d| *d);
+        let (mut dec, _) = Decoder::reusing(g, model, &prompts, tq, eos, kept)?;
+        let (tmax, kw) = (dec.bufs.cache.tmax, model.kv_width());
         // The padding's rows are never attended to; zeros keep them finite all the same.
-        for b in dec.cache.k.iter_mut().chain(dec.cache.v.iter_mut()) {
+        for b in dec
+            .bufs
+            .cache
+            .k
+            .iter_mut()
+            .chain(dec.bufs.cache.v.iter_mut())
+        {
             g.zero(b)?;
         }
         let mut first = g.alloc(a * v)?;
@@ -171,8 +188,8 @@ impl DevRefCache {
             let e = row(p).expect("every prompt is kept or fresh");
             let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
             for (l, (k, vv)) in e.k.iter().zip(&e.v).enumerate() {
-                g.copy(&mut dec.cache.k[l], at, k, 0, n)?;
-                g.copy(&mut dec.cache.v[l], at, vv, 0, n)?;
+                g.copy(&mut dec.bufs.cache.k[l], at, k, 0, n)?;
+                g.copy(&mut dec.bufs.cache.v[l], at, vv, 0, n)?;
             }
             g.copy(&mut first, i * v, &e.logits, 0, v)?;
         }
@@ -199,7 +216,7 @@ impl DevRefCache {
             dec.run(&fed, tq, true)?;
             let mut lp = g.alloc(a * tq)?;
             let targets = g.upload(&targets)?;
-            log_softmax_gather_forward(g, &mut lp, &dec.logits, &targets, a * tq, v, 1.0)?;
+            log_softmax_gather_forward(g, &mut lp, &dec.bufs.logits, &targets, a * tq, v, 1.0)?;
             g.download(&lp)?
         } else {
             Vec::new()
@@ -208,6 +225,7 @@ impl DevRefCache {
             out[r].push(lp_first[i]);
             out[r].extend_from_slice(&lp_rest[i * tq..i * tq + k - 1]);
         }
+        self.decoder = Some(Box::new(dec.bufs));
 
         // Keep the new prompts' rows while they fit the bound.
         for (p, e) in fresh {
@@ -234,7 +252,7 @@ fn prefill<M: DeviceModel>(
         return Ok(out);
     }
     let dec = Decoder::new(g, model, prompts, 0, pad)?;
-    let (tmax, kw, v) = (dec.cache.tmax, model.kv_width(), model.vocab_size());
+    let (tmax, kw, v) = (dec.bufs.cache.tmax, model.kv_width(), model.vocab_size());
     for (i, p) in prompts.iter().enumerate() {
         let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
         let take = |src: &Buf| -> Result<Buf> {
@@ -242,10 +260,10 @@ fn prefill<M: DeviceModel>(
             g.copy(&mut b, 0, src, at, n)?;
             Ok(b)
         };
-        let k = dec.cache.k.iter().map(take).collect::<Result<_>>()?;
-        let vv = dec.cache.v.iter().map(take).collect::<Result<_>>()?;
+        let k = dec.bufs.cache.k.iter().map(take).collect::<Result<_>>()?;
+        let vv = dec.bufs.cache.v.iter().map(take).collect::<Result<_>>()?;
         let mut logits = g.alloc(v)?;
-        g.copy(&mut logits, 0, &dec.logits, i * v, v)?;
+        g.copy(&mut logits, 0, &dec.bufs.logits, i * v, v)?;
         out.insert(p.clone(), Prompt { k, v: vv, logits });
     }
     Ok(out)
