@@ -14,7 +14,8 @@
 #              2 new tokens), SmolLM2-135M's shape (the same), GPT-2 large (copy, batch 10, 10
 #              new tokens); random weights of each shape, the binary reward
 #   update     `pgsrm bench --job update`: one steady update of each child at the paper's batch,
-#              and where its time went (rollout, reward, reference, actor, optimiser)
+#              where its time went (rollout, reward, reference, actor, optimiser) and its kernel and
+#              graph launches; GPT-2 small again with PGSRM_GRAPHS=0 (every kernel one by one)
 #   generate   `pgsrm bench --job generate` and the generation peer (`transformers.generate`)
 #   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape and `scripts/peer_reward.py`
 #              (sentence-transformers on MiniLM's shape), same GPU
@@ -189,6 +190,11 @@ if has update; then
         limit 90 "update $name" "$BIN" bench --job update --device cuda --model "/tmp/$name-shape" \
             --task "$task" --batch "$batch" --runs 5 2>&1 | tee -a "$OUT/update.jsonl" || status=1
     done
+    # The same GPT-2 small update with every kernel launched one by one: what the rollout's graph
+    # saves, in the same sitting.
+    PGSRM_GRAPHS=0 limit 60 "update gpt2-small, no graphs" "$BIN" bench --job update --device cuda \
+        --model /tmp/gpt2-small-shape --task colors --batch 50 --runs 5 2>&1 |
+        tee -a "$OUT/update.jsonl" || status=1
 fi
 
 if has generate; then
