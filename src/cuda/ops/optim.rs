@@ -5,7 +5,7 @@
 //! the host. The norm's first pass and the step each launch once for all of a model's tensors,
 //! through a `TensorList` of their addresses, kept while the addresses hold.
 
-use crate::cuda::device::{DevBuf, Gpu, Grid};
+use crate::cuda::device::{Arg, DevBuf, Gpu, Grid};
 use crate::cuda::ops::{blocks, int, need};
 use anyhow::{Result, bail};
 
@@ -61,6 +61,22 @@ impl TensorList {
         }
         Ok(slot.as_ref().expect("made above"))
     }
+
+    /// Launches `entry` of `kernels/optim.cu` over the list, a block of 256 threads per block of
+    /// it: its arguments `before` the list's four, then `after` them. Nothing for an empty list.
+    fn launch(&self, g: &Gpu, entry: &str, before: &[Arg], after: &[Arg]) -> Result<()> {
+        if self.blocks == 0 {
+            return Ok(());
+        }
+        let list = [
+            (&self.ptrs).into(),
+            (&self.lens).into(),
+            (&self.first).into(),
+            int("tensors", self.tensors)?.into(),
+        ];
+        let args: Vec<Arg> = [before, &list, after].concat();
+        g.launch("optim.cu", entry, Grid::per_row(self.blocks, 256), &args)
+    }
 }
 
 /// norm_coef (2) = (global L2 norm of `grads`, the clip coefficient for `max_norm`: max_norm /
@@ -81,17 +97,7 @@ pub fn grad_norm(
     let addrs = grads.iter().map(|t| t.address()).collect();
     let lens: Vec<usize> = grads.iter().map(|t| t.len()).collect();
     let l = TensorList::kept(list, g, addrs, &lens, NORM_PIECE)?;
-    if l.blocks > 0 {
-        let args = [
-            (&*partial).into(),
-            (&l.ptrs).into(),
-            (&l.lens).into(),
-            (&l.first).into(),
-            int("tensors", l.tensors)?.into(),
-        ];
-        let grid = Grid::per_row(l.blocks, 256);
-        g.launch("optim.cu", "grad_norm_squares", grid, &args)?;
-    }
+    l.launch(g, "grad_norm_squares", &[(&*partial).into()], &[])?;
     let args = [
         (&*norm_coef).into(),
         (&*partial).into(),
@@ -105,17 +111,7 @@ pub fn grad_norm(
 pub fn grad_zero(g: &Gpu, grads: &mut [&mut Buf], list: &mut Option<TensorList>) -> Result<()> {
     let addrs = grads.iter().map(|t| t.address()).collect();
     let lens: Vec<usize> = grads.iter().map(|t| t.len()).collect();
-    let l = TensorList::kept(list, g, addrs, &lens, 256)?;
-    if l.blocks == 0 {
-        return Ok(());
-    }
-    let args = [
-        (&l.ptrs).into(),
-        (&l.lens).into(),
-        (&l.first).into(),
-        int("tensors", l.tensors)?.into(),
-    ];
-    g.launch("optim.cu", "grad_zero", Grid::per_row(l.blocks, 256), &args)
+    TensorList::kept(list, g, addrs, &lens, 256)?.launch(g, "grad_zero", &[], &[])
 }
 
 /// The pieces `grad_norm` sums for `grads`: the size of its scratch.
@@ -223,15 +219,7 @@ impl AdamW {
             addrs.extend([p.address(), m.address(), v.address(), gr.address()]);
         }
         let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
-        let l = TensorList::kept(&mut self.list, g, addrs, &lens, 256)?;
-        if l.blocks == 0 {
-            return Ok(());
-        }
-        let args = [
-            (&l.ptrs).into(),
-            (&l.lens).into(),
-            (&l.first).into(),
-            int("tensors", l.tensors)?.into(),
+        let after = [
             self.beta1.into(),
             self.beta2.into(),
             self.eps.into(),
@@ -240,12 +228,7 @@ impl AdamW {
             bc2_sqrt.into(),
             norm_coef.into(),
         ];
-        g.launch(
-            "optim.cu",
-            "adamw_step",
-            Grid::per_row(l.blocks, 256),
-            &args,
-        )
+        TensorList::kept(&mut self.list, g, addrs, &lens, 256)?.launch(g, "adamw_step", &[], &after)
     }
 
     /// The moments on the host, as `ppo::AdamW` holds them (shapes from `like`).
