@@ -7,7 +7,8 @@
 #                      bash scripts/gpu-check.sh [STEP ...]
 # Steps, in this order (all of them by default), each under its own time limit and all of them
 # under one budget (BUDGET seconds, default 540); a step the budget no longer covers is skipped:
-#   check      `pgsrm check --device cuda` (every kernel against the CPU), the ignored CUDA tests
+#   check      `pgsrm check --device cuda` (every kernel against the CPU), the ignored CUDA tests,
+#              and tests/cuda_decode.rs and tests/cuda_policy.rs (graphs, recorded rollouts)
 #   matmul     `pgsrm bench --job matmul`: every product of the paper's jobs beside cuBLAS
 #   sweep      the same products under every candidate plan (tuning the planner)
 #   train      `pgsrm train --device cuda` at the paper's batches: GPT-2 small (colors, batch 50,
@@ -49,6 +50,13 @@ if [ "${1:-}" = "--collect" ]; then
     }
     t=$(newest cuda_check)
     [ -n "$t" ] && cp "$t" gpu-bin/cuda_check
+    # The tests that hold the device's decoding and update to the CPU's and to themselves (graphs
+    # replayed against eager loops, the rollout's recorded pass against a fresh one), compressed
+    # like the benches; there they run on the GPU alone (PGSRM_TEST_DEVICES=cuda).
+    for t in cuda_decode cuda_policy; do
+        f=$(newest "$t")
+        [ -n "$f" ] && gzip -9 -c "$f" >"gpu-bin/test-$t.gz"
+    done
     # The criterion benches of benches/ppo.rs and benches/reward.rs: the newest build of each,
     # compressed (a third of the size; the `criterion` step unpacks them).
     for b in ppo reward; do
@@ -145,6 +153,12 @@ if has check; then
     if [ -x gpu-bin/cuda_check ]; then
         limit 60 "ignored CUDA tests" gpu-bin/cuda_check --ignored 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt" || status=1
     fi
+    for t in cuda_decode cuda_policy; do
+        [ -f "gpu-bin/test-$t.gz" ] || continue
+        gunzip -c "gpu-bin/test-$t.gz" >"/tmp/test-$t" && chmod +x "/tmp/test-$t"
+        PGSRM_TEST_DEVICES=cuda limit 90 "$t tests" "/tmp/test-$t" --nocapture 2>&1 |
+            grep -E "^test |test result| on NVIDIA" | tee -a "$OUT/cuda_tests.txt" || status=1
+    done
 fi
 
 if has matmul; then

@@ -4,6 +4,9 @@
 //! keyed draws are the sampling kernel's own counter draws; and a graph takes kernel launches
 //! only.
 
+mod devices;
+
+use devices::devices;
 use pgsrm::cuda::device::Gpu;
 use pgsrm::cuda::model::decode::{Decoder, DeviceModel};
 use pgsrm::cuda::model::generate::{DecodeCache, Draws, generate, generate_on};
@@ -17,14 +20,6 @@ use pgsrm::sample::{Generation, SamplingParams};
 
 /// Rare enough that most rows run to the end, common enough that some stop early.
 const EOS: u32 = 3;
-
-fn devices() -> Vec<Gpu> {
-    let mut out = vec![Gpu::emulated().expect("the emulated device needs a C++ compiler")];
-    if pgsrm::cuda::device_count() > 0 {
-        out.push(Gpu::new(0).expect("CUDA device 0 opens"));
-    }
-    out
-}
 
 fn gpt2_tiny() -> Gpt2 {
     let cfg: Gpt2Config = serde_json::from_str(
@@ -150,41 +145,42 @@ fn keyed_draws_are_the_sampling_kernels_counter_draws() {
 
 #[test]
 fn a_graph_takes_launches_only_and_from_its_own_thread() {
-    let g = Gpu::emulated().unwrap();
-    let err = g
-        .capture(|| g.alloc::<f32>(4).map(|_| ()))
-        .err()
-        .expect("an allocation inside a capture fails");
-    assert!(
-        format!("{err:#}").contains("allocating a buffer while the device records a graph"),
-        "{err:#}"
-    );
-    // The failed capture is over: the device allocates again, and records.
-    let (a, b) = (
-        g.upload(&[1.0f32, 2.0]).unwrap(),
-        g.upload(&[3.0f32, 4.0]).unwrap(),
-    );
-    let mut out = g.zeros::<f32>(2).unwrap();
-    let err = g
-        .capture(|| {
-            std::thread::scope(|s| {
-                s.spawn(|| residual_forward(&g, &mut out, &a, &b, 2))
-                    .join()
-                    .unwrap()
+    for g in devices() {
+        let err = g
+            .capture(|| g.alloc::<f32>(4).map(|_| ()))
+            .err()
+            .expect("an allocation inside a capture fails");
+        assert!(
+            format!("{err:#}").contains("allocating a buffer while the device records a graph"),
+            "{err:#}"
+        );
+        // The failed capture is over: the device allocates again, and records.
+        let (a, b) = (
+            g.upload(&[1.0f32, 2.0]).unwrap(),
+            g.upload(&[3.0f32, 4.0]).unwrap(),
+        );
+        let mut out = g.zeros::<f32>(2).unwrap();
+        let err = g
+            .capture(|| {
+                std::thread::scope(|s| {
+                    s.spawn(|| residual_forward(&g, &mut out, &a, &b, 2))
+                        .join()
+                        .unwrap()
+                })
             })
-        })
-        .err()
-        .expect("a launch from another thread fails");
-    assert!(
-        format!("{err:#}").contains("recording a graph on another thread"),
-        "{err:#}"
-    );
-    // A recorded launch runs at each replay, not at the capture.
-    let graph = g
-        .capture(|| residual_forward(&g, &mut out, &a, &b, 2))
-        .unwrap();
-    assert_eq!(graph.launches, 1);
-    assert_eq!(g.download(&out).unwrap(), [0.0, 0.0]);
-    g.replay(&graph).unwrap();
-    assert_eq!(g.download(&out).unwrap(), [4.0, 6.0]);
+            .err()
+            .expect("a launch from another thread fails");
+        assert!(
+            format!("{err:#}").contains("recording a graph on another thread"),
+            "{err:#}"
+        );
+        // A recorded launch runs at each replay, not at the capture.
+        let graph = g
+            .capture(|| residual_forward(&g, &mut out, &a, &b, 2))
+            .unwrap();
+        assert_eq!(graph.launches, 1, "on {}", g.name);
+        assert_eq!(g.download(&out).unwrap(), [0.0, 0.0]);
+        g.replay(&graph).unwrap();
+        assert_eq!(g.download(&out).unwrap(), [4.0, 6.0]);
+    }
 }

@@ -4,6 +4,9 @@
 //! objectives, deterministic updates, checkpoints that move between backends, and a non-finite
 //! reward that changes nothing.
 
+mod devices;
+
+use devices::devices;
 use pgsrm::cpu::policy::CpuPolicy;
 use pgsrm::cuda::device::Gpu;
 use pgsrm::cuda::policy::CudaPolicy;
@@ -18,15 +21,6 @@ use pgsrm::tensor::Tensor;
 
 const EOS: u32 = 3;
 const TOL: f32 = 1e-4;
-
-/// The emulated device, and the first CUDA device when there is one.
-fn devices() -> Vec<Gpu> {
-    let mut out = vec![Gpu::emulated().expect("the emulated device needs a C++ compiler")];
-    if pgsrm::cuda::device_count() > 0 {
-        out.push(Gpu::new(0).expect("CUDA device 0 opens"));
-    }
-    out
-}
 
 /// Every parameter moved by up to 0.02. A fresh GPT-2's biases are zero, and the key bias's
 /// gradient is zero but for rounding (it shifts a query's scores all alike), so AdamW moves it by
@@ -119,16 +113,14 @@ fn episodes(prompts: &[Vec<u32>], gens: &[pgsrm::sample::Generation]) -> Vec<Epi
     eps
 }
 
+fn cpu_policy(model: &Model, cfg: &PpoConfig) -> CpuPolicy {
+    let critic = Critic::new(model.hidden_size(), 1);
+    CpuPolicy::new(cfg.clone(), model.clone(), model.clone(), critic, EOS).unwrap()
+}
+
 fn backends(model: &Model, cfg: &PpoConfig, g: Gpu) -> (CpuPolicy, CudaPolicy) {
     let critic = Critic::new(model.hidden_size(), 1);
-    let cpu = CpuPolicy::new(
-        cfg.clone(),
-        model.clone(),
-        model.clone(),
-        critic.clone(),
-        EOS,
-    )
-    .unwrap();
+    let cpu = cpu_policy(model, cfg);
     let dev = CudaPolicy::new(
         std::sync::Arc::new(g),
         cfg.clone(),
@@ -290,7 +282,7 @@ fn recorded_pass_matches(name: &str, model: Model, cfg: PpoConfig) {
     for g in devices() {
         let device = g.name.clone();
         let gpu = std::sync::Arc::new(g);
-        let (mut cpu, _) = backends(&model, &cfg, Gpu::emulated().unwrap());
+        let mut cpu = cpu_policy(&model, &cfg);
         let critic = Critic::new(model.hidden_size(), 1);
         let dev_policy = || {
             let (m, r) = (model.clone(), model.clone());
