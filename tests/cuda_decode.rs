@@ -184,3 +184,17 @@ fn a_graph_takes_launches_only_and_from_its_own_thread() {
         assert_eq!(g.download(&out).unwrap(), [4.0, 6.0]);
     }
 }
+
+/// A device several threads share (runs trained side by side on one stream) records no graph: a
+/// recording would take in the other threads' work.
+#[test]
+fn a_device_shared_between_threads_records_no_graph() {
+    let g = Gpu::emulated().unwrap();
+    g.share_between_threads();
+    let dev = GpuGpt2::upload(&g, &gpt2_tiny()).unwrap();
+    let mut cache = DecodeCache::default();
+    let mut eager = DecodeCache::new(false);
+    let got = three_rollouts(&g, &dev, &mut cache, 61);
+    assert_eq!(cache.replays, 0);
+    assert_eq!(got, three_rollouts(&g, &dev, &mut eager, 61));
+}

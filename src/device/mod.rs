@@ -79,6 +79,14 @@ impl Device {
     }
 
     /// The GPU, for the commands that need one (`check`, `bench`).
+    /// Says that several threads will use the device at once (`Gpu::share_between_threads`);
+    /// nothing to say on the CPU.
+    pub fn share_between_threads(&self) {
+        if let Some(g) = self.gpu() {
+            g.share_between_threads();
+        }
+    }
+
     /// The launches asked of the device so far; `None` on the CPU.
     pub fn launch_counts(&self) -> Option<LaunchCounts> {
         self.gpu().map(|g| g.launch_counts())

@@ -197,6 +197,9 @@ pub fn run(args: Args) -> Result<()> {
     if !args.quiet && parallel > 1 {
         eprintln!("reproduce: {parallel} runs at once, {threads} thread(s) each");
     }
+    if parallel > 1 {
+        device.share_between_threads();
+    }
     let shared = Shared {
         args: &args,
         scale,

@@ -259,6 +259,9 @@ pub struct Gpu {
     capture: Mutex<Option<Capture>>,
     /// What the host has asked the device to run so far.
     counts: Counts,
+    /// Set when several threads use the device at once: they share its one stream, and a graph
+    /// recorded on it would take in the others' work, so none is recorded.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -365,6 +368,7 @@ impl Gpu {
             scratch: Mutex::default(),
             capture: Mutex::new(None),
             counts: Counts::default(),
+            shared: Default::default(),
         })
     }
 
@@ -378,6 +382,7 @@ impl Gpu {
             scratch: Mutex::default(),
             capture: Mutex::new(None),
             counts: Counts::default(),
+            shared: Default::default(),
         })
     }
 
@@ -483,6 +488,17 @@ impl Gpu {
             return Ok(());
         }
         Self::emu_launch(e, &m, entry, grid, args)
+    }
+
+    /// Says that several threads will use the device at once (runs trained side by side): from
+    /// now on nothing is recorded as a graph (`records_graphs`).
+    pub fn share_between_threads(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether work may be recorded as graphs: not on a device several threads share.
+    pub fn records_graphs(&self) -> bool {
+        !self.shared.load(Ordering::Relaxed)
     }
 
     /// The launches asked of this device so far (`LaunchCounts`).

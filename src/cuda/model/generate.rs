@@ -520,6 +520,9 @@ fn run_loop<M: DeviceModel>(
     let steps = params.max_new_tokens;
     model.check_prompts(prompts, steps, eos)?;
     let batch = Batch::left_padded(prompts, eos)?;
+    if !g.records_graphs() {
+        cache.graphs = false;
+    }
     let shape = Shape {
         b: rows,
         tp: batch.t,
