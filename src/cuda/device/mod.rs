@@ -211,23 +211,30 @@ fn check_grid(entry: &str, g: &Grid, launch_bound: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// The `__launch_bounds__` limit of every kernel of `kernels/`, read from the sources once.
+/// The `__launch_bounds__` limit of every kernel of `kernels/`, read from the sources once; a
+/// launch then looks its kernel up without a lock or an allocation.
 fn launch_bound(file: &str, entry: &str) -> Result<Option<u32>> {
-    static BOUNDS: Mutex<Option<HashMap<String, Option<u32>>>> = Mutex::new(None);
-    let mut guard = BOUNDS.lock().unwrap();
-    let map = match &mut *guard {
-        Some(m) => m,
-        None => {
-            let mut m = HashMap::new();
-            for f in registry::kernel_files() {
-                for d in emu::compile::kernel_decls(&registry::source(f)?)? {
-                    m.insert(format!("{f}:{}", d.name), d.max_threads);
-                }
+    type Bounds = HashMap<&'static str, HashMap<String, Option<u32>>>;
+    static BOUNDS: std::sync::OnceLock<std::result::Result<Bounds, String>> =
+        std::sync::OnceLock::new();
+    let read = || -> Result<Bounds> {
+        let mut m: Bounds = HashMap::new();
+        for f in registry::kernel_files() {
+            let decls = emu::compile::kernel_decls(&registry::source(f)?)?;
+            let of_file = m.entry(f).or_default();
+            for d in decls {
+                of_file.insert(d.name, d.max_threads);
             }
-            guard.insert(m)
         }
+        Ok(m)
     };
-    map.get(&format!("{file}:{entry}"))
+    let bounds = BOUNDS
+        .get_or_init(|| read().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("reading the kernels' launch bounds: {e}"))?;
+    bounds
+        .get(file)
+        .and_then(|m| m.get(entry))
         .copied()
         .ok_or_else(|| anyhow!("no kernel {entry} in kernels/{file}"))
 }
@@ -238,7 +245,7 @@ struct Driver {
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Kernels already looked up, by (file, entry): a launch costs no driver lookup.
-    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    functions: std::sync::RwLock<HashMap<&'static str, HashMap<String, CudaFunction>>>,
 }
 
 enum Dev {
@@ -363,7 +370,7 @@ impl Gpu {
                 ctx,
                 stream,
                 modules: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
+                functions: Default::default(),
             }),
             scratch: Mutex::default(),
             capture: Mutex::new(None),
@@ -408,10 +415,11 @@ impl Gpu {
         file: &'static str,
         entry: &str,
     ) -> Result<CudaFunction> {
-        let key = (file, entry.to_string());
-        if let Some(f) = d.functions.lock().unwrap().get(&key) {
+        let found = d.functions.read().unwrap();
+        if let Some(f) = found.get(file).and_then(|m| m.get(entry)) {
             return Ok(f.clone());
         }
+        drop(found);
         let mut modules = d.modules.lock().unwrap();
         let module = match modules.get(file) {
             Some(m) => m.clone(),
@@ -428,7 +436,11 @@ impl Gpu {
         let f = module
             .load_function(entry)
             .map_err(|e| anyhow!("no kernel {entry} in kernels/{file}: {e:?}"))?;
-        d.functions.lock().unwrap().insert(key, f.clone());
+        let mut functions = d.functions.write().unwrap();
+        functions
+            .entry(file)
+            .or_default()
+            .insert(entry.to_string(), f.clone());
         Ok(f)
     }
 
