@@ -275,6 +275,8 @@ pub struct Gpu {
 struct Counts {
     kernels: AtomicU64,
     graphs: AtomicU64,
+    /// Bytes of every buffer made so far (freed ones included).
+    allocated: AtomicU64,
 }
 
 /// What the host has asked a device to run: kernel launches one by one, and graph launches (each
@@ -502,6 +504,21 @@ impl Gpu {
         Self::emu_launch(e, &m, entry, grid, args)
     }
 
+    /// Bytes of every buffer made on this device so far, freed ones included: what a piece of work
+    /// allocated is the difference across it.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.counts.allocated.load(Ordering::Relaxed)
+    }
+
+    /// The device's memory in bytes: a GPU's, or the emulated device's when `PGSRM_EMU_MEMORY`
+    /// gives it one.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        match &self.dev {
+            Dev::Cuda(d) => d.ctx.mem_get_info().ok().map(|(_, total)| total as u64),
+            Dev::Emu(e) => e.memory.map(|m| m as u64),
+        }
+    }
+
     /// Says that several threads will use the device at once (runs trained side by side): from
     /// now on nothing is recorded as a graph (`records_graphs`).
     pub fn share_between_threads(&self) {
@@ -678,6 +695,7 @@ impl Gpu {
         self.not_capturing("allocating a buffer")?;
         match &self.dev {
             Dev::Cuda(d) => {
+                self.count_bytes::<T>(n);
                 // SAFETY: the memory is uninitialised; every user writes before it reads, which
                 // the emulated device's poisoning checks.
                 let s = unsafe { d.stream.alloc::<T>(n) }.map_err(|e| alloc_error::<T>(n, e))?;
@@ -692,6 +710,11 @@ impl Gpu {
         }
     }
 
+    fn count_bytes<T>(&self, n: usize) {
+        let bytes = (n * size_of::<T>()) as u64;
+        self.counts.allocated.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn wrap_cuda<T: DevElem>(d: &Driver, s: CudaSlice<T>, n: usize) -> DevBuf<T> {
         let addr = s.device_ptr(&d.stream).0;
         DevBuf {
@@ -703,6 +726,7 @@ impl Gpu {
 
     pub fn zeros<T: DevElem>(&self, n: usize) -> Result<DevBuf<T>> {
         self.not_capturing("allocating a buffer")?;
+        self.count_bytes::<T>(n);
         match &self.dev {
             Dev::Cuda(d) => {
                 let s = d
@@ -726,6 +750,7 @@ impl Gpu {
         self.not_capturing("copying to the device")?;
         match &self.dev {
             Dev::Cuda(d) => {
+                self.count_bytes::<T>(host.len());
                 let s = d
                     .stream
                     .clone_htod(host)

@@ -117,7 +117,8 @@ struct Kept<W, R> {
 /// The buffers (and graphs) of the last few batch shapes a model generated with. It belongs to
 /// one model's weights: the graphs hold their addresses, so whoever replaces the weights clears it.
 pub struct DecodeCache {
-    shapes: Vec<(Shape, Box<dyn Any + Send>)>,
+    /// Each shape, its buffers and their bytes, oldest first.
+    shapes: Vec<(Shape, Box<dyn Any + Send>, u64)>,
     /// Whether launches are recorded as graphs from a shape's second run on.
     graphs: bool,
     /// Segments run from a recorded graph so far.
@@ -126,6 +127,10 @@ pub struct DecodeCache {
 
 /// Shapes kept at most: a task's prompts come in a few lengths.
 const SHAPES_KEPT: usize = 4;
+
+/// The share of a device's memory the kept shapes may hold (a recorded shape of GPT-2 large at
+/// batch 10 holds about 1.5 GB): an eighth.
+const MEMORY_SHARE: u64 = 8;
 
 impl Default for DecodeCache {
     /// Graphs on, unless `PGSRM_GRAPHS=0` turns them off (every launch then goes one by one, to
@@ -151,20 +156,34 @@ impl DecodeCache {
     }
 
     fn find<W: 'static, R: 'static>(&mut self, shape: &Shape) -> Option<&mut Kept<W, R>> {
-        let i = self.shapes.iter().position(|(s, _)| s == shape)?;
+        let i = self.shapes.iter().position(|(s, ..)| s == shape)?;
         self.shapes[i].1.downcast_mut::<Kept<W, R>>()
     }
 
-    fn take<W: 'static, R: 'static>(&mut self, shape: &Shape) -> Option<Box<Kept<W, R>>> {
-        let i = self.shapes.iter().position(|(s, _)| s == shape)?;
-        self.shapes.remove(i).1.downcast::<Kept<W, R>>().ok()
+    /// A shape's buffers and their bytes, out of the cache.
+    fn take<W: 'static, R: 'static>(&mut self, shape: &Shape) -> Option<(Box<Kept<W, R>>, u64)> {
+        let i = self.shapes.iter().position(|(s, ..)| s == shape)?;
+        let (_, kept, bytes) = self.shapes.remove(i);
+        kept.downcast::<Kept<W, R>>().ok().map(|k| (k, bytes))
     }
 
-    fn put<W: Send + 'static, R: Send + 'static>(&mut self, shape: Shape, kept: Box<Kept<W, R>>) {
-        if self.shapes.len() >= SHAPES_KEPT {
-            self.shapes.remove(0);
-        }
-        self.shapes.push((shape, kept));
+    /// Keeps a shape's buffers of `bytes`, letting the oldest go while more than `SHAPES_KEPT`
+    /// shapes, or more than `budget` bytes, would be kept.
+    fn put<W: Send + 'static, R: Send + 'static>(
+        &mut self,
+        shape: Shape,
+        kept: Box<Kept<W, R>>,
+        bytes: u64,
+        budget: u64,
+    ) {
+        let sizes: Vec<u64> = self.shapes.iter().map(|x| x.2).collect();
+        self.shapes.drain(..oldest_to_drop(&sizes, bytes, budget));
+        self.shapes.push((shape, kept, bytes));
+    }
+
+    /// Shapes kept now.
+    pub fn shapes(&self) -> usize {
+        self.shapes.len()
     }
 
     /// Takes back the activations a recorded rollout lent to its update, for the next rollout of
@@ -177,6 +196,19 @@ impl DecodeCache {
             k.rec = Some((acts, lent.rows));
         }
     }
+}
+
+/// How many of the oldest kept shapes (`sizes` in bytes, oldest first) go before one of `adding`
+/// bytes joins them: until fewer than `SHAPES_KEPT` remain and all fit `budget` (a shape larger
+/// than the budget alone is kept by itself).
+fn oldest_to_drop(sizes: &[u64], adding: u64, budget: u64) -> usize {
+    let mut drop = 0;
+    let mut held: u64 = sizes.iter().sum();
+    while drop < sizes.len() && (sizes.len() - drop >= SHAPES_KEPT || held + adding > budget) {
+        held -= sizes[drop];
+        drop += 1;
+    }
+    drop
 }
 
 /// The device's decoding loop over one batch shape.
@@ -551,10 +583,14 @@ fn run_loop<M: DeviceModel>(
     // A recorded shape whose activations were not given back is made anew, graphs and all.
     let kept = cache
         .take::<M::Workspace, M::Record>(&shape)
-        .filter(|k| !record || k.rec.is_some());
-    let mut lp = match kept {
-        Some(k) => Loop::from_kept(g, model, shape, *k),
-        None => Loop::new(g, model, shape)?,
+        .filter(|(k, _)| !record || k.rec.is_some());
+    let (mut lp, bytes) = match kept {
+        Some((k, bytes)) => (Loop::from_kept(g, model, shape, *k), bytes),
+        None => {
+            let before = g.allocated_bytes();
+            let lp = Loop::new(g, model, shape)?;
+            (lp, g.allocated_bytes() - before)
+        }
     };
     lp.load(&batch, &host_draws)?;
     let segments = steps.div_ceil(SEGMENT);
@@ -569,7 +605,8 @@ fn run_loop<M: DeviceModel>(
     let toks = g.download(&lp.lp.out_tokens)?;
     let lps = g.download(&lp.lp.out_logprobs)?;
     let rec = lp.rec.take();
-    cache.put(shape, Box::new(lp.into_kept()));
+    let budget = g.memory_bytes().map_or(u64::MAX, |m| m / MEMORY_SHARE);
+    cache.put(shape, Box::new(lp.into_kept()), bytes, budget);
 
     // Each row's samples up to its end; a stopped loop left the later rows unwritten.
     let mut out = vec![Generation::default(); rows];
@@ -634,4 +671,23 @@ pub fn generate<M: DeviceModel>(
         eos,
         Draws::Keyed(seed),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_shapes_go_when_too_many_or_too_large() {
+        // Room for both counts and bytes: nothing goes.
+        assert_eq!(oldest_to_drop(&[10, 20], 30, 100), 0);
+        // A fourth shape would pass SHAPES_KEPT: the oldest goes.
+        assert_eq!(oldest_to_drop(&[10, 20, 30, 40], 5, 1000), 1);
+        // Over the budget: the oldest go until the new one fits.
+        assert_eq!(oldest_to_drop(&[50, 30, 10], 40, 90), 1);
+        assert_eq!(oldest_to_drop(&[50, 30, 10], 60, 90), 2);
+        // Larger than the budget alone: everything else goes and it stays by itself.
+        assert_eq!(oldest_to_drop(&[10, 20], 500, 100), 2);
+        assert_eq!(oldest_to_drop(&[], 500, 100), 0);
+    }
 }
