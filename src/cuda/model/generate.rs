@@ -129,7 +129,7 @@ pub struct DecodeCache {
 const SHAPES_KEPT: usize = 4;
 
 /// The share of a device's memory the kept shapes may hold (a recorded shape of GPT-2 large at
-/// batch 10 holds about 1.5 GB): an eighth.
+/// batch 10 holds over a gigabyte): an eighth.
 const MEMORY_SHARE: u64 = 8;
 
 impl Default for DecodeCache {
