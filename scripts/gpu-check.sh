@@ -17,7 +17,8 @@
 #   update     `pgsrm bench --job update`: one steady update of each child at the paper's batch,
 #              where its time went (rollout, reward, reference, actor, optimiser) and its kernel and
 #              graph launches; GPT-2 small again with PGSRM_GRAPHS=0 (every kernel one by one)
-#   generate   `pgsrm bench --job generate` and the generation peer (`transformers.generate`)
+#   generate   `pgsrm bench --job generate` (with graphs, then with PGSRM_GRAPHS=0) and the
+#              generation peer (`transformers.generate`)
 #   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape and `scripts/peer_reward.py`
 #              (sentence-transformers on MiniLM's shape), same GPU
 #   kernels    Nsight Compute's time of every kernel over one update of GPT-2 small and one of
@@ -213,6 +214,9 @@ fi
 
 if has generate; then
     limit 60 "generation" "$BIN" bench --job generate --device cuda 2>&1 | tee "$OUT/generate.jsonl" || status=1
+    # Again with every kernel launched one by one: what the decoding graph saves at each batch.
+    PGSRM_GRAPHS=0 limit 60 "generation, no graphs" "$BIN" bench --job generate --device cuda 2>&1 |
+        tee -a "$OUT/generate.jsonl" || status=1
     if [ $have_torch = 1 ]; then
         limit 45 "generation peer" python3 scripts/peer_cpu.py --generate --device cuda 2>&1 | tail -3 | tee "$OUT/peer_generate.json"
     fi
