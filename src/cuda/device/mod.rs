@@ -266,6 +266,8 @@ pub struct Gpu {
     capture: Mutex<Option<Capture>>,
     /// What the host has asked the device to run so far.
     counts: Counts,
+    /// The device's memory in bytes, read when it was opened (`memory_bytes`).
+    memory: Option<u64>,
     /// Set when several threads use the device at once: they share its one stream, and a graph
     /// recorded on it would take in the others' work, so none is recorded.
     shared: std::sync::atomic::AtomicBool,
@@ -365,6 +367,7 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("creating a stream on device {ordinal}: {e:?}"))?;
+        let memory = ctx.mem_get_info().ok().map(|(_, total)| total as u64);
         Ok(Gpu {
             name,
             arch,
@@ -377,6 +380,7 @@ impl Gpu {
             scratch: Mutex::default(),
             capture: Mutex::new(None),
             counts: Counts::default(),
+            memory,
             shared: Default::default(),
         })
     }
@@ -384,6 +388,7 @@ impl Gpu {
     /// The emulated device; fails when there is no C++ compiler to build it with.
     pub fn emulated() -> Result<Self> {
         let e = EmuDevice::open().context("--device emu")?;
+        let memory = e.memory.map(|m| m as u64);
         Ok(Gpu {
             name: format!("emulated device ({} workers, {})", e.workers, e.compiler),
             arch: "emulated",
@@ -391,6 +396,7 @@ impl Gpu {
             scratch: Mutex::default(),
             capture: Mutex::new(None),
             counts: Counts::default(),
+            memory,
             shared: Default::default(),
         })
     }
@@ -513,10 +519,7 @@ impl Gpu {
     /// The device's memory in bytes: a GPU's, or the emulated device's when `PGSRM_EMU_MEMORY`
     /// gives it one.
     pub fn memory_bytes(&self) -> Option<u64> {
-        match &self.dev {
-            Dev::Cuda(d) => d.ctx.mem_get_info().ok().map(|(_, total)| total as u64),
-            Dev::Emu(e) => e.memory.map(|m| m as u64),
-        }
+        self.memory
     }
 
     /// Says that several threads will use the device at once (runs trained side by side): from
