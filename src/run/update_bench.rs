@@ -43,8 +43,9 @@ pub struct UpdateFigure {
     pub launches_per_update: Option<LaunchCounts>,
 }
 
-fn median(mut x: Vec<f32>) -> f32 {
-    x.sort_by(f32::total_cmp);
+/// The middle of `x` (not empty) in the order `cmp` gives.
+fn median<T: Copy>(mut x: Vec<T>, cmp: impl FnMut(&T, &T) -> std::cmp::Ordering) -> T {
+    x.sort_by(cmp);
     x[x.len() / 2]
 }
 
@@ -80,19 +81,19 @@ pub fn update_throughput(
         launches.extend(counts().zip(before).map(|(after, before)| after - before));
     }
     let launches_per_update = (!launches.is_empty()).then(|| {
-        let mid = |f: fn(&LaunchCounts) -> u64| {
-            let mut x: Vec<u64> = launches.iter().map(f).collect();
-            x.sort_unstable();
-            x[x.len() / 2]
-        };
+        let mid = |f: fn(&LaunchCounts) -> u64| median(launches.iter().map(f).collect(), u64::cmp);
         LaunchCounts {
             kernels: mid(|c| c.kernels),
             graphs: mid(|c| c.graphs),
         }
     });
-    let phase =
-        |f: fn(&PhaseSeconds) -> f32| median(stats.iter().map(|s| f(&s.phase_seconds)).collect());
-    let seconds = median(stats.iter().map(|s| s.seconds).collect()) as f64;
+    let phase = |f: fn(&PhaseSeconds) -> f32| {
+        median(
+            stats.iter().map(|s| f(&s.phase_seconds)).collect(),
+            f32::total_cmp,
+        )
+    };
+    let seconds = median(stats.iter().map(|s| s.seconds).collect(), f32::total_cmp) as f64;
     Ok(UpdateFigure {
         device: device.name(),
         model: job.model.clone(),
