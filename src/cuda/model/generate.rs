@@ -40,7 +40,7 @@ pub enum Draws<'r> {
 /// What makes two generations the same batch shape: the buffers and the recorded launches of
 /// one serve the other.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Shape {
+struct Shape {
     b: usize,
     tp: usize,
     steps: usize,
@@ -72,9 +72,9 @@ struct LoopBuffers {
 
 /// Where a recorded loop puts its rows: each run's rows in the batch of B rows of T = tp + S
 /// positions, and each step's logits in (S B, V).
-pub struct RecordRows {
+struct RecordRows {
     /// (S B, V) the logits token s of row r was sampled from, at row s B + r.
-    pub logits: Buf,
+    logits: Buf,
     /// (B tp) the prefill's rows: r T + j.
     prompt: DevBuf<i32>,
     /// Per step s (B): r T + tp + s.
@@ -179,11 +179,6 @@ impl DecodeCache {
         let sizes: Vec<u64> = self.shapes.iter().map(|x| x.2).collect();
         self.shapes.drain(..oldest_to_drop(&sizes, bytes, budget));
         self.shapes.push((shape, kept, bytes));
-    }
-
-    /// Shapes kept now.
-    pub fn shapes(&self) -> usize {
-        self.shapes.len()
     }
 
     /// Takes back the activations a recorded rollout lent to its update, for the next rollout of
