@@ -198,3 +198,38 @@ fn a_device_shared_between_threads_records_no_graph() {
     assert_eq!(cache.replays, 0);
     assert_eq!(got, three_rollouts(&g, &dev, &mut eager, 61));
 }
+
+/// Two marks time the device's work between them, in seconds (at most the host's time around
+/// them, at least zero), and no mark goes into a graph.
+#[test]
+fn marks_time_the_work_between_them() {
+    for g in devices() {
+        let n = 1 << 20;
+        let (a, b) = (
+            g.upload(&vec![1.0f32; n]).unwrap(),
+            g.zeros::<f32>(n).unwrap(),
+        );
+        let mut out = g.zeros::<f32>(n).unwrap();
+        let host = std::time::Instant::now();
+        let from = g.mark().unwrap();
+        for _ in 0..8 {
+            residual_forward(&g, &mut out, &a, &b, n).unwrap();
+        }
+        let to = g.mark().unwrap();
+        let s = from.seconds_to(&to).unwrap();
+        let around = host.elapsed().as_secs_f32();
+        assert!(
+            s > 0.0 && s <= around,
+            "{s} s between the marks, {around} s around them"
+        );
+        assert!(to.seconds_to(&from).unwrap() <= 0.0, "on {}", g.name);
+        let err = g
+            .capture(|| g.mark().map(|_| ()))
+            .err()
+            .expect("a mark inside a capture fails");
+        assert!(
+            format!("{err:#}").contains("marking a point for timing while the device records"),
+            "{err:#}"
+        );
+    }
+}

@@ -18,6 +18,7 @@ use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams};
 use crate::tensor::Tensor;
 use anyhow::{Context, Result, anyhow};
+use std::time::Instant;
 
 /// The trainer's policy on the CPU.
 pub type CpuPolicy = Policy<CpuPasses>;
@@ -103,6 +104,7 @@ impl CpuPasses {
 impl Passes for CpuPasses {
     type Pass = CpuPass;
     type Rollout = KeptRollout;
+    type Mark = Instant;
 
     fn generate(
         &mut self,
@@ -269,5 +271,13 @@ impl Passes for CpuPasses {
 
     fn device(&self) -> String {
         "cpu".into()
+    }
+
+    fn mark(&self) -> Result<Instant> {
+        Ok(Instant::now())
+    }
+
+    fn seconds(&self, from: &Instant, to: &Instant) -> Result<f32> {
+        Ok(to.duration_since(*from).as_secs_f32())
     }
 }

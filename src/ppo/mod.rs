@@ -8,6 +8,7 @@ pub mod adamw;
 pub mod config;
 pub mod kl;
 pub mod loss;
+pub mod phases;
 pub mod policy;
 pub mod steps;
 pub mod trainer;

@@ -10,6 +10,7 @@ use crate::model::spec::Model;
 use crate::ppo::adamw::AdamW;
 use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses, kept_tokens};
+use crate::ppo::phases::{Phase, Spans};
 use crate::ppo::steps::{
     StepTargets, all_or_nothing, batch_mean, check_finite, mean_of_steps, step_count,
 };
@@ -18,7 +19,6 @@ use crate::rng::Rng;
 use crate::sample::{Generation, Generator, SamplingParams};
 use crate::tensor::Tensor;
 use anyhow::{Result, bail};
-use std::time::Instant;
 
 /// Default bound on the bytes a backend's cache of the frozen reference's prompt rows keeps: the
 /// prompts of a hundred-prompt task take far less (the rows of a shared prefix are kept once).
@@ -217,11 +217,14 @@ pub trait Passes {
     fn restore(&mut self, state: PolicyState) -> Result<()>;
     /// What runs the passes: `cpu`, or the device's name.
     fn device(&self) -> String;
-    /// Waits until the backend's work so far is done (a device runs its kernels asynchronously),
-    /// so that a phase's time includes its work.
-    fn sync(&self) -> Result<()> {
-        Ok(())
-    }
+    /// A point in the backend's work, for timing its phases.
+    type Mark;
+    /// Marks where the work asked of the backend so far will have got it: the CPU reads its
+    /// clock; a device records a timing event on its stream, so a phase is timed by the device
+    /// without the host waiting for it there.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Seconds of the backend's work between two marks, waiting until it has passed `to`.
+    fn seconds(&self, from: &Self::Mark, to: &Self::Mark) -> Result<f32>;
 }
 
 /// The trainer's policy on a backend's passes.
@@ -233,16 +236,10 @@ pub struct Policy<P: Passes> {
     /// follows it (on exactly those episodes, with the same weights) differentiates that pass
     /// instead of running the policy again. On by default; the result is the same either way.
     pub reuse_rollout: bool,
-    /// Where the last update's time went (the backend's phases).
+    /// Where the last update's time went, its rollout's included (the backend's phases).
     phases: PhaseSeconds,
-}
-
-/// Runs `f` and adds its wall seconds to `slot`.
-fn timed<T>(slot: &mut f32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let t = Instant::now();
-    let out = f();
-    *slot += t.elapsed().as_secs_f32();
-    out
+    /// The phases of the rollout and update under way, read when the update ends.
+    spans: Spans<P::Mark>,
 }
 
 impl<P: Passes> Policy<P> {
@@ -253,6 +250,7 @@ impl<P: Passes> Policy<P> {
             eos,
             reuse_rollout: true,
             phases: PhaseSeconds::default(),
+            spans: Spans::default(),
         }
     }
 
@@ -273,24 +271,20 @@ impl<P: Passes> Policy<P> {
         let cfg = self.cfg.clone();
         let eps: Vec<&Episode> = idx.iter().map(|&i| &episodes[i]).collect();
         let sb = scored_batch(&eps, self.eos, cfg.train_eos)?;
-        let passes = &mut self.passes;
-        let mut actor_s = 0.0;
-        let (mut pass, values) = timed(&mut actor_s, || {
-            passes.forward(&sb, rollout.map(|r| (r, episodes)))
+        let (passes, spans) = (&mut self.passes, &mut self.spans);
+        let (mut pass, values) = spans.timed(passes, Phase::Actor, |p| {
+            p.forward(&sb, rollout.map(|r| (r, episodes)))
         })?;
         let t = StepTargets::new(
             &cfg, episodes, idx, &sb.rows, &values, old_values, batch_mean, ref_lp,
         );
-        let (actor, value_loss, critic_loss) = timed(&mut actor_s, || {
-            passes.losses(&mut pass, &sb, &t, &cfg, kl_coef)
+        let (actor, value_loss, critic_loss) = spans.timed(passes, Phase::Actor, |p| {
+            p.losses(&mut pass, &sb, &t, &cfg, kl_coef)
         })?;
         check_finite(&actor, value_loss, critic_loss)?;
-        let (actor_norm, critic_norm) = timed(&mut actor_s, || passes.backward(pass, &cfg))?;
-        self.phases.actor += actor_s;
-        timed(&mut self.phases.optimiser, || {
-            passes.step(&cfg, actor_norm)?;
-            passes.sync()
-        })?;
+        let (actor_norm, critic_norm) =
+            spans.timed(passes, Phase::Actor, |p| p.backward(pass, &cfg))?;
+        spans.timed(passes, Phase::Optimiser, |p| p.step(&cfg, actor_norm))?;
         Ok(t.losses(
             &actor,
             (value_loss, critic_loss),
@@ -311,14 +305,14 @@ impl<P: Passes> Policy<P> {
         let sb = scored_batch(&all, self.eos, self.cfg.train_eos)?;
         // The frozen reference runs only the response tokens, on its cached prompt keys and values.
         let (eos, train_eos) = (self.eos, self.cfg.train_eos);
-        let passes = &mut self.passes;
-        let ref_lp = timed(&mut self.phases.reference, || {
-            passes.reference_logprobs(&all, &sb, eos, train_eos)
+        let (passes, spans) = (&mut self.passes, &mut self.spans);
+        let ref_lp = spans.timed(passes, Phase::Reference, |p| {
+            p.reference_logprobs(&all, &sb, eos, train_eos)
         })?;
         let steps = step_count(&self.cfg, episodes.len());
         // With one step the values of that step's forward are the values before the update.
         let old_values = if steps > 1 {
-            Some(timed(&mut self.phases.actor, || passes.values(&sb))?)
+            Some(spans.timed(passes, Phase::Actor, |p| p.values(&sb))?)
         } else {
             None
         };
@@ -350,7 +344,11 @@ impl<P: Passes> Generator for Policy<P> {
         let keep = self.reuse_rollout
             && step_count(&self.cfg, prompts.len()) == 1
             && params.max_new_tokens > 0;
-        self.passes.generate(prompts, params, rng, keep)
+        // A rollout starts the phases of the update that follows it.
+        self.spans = Spans::default();
+        self.spans.timed(&mut self.passes, Phase::Rollout, |p| {
+            p.generate(prompts, params, rng, keep)
+        })
     }
 }
 
@@ -368,9 +366,14 @@ impl<P: Passes> PolicyBackend for Policy<P> {
         let rollout = self.passes.take_rollout();
         self.phases = PhaseSeconds::default();
         let cfg = self.cfg.clone();
-        all_or_nothing(self, &cfg, episodes.len(), rng, |p, rng| {
+        let losses = all_or_nothing(self, &cfg, episodes.len(), rng, |p, rng| {
             p.update_inner(episodes, kl_coef, rng, rollout)
-        })
+        });
+        // Read after the update, so the device is waited for once, at its end.
+        let phases = self.spans.read(&self.passes);
+        let losses = losses?;
+        self.phases = phases?;
+        Ok(losses)
     }
 
     fn state(&self) -> Result<PolicyState> {

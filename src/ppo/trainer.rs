@@ -41,19 +41,22 @@ pub trait PolicyBackend: Generator {
     fn restore(&mut self, state: PolicyState) -> Result<()>;
     /// What runs the policy: `cpu`, or the device's name.
     fn device(&self) -> String;
-    /// Where the last update's time went: the frozen reference's pass, the actor's passes and
-    /// the optimisers' steps (the other phases are the trainer's). Zero where not measured.
+    /// Where the last update's time went: the rollout before it, the frozen reference's pass, the
+    /// actor's passes and the optimisers' steps (the reward is the trainer's). Zero where not
+    /// measured.
     fn phase_seconds(&self) -> PhaseSeconds {
         PhaseSeconds::default()
     }
 }
 
-/// Wall seconds of the phases of one update, each measured up to the point where its results
-/// are on the host (a device's work is waited for): the rollout (sampling the answers), the
-/// reward (the parent's answers, the embeddings and the shaping), the frozen reference's
-/// log-probs, the actor's forward and backward (with the value head, the losses and the values
-/// before the update when there are several steps), and the optimisers' steps. What they leave
-/// of an update's `seconds` is the trainer's bookkeeping (tokenizing, decoding answers).
+/// Seconds of the phases of one update: the rollout (sampling the answers), the reward (the
+/// parent's answers, the embeddings and the shaping), the frozen reference's log-probs, the
+/// actor's forward and backward (with the value head, the losses and the values before the update
+/// when there are several steps), and the optimisers' steps. The backend times its own phases
+/// (`Passes::mark`): wall clock on the CPU, timing events on a GPU's stream, which span the
+/// device's work from the phase's first launch to its last kernel's end. The reward is wall
+/// clock, up to where the rewards are on the host. What they leave of an update's `seconds` is
+/// the trainer's bookkeeping (tokenizing, decoding answers) and the host's work between phases.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseSeconds {
     pub rollout: f32,
@@ -283,9 +286,7 @@ impl Trainer {
             top_p: 1.0,
             max_new_tokens: self.max_new_tokens,
         };
-        let t_rollout = Instant::now();
         let gens = self.backend.generate(&prompts, &params, &mut self.rng)?;
-        let rollout = t_rollout.elapsed().as_secs_f32();
         let children = gens
             .iter()
             .map(|g| self.decode_answer(&g.tokens))
@@ -336,7 +337,6 @@ impl Trainer {
             episodes_per_s: episodes.len() as f32 / seconds.max(1e-9),
             seconds,
             phase_seconds: PhaseSeconds {
-                rollout,
                 reward,
                 ..self.backend.phase_seconds()
             },

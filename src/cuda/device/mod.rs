@@ -4,6 +4,7 @@
 //! with no per-backend branch.
 
 pub mod emu;
+mod mark;
 pub mod nvrtc;
 pub mod registry;
 
@@ -13,6 +14,7 @@ use cudarc::driver::{
     PushKernelArg, ValidAsZeroBits,
 };
 use emu::{ArgBytes, EmuDevice, HostMem};
+pub use mark::Mark;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};

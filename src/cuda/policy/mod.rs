@@ -6,7 +6,7 @@
 
 pub mod refcache;
 
-use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::device::{DevBuf, Gpu, Mark};
 use crate::cuda::model::generate::Lent;
 use crate::cuda::model::generate::{DecodeCache, Draws};
 use crate::cuda::model::train_batch::TrainBatch;
@@ -241,6 +241,7 @@ impl CudaPasses {
 impl Passes for CudaPasses {
     type Pass = CudaPass;
     type Rollout = DevRollout;
+    type Mark = Mark;
 
     fn generate(
         &mut self,
@@ -532,7 +533,11 @@ impl Passes for CudaPasses {
         self.gpu.name.clone()
     }
 
-    fn sync(&self) -> Result<()> {
-        self.gpu.sync()
+    fn mark(&self) -> Result<Mark> {
+        self.gpu.mark()
+    }
+
+    fn seconds(&self, from: &Mark, to: &Mark) -> Result<f32> {
+        from.seconds_to(to)
     }
 }
