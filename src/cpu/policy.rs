@@ -11,6 +11,7 @@ use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{
     ActorInputs, ActorLoss, Critic, Episode, actor_loss, critic_loss, kept_tokens,
 };
+use crate::ppo::phases::Clock;
 use crate::ppo::policy::{Passes, Policy, ScoredBatch, check_state_fits, starting_optimisers};
 use crate::ppo::steps::StepTargets;
 use crate::ppo::trainer::PolicyState;
@@ -104,7 +105,6 @@ impl CpuPasses {
 impl Passes for CpuPasses {
     type Pass = CpuPass;
     type Rollout = KeptRollout;
-    type Mark = Instant;
 
     fn generate(
         &mut self,
@@ -272,6 +272,10 @@ impl Passes for CpuPasses {
     fn device(&self) -> String {
         "cpu".into()
     }
+}
+
+impl Clock for CpuPasses {
+    type Mark = Instant;
 
     fn mark(&self) -> Result<Instant> {
         Ok(Instant::now())

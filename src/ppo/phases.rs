@@ -1,9 +1,20 @@
-//! The phases of an update, timed by the backend that runs them (`Passes::mark`) and read once
-//! the update is done, so a device is not waited for at each phase's end.
+//! The phases of an update, timed by the backend that runs them (`Clock`) and read once the
+//! update is done, so a device is not waited for at each phase's end.
 
-use crate::ppo::policy::Passes;
 use crate::ppo::trainer::PhaseSeconds;
 use anyhow::Result;
+
+/// How a backend times its work.
+pub trait Clock {
+    /// A point in the backend's work.
+    type Mark;
+    /// Marks where the work asked of the backend so far will have got it: the CPU reads its
+    /// clock; a device records a timing event on its stream, so a phase is timed by the device
+    /// without the host waiting for it there.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Seconds of the backend's work between two marks, waiting until it has passed `to`.
+    fn seconds(&self, from: &Self::Mark, to: &Self::Mark) -> Result<f32>;
+}
 
 /// A phase the policy runs (the trainer times the reward itself).
 #[derive(Clone, Copy, Debug)]
@@ -24,8 +35,8 @@ impl<M> Default for Spans<M> {
 }
 
 impl<M> Spans<M> {
-    /// Runs `f` on the passes and keeps the stretch of the backend's work it asked for.
-    pub fn timed<P: Passes<Mark = M>, T>(
+    /// Runs `f` on the backend and keeps the stretch of the backend's work it asked for.
+    pub fn timed<P: Clock<Mark = M>, T>(
         &mut self,
         passes: &mut P,
         phase: Phase,
@@ -39,7 +50,7 @@ impl<M> Spans<M> {
 
     /// The seconds of every phase, summed over its stretches; waits for the last. The spans are
     /// emptied.
-    pub fn read<P: Passes<Mark = M>>(&mut self, passes: &P) -> Result<PhaseSeconds> {
+    pub fn read<P: Clock<Mark = M>>(&mut self, passes: &P) -> Result<PhaseSeconds> {
         let mut s = PhaseSeconds::default();
         for (phase, from, to) in self.0.drain(..) {
             let slot = match phase {

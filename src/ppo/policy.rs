@@ -10,7 +10,7 @@ use crate::model::spec::Model;
 use crate::ppo::adamw::AdamW;
 use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{ActorLoss, Critic, Episode, UpdateLosses, kept_tokens};
-use crate::ppo::phases::{Phase, Spans};
+use crate::ppo::phases::{Clock, Phase, Spans};
 use crate::ppo::steps::{
     StepTargets, all_or_nothing, batch_mean, check_finite, mean_of_steps, step_count,
 };
@@ -158,8 +158,8 @@ pub fn check_state_fits(
 
 /// What a backend runs for `Policy`: the policy, its frozen reference, the value head and the two
 /// optimisers live in the backend's memory, and only tokens, log-probs, per-row values and the
-/// losses' means cross to the host.
-pub trait Passes {
+/// losses' means cross to the host. The backend times its own work (`Clock`).
+pub trait Passes: Clock {
     /// What a forward pass keeps for its losses and backward.
     type Pass;
     /// What a rollout kept of its own forward pass, for an update that differentiates it
@@ -217,14 +217,6 @@ pub trait Passes {
     fn restore(&mut self, state: PolicyState) -> Result<()>;
     /// What runs the passes: `cpu`, or the device's name.
     fn device(&self) -> String;
-    /// A point in the backend's work, for timing its phases.
-    type Mark;
-    /// Marks where the work asked of the backend so far will have got it: the CPU reads its
-    /// clock; a device records a timing event on its stream, so a phase is timed by the device
-    /// without the host waiting for it there.
-    fn mark(&self) -> Result<Self::Mark>;
-    /// Seconds of the backend's work between two marks, waiting until it has passed `to`.
-    fn seconds(&self, from: &Self::Mark, to: &Self::Mark) -> Result<f32>;
 }
 
 /// The trainer's policy on a backend's passes.

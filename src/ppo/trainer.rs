@@ -53,7 +53,7 @@ pub trait PolicyBackend: Generator {
 /// parent's answers, the embeddings and the shaping), the frozen reference's log-probs, the
 /// actor's forward and backward (with the value head, the losses and the values before the update
 /// when there are several steps), and the optimisers' steps. The backend times its own phases
-/// (`Passes::mark`): wall clock on the CPU, timing events on a GPU's stream, which span the
+/// (`phases::Clock`): wall clock on the CPU, timing events on a GPU's stream, which span the
 /// device's work from the phase's first launch to its last kernel's end. The reward is wall
 /// clock, up to where the rewards are on the host. What they leave of an update's `seconds` is
 /// the trainer's bookkeeping (tokenizing, decoding answers) and the host's work between phases.

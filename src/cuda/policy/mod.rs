@@ -17,6 +17,7 @@ use crate::cuda::policy::refcache::DevRefCache;
 use crate::model::spec::Model;
 use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{ActorLoss, Critic, Episode};
+use crate::ppo::phases::Clock;
 use crate::ppo::policy::{
     Passes, Policy, ScoredBatch, check_state_fits, params, starting_optimisers,
 };
@@ -241,7 +242,6 @@ impl CudaPasses {
 impl Passes for CudaPasses {
     type Pass = CudaPass;
     type Rollout = DevRollout;
-    type Mark = Mark;
 
     fn generate(
         &mut self,
@@ -532,6 +532,10 @@ impl Passes for CudaPasses {
     fn device(&self) -> String {
         self.gpu.name.clone()
     }
+}
+
+impl Clock for CudaPasses {
+    type Mark = Mark;
 
     fn mark(&self) -> Result<Mark> {
         self.gpu.mark()
