@@ -12,9 +12,10 @@
 // - rows (`sgemm_rows_nn`, `sgemm_rows_nt`): products of at most 16 rows (a decoding step's),
 //   which are bound by reading b once: each warp streams its own share of b, coalesced, against
 //   every row of a, with no shared memory. The share is a slab of columns and a range of K.
-// A split of K writes its partial product to `partial` (S, M, N) instead of c, and
-// `sgemm_sum_splits` adds the splits in order. No float atomics: each element is a sum in a
-// fixed order, so every product is deterministic.
+// A split of K writes its partial product to `partial` (S, M, N) instead of c. The last of a
+// tile's (or a warp's column slab's) S splits to finish adds them into c in order (s = 0, 1, ...),
+// found by an integer counter per tile in `counters`. No float atomics: each element is a sum in
+// a fixed order, so every product is deterministic and the same in every schedule.
 //
 // "_v4" kernels read both operands as float4 along their contiguous dimension; the planner picks
 // them only when those dimensions are multiples of 4 and the buffers are 16-byte aligned.
@@ -43,6 +44,49 @@ __device__ __forceinline__ void put(float* c, float* partial, const float* bias,
     if (bias) v += bias[n];
     if (accumulate) v += c[(long)m * N + n];
     c[(long)m * N + n] = v;
+}
+
+// c[m, n] = the S splits' partial products at (m, n) added in order, + bias[n], + what c held
+// (as asked). Read through L2 (`__ldcg`): other blocks wrote them during this launch.
+__device__ __forceinline__ void sum_splits(float* c, const float* partial, const float* bias, int accumulate,
+                                           int M, int N, int S, int m, int n) {
+    long total = (long)M * N, i = (long)m * N + n;
+    float v = 0.0f;
+    for (int s = 0; s < S; s++) v += __ldcg(partial + s * total + i);
+    if (bias) v += bias[n];
+    if (accumulate) v += c[i];
+    c[i] = v;
+}
+
+// Whether this block is the last of the S splits of its tile to be done with its partial
+// products. Each thread fences its partials (device-wide visible) before the block counts itself
+// in `counter`; the last block sets the counter back to zero for the next product and fences
+// before it reads the others' partials.
+__device__ __forceinline__ bool last_split_block(unsigned* counter, int S) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counter, 1u) == (unsigned)(S - 1);
+        if (last) atomicExch(counter, 0u);
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
+// The same for a warp that owns its unit of c alone (the rows kernels).
+__device__ __forceinline__ bool last_split_warp(unsigned* counter, int S) {
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (threadIdx.x % WARP == 0) {
+        last = atomicAdd(counter, 1u) == (unsigned)(S - 1);
+        if (last) atomicExch(counter, 0u);
+    }
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (last) __threadfence();
+    return last;
 }
 
 // One BK x R slice of an operand on its way from global to shared memory. The operand is R-wide
@@ -102,13 +146,18 @@ struct Slice {
     }
 };
 
+// Row (or column) i of a tile kernel thread's sub-tile, as an offset in the tile: t is the
+// thread's ty (or tx).
+__device__ __forceinline__ int owned(int i, int t) { return (i / 4) * 64 + t * 4 + i % 4; }
+
 // The tile kernel's body. Thread (tx, ty) = (tid % 16, tid / 16) owns rows g * 64 + 4 ty + i and
 // columns h * 64 + 4 tx + j of the tile (i, j < 4; g < BM / 64, h < BN / 64), so a quarter warp
 // reads 128 contiguous bytes of b's slice and two addresses of a's. Split z covers depths
 // [z * kc, min(K, (z + 1) * kc)).
 template <int BM, int BN, bool TA, bool TB, bool VEC>
 __device__ __forceinline__ void sgemm_tile(float* c, const float* a, const float* b, const float* bias,
-                                           float* partial, int M, int N, int K, int kc, int accumulate) {
+                                           float* partial, unsigned* counters, int M, int N, int K, int kc,
+                                           int accumulate) {
     constexpr int TM = BM / 16, TN = BN / 16;
     static_assert(TM % 4 == 0 && TN % 4 == 0, "sub-tiles are whole float4 groups");
     __shared__ __align__(16) float As[2][BK][BM + PAD];
@@ -161,22 +210,31 @@ __device__ __forceinline__ void sgemm_tile(float* c, const float* a, const float
 
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-        int m = m0 + (i / 4) * 64 + ty * 4 + i % 4;
+        int m = m0 + owned(i, ty);
         if (m >= M) continue;
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-            int n = n0 + (j / 4) * 64 + tx * 4 + j % 4;
+            int n = n0 + owned(j, tx);
             if (n < N) put(c, partial, bias, accumulate, M, N, blockIdx.z, m, n, acc[i][j]);
+        }
+    }
+    if (!partial || !last_split_block(counters + blockIdx.y * gridDim.x + blockIdx.x, gridDim.z)) return;
+    for (int i = 0; i < TM; i++) {
+        int m = m0 + owned(i, ty);
+        for (int j = 0; j < TN && m < M; j++) {
+            int n = n0 + owned(j, tx);
+            if (n < N) sum_splits(c, partial, bias, accumulate, M, N, gridDim.z, m, n);
         }
     }
 }
 
 // The entry points: one per layout, tile and load width. Grid (ceil(N / BN), ceil(M / BM), S) blocks
-// of 256 threads; c (M, N), partial (S, M, N) or null, bias (N) or null.
+// of 256 threads; c (M, N), bias (N) or null; with S > 1, partial (S, M, N) and counters (one per
+// tile, all zero), else both null.
 #define SGEMM_PARAMS                                                                                  \
-    float *c, const float *a, const float *b, const float *bias, float *partial, int M, int N, int K, \
-    int kc, int accumulate
-#define SGEMM_ARGS c, a, b, bias, partial, M, N, K, kc, accumulate
+    float *c, const float *a, const float *b, const float *bias, float *partial, unsigned *counters, \
+    int M, int N, int K, int kc, int accumulate
+#define SGEMM_ARGS c, a, b, bias, partial, counters, M, N, K, kc, accumulate
 extern "C" __global__ void __launch_bounds__(256, 2) sgemm_nn_128x128(SGEMM_PARAMS) { sgemm_tile<128, 128, false, false, false>(SGEMM_ARGS); }
 extern "C" __global__ void __launch_bounds__(256, 2) sgemm_nn_128x128_v4(SGEMM_PARAMS) { sgemm_tile<128, 128, false, false, true>(SGEMM_ARGS); }
 extern "C" __global__ void __launch_bounds__(256, 2) sgemm_nn_128x64(SGEMM_PARAMS) { sgemm_tile<128, 64, false, false, false>(SGEMM_ARGS); }
@@ -210,7 +268,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) sgemm_tn_64x64_v4(SGEMM_PAR
 #define ROWS_DEPTH 8
 template <int RM, bool VEC>
 __device__ __forceinline__ void sgemm_rows_nn(float* c, const float* a, const float* b, const float* bias,
-                                              float* partial, int M, int N, int K, int kc, int accumulate) {
+                                              float* partial, unsigned* counters, int M, int N, int K, int kc,
+                                              int accumulate) {
     constexpr int V = VEC ? 4 : 1;
     const int lane = threadIdx.x % WARP;
     const int w = blockIdx.x * ROWS_WARPS + threadIdx.x / WARP;
@@ -265,6 +324,11 @@ __device__ __forceinline__ void sgemm_rows_nn(float* c, const float* a, const fl
         for (int j = 0; j < V; j++)
             if (n + j < N) put(c, partial, bias, accumulate, M, N, s, m, n + j, acc[m][j]);
     }
+    const int S = (K + kc - 1) / kc;
+    if (!partial || !last_split_warp(counters + w % slabs, S)) return;
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < V; j++)
+            if (n + j < N) sum_splits(c, partial, bias, accumulate, M, N, S, m, n + j);
 }
 
 // Rows, b stored (N, K): a row of b is one column of c. Warp w owns the NC columns
@@ -274,7 +338,8 @@ __device__ __forceinline__ void sgemm_rows_nn(float* c, const float* a, const fl
 #define ROWS_NT_COLUMNS 4
 template <int RM, bool VEC>
 __device__ __forceinline__ void sgemm_rows_nt(float* c, const float* a, const float* b, const float* bias,
-                                              float* partial, int M, int N, int K, int kc, int accumulate) {
+                                              float* partial, unsigned* counters, int M, int N, int K, int kc,
+                                              int accumulate) {
     constexpr int V = VEC ? 4 : 1, NC = ROWS_NT_COLUMNS;
     const int lane = threadIdx.x % WARP;
     const int w = blockIdx.x * ROWS_WARPS + threadIdx.x / WARP;
@@ -323,10 +388,16 @@ __device__ __forceinline__ void sgemm_rows_nt(float* c, const float* a, const fl
             if (lane == (m * NC + j) % WARP && n < N) put(c, partial, bias, accumulate, M, N, s, m, n, v);
         }
     }
+    const int S = (K + kc - 1) / kc;
+    if (!partial || !last_split_warp(counters + w % groups, S)) return;
+    for (int e = lane; e < M * NC; e += WARP) {
+        int m = e / NC, n = n0 + e % NC;
+        if (n < N) sum_splits(c, partial, bias, accumulate, M, N, S, m, n);
+    }
 }
 
 // Grid (ceil(warps / ROWS_WARPS)) blocks of 32 * ROWS_WARPS threads, warps = slabs (or column
-// groups) x splits; M <= RM.
+// groups) x splits; M <= RM; with splits, one counter per slab (or group).
 extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nn_r1(SGEMM_PARAMS) { sgemm_rows_nn<1, false>(SGEMM_ARGS); }
 extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nn_r1_v4(SGEMM_PARAMS) { sgemm_rows_nn<1, true>(SGEMM_ARGS); }
 extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nn_r2(SGEMM_PARAMS) { sgemm_rows_nn<2, false>(SGEMM_ARGS); }
@@ -347,18 +418,3 @@ extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nt_r8(SGEMM_PARAMS) 
 extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nt_r8_v4(SGEMM_PARAMS) { sgemm_rows_nt<8, true>(SGEMM_ARGS); }
 extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nt_r16(SGEMM_PARAMS) { sgemm_rows_nt<16, false>(SGEMM_ARGS); }
 extern "C" __global__ void __launch_bounds__(64) sgemm_rows_nt_r16_v4(SGEMM_PARAMS) { sgemm_rows_nt<16, true>(SGEMM_ARGS); }
-
-// c (M, N) [+]= sum over s of partial (S, M, N), s = 0, 1, ... in order, + bias (N); one thread
-// per element, blocks of 256
-extern "C" __global__ void __launch_bounds__(256) sgemm_sum_splits(float* c, const float* partial,
-                                                                   const float* bias, int M, int N,
-                                                                   int S, int accumulate) {
-    long total = (long)M * N;
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    float v = 0.0f;
-    for (int s = 0; s < S; s++) v += partial[s * total + i];
-    if (bias) v += bias[i % N];
-    if (accumulate) v += c[i];
-    c[i] = v;
-}

@@ -261,8 +261,8 @@ pub struct Gpu {
     /// `compute_XY` on a GPU, `emulated` on the emulated device.
     pub arch: &'static str,
     dev: Dev,
-    /// Scratch memory for work between two launches of one op (the partial products of a split
-    /// product), grown on demand and kept: no allocation per call.
+    /// Scratch memory for an op's work between its blocks (the partial products of a split
+    /// product and its counters), grown on demand and kept: no allocation per call.
     scratch: Mutex<Scratch>,
     /// The graph being recorded, if any (`Gpu::capture`).
     capture: Mutex<Option<Capture>>,
@@ -302,14 +302,51 @@ impl std::ops::Sub for LaunchCounts {
     }
 }
 
-/// The scratch buffer, and those it outgrew while a graph may still read them: a graph holds
-/// the addresses it was recorded with, so a buffer one reads is never freed.
+/// The scratch buffers: floats whose contents are not set, and counters, zero between the calls
+/// that use them (each call leaves them so).
 #[derive(Default)]
 struct Scratch {
-    buf: Option<Box<DevBuf<f32>>>,
-    kept: Vec<DevBuf<f32>>,
+    floats: Grown<f32>,
+    counters: Grown<u32>,
+}
+
+/// A buffer grown on demand, and those it outgrew while a graph may still read them: a graph
+/// holds the addresses it was recorded with, so a buffer one reads is never freed.
+struct Grown<T: DevElem> {
+    buf: Option<Box<DevBuf<T>>>,
+    outgrown: Vec<DevBuf<T>>,
     /// Whether a graph was recorded with the current buffer.
     in_graph: bool,
+}
+
+impl<T: DevElem> Default for Grown<T> {
+    fn default() -> Self {
+        Grown {
+            buf: None,
+            outgrown: Vec::new(),
+            in_graph: false,
+        }
+    }
+}
+
+impl<T: DevElem> Grown<T> {
+    /// The buffer, at least `n` long: a new one from `make` when it is shorter.
+    fn at_least(
+        &mut self,
+        n: usize,
+        make: impl FnOnce(usize) -> Result<DevBuf<T>>,
+    ) -> Result<&mut DevBuf<T>> {
+        if self.buf.as_ref().is_none_or(|b| b.len() < n) {
+            let grown = Box::new(make(n.max(1))?);
+            if let Some(old) = self.buf.replace(grown)
+                && self.in_graph
+            {
+                self.outgrown.push(*old);
+            }
+            self.in_graph = false;
+        }
+        Ok(self.buf.as_mut().unwrap())
+    }
 }
 
 /// A recording in progress: the thread recording, and on the emulated device the launches so far.
@@ -606,7 +643,11 @@ impl Gpu {
                 launches: Vec::new(),
             });
         }
-        self.scratch.lock().unwrap().in_graph = true;
+        {
+            let mut s = self.scratch.lock().unwrap();
+            s.floats.in_graph = true;
+            s.counters.in_graph = true;
+        }
         if let Dev::Cuda(d) = &self.dev {
             let begun = d
                 .stream
@@ -883,27 +924,22 @@ impl Gpu {
     }
 
     /// Runs `f` with the device's scratch buffer, at least `n` floats long, whose contents are
-    /// not set. Everything runs on one stream in order, so the kernels one call launches are
-    /// done with the buffer before the next call's kernels touch it; a buffer outgrown is freed
-    /// in stream order too, unless a graph was recorded with it. While a graph is recorded the
-    /// buffer cannot grow: run the same launches once before recording them.
+    /// not set, and at least `counters` counters, all zero, which `f`'s kernels must leave zero.
+    /// Everything runs on one stream in order, so the kernels one call launches are done with
+    /// the buffers before the next call's kernels touch them; a buffer outgrown is freed in stream
+    /// order too, unless a graph was recorded with it. While a graph is recorded the buffers
+    /// cannot grow: run the same launches once before recording them.
     pub fn with_scratch<R>(
         &self,
         n: usize,
-        f: impl FnOnce(&mut DevBuf<f32>) -> Result<R>,
+        counters: usize,
+        f: impl FnOnce(&mut DevBuf<f32>, &mut DevBuf<u32>) -> Result<R>,
     ) -> Result<R> {
         let mut guard = self.scratch.lock().unwrap();
         let s = &mut *guard;
-        if s.buf.as_ref().is_none_or(|b| b.len() < n) {
-            let grown = Box::new(self.alloc::<f32>(n)?);
-            if let Some(old) = s.buf.replace(grown)
-                && s.in_graph
-            {
-                s.kept.push(*old);
-            }
-            s.in_graph = false;
-        }
-        f(s.buf.as_mut().unwrap())
+        let floats = s.floats.at_least(n, |n| self.alloc(n))?;
+        let counters = s.counters.at_least(counters, |n| self.zeros(n))?;
+        f(floats, counters)
     }
 
     /// A buffer of NaNs, so that an element a kernel fails to write shows up in a comparison.

@@ -117,6 +117,15 @@ impl Plan {
         s.n.div_ceil(width) * self.splits
     }
 
+    /// The parts of c whose splits are added by the last of them: tiles, or the rows kernels'
+    /// column slabs (or groups). A split launch keeps a counter for each.
+    pub fn units(&self, s: &Shape) -> usize {
+        match self.family {
+            Family::Tile { bm, bn } => tiles(s, bm, bn),
+            Family::Rows { .. } => self.row_warps(s) / self.splits,
+        }
+    }
+
     pub fn grid(&self, s: &Shape) -> Grid {
         match self.family {
             Family::Tile { bm, bn } => Grid {
@@ -355,29 +364,28 @@ pub fn launch(
         Arg::I32(accumulate as i32),
     ];
     if p.splits == 1 {
-        let mut args = vec![c.into(), a.into(), b.into(), bias.into(), Arg::NULL];
+        let mut args = vec![
+            c.into(),
+            a.into(),
+            b.into(),
+            bias.into(),
+            Arg::NULL,
+            Arg::NULL,
+        ];
         args.extend(sizes);
         return g.launch("sgemm.cu", &entry, p.grid(s), &args);
     }
-    g.with_scratch(p.splits * s.m * s.n, |partial| {
-        let mut args = vec![c.into(), a.into(), b.into(), Arg::NULL, (&*partial).into()];
-        args.extend(sizes);
-        g.launch("sgemm.cu", &entry, p.grid(s), &args)?;
-        let args = [
+    g.with_scratch(p.splits * s.m * s.n, p.units(s), |partial, counters| {
+        let mut args = vec![
             c.into(),
-            (&*partial).into(),
+            a.into(),
+            b.into(),
             bias.into(),
-            sizes[0],
-            sizes[1],
-            int("S", p.splits)?.into(),
-            Arg::I32(accumulate as i32),
+            (&*partial).into(),
+            (&*counters).into(),
         ];
-        g.launch(
-            "sgemm.cu",
-            "sgemm_sum_splits",
-            Grid::linear(s.m * s.n, 256),
-            &args,
-        )
+        args.extend(sizes);
+        g.launch("sgemm.cu", &entry, p.grid(s), &args)
     })
 }
 

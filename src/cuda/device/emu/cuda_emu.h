@@ -129,6 +129,12 @@ __forceinline__ T shfl(int op, const char* file, int line, unsigned mask, T v, i
 // Fences: blocks run on different OS threads, so global memory needs real ones.
 #define __threadfence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #define __threadfence_block() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+// A load past a GPU's L1 cache, for what other blocks wrote during the launch: memory here is
+// one, so a plain load after the fences above.
+template <class T>
+__forceinline__ T __ldcg(const T* p) {
+    return *p;
+}
 
 // Atomics. A block's fibers never preempt each other, but blocks run in parallel on the cores, so
 // every atomic is a real one.
