@@ -65,6 +65,7 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
     decode_loop(ck, 33, 3, 0)?;
     scatter_rows(ck, 7, 20, 96)?;
     scatter_rows(ck, 50, 50, 33)?;
+    scatter_rows_list(ck, 9, 24, &[1, 96, 33, 4])?;
     reward(ck, 5, 7, 384)?;
     reward(ck, 2, 3, 33)?;
     Ok(())
@@ -706,6 +707,63 @@ fn scatter_rows(ck: &mut Checker, m: usize, p: usize, c: usize) -> Result<()> {
             .iter()
             .flat_map(|&(r, _)| all[r * c..(r + 1) * c].to_vec())
             .collect())
+    })
+}
+
+/// `scatter_rows_list` of tensors of `widths` by one map of `m` rows into `p`, against the host's
+/// copies: run twice on one kept table, the second time into other buffers, which must make the
+/// table anew (the rows not written are left out of the comparison).
+fn scatter_rows_list(ck: &mut Checker, m: usize, p: usize, widths: &[usize]) -> Result<()> {
+    let inps: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|&c| randn(&mut ck.rng, m * c, 1.0))
+        .collect();
+    let mut rows: Vec<usize> = (0..p).collect();
+    for i in (1..p).rev() {
+        rows.swap(i, ck.rng.below(i + 1));
+    }
+    rows.truncate(m);
+    let mut order: Vec<(usize, usize)> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+    order.sort_unstable();
+    let mut want = Vec::new();
+    for (inp, &c) in inps.iter().zip(widths) {
+        for &(_, i) in &order {
+            want.extend_from_slice(&inp[i * c..(i + 1) * c]);
+        }
+    }
+    let rows_i: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+    let label = format!("M={m} P={p} widths {widths:?}, twice");
+    ck.case("scatter_rows_list", label, &want, |g| {
+        let inps = inps
+            .iter()
+            .map(|x| g.upload(x))
+            .collect::<Result<Vec<_>>>()?;
+        let map = g.upload(&rows_i)?;
+        let mut slot = None;
+        let mut outs = Vec::new();
+        for _ in 0..2 {
+            outs = widths
+                .iter()
+                .map(|&c| g.poisoned(p * c))
+                .collect::<Result<Vec<_>>>()?;
+            let mut copies: Vec<_> = outs
+                .iter_mut()
+                .zip(&inps)
+                .zip(widths)
+                .map(|((o, i), &c)| (o, i, c))
+                .collect();
+            k::scatter_rows_list(g, &mut slot, &mut copies, &map, m)?;
+        }
+        let mut got = Vec::new();
+        for (out, &c) in outs.iter().zip(widths) {
+            let all = g.download(out)?;
+            got.extend(
+                order
+                    .iter()
+                    .flat_map(|&(r, _)| all[r * c..(r + 1) * c].to_vec()),
+            );
+        }
+        Ok(got)
     })
 }
 

@@ -281,6 +281,8 @@ struct Counts {
     graphs: AtomicU64,
     /// Bytes of every buffer made so far (freed ones included).
     allocated: AtomicU64,
+    /// Buffers made so far.
+    buffers: AtomicU64,
 }
 
 /// What the host has asked a device to run: kernel launches one by one, and graph launches (each
@@ -555,6 +557,11 @@ impl Gpu {
         self.counts.allocated.load(Ordering::Relaxed)
     }
 
+    /// Buffers made on this device so far (uploads included), freed ones included.
+    pub fn buffers_made(&self) -> u64 {
+        self.counts.buffers.load(Ordering::Relaxed)
+    }
+
     /// The device's memory in bytes: a GPU's, or the emulated device's when `PGSRM_EMU_MEMORY`
     /// gives it one.
     pub fn memory_bytes(&self) -> Option<u64> {
@@ -759,6 +766,10 @@ impl Gpu {
     fn count_bytes<T>(&self, n: usize) {
         let bytes = (n * size_of::<T>()) as u64;
         self.counts.allocated.fetch_add(bytes, Ordering::Relaxed);
+        self.counts.buffers.fetch_add(1, Ordering::Relaxed);
+        if std::env::var_os("TRACE_ALLOC").is_some() {
+            eprintln!("ALLOC {n}\n{}", std::backtrace::Backtrace::force_capture());
+        }
     }
 
     fn wrap_cuda<T: DevElem>(d: &Driver, s: CudaSlice<T>, n: usize) -> DevBuf<T> {

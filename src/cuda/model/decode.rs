@@ -5,7 +5,7 @@
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::ops::{self as k, SampleArgs};
+use crate::cuda::ops::{self as k, RowCopies, SampleArgs};
 use crate::sample::SamplingParams;
 use anyhow::{Result, bail};
 
@@ -34,7 +34,14 @@ pub struct CachedRows<'a> {
 pub struct Recording<'a, R> {
     pub acts: &'a mut R,
     pub rows: &'a DevBuf<i32>,
+    /// The tables of the family's copies (`scatter_rows_list`), `COPIES_PER_LAYER` a layer and
+    /// one more, kept between forwards: the buffers do not move, so neither do the tables.
+    pub copies: &'a mut [Option<RowCopies>],
 }
+
+/// Copy launches a recorded forward makes per layer (after the attention's inputs, and after
+/// the MLP's); one more follows the last layer.
+pub const COPIES_PER_LAYER: usize = 2;
 
 /// A model on the device, as the decoder drives it.
 pub trait DeviceModel {

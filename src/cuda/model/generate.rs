@@ -14,8 +14,10 @@
 
 use crate::batch::Batch;
 use crate::cuda::device::{DevBuf, Gpu, Graph};
-use crate::cuda::model::decode::{CachedRows, Decoder, DecoderBuffers, DeviceModel, Recording};
-use crate::cuda::ops::{self as k, DecodeState, SampleArgs};
+use crate::cuda::model::decode::{
+    COPIES_PER_LAYER, CachedRows, Decoder, DecoderBuffers, DeviceModel, Recording,
+};
+use crate::cuda::ops::{self as k, DecodeState, RowCopies, SampleArgs};
 use crate::rng::Rng;
 use crate::sample::{Generation, SamplingParams, keyed_uniform};
 use anyhow::{Result, bail};
@@ -81,10 +83,12 @@ struct RecordRows {
     steps: Vec<DevBuf<i32>>,
     /// Per step s (B): s B + r.
     logit_rows: Vec<DevBuf<i32>>,
+    /// The tables of the copies into the activations (`Recording::copies`).
+    copies: Vec<Option<RowCopies>>,
 }
 
 impl RecordRows {
-    fn new(g: &Gpu, b: usize, tp: usize, s: usize, v: usize) -> Result<Self> {
+    fn new(g: &Gpu, b: usize, tp: usize, s: usize, v: usize, layers: usize) -> Result<Self> {
         let t = tp + s;
         let prompt: Vec<i32> = (0..b * tp)
             .map(|i| ((i / tp) * t + i % tp) as i32)
@@ -99,6 +103,7 @@ impl RecordRows {
             prompt: g.upload(&prompt)?,
             steps: each(&|step, r| r * t + tp + step)?,
             logit_rows: each(&|step, r| step * b + r)?,
+            copies: (0..layers * COPIES_PER_LAYER + 1).map(|_| None).collect(),
         })
     }
 }
@@ -237,7 +242,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
         };
         let rec = if shape.record {
             let acts = model.recording(g, b, shape.tp + s, b * s)?;
-            let rows = RecordRows::new(g, b, shape.tp, s, model.vocab_size())?;
+            let rows = RecordRows::new(g, b, shape.tp, s, model.vocab_size(), model.n_layer())?;
             Some((acts, rows))
         } else {
             None
@@ -309,6 +314,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             let rec = self.rec.as_mut().map(|(acts, rows)| Recording {
                 acts,
                 rows: &rows.prompt,
+                copies: &mut rows.copies,
             });
             self.dec.forward(0, tp, b, rec)?;
             if let Some((_, rows)) = &mut self.rec {
@@ -375,6 +381,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             let rec = self.rec.as_mut().map(|(acts, r)| Recording {
                 acts,
                 rows: &r.steps[step],
+                copies: &mut r.copies,
             });
             d.model
                 .forward_cached(g, &rows, &mut d.bufs.cache, &mut d.bufs.ws, rec)?;

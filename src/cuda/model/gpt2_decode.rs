@@ -4,7 +4,7 @@
 //! shared with Llama; a recorded rollout also copies each activation `gpt2_train` keeps.
 
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::model::decode::{CachedRows, DeviceModel, KvCache, Recording};
+use crate::cuda::model::decode::{COPIES_PER_LAYER, CachedRows, DeviceModel, KvCache, Recording};
 use crate::cuda::model::gpt2::GpuGpt2;
 use crate::cuda::model::gpt2_train::Gpt2Activations;
 use crate::cuda::ops::{self as k, AttnShape};
@@ -105,13 +105,10 @@ impl DeviceModel for GpuGpt2 {
             n,
             c,
         )?;
-        // Copies run rows of `src` (n, width) to their rows of a recorded activation.
-        let put = |dst: &mut Buf, src: &Buf, map: &DevBuf<i32>, width: usize| {
-            k::scatter_rows(g, dst, src, map, n, width)
-        };
-        if let Some(r) = &mut rec {
-            put(&mut r.acts.encoded, &w.x, r.rows, c)?;
-        }
+        // A recording copies the run rows of the workspace to their rows of the activations
+        // twice a layer, once its inputs (the residual stream before it is replaced) and the
+        // attention's are ready and once the MLP's are, and after the last layer.
+        let slot = |l: usize, i: usize| l * COPIES_PER_LAYER + i;
         for (l, p) in self.weights.blocks.iter().enumerate() {
             k::layernorm_forward(
                 g,
@@ -137,11 +134,19 @@ impl DeviceModel for GpuGpt2 {
             )?;
             let mut att = None;
             if let Some(r) = &mut rec {
-                let a = &mut r.acts.blocks[l];
-                put(&mut a.ln1, &w.ln, r.rows, c)?;
-                put(&mut a.ln1_mean, &w.mean, r.rows, 1)?;
-                put(&mut a.ln1_rstd, &w.rstd, r.rows, 1)?;
-                put(&mut a.qkv, &w.qkv, r.rows, 3 * c)?;
+                let (before, rest) = r.acts.blocks.split_at_mut(l);
+                let a = &mut rest[0];
+                let input = before
+                    .last_mut()
+                    .map_or(&mut r.acts.encoded, |b| &mut b.res2);
+                let copies = &mut [
+                    (input, &w.x, c),
+                    (&mut a.ln1, &w.ln, c),
+                    (&mut a.ln1_mean, &w.mean, 1),
+                    (&mut a.ln1_rstd, &w.rstd, 1),
+                    (&mut a.qkv, &w.qkv, 3 * c),
+                ];
+                k::scatter_rows_list(g, &mut r.copies[slot(l, 0)], copies, r.rows, n)?;
                 att = Some(&mut a.att);
             }
             k::kv_append(
@@ -196,13 +201,16 @@ impl DeviceModel for GpuGpt2 {
             k::gelu_tanh_forward(g, &mut w.fch_gelu, &w.fch, n * 4 * c)?;
             if let Some(r) = &mut rec {
                 let a = &mut r.acts.blocks[l];
-                put(&mut a.atty, &w.atty, r.rows, c)?;
-                put(&mut a.res1, &w.x2, r.rows, c)?;
-                put(&mut a.ln2, &w.ln, r.rows, c)?;
-                put(&mut a.ln2_mean, &w.mean, r.rows, 1)?;
-                put(&mut a.ln2_rstd, &w.rstd, r.rows, 1)?;
-                put(&mut a.fch, &w.fch, r.rows, 4 * c)?;
-                put(&mut a.fch_gelu, &w.fch_gelu, r.rows, 4 * c)?;
+                let copies = &mut [
+                    (&mut a.atty, &w.atty, c),
+                    (&mut a.res1, &w.x2, c),
+                    (&mut a.ln2, &w.ln, c),
+                    (&mut a.ln2_mean, &w.mean, 1),
+                    (&mut a.ln2_rstd, &w.rstd, 1),
+                    (&mut a.fch, &w.fch, 4 * c),
+                    (&mut a.fch_gelu, &w.fch_gelu, 4 * c),
+                ];
+                k::scatter_rows_list(g, &mut r.copies[slot(l, 1)], copies, r.rows, n)?;
             }
             k::matmul_forward(
                 g,
@@ -215,9 +223,16 @@ impl DeviceModel for GpuGpt2 {
                 c,
             )?;
             k::residual_forward(g, &mut w.x, &w.x2, &w.tmp, n * c)?;
-            if let Some(r) = &mut rec {
-                put(&mut r.acts.blocks[l].res2, &w.x, r.rows, c)?;
-            }
+        }
+        if let Some(r) = &mut rec {
+            let layers = self.weights.blocks.len();
+            let last = r
+                .acts
+                .blocks
+                .last_mut()
+                .map_or(&mut r.acts.encoded, |b| &mut b.res2);
+            let copies = &mut [(last, &w.x, c)];
+            k::scatter_rows_list(g, &mut r.copies[slot(layers, 0)], copies, r.rows, n)?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! also copies each activation `llama_train` keeps.
 
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::model::decode::{CachedRows, DeviceModel, KvCache, Recording};
+use crate::cuda::model::decode::{COPIES_PER_LAYER, CachedRows, DeviceModel, KvCache, Recording};
 use crate::cuda::model::llama::GpuLlama;
 use crate::cuda::model::llama_train::LlamaActivations;
 use crate::cuda::ops::{self as k, AttnShape};
@@ -119,14 +119,11 @@ impl DeviceModel for GpuLlama {
             n,
             c,
         )?;
-        // Copies run rows of `src` (n, width) to their rows of a recorded activation.
-        let put = |dst: &mut Buf, src: &Buf, map: &DevBuf<i32>, width: usize| {
-            k::scatter_rows(g, dst, src, map, n, width)
-        };
+        // A recording copies the run rows of the workspace to their rows of the activations
+        // twice a layer, once its input and the attention's inputs are ready and once the MLP's
+        // are, and after the last layer.
+        let slot = |l: usize, i: usize| l * COPIES_PER_LAYER + i;
         for (li, l) in self.weights.layers.iter().enumerate() {
-            if let Some(r) = &mut rec {
-                put(&mut r.acts.layers[li].x, &w.x, r.rows, c)?;
-            }
             k::rmsnorm_forward(
                 g,
                 &mut w.xn,
@@ -145,11 +142,15 @@ impl DeviceModel for GpuLlama {
             let mut att = None;
             if let Some(r) = &mut rec {
                 let a = &mut r.acts.layers[li];
-                put(&mut a.rstd1, &w.rrms, r.rows, 1)?;
-                put(&mut a.xn1, &w.xn, r.rows, c)?;
-                put(&mut a.q, &w.q, r.rows, qw)?;
-                put(&mut a.k, &w.k, r.rows, kw)?;
-                put(&mut a.v, &w.v, r.rows, kw)?;
+                let copies = &mut [
+                    (&mut a.x, &w.x, c),
+                    (&mut a.rstd1, &w.rrms, 1),
+                    (&mut a.xn1, &w.xn, c),
+                    (&mut a.q, &w.q, qw),
+                    (&mut a.k, &w.k, kw),
+                    (&mut a.v, &w.v, kw),
+                ];
+                k::scatter_rows_list(g, &mut r.copies[slot(li, 0)], copies, r.rows, n)?;
                 att = Some(&mut a.att);
             }
             k::kv_append(
@@ -194,19 +195,24 @@ impl DeviceModel for GpuLlama {
             k::swiglu_forward(g, &mut w.act, &w.gate, &w.up, n * f)?;
             if let Some(r) = &mut rec {
                 let a = &mut r.acts.layers[li];
-                put(&mut a.ao, &w.ao, r.rows, qw)?;
-                put(&mut a.x2, &w.x2, r.rows, c)?;
-                put(&mut a.rstd2, &w.rrms, r.rows, 1)?;
-                put(&mut a.xn2, &w.xn, r.rows, c)?;
-                put(&mut a.gate, &w.gate, r.rows, f)?;
-                put(&mut a.up, &w.up, r.rows, f)?;
-                put(&mut a.act, &w.act, r.rows, f)?;
+                let copies = &mut [
+                    (&mut a.ao, &w.ao, qw),
+                    (&mut a.x2, &w.x2, c),
+                    (&mut a.rstd2, &w.rrms, 1),
+                    (&mut a.xn2, &w.xn, c),
+                    (&mut a.gate, &w.gate, f),
+                    (&mut a.up, &w.up, f),
+                    (&mut a.act, &w.act, f),
+                ];
+                k::scatter_rows_list(g, &mut r.copies[slot(li, 1)], copies, r.rows, n)?;
             }
             k::linear_forward(g, &mut w.o, &w.act, &l.down_proj, None, n, f, c)?;
             k::residual_forward(g, &mut w.x, &w.o, &w.x2, n * c)?;
         }
         if let Some(r) = &mut rec {
-            put(&mut r.acts.xl, &w.x, r.rows, c)?;
+            let layers = self.weights.layers.len();
+            let copies = &mut [(&mut r.acts.xl, &w.x, c)];
+            k::scatter_rows_list(g, &mut r.copies[slot(layers, 0)], copies, r.rows, n)?;
         }
         Ok(())
     }

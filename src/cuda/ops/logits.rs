@@ -1,7 +1,7 @@
 //! Launchers of the language-model head, mirroring `cpu::ops::logits`: the row gather of
 //! `kernels/logits.cu`, the product through `linear`, and the scatter back onto the chosen rows.
 
-use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::device::{DevBuf, Gpu, Grid};
 use crate::cuda::ops::{
     RowBuckets, blocks, int, linear_backward, linear_forward, need, scatter_add_rows,
 };
@@ -33,6 +33,65 @@ pub fn scatter_rows(
 ) -> Result<()> {
     need("scatter_rows inp", inp.len(), m * c)?;
     move_rows(g, "scatter_rows", out, inp, rows, m, c)
+}
+
+/// Tensors that `scatter_rows_list` copies in one launch, as the kernel reads them: the
+/// destination and source addresses and the widths, kept on the device while they hold.
+pub struct RowCopies {
+    /// What the list was made from: (destination, source, width) of each tensor.
+    made_from: Vec<(u64, u64, usize)>,
+    dst: DevBuf<u64>,
+    src: DevBuf<u64>,
+    widths: DevBuf<i32>,
+}
+
+/// For each (out, inp, width) of `copies`: out[rows] = inp (M, width), as `scatter_rows`, in one
+/// launch. `slot` keeps the list's table on the device between calls; it is made anew (an
+/// upload, so not while a graph is recorded) only when the tensors differ from the last call's.
+pub fn scatter_rows_list(
+    g: &Gpu,
+    slot: &mut Option<RowCopies>,
+    copies: &mut [(&mut Buf, &Buf, usize)],
+    rows: &DevBuf<i32>,
+    m: usize,
+) -> Result<()> {
+    need("scatter_rows_list rows", rows.len(), m)?;
+    for (_, inp, width) in copies.iter() {
+        need("scatter_rows_list inp", inp.len(), m * width)?;
+    }
+    if m == 0 || copies.is_empty() {
+        return Ok(());
+    }
+    let made_from: Vec<(u64, u64, usize)> = copies
+        .iter()
+        .map(|(out, inp, width)| (out.address(), inp.address(), *width))
+        .collect();
+    if slot.as_ref().is_none_or(|l| l.made_from != made_from) {
+        let widths = made_from
+            .iter()
+            .map(|&(_, _, w)| int("width", w))
+            .collect::<Result<Vec<_>>>()?;
+        *slot = Some(RowCopies {
+            dst: g.upload(&made_from.iter().map(|c| c.0).collect::<Vec<_>>())?,
+            src: g.upload(&made_from.iter().map(|c| c.1).collect::<Vec<_>>())?,
+            widths: g.upload(&widths)?,
+            made_from,
+        });
+    }
+    let list = slot.as_ref().expect("made above");
+    let args = [
+        (&list.dst).into(),
+        (&list.src).into(),
+        (&list.widths).into(),
+        rows.into(),
+        int("M", m)?.into(),
+    ];
+    let grid = Grid {
+        blocks: [int("M", m)? as u32, int("tensors", copies.len())? as u32, 1],
+        threads: [128, 1, 1],
+        shared_bytes: 0,
+    };
+    g.launch("logits.cu", "scatter_rows_list", grid, &args)
 }
 
 /// `gather_rows` or `scatter_rows` of `m` rows of width `c` by `rows` (M).
