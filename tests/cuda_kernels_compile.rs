@@ -14,6 +14,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "attention_backward_dkv",
         ],
     ),
+    ("copy.cu", &["copy_segments"]),
     (
         "embedding.cu",
         &[

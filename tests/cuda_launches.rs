@@ -2,8 +2,8 @@
 //! (the counts are the code's, not the device's): a rollout of a batch shape seen before is one
 //! graph launch and no kernel launched on its own; launched one by one, the same rollout takes
 //! a launch per kernel of every step. An update on the rollout's recorded pass launches fewer
-//! kernels than one that runs the policy again. A GPT-2 of GPT-2 small's 12 layers (narrow), at
-//! the word tasks' 2 new tokens.
+//! kernels than one that runs the policy again, and no device copy one by one. A GPT-2 of GPT-2
+//! small's 12 layers (narrow), at the word tasks' 2 new tokens.
 
 use pgsrm::cuda::device::{Gpu, LaunchCounts};
 use pgsrm::cuda::policy::CudaPolicy;
@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 const EOS: u32 = 3;
 
-/// Launches of one steady round (the third): (rollout, update).
-fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, LaunchCounts) {
+/// Launches of one steady round (the third): (rollout, update), and the buffers its rollout made.
+fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, LaunchCounts, u64) {
     let cfg: Gpt2Config = serde_json::from_str(
         r#"{"vocab_size": 61, "n_positions": 64, "n_embd": 32, "n_layer": 12, "n_head": 4}"#,
     )
@@ -36,11 +36,11 @@ fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, Lau
         ..SamplingParams::default()
     };
     let mut rng = Rng::new(3);
-    let mut last = (LaunchCounts::default(), LaunchCounts::default());
+    let mut last = (LaunchCounts::default(), LaunchCounts::default(), 0);
     for _ in 0..3 {
-        let before = gpu.launch_counts();
+        let (before, buffers) = (gpu.launch_counts(), gpu.buffers_made());
         let gens = dev.generate(&prompts, &params, &mut rng).unwrap();
-        let rolled = gpu.launch_counts();
+        let (rolled, rollout_buffers) = (gpu.launch_counts(), gpu.buffers_made() - buffers);
         let eps: Vec<Episode> = prompts
             .iter()
             .zip(&gens)
@@ -53,7 +53,11 @@ fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, Lau
             })
             .collect();
         dev.update(&eps, 0.1, &mut rng).unwrap();
-        last = (rolled - before, gpu.launch_counts() - rolled);
+        last = (
+            rolled - before,
+            gpu.launch_counts() - rolled,
+            rollout_buffers,
+        );
     }
     last
 }
@@ -61,16 +65,17 @@ fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, Lau
 #[test]
 fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forward() {
     let gpu = Arc::new(Gpu::emulated().unwrap());
-    let (rollout, update) = steady_round(&gpu, true, true);
-    let (eager_rollout, _) = steady_round(&gpu, false, true);
-    let (_, fresh_update) = steady_round(&gpu, true, false);
+    let (rollout, update, rollout_buffers) = steady_round(&gpu, true, true);
+    let (eager_rollout, _, _) = steady_round(&gpu, false, true);
+    let (_, fresh_update, _) = steady_round(&gpu, true, false);
     println!("rollout: {rollout:?} (one by one: {eager_rollout:?})");
     println!("update: {update:?} (on a fresh pass: {fresh_update:?})");
     assert_eq!(
         rollout,
         LaunchCounts {
             kernels: 0,
-            graphs: 1
+            graphs: 1,
+            copies: 0,
         }
     );
     assert_eq!(eager_rollout.graphs, 0);
@@ -80,4 +85,9 @@ fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forwa
         update.kernels < fresh_update.kernels,
         "{update:?} {fresh_update:?}"
     );
+    // A rollout of a shape seen before allocates nothing.
+    assert_eq!(rollout_buffers, 0);
+    // The frozen reference's kept prompt rows go into its decoding cache in one launch, not a
+    // device copy per prompt and layer.
+    assert_eq!(update.copies, 0, "{update:?}");
 }

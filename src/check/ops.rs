@@ -66,6 +66,7 @@ pub(super) fn run_all(ck: &mut Checker) -> Result<()> {
     scatter_rows(ck, 7, 20, 96)?;
     scatter_rows(ck, 50, 50, 33)?;
     scatter_rows_list(ck, 9, 24, &[1, 96, 33, 4])?;
+    copy_segments(ck, &[5, 0, 1, 700, 33, 2100])?;
     reward(ck, 5, 7, 384)?;
     reward(ck, 2, 3, 33)?;
     Ok(())
@@ -763,6 +764,45 @@ fn scatter_rows_list(ck: &mut Checker, m: usize, p: usize, widths: &[usize]) -> 
                     .flat_map(|&(r, _)| all[r * c..(r + 1) * c].to_vec()),
             );
         }
+        Ok(got)
+    })
+}
+
+/// `copy_segments` of segments `lens` long from random places of two sources into one buffer, run
+/// twice on one kept table (the second list longer, so the table grows), against the host's
+/// copies.
+fn copy_segments(ck: &mut Checker, lens: &[usize]) -> Result<()> {
+    let total: usize = lens.iter().sum();
+    let srcs = [
+        randn(&mut ck.rng, total + 50, 1.0),
+        randn(&mut ck.rng, total + 9, 1.0),
+    ];
+    // Segment i: from source i % 2 at a random offset, to the next stretch of the destination.
+    let mut plan = Vec::new();
+    let mut want = Vec::with_capacity(total);
+    for (i, &n) in lens.iter().enumerate() {
+        let src = &srcs[i % 2];
+        let at = ck.rng.below(src.len() - n + 1);
+        want.extend_from_slice(&src[at..at + n]);
+        plan.push((i % 2, at, n));
+    }
+    let label = format!("segments of {lens:?}, twice");
+    ck.case("copy_segments", label, &want, |g| {
+        let srcs = [g.upload(&srcs[0])?, g.upload(&srcs[1])?];
+        let mut table = None;
+        let mut out = g.poisoned(total.max(1))?;
+        for upto in [plan.len() / 2, plan.len()] {
+            out = g.poisoned(total.max(1))?;
+            let mut segs = k::Segments::default();
+            let mut to = 0;
+            for &(s, at, n) in &plan[..upto] {
+                segs.add(&mut out, to, &srcs[s], at, n)?;
+                to += n;
+            }
+            k::copy_segments(g, &segs, &mut table)?;
+        }
+        let mut got = g.download(&out)?;
+        got.truncate(total);
         Ok(got)
     })
 }

@@ -85,6 +85,7 @@ pub fn update_throughput(
         LaunchCounts {
             kernels: mid(|c| c.kernels),
             graphs: mid(|c| c.graphs),
+            copies: mid(|c| c.copies),
         }
     });
     let phase = |f: fn(&PhaseSeconds) -> f32| {

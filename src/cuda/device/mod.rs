@@ -279,19 +279,21 @@ pub struct Gpu {
 struct Counts {
     kernels: AtomicU64,
     graphs: AtomicU64,
+    copies: AtomicU64,
     /// Bytes of every buffer made so far (freed ones included).
     allocated: AtomicU64,
     /// Buffers made so far.
     buffers: AtomicU64,
 }
 
-/// What the host has asked a device to run: kernel launches one by one, and graph launches (each
-/// one call for all the kernels it recorded). The cost on the host, and on a GPU each launch's
-/// few microseconds, go with these counts.
+/// What the host has asked a device to run: kernel launches one by one, graph launches (each
+/// one call for all the kernels it recorded), and copies between device buffers one by one. The
+/// cost on the host, and on a GPU each call's few microseconds, go with these counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LaunchCounts {
     pub kernels: u64,
     pub graphs: u64,
+    pub copies: u64,
 }
 
 impl std::ops::Sub for LaunchCounts {
@@ -300,6 +302,7 @@ impl std::ops::Sub for LaunchCounts {
         LaunchCounts {
             kernels: self.kernels - before.kernels,
             graphs: self.graphs - before.graphs,
+            copies: self.copies - before.copies,
         }
     }
 }
@@ -584,6 +587,7 @@ impl Gpu {
         LaunchCounts {
             kernels: self.counts.kernels.load(Ordering::Relaxed),
             graphs: self.counts.graphs.load(Ordering::Relaxed),
+            copies: self.counts.copies.load(Ordering::Relaxed),
         }
     }
 
@@ -767,9 +771,6 @@ impl Gpu {
         let bytes = (n * size_of::<T>()) as u64;
         self.counts.allocated.fetch_add(bytes, Ordering::Relaxed);
         self.counts.buffers.fetch_add(1, Ordering::Relaxed);
-        if std::env::var_os("TRACE_ALLOC").is_some() {
-            eprintln!("ALLOC {n}\n{}", std::backtrace::Backtrace::force_capture());
-        }
     }
 
     fn wrap_cuda<T: DevElem>(d: &Driver, s: CudaSlice<T>, n: usize) -> DevBuf<T> {
@@ -886,6 +887,7 @@ impl Gpu {
             );
         }
         self.not_capturing("copying on the device")?;
+        self.counts.copies.fetch_add(1, Ordering::Relaxed);
         match (&self.dev, &mut dst.mem, &src.mem) {
             (Dev::Cuda(d), Mem::Cuda(a), Mem::Cuda(b)) => d
                 .stream

@@ -8,6 +8,7 @@
 //! (`ppo_loss`) keep their own modules.
 
 pub mod attention;
+pub mod copy;
 pub mod embedding;
 pub mod encoder_attention;
 pub mod gelu;
@@ -27,6 +28,7 @@ pub mod softmax;
 pub mod swiglu;
 
 pub use attention::*;
+pub use copy::*;
 pub use embedding::*;
 pub use encoder_attention::*;
 pub use gelu::*;

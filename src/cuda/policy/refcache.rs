@@ -11,7 +11,7 @@
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::DevModel;
 use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel};
-use crate::cuda::ops::log_softmax_gather_forward;
+use crate::cuda::ops::{Segments, copy_segments, log_softmax_gather_forward};
 use crate::ppo::loss::{Episode, kept_tokens};
 use anyhow::{Result, bail};
 use std::any::Any;
@@ -48,6 +48,8 @@ pub struct DevRefCache {
     /// The last update's decoding buffers (a `DecoderBuffers` of the model's workspace), for the
     /// next update of the same shape.
     decoder: Option<Box<dyn Any + Send>>,
+    /// The device's table of the prompt rows' copies into the decoding cache (`copy_segments`).
+    copy_table: Option<DevBuf<u64>>,
 }
 
 impl Default for DevRefCache {
@@ -66,6 +68,7 @@ impl DevRefCache {
             hits: 0,
             misses: 0,
             decoder: None,
+            copy_table: None,
         }
     }
 
@@ -184,15 +187,17 @@ impl DevRefCache {
             g.zero(b)?;
         }
         let mut first = g.alloc(a * v)?;
+        let mut copies = Segments::default();
         for (i, p) in prompts.iter().enumerate() {
             let e = row(p).expect("every prompt is kept or fresh");
             let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
             for (l, (k, vv)) in e.k.iter().zip(&e.v).enumerate() {
-                g.copy(&mut dec.bufs.cache.k[l], at, k, 0, n)?;
-                g.copy(&mut dec.bufs.cache.v[l], at, vv, 0, n)?;
+                copies.add(&mut dec.bufs.cache.k[l], at, k, 0, n)?;
+                copies.add(&mut dec.bufs.cache.v[l], at, vv, 0, n)?;
             }
-            g.copy(&mut first, i * v, &e.logits, 0, v)?;
+            copies.add(&mut first, i * v, &e.logits, 0, v)?;
         }
+        copy_segments(g, &copies, &mut self.copy_table)?;
         dec.len = tmax - tq;
         let first_tokens: Vec<u32> = active
             .iter()
@@ -253,18 +258,32 @@ fn prefill<M: DeviceModel>(
     }
     let dec = Decoder::new(g, model, prompts, 0, pad)?;
     let (tmax, kw, v) = (dec.bufs.cache.tmax, model.kv_width(), model.vocab_size());
+    let mut copies = Segments::default();
     for (i, p) in prompts.iter().enumerate() {
         let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
-        let take = |src: &Buf| -> Result<Buf> {
+        let mut take = |src: &Buf| -> Result<Buf> {
             let mut b = g.alloc(n)?;
-            g.copy(&mut b, 0, src, at, n)?;
+            copies.add(&mut b, 0, src, at, n)?;
             Ok(b)
         };
-        let k = dec.bufs.cache.k.iter().map(take).collect::<Result<_>>()?;
-        let vv = dec.bufs.cache.v.iter().map(take).collect::<Result<_>>()?;
+        let k = dec
+            .bufs
+            .cache
+            .k
+            .iter()
+            .map(&mut take)
+            .collect::<Result<_>>()?;
+        let vv = dec
+            .bufs
+            .cache
+            .v
+            .iter()
+            .map(&mut take)
+            .collect::<Result<_>>()?;
         let mut logits = g.alloc(v)?;
-        g.copy(&mut logits, 0, &dec.bufs.logits, i * v, v)?;
+        copies.add(&mut logits, 0, &dec.bufs.logits, i * v, v)?;
         out.insert(p.clone(), Prompt { k, v: vv, logits });
     }
+    copy_segments(g, &copies, &mut None)?;
     Ok(out)
 }
