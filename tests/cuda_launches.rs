@@ -71,12 +71,9 @@ fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forwa
     println!("rollout: {rollout:?} (one by one: {eager_rollout:?})");
     println!("update: {update:?} (on a fresh pass: {fresh_update:?})");
     assert_eq!(
-        rollout,
-        LaunchCounts {
-            kernels: 0,
-            graphs: 1,
-            copies: 0,
-        }
+        (rollout.kernels, rollout.graphs, rollout.copies),
+        (0, 1, 0),
+        "{rollout:?}"
     );
     assert_eq!(eager_rollout.graphs, 0);
     // Every layer's kernels, for the prefill and each fed step.

@@ -92,7 +92,8 @@ fn sampling() -> SamplingParams {
 }
 
 /// Episodes of the generations with a reward each; one response is cut after one token and an
-/// end-of-text, so the mask has something to drop.
+/// end-of-text, so the mask has something to drop, and one is an end-of-text alone, so without
+/// `train_eos` it has no token to score.
 fn episodes(prompts: &[Vec<u32>], gens: &[pgsrm::sample::Generation]) -> Vec<Episode> {
     let mut eps: Vec<Episode> = prompts
         .iter()
@@ -110,6 +111,9 @@ fn episodes(prompts: &[Vec<u32>], gens: &[pgsrm::sample::Generation]) -> Vec<Epi
     e.logprobs.truncate(1);
     e.response.push(EOS);
     e.logprobs.push(-1.0);
+    let e = &mut eps[3];
+    e.response = vec![EOS];
+    e.logprobs = vec![-2.0];
     eps
 }
 

@@ -86,6 +86,7 @@ pub fn update_throughput(
             kernels: mid(|c| c.kernels),
             graphs: mid(|c| c.graphs),
             copies: mid(|c| c.copies),
+            memsets: mid(|c| c.memsets),
         }
     });
     let phase = |f: fn(&PhaseSeconds) -> f32| {

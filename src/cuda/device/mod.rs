@@ -280,6 +280,7 @@ struct Counts {
     kernels: AtomicU64,
     graphs: AtomicU64,
     copies: AtomicU64,
+    memsets: AtomicU64,
     /// Bytes of every buffer made so far (freed ones included).
     allocated: AtomicU64,
     /// Buffers made so far.
@@ -287,13 +288,15 @@ struct Counts {
 }
 
 /// What the host has asked a device to run: kernel launches one by one, graph launches (each
-/// one call for all the kernels it recorded), and copies between device buffers one by one. The
-/// cost on the host, and on a GPU each call's few microseconds, go with these counts.
+/// one call for all the kernels it recorded), and copies between device buffers and zeroings of
+/// a buffer one by one. The cost on the host, and on a GPU each call's few microseconds, go with
+/// these counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LaunchCounts {
     pub kernels: u64,
     pub graphs: u64,
     pub copies: u64,
+    pub memsets: u64,
 }
 
 impl std::ops::Sub for LaunchCounts {
@@ -303,6 +306,7 @@ impl std::ops::Sub for LaunchCounts {
             kernels: self.kernels - before.kernels,
             graphs: self.graphs - before.graphs,
             copies: self.copies - before.copies,
+            memsets: self.memsets - before.memsets,
         }
     }
 }
@@ -588,6 +592,7 @@ impl Gpu {
             kernels: self.counts.kernels.load(Ordering::Relaxed),
             graphs: self.counts.graphs.load(Ordering::Relaxed),
             copies: self.counts.copies.load(Ordering::Relaxed),
+            memsets: self.counts.memsets.load(Ordering::Relaxed),
         }
     }
 
@@ -855,6 +860,7 @@ impl Gpu {
     /// Sets every element of `buf` to zero (gradients and other buffers that kernels add into).
     pub fn zero<T: DevElem>(&self, buf: &mut DevBuf<T>) -> Result<()> {
         self.not_capturing("zeroing a buffer")?;
+        self.counts.memsets.fetch_add(1, Ordering::Relaxed);
         match (&self.dev, &mut buf.mem) {
             (Dev::Cuda(d), Mem::Cuda(s)) => d
                 .stream

@@ -10,7 +10,7 @@
 
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::DevModel;
-use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel};
+use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel, KvCache};
 use crate::cuda::ops::{Segments, copy_segments, log_softmax_gather_forward};
 use crate::ppo::loss::{Episode, kept_tokens};
 use anyhow::{Result, bail};
@@ -125,8 +125,10 @@ impl DevRefCache {
     ) -> Result<Vec<Vec<f32>>> {
         let v = model.vocab_size();
         let mut out = vec![Vec::new(); episodes.len()];
-        // Episodes with something to score, and their kept tokens.
-        let mut active = Vec::new();
+        // Every episode and its kept tokens. One with none to score runs all the same (fed
+        // `eos`, its results dropped), so the pass keeps the batch's shape from update to update
+        // and its decoding buffers serve the next.
+        let mut scored = Vec::new();
         for (r, e) in episodes.iter().enumerate() {
             if e.prompt.is_empty() {
                 bail!("episode {r} has an empty prompt");
@@ -140,14 +142,12 @@ impl DevRefCache {
             {
                 bail!("episode {r} holds token id {bad}, outside the vocabulary of {v}");
             }
-            if k > 0 {
-                active.push((r, k));
-            }
+            scored.push((r, k));
         }
-        if active.is_empty() {
+        if scored.iter().all(|&(_, k)| k == 0) {
             return Ok(out);
         }
-        let prompts: Vec<Vec<u32>> = active
+        let prompts: Vec<Vec<u32>> = scored
             .iter()
             .map(|&(r, _)| episodes[r].prompt.clone())
             .collect();
@@ -167,24 +167,28 @@ impl DevRefCache {
         let row = |p: &Vec<u32>| self.prompts.get(p).or_else(|| fresh.get(p));
 
         // Every episode's prompt rows copied into one cache, then its kept tokens but the last.
-        let a = active.len();
-        let tq = active.iter().map(|x| x.1).max().unwrap_or(1) - 1;
+        let a = scored.len();
+        let tq = scored.iter().map(|x| x.1).max().unwrap_or(1) - 1;
         let kept = self
             .decoder
             .take()
             .and_then(|d| d.downcast::<DecoderBuffers<M::Workspace>>().ok())
             .map(|d| *d);
+        let kept_at = kept.as_ref().map(|d| cache_address(&d.cache));
         let (mut dec, _) = Decoder::reusing(g, model, &prompts, tq, eos, kept)?;
         let (tmax, kw) = (dec.bufs.cache.tmax, model.kv_width());
-        // The padding's rows are never attended to; zeros keep them finite all the same.
-        for b in dec
-            .bufs
-            .cache
-            .k
-            .iter_mut()
-            .chain(dec.bufs.cache.v.iter_mut())
-        {
-            g.zero(b)?;
+        // The padding's rows are never attended to; zeros keep them finite all the same. A cache
+        // kept from the last update is finite already: zeroed when made, then only written.
+        if kept_at != Some(cache_address(&dec.bufs.cache)) {
+            for b in dec
+                .bufs
+                .cache
+                .k
+                .iter_mut()
+                .chain(dec.bufs.cache.v.iter_mut())
+            {
+                g.zero(b)?;
+            }
         }
         let mut first = g.alloc(a * v)?;
         let mut copies = Segments::default();
@@ -199,9 +203,9 @@ impl DevRefCache {
         }
         copy_segments(g, &copies, &mut self.copy_table)?;
         dec.len = tmax - tq;
-        let first_tokens: Vec<u32> = active
+        let first_tokens: Vec<u32> = scored
             .iter()
-            .map(|&(r, _)| episodes[r].response[0])
+            .map(|&(r, k)| if k > 0 { episodes[r].response[0] } else { eos })
             .collect();
         let mut lp_first = g.alloc(a)?;
         let targets = g.upload(&first_tokens)?;
@@ -211,9 +215,9 @@ impl DevRefCache {
         // padded with `eos` after their end, which no kept token attends to.
         let lp_rest = if tq > 0 {
             let (mut fed, mut targets) = (vec![eos; a * tq], vec![eos; a * tq]);
-            for (i, &(r, k)) in active.iter().enumerate() {
+            for (i, &(r, k)) in scored.iter().enumerate() {
                 let resp = &episodes[r].response;
-                for j in 0..k - 1 {
+                for j in 0..k.saturating_sub(1) {
                     fed[i * tq + j] = resp[j];
                     targets[i * tq + j] = resp[j + 1];
                 }
@@ -226,9 +230,11 @@ impl DevRefCache {
         } else {
             Vec::new()
         };
-        for (i, &(r, k)) in active.iter().enumerate() {
-            out[r].push(lp_first[i]);
-            out[r].extend_from_slice(&lp_rest[i * tq..i * tq + k - 1]);
+        for (i, &(r, k)) in scored.iter().enumerate() {
+            if k > 0 {
+                out[r].push(lp_first[i]);
+                out[r].extend_from_slice(&lp_rest[i * tq..i * tq + k - 1]);
+            }
         }
         self.decoder = Some(Box::new(dec.bufs));
 
@@ -242,6 +248,11 @@ impl DevRefCache {
         }
         Ok(out)
     }
+}
+
+/// Where a decoding cache's first layer's keys are: which cache it is.
+fn cache_address(cache: &KvCache) -> Option<u64> {
+    cache.k.first().map(|b| b.address())
 }
 
 /// Each prompt's keys and values (every layer) and the logits of its last position, from one
