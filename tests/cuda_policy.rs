@@ -486,3 +486,44 @@ fn the_cached_reference_gives_what_the_uncached_one_gives() {
         }
     }
 }
+
+/// The frozen reference's pass replayed as a graph (once its shape repeats) gives the updates of
+/// its kernels launched one by one, bit for bit.
+#[test]
+fn a_replayed_reference_pass_gives_the_eager_ones_bits() {
+    for (model, cfg) in [(gpt2_tiny(), paper()), (llama_tiny(), paper())] {
+        for g in devices() {
+            let g2 = if g.name.starts_with("emulated") {
+                Gpu::emulated().unwrap()
+            } else {
+                Gpu::new(0).unwrap()
+            };
+            let g = std::sync::Arc::new(g);
+            let critic = Critic::new(model.hidden_size(), 1);
+            let (m, r) = (model.clone(), model.clone());
+            let mut replayed = CudaPolicy::new(g.clone(), cfg.clone(), m, r, critic, EOS).unwrap();
+            let (_, mut eager) = backends(&model, &cfg, g2);
+            eager.passes.set_decode_graphs(false);
+            let (_, mut source) = backends(&model, &cfg, Gpu::emulated().unwrap());
+            let mut graphs = 0;
+            for round in 0..3 {
+                // Other answers each round, of one shape: the replay reads what each wrote.
+                let eps = rollout(&mut source, &model, 2 + round);
+                let before = g.launch_counts();
+                let a = replayed.update(&eps, 0.1, &mut Rng::new(round)).unwrap();
+                graphs += (g.launch_counts() - before).graphs;
+                let b = eager.update(&eps, 0.1, &mut Rng::new(round)).unwrap();
+                assert_eq!(a, b, "round {round}");
+                assert!(same_bits(
+                    &replayed.state().unwrap(),
+                    &eager.state().unwrap()
+                ));
+            }
+            // Launched one by one the first time, recorded and replayed from the second.
+            assert_eq!(
+                graphs, 2,
+                "the reference pass's graph runs in rounds 2 and 3"
+            );
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod emu;
 mod mark;
 pub mod nvrtc;
 pub mod registry;
+mod replayed;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::{
@@ -15,6 +16,7 @@ use cudarc::driver::{
 };
 use emu::{ArgBytes, EmuDevice, HostMem};
 pub use mark::Mark;
+pub use replayed::Replayed;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -121,6 +121,9 @@ pub struct DecoderBuffers<W> {
     pub(crate) picked: DevBuf<i32>,
     /// Logits of the rows the last `run` picked.
     pub(crate) logits: Buf,
+    /// Which buffers these are: a number no other `DecoderBuffers` of this process has (freed
+    /// memory comes back at the same addresses, so an address does not tell).
+    pub(crate) serial: u64,
 }
 
 impl<'m, M: DeviceModel> Decoder<'m, M> {
@@ -180,6 +183,10 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
             pos: g.alloc(rows)?,
             picked: g.alloc(b)?,
             logits: g.alloc(b * model.vocab_size())?,
+            serial: {
+                static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         };
         Ok(Self::with_buffers(g, model, b, bufs))
     }
@@ -256,6 +263,18 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
     /// Runs `tq` new tokens per row; the logits of each row's last one, or with `every` of every
     /// one of them (b * tq rows).
     pub(crate) fn run(&mut self, tokens: &[u32], tq: usize, every: bool) -> Result<()> {
+        let (p0, m) = self.load(tokens, tq, every)?;
+        self.forward(p0, tq, m, None)
+    }
+
+    /// Writes what `run` feeds into the buffers (the host's part of it): the position `p0` it
+    /// starts at and the rows `m` whose logits it gives, for `forward`.
+    pub(crate) fn load(
+        &mut self,
+        tokens: &[u32],
+        tq: usize,
+        every: bool,
+    ) -> Result<(usize, usize)> {
         let (g, b, v) = (self.g, self.b, self.model.vocab_size());
         let n = b * tq;
         if self.len + tq > self.bufs.cache.tmax {
@@ -284,12 +303,12 @@ impl<'m, M: DeviceModel> Decoder<'m, M> {
         g.write(&mut self.bufs.ids, tokens)?;
         g.write(&mut self.bufs.pos, &pos)?;
         g.write(&mut self.bufs.picked, &picked)?;
-        self.forward(p0, tq, picked.len(), None)
+        Ok((p0, picked.len()))
     }
 
     /// The forward of `tq` tokens per row from `ids` and `pos` at cache position `p0` (recorded
     /// with `rec`), and the logits of the `m` rows of `picked`: launches only.
-    pub(super) fn forward(
+    pub(crate) fn forward(
         &mut self,
         p0: usize,
         tq: usize,

@@ -13,7 +13,7 @@
 //! `cpu::rollout` does on the CPU.
 
 use crate::batch::Batch;
-use crate::cuda::device::{DevBuf, Gpu, Graph};
+use crate::cuda::device::{DevBuf, Gpu, Replayed};
 use crate::cuda::model::decode::{
     COPIES_PER_LAYER, CachedRows, Decoder, DecoderBuffers, DeviceModel, Recording,
 };
@@ -114,9 +114,8 @@ struct Kept<W, R> {
     dec: DecoderBuffers<W>,
     lp: LoopBuffers,
     rec: Option<(R, RecordRows)>,
-    graphs: Vec<Option<Graph>>,
-    /// Eager runs of each segment so far.
-    eager_runs: Vec<usize>,
+    /// Each segment's launches, replayed as a graph from their third run.
+    segments: Vec<Replayed>,
 }
 
 /// The buffers (and graphs) of the last few batch shapes a model generated with. It belongs to
@@ -217,8 +216,7 @@ struct Loop<'m, M: DeviceModel> {
     lp: LoopBuffers,
     rec: Option<(M::Record, RecordRows)>,
     shape: Shape,
-    graphs: Vec<Option<Graph>>,
-    eager_runs: Vec<usize>,
+    segments: Vec<Replayed>,
 }
 
 impl<'m, M: DeviceModel> Loop<'m, M> {
@@ -252,8 +250,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             lp,
             rec,
             shape,
-            graphs: (0..segments).map(|_| None).collect(),
-            eager_runs: vec![0; segments],
+            segments: (0..segments).map(|_| Replayed::default()).collect(),
         })
     }
 
@@ -263,8 +260,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             lp: k.lp,
             rec: k.rec,
             shape,
-            graphs: k.graphs,
-            eager_runs: k.eager_runs,
+            segments: k.segments,
         }
     }
 
@@ -273,8 +269,7 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
             dec: self.dec.bufs,
             lp: self.lp,
             rec: self.rec,
-            graphs: self.graphs,
-            eager_runs: self.eager_runs,
+            segments: self.segments,
         }
     }
 
@@ -404,36 +399,13 @@ impl<'m, M: DeviceModel> Loop<'m, M> {
         Ok(())
     }
 
-    /// Runs segment `seg`: its graph when recorded; else eagerly the first time, and recorded
-    /// then replayed the next. True when a graph ran. A recording that fails (a driver that
-    /// cannot record this stream, say) leaves the device as it was: the loop says so once, turns
-    /// `graphs` off and launches one by one.
+    /// Runs segment `seg` (`Replayed`). True when its graph ran.
     fn run_segment(&mut self, seg: usize, graphs: &mut bool) -> Result<bool> {
         let g = self.dec.g;
-        if *graphs && self.graphs[seg].is_none() && self.eager_runs[seg] > 0 {
-            let recorded = {
-                let this = &mut *self;
-                g.capture(|| this.launches(seg))
-            };
-            match recorded {
-                Ok(graph) => self.graphs[seg] = Some(graph),
-                Err(e) => {
-                    eprintln!(
-                        "pgsrm: recording the decoding loop as a graph on {} failed ({e:#}); its \
-                         kernels are launched one by one instead",
-                        g.name
-                    );
-                    *graphs = false;
-                }
-            }
-        }
-        match &self.graphs[seg] {
-            Some(graph) => g.replay(graph).map(|_| true),
-            None => {
-                self.eager_runs[seg] += 1;
-                self.launches(seg).map(|_| false)
-            }
-        }
+        let mut launches = std::mem::take(&mut self.segments[seg]);
+        let ran = launches.run(g, graphs, "the decoding loop", || self.launches(seg));
+        self.segments[seg] = launches;
+        ran
     }
 
     /// Whether every row has ended.
@@ -554,9 +526,6 @@ fn run_loop<M: DeviceModel>(
     let steps = params.max_new_tokens;
     model.check_prompts(prompts, steps, eos)?;
     let batch = Batch::left_padded(prompts, eos)?;
-    if !g.records_graphs() {
-        cache.graphs = false;
-    }
     let shape = Shape {
         b: rows,
         tp: batch.t,

@@ -221,11 +221,12 @@ impl CudaPasses {
         &self.decoding
     }
 
-    /// Whether rollouts replay a batch shape's recorded graph (on by default): off, every kernel
-    /// is launched one by one, to compare.
+    /// Whether decoding, the rollouts' and the frozen reference's, replays a batch shape's
+    /// recorded graph (on by default): off, every kernel is launched one by one, to compare.
     pub fn set_decode_graphs(&mut self, on: bool) {
         self.decoding = DecodeCache::new(on);
         self.rollout = None;
+        self.ref_cache.set_graphs(on);
     }
 
     /// The reference model's prompt cache (for its size and hit counts).

@@ -8,9 +8,9 @@
 //! prefills only the prompts not yet kept, copies every episode's prompt rows into one decoding
 //! cache, and runs the kept response tokens but the last, all episodes in one pass.
 
-use crate::cuda::device::{DevBuf, Gpu};
+use crate::cuda::device::{DevBuf, Gpu, Replayed};
 use crate::cuda::model::DevModel;
-use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel, KvCache};
+use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel};
 use crate::cuda::ops::{Segments, copy_segments, log_softmax_gather_forward};
 use crate::ppo::loss::{Episode, kept_tokens};
 use anyhow::{Result, bail};
@@ -50,6 +50,11 @@ pub struct DevRefCache {
     decoder: Option<Box<dyn Any + Send>>,
     /// The device's table of the prompt rows' copies into the decoding cache (`copy_segments`).
     copy_table: Option<DevBuf<u64>>,
+    /// The response tokens' forward over the kept decoding buffers, replayed as a graph while the
+    /// pass keeps its shape: (the buffers' serial, p0, tq, logit rows) and its launches.
+    forward: Option<((u64, usize, usize, usize), Replayed)>,
+    /// Whether that forward is recorded as a graph (`PGSRM_GRAPHS=0` turns it off).
+    graphs: bool,
 }
 
 impl Default for DevRefCache {
@@ -69,6 +74,8 @@ impl DevRefCache {
             misses: 0,
             decoder: None,
             copy_table: None,
+            forward: None,
+            graphs: std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0"),
         }
     }
 
@@ -91,11 +98,18 @@ impl DevRefCache {
         (self.hits, self.misses)
     }
 
+    /// Whether the response tokens' forward is replayed as a graph while its shape repeats.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        self.forward = None;
+    }
+
     /// Forgets every prompt: needed when the model the cache was filled from changes.
     pub fn clear(&mut self) {
         self.prompts.clear();
         self.bytes = 0;
         self.decoder = None;
+        self.forward = None;
     }
 
     /// Per episode, the log-probabilities under `model` (always the same frozen model for one
@@ -174,12 +188,12 @@ impl DevRefCache {
             .take()
             .and_then(|d| d.downcast::<DecoderBuffers<M::Workspace>>().ok())
             .map(|d| *d);
-        let kept_at = kept.as_ref().map(|d| cache_address(&d.cache));
+        let kept_serial = kept.as_ref().map(|d| d.serial);
         let (mut dec, _) = Decoder::reusing(g, model, &prompts, tq, eos, kept)?;
         let (tmax, kw) = (dec.bufs.cache.tmax, model.kv_width());
         // The padding's rows are never attended to; zeros keep them finite all the same. A cache
         // kept from the last update is finite already: zeroed when made, then only written.
-        if kept_at != Some(cache_address(&dec.bufs.cache)) {
+        if kept_serial != Some(dec.bufs.serial) {
             for b in dec
                 .bufs
                 .cache
@@ -222,7 +236,15 @@ impl DevRefCache {
                     targets[i * tq + j] = resp[j + 1];
                 }
             }
-            dec.run(&fed, tq, true)?;
+            let (p0, m) = dec.load(&fed, tq, true)?;
+            let key = (dec.bufs.serial, p0, tq, m);
+            if self.forward.as_ref().is_none_or(|(k, _)| *k != key) {
+                self.forward = Some((key, Replayed::default()));
+            }
+            let (_, launches) = self.forward.as_mut().expect("set above");
+            launches.run(g, &mut self.graphs, "the reference's pass", || {
+                dec.forward(p0, tq, m, None)
+            })?;
             let mut lp = g.alloc(a * tq)?;
             let targets = g.upload(&targets)?;
             log_softmax_gather_forward(g, &mut lp, &dec.bufs.logits, &targets, a * tq, v, 1.0)?;
@@ -248,11 +270,6 @@ impl DevRefCache {
         }
         Ok(out)
     }
-}
-
-/// Where a decoding cache's first layer's keys are: which cache it is.
-fn cache_address(cache: &KvCache) -> Option<u64> {
-    cache.k.first().map(|b| b.address())
 }
 
 /// Each prompt's keys and values (every layer) and the logits of its last position, from one
