@@ -6,6 +6,7 @@
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::gpt2::{GpuGpt2, GpuGpt2Weights};
 use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::ops::optim::{TensorList, grad_zero};
 use crate::cuda::ops::{self as k, AttnShape, QkvGrad};
 use crate::model::gpt2::Gpt2Config;
 use anyhow::Result;
@@ -47,13 +48,17 @@ pub struct Gpt2Activations {
     pub logits: Buf,
     scratch: Buf,   // (N, C)
     dres: Buf,      // (N, C)
-    dln: Buf,       // (N, C)
+    dln2: Buf,      // (N, C) of ln_2's output (and first of ln_f's)
+    dln1: Buf,      // (N, C) of ln_1's output
     datty: Buf,     // (N, C)
     dqkv: Buf,      // (N, 3C)
     dfch: Buf,      // (N, 4C)
     dfch_gelu: Buf, // (N, 4C)
     dscores: Buf,   // (B, H, T, T)
     dgathered: Buf, // (M, C)
+    /// The gradients backward zeroes before the head, and before each layer, as kept lists: one
+    /// launch each, not a memset per buffer.
+    zero_lists: [Option<TensorList>; 2],
 }
 
 impl Gpt2Activations {
@@ -92,13 +97,15 @@ impl Gpt2Activations {
             logits: g.alloc((m * cfg.vocab_size).max(1))?,
             scratch: rows(c)?,
             dres: rows(c)?,
-            dln: rows(c)?,
+            dln2: rows(c)?,
+            dln1: rows(c)?,
             datty: rows(c)?,
             dqkv: rows(3 * c)?,
             dfch: rows(4 * c)?,
             dfch_gelu: rows(4 * c)?,
             dscores: g.alloc(scores)?,
             dgathered: g.alloc((m * c).max(1))?,
+            zero_lists: [None, None],
         })
     }
 
@@ -307,11 +314,12 @@ pub fn backward(
     let (c, v, n, m) = (cfg.n_embd, cfg.vocab_size, batch.n(), batch.m);
     let shape = attn_shape(cfg, batch);
     let a = acts;
-    g.zero(&mut a.dln)?;
+    let [head_zeros, layer_zeros] = &mut a.zero_lists;
+    grad_zero(g, &mut [&mut a.dln2, &mut a.dres], head_zeros)?;
     if m > 0 {
         k::logits_backward(
             g,
-            &mut a.dln,
+            &mut a.dln2,
             &mut grads.wte,
             &mut a.dgathered,
             dlogits,
@@ -324,13 +332,12 @@ pub fn backward(
         )?;
     }
     let last = a.blocks.last().map_or(&a.encoded, |b| &b.res2);
-    g.zero(&mut a.dres)?;
     k::layernorm_backward(
         g,
         &mut a.dres,
         &mut grads.ln_f_w,
         &mut grads.ln_f_b,
-        &a.dln,
+        &a.dln2,
         last,
         &w.ln_f_w,
         &a.lnf_mean,
@@ -349,8 +356,16 @@ pub fn backward(
         };
         let p = &w.blocks[l];
         let d = &mut grads.blocks[l];
+        let zeroed = &mut [
+            &mut a.dfch_gelu,
+            &mut a.dfch,
+            &mut a.dln2,
+            &mut a.datty,
+            &mut a.dqkv,
+            &mut a.dln1,
+        ];
+        grad_zero(g, zeroed, layer_zeros)?;
         // MLP branch: res2 = res1 + fc_proj(gelu(fc(ln2(res1))))
-        g.zero(&mut a.dfch_gelu)?;
         k::matmul_backward(
             g,
             Some(&mut a.dfch_gelu),
@@ -363,12 +378,10 @@ pub fn backward(
             4 * c,
             c,
         )?;
-        g.zero(&mut a.dfch)?;
         k::gelu_tanh_backward(g, &mut a.dfch, &s.fch, &a.dfch_gelu, n * 4 * c)?;
-        g.zero(&mut a.dln)?;
         k::matmul_backward(
             g,
-            Some(&mut a.dln),
+            Some(&mut a.dln2),
             &mut d.fc_w,
             Some(&mut d.fc_b),
             &a.dfch,
@@ -383,7 +396,7 @@ pub fn backward(
             &mut a.dres,
             &mut d.ln_2_w,
             &mut d.ln_2_b,
-            &a.dln,
+            &a.dln2,
             &s.res1,
             &p.ln_2_w,
             &s.ln2_mean,
@@ -392,7 +405,6 @@ pub fn backward(
             c,
         )?;
         // Attention branch: res1 = x + attn_proj(attention(c_attn(ln1(x))))
-        g.zero(&mut a.datty)?;
         k::matmul_backward(
             g,
             Some(&mut a.datty),
@@ -405,7 +417,6 @@ pub fn backward(
             c,
             c,
         )?;
-        g.zero(&mut a.dqkv)?;
         k::attention_backward(
             g,
             QkvGrad::Fused(&mut a.dqkv),
@@ -418,10 +429,9 @@ pub fn backward(
             &batch.start,
             shape,
         )?;
-        g.zero(&mut a.dln)?;
         k::matmul_backward(
             g,
-            Some(&mut a.dln),
+            Some(&mut a.dln1),
             &mut d.attn_w,
             Some(&mut d.attn_b),
             &a.dqkv,
@@ -436,7 +446,7 @@ pub fn backward(
             &mut a.dres,
             &mut d.ln_1_w,
             &mut d.ln_1_b,
-            &a.dln,
+            &a.dln1,
             x,
             &p.ln_1_w,
             &s.ln1_mean,

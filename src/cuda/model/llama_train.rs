@@ -6,6 +6,7 @@
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::model::llama::{GpuLlama, GpuLlamaWeights};
 use crate::cuda::model::train_batch::TrainBatch;
+use crate::cuda::ops::optim::{TensorList, grad_zero};
 use crate::cuda::ops::{self as k, AttnShape, QkvGrad};
 use crate::model::llama::LlamaConfig;
 use anyhow::Result;
@@ -48,7 +49,8 @@ pub struct LlamaActivations {
     // backward scratch
     dx: Buf,        // (N, C)
     dxf: Buf,       // (N, C)
-    dxn: Buf,       // (N, C)
+    dxn2: Buf,      // (N, C) of the MLP's norm output
+    dxn1: Buf,      // (N, C) of the attention's norm output
     dact: Buf,      // (N, F)
     dgate: Buf,     // (N, F)
     dup: Buf,       // (N, F)
@@ -60,6 +62,9 @@ pub struct LlamaActivations {
     dk0: Buf,       // (N, KV*D)
     dscores: Buf,   // (B, H, T, T)
     dgathered: Buf, // (M, C)
+    /// The gradients backward zeroes before the head, and before each layer, as kept lists: one
+    /// launch each, not a memset per buffer.
+    zero_lists: [Option<TensorList>; 2],
 }
 
 impl LlamaActivations {
@@ -103,7 +108,8 @@ impl LlamaActivations {
             tmp: rows(c)?,
             dx: rows(c)?,
             dxf: rows(c)?,
-            dxn: rows(c)?,
+            dxn2: rows(c)?,
+            dxn1: rows(c)?,
             dact: rows(f)?,
             dgate: rows(f)?,
             dup: rows(f)?,
@@ -115,6 +121,7 @@ impl LlamaActivations {
             dk0: rows(kw)?,
             dscores: g.alloc(scores)?,
             dgathered: g.alloc((m * c).max(1))?,
+            zero_lists: [None, None],
         })
     }
 
@@ -304,8 +311,9 @@ pub fn backward(
     let (n, m) = (batch.n(), batch.m);
     let shape = attn_shape(cfg, batch);
     let a = acts;
+    let [head_zeros, layer_zeros] = &mut a.zero_lists;
+    grad_zero(g, &mut [&mut a.dxf, &mut a.dx], head_zeros)?;
     // Head: only the chosen rows receive gradient.
-    g.zero(&mut a.dxf)?;
     if m > 0 {
         let dhead = match &mut grads.lm_head {
             Some(hd) => hd,
@@ -325,7 +333,6 @@ pub fn backward(
             c,
         )?;
     }
-    g.zero(&mut a.dx)?;
     k::rmsnorm_backward(
         g,
         &mut a.dx,
@@ -339,8 +346,21 @@ pub fn backward(
     )?;
     for li in (0..cfg.num_hidden_layers).rev() {
         let (lw, s, lg) = (&w.layers[li], &a.layers[li], &mut grads.layers[li]);
+        let zeroed = &mut [
+            &mut a.dact,
+            &mut a.dgate,
+            &mut a.dup,
+            &mut a.dxn2,
+            &mut a.dao,
+            &mut a.dq,
+            &mut a.dk,
+            &mut a.dv,
+            &mut a.dq0,
+            &mut a.dk0,
+            &mut a.dxn1,
+        ];
+        grad_zero(g, zeroed, layer_zeros)?;
         // MLP branch; dx is also the gradient of x2 through the residual.
-        g.zero(&mut a.dact)?;
         k::linear_backward(
             g,
             Some(&mut a.dact),
@@ -352,13 +372,10 @@ pub fn backward(
             f,
             c,
         )?;
-        g.zero(&mut a.dgate)?;
-        g.zero(&mut a.dup)?;
         k::swiglu_backward(g, &mut a.dgate, &mut a.dup, &a.dact, &s.gate, &s.up, n * f)?;
-        g.zero(&mut a.dxn)?;
         k::linear_backward(
             g,
-            Some(&mut a.dxn),
+            Some(&mut a.dxn2),
             &mut lg.gate_proj,
             &a.dgate,
             &s.xn2,
@@ -369,7 +386,7 @@ pub fn backward(
         )?;
         k::linear_backward(
             g,
-            Some(&mut a.dxn),
+            Some(&mut a.dxn2),
             &mut lg.up_proj,
             &a.dup,
             &s.xn2,
@@ -382,7 +399,7 @@ pub fn backward(
             g,
             &mut a.dx,
             &mut lg.post_attention_layernorm,
-            &a.dxn,
+            &a.dxn2,
             &s.x2,
             &lw.post_attention_layernorm,
             &s.rstd2,
@@ -390,7 +407,6 @@ pub fn backward(
             c,
         )?;
         // Attention branch.
-        g.zero(&mut a.dao)?;
         k::linear_backward(
             g,
             Some(&mut a.dao),
@@ -402,9 +418,6 @@ pub fn backward(
             qw,
             c,
         )?;
-        g.zero(&mut a.dq)?;
-        g.zero(&mut a.dk)?;
-        g.zero(&mut a.dv)?;
         k::attention_backward(
             g,
             QkvGrad::Split(&mut a.dq, &mut a.dk, &mut a.dv),
@@ -417,18 +430,15 @@ pub fn backward(
             &batch.start,
             shape,
         )?;
-        g.zero(&mut a.dq0)?;
-        g.zero(&mut a.dk0)?;
         k::rope_backward(
             g, &mut a.dq0, &a.dq, &batch.pos, &model.cos, &model.sin, n, h, d,
         )?;
         k::rope_backward(
             g, &mut a.dk0, &a.dk, &batch.pos, &model.cos, &model.sin, n, kv, d,
         )?;
-        g.zero(&mut a.dxn)?;
         k::linear_backward(
             g,
-            Some(&mut a.dxn),
+            Some(&mut a.dxn1),
             &mut lg.q_proj,
             &a.dq0,
             &s.xn1,
@@ -439,7 +449,7 @@ pub fn backward(
         )?;
         k::linear_backward(
             g,
-            Some(&mut a.dxn),
+            Some(&mut a.dxn1),
             &mut lg.k_proj,
             &a.dk0,
             &s.xn1,
@@ -450,7 +460,7 @@ pub fn backward(
         )?;
         k::linear_backward(
             g,
-            Some(&mut a.dxn),
+            Some(&mut a.dxn1),
             &mut lg.v_proj,
             &a.dv,
             &s.xn1,
@@ -463,7 +473,7 @@ pub fn backward(
             g,
             &mut a.dx,
             &mut lg.input_layernorm,
-            &a.dxn,
+            &a.dxn1,
             &s.x,
             &lw.input_layernorm,
             &s.rstd1,
