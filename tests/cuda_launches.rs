@@ -16,8 +16,19 @@ use std::sync::Arc;
 
 const EOS: u32 = 3;
 
-/// Launches of one steady round (the third): (rollout, update), and the buffers its rollout made.
-fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, LaunchCounts, u64) {
+/// What one steady round (the third) asked of the device.
+struct Round {
+    rollout: LaunchCounts,
+    update: LaunchCounts,
+    /// Buffers the rollout made.
+    rollout_buffers: u64,
+    /// Buffers the update made, and their bytes; and the bytes the first update made.
+    update_buffers: u64,
+    update_bytes: u64,
+    first_update_bytes: u64,
+}
+
+fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> Round {
     let cfg: Gpt2Config = serde_json::from_str(
         r#"{"vocab_size": 61, "n_positions": 64, "n_embd": 32, "n_layer": 12, "n_head": 4}"#,
     )
@@ -36,8 +47,15 @@ fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, Lau
         ..SamplingParams::default()
     };
     let mut rng = Rng::new(3);
-    let mut last = (LaunchCounts::default(), LaunchCounts::default(), 0);
-    for _ in 0..3 {
+    let mut last = Round {
+        rollout: LaunchCounts::default(),
+        update: LaunchCounts::default(),
+        rollout_buffers: 0,
+        update_buffers: 0,
+        update_bytes: 0,
+        first_update_bytes: 0,
+    };
+    for round in 0..3 {
         let (before, buffers) = (gpu.launch_counts(), gpu.buffers_made());
         let gens = dev.generate(&prompts, &params, &mut rng).unwrap();
         let (rolled, rollout_buffers) = (gpu.launch_counts(), gpu.buffers_made() - buffers);
@@ -52,12 +70,21 @@ fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, Lau
                 reward: i as f32 * 0.1,
             })
             .collect();
+        let (buffers, bytes) = (gpu.buffers_made(), gpu.allocated_bytes());
         dev.update(&eps, 0.1, &mut rng).unwrap();
-        last = (
-            rolled - before,
-            gpu.launch_counts() - rolled,
+        let update_bytes = gpu.allocated_bytes() - bytes;
+        last = Round {
+            rollout: rolled - before,
+            update: gpu.launch_counts() - rolled,
             rollout_buffers,
-        );
+            update_buffers: gpu.buffers_made() - buffers,
+            update_bytes,
+            first_update_bytes: if round == 0 {
+                update_bytes
+            } else {
+                last.first_update_bytes
+            },
+        };
     }
     last
 }
@@ -65,11 +92,16 @@ fn steady_round(gpu: &Arc<Gpu>, graphs: bool, reuse: bool) -> (LaunchCounts, Lau
 #[test]
 fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forward() {
     let gpu = Arc::new(Gpu::emulated().unwrap());
-    let (rollout, update, rollout_buffers) = steady_round(&gpu, true, true);
-    let (eager_rollout, _, _) = steady_round(&gpu, false, true);
-    let (_, fresh_update, _) = steady_round(&gpu, true, false);
+    let steady = steady_round(&gpu, true, true);
+    let (rollout, update) = (steady.rollout, steady.update);
+    let eager_rollout = steady_round(&gpu, false, true).rollout;
+    let fresh_update = steady_round(&gpu, true, false).update;
     println!("rollout: {rollout:?} (one by one: {eager_rollout:?})");
     println!("update: {update:?} (on a fresh pass: {fresh_update:?})");
+    println!(
+        "update: {} buffers, {} bytes (the first update: {} bytes)",
+        steady.update_buffers, steady.update_bytes, steady.first_update_bytes
+    );
     assert_eq!(
         (rollout.kernels, rollout.graphs, rollout.copies),
         (0, 1, 0),
@@ -82,8 +114,14 @@ fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forwa
         update.kernels < fresh_update.kernels,
         "{update:?} {fresh_update:?}"
     );
-    // A rollout of a shape seen before allocates nothing.
-    assert_eq!(rollout_buffers, 0);
+    // A rollout of a shape seen before allocates nothing; an update only its small inputs.
+    assert_eq!(steady.rollout_buffers, 0);
+    assert!(
+        steady.update_bytes * 100 < steady.first_update_bytes,
+        "a steady update allocates {} bytes, the first {}",
+        steady.update_bytes,
+        steady.first_update_bytes
+    );
     // The frozen reference's kept prompt rows go into its decoding cache in one launch, not a
     // device copy per prompt and layer.
     assert_eq!(update.copies, 0, "{update:?}");

@@ -228,8 +228,12 @@ fn clip_grad_norm(ck: &mut Checker, sizes: &[usize], max_norm: f32) -> Result<()
                 .iter()
                 .map(|t| g.upload(&t.data))
                 .collect::<Result<_>>()?;
-            let (norm, coef) =
-                optim::clip_grad_norm(g, &mut bufs.iter_mut().collect::<Vec<_>>(), max_norm)?;
+            let (norm, coef) = optim::clip_grad_norm(
+                g,
+                &mut bufs.iter_mut().collect::<Vec<_>>(),
+                max_norm,
+                &mut optim::NormBufs::default(),
+            )?;
             g.sync()?;
             let mut out = vec![vec![norm, coef]];
             for b in &bufs {

@@ -131,19 +131,54 @@ pub fn grad_clip(g: &Gpu, grads: &mut [&mut Buf], norm_coef: &Buf) -> Result<()>
     Ok(())
 }
 
+/// A gradient norm's buffers, kept between calls: the norm and clip coefficient (2), the
+/// pieces' scratch and the tensors' list, so that a norm over the same tensors allocates nothing.
+#[derive(Default)]
+pub struct NormBufs {
+    norm_coef: Option<Buf>,
+    partial: Option<DevBuf<f64>>,
+    list: Option<TensorList>,
+}
+
+impl NormBufs {
+    /// `grad_norm` of `grads` into the kept buffers: the (norm, coefficient) buffer.
+    pub fn norm(&mut self, g: &Gpu, grads: &[&Buf], max_norm: f32) -> Result<&Buf> {
+        let pieces = norm_pieces(grads).max(1);
+        if self.partial.as_ref().is_none_or(|p| p.len() < pieces) {
+            self.partial = Some(g.alloc(pieces)?);
+        }
+        if self.norm_coef.is_none() {
+            self.norm_coef = Some(g.alloc(2)?);
+        }
+        let (nc, partial) = (self.norm_coef.as_mut(), self.partial.as_mut());
+        let (nc, partial) = nc.zip(partial).expect("made above");
+        grad_norm(g, nc, partial, grads, max_norm, &mut self.list)?;
+        Ok(nc)
+    }
+
+    /// The last `norm`'s (norm, coefficient) buffer.
+    pub fn norm_coef(&self) -> Option<&Buf> {
+        self.norm_coef.as_ref()
+    }
+}
+
 /// `ppo::adamw::clip_grad_norm` on the device: scales `grads` so that their global L2 norm is at
 /// most `max_norm` and returns (norm, coefficient). The norm is read back, as the CPU's is
 /// returned: a norm that is not finite is an error and leaves the gradients as they were.
-pub fn clip_grad_norm(g: &Gpu, grads: &mut [&mut Buf], max_norm: f32) -> Result<(f32, f32)> {
-    let mut norm_coef = g.alloc(2)?;
+/// `bufs` keeps the norm's buffers between calls.
+pub fn clip_grad_norm(
+    g: &Gpu,
+    grads: &mut [&mut Buf],
+    max_norm: f32,
+    bufs: &mut NormBufs,
+) -> Result<(f32, f32)> {
     let views: Vec<&Buf> = grads.iter().map(|t| &**t).collect();
-    let mut partial = g.alloc(norm_pieces(&views).max(1))?;
-    grad_norm(g, &mut norm_coef, &mut partial, &views, max_norm, &mut None)?;
-    let nc = g.download(&norm_coef)?;
+    let norm_coef = bufs.norm(g, &views, max_norm)?;
+    let nc = g.download(norm_coef)?;
     if !nc[0].is_finite() {
         bail!("the gradient norm is {}", nc[0]);
     }
-    grad_clip(g, grads, &norm_coef)?;
+    grad_clip(g, grads, norm_coef)?;
     Ok((nc[0], nc[1]))
 }
 

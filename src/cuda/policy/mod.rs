@@ -74,12 +74,15 @@ impl CudaPolicy {
             actor_opt,
             critic_opt,
             grads: None,
-            after_backward: None,
+            after_backward: false,
+            critic_grads: None,
+            critic_zero_list: None,
+            critic_norm: optim::NormBufs::default(),
+            actor_norm: optim::NormBufs::default(),
             ref_cache: DevRefCache::default(),
             decoding: DecodeCache::default(),
             rollout: None,
             reused: 0,
-            norm_list: None,
             zero_list: None,
             loss_bufs: None,
             gpu,
@@ -104,9 +107,16 @@ pub struct CudaPasses {
     critic_opt: AdamW,
     /// The last step's gradient buffer, reused by the next.
     grads: Option<DevGrads>,
-    /// Between `backward` and `step`: the actor's norm and clipping coefficient (2) and the
-    /// value head's clipped gradient (w, b).
-    after_backward: Option<(Buf, Buf, Buf)>,
+    /// Whether `backward` left gradients for `step`: the actor's (`grads`, with its norm and
+    /// clipping coefficient in `actor_norm`) and the value head's clipped one (`critic_grads`).
+    after_backward: bool,
+    /// The value head's gradient (w, b), kept between updates.
+    critic_grads: Option<(Buf, Buf)>,
+    /// The lists that zero the value head's gradient and read it for its norm.
+    critic_zero_list: Option<optim::TensorList>,
+    critic_norm: optim::NormBufs,
+    /// The actor's gradient norm's buffers and list, kept while the gradients stay where they are.
+    actor_norm: optim::NormBufs,
     /// The frozen reference's prompt rows, kept across updates.
     ref_cache: DevRefCache,
     /// The rollouts' buffers and graphs per batch shape, for the policy's weights (updated in
@@ -116,8 +126,6 @@ pub struct CudaPasses {
     rollout: Option<DevRollout>,
     /// Updates that differentiated their rollout's pass instead of running the policy again.
     pub reused: usize,
-    /// The gradients' list for the norm's one launch, kept while they stay where they are.
-    norm_list: Option<optim::TensorList>,
     /// The gradients' list for zeroing them in one launch.
     zero_list: Option<optim::TensorList>,
     /// The actor loss's buffers of the last step, for the next.
@@ -394,7 +402,13 @@ impl Passes for CudaPasses {
             .zip(dvalues)
             .ok_or_else(|| anyhow!("backward before the losses"))?;
         let (g, b, c) = (&self.gpu, batch.b, self.hidden());
-        let (mut cw, mut cb) = (g.zeros(c)?, g.zeros(1)?);
+        let (mut cw, mut cb) = match self.critic_grads.take() {
+            Some((mut w, mut b)) => {
+                optim::grad_zero(g, &mut [&mut w, &mut b], &mut self.critic_zero_list)?;
+                (w, b)
+            }
+            None => (g.zeros(c)?, g.zeros(1)?),
+        };
         kl::value_backward(
             g,
             &mut cw,
@@ -425,51 +439,47 @@ impl Passes for CudaPasses {
             let r = DevRollout { acts, lent };
             self.policy.give_back(&mut self.decoding, r);
         }
-        let views = grads.list();
-        let mut norm_coef = g.alloc(2)?;
-        let mut partial = g.alloc(optim::norm_pieces(&views).max(1))?;
-        optim::grad_norm(
-            g,
-            &mut norm_coef,
-            &mut partial,
-            &views,
-            cfg.actor_max_grad_norm,
-            &mut self.norm_list,
-        )?;
-        let actor_norm = g.download(&norm_coef)?[0];
+        let norm_coef = self
+            .actor_norm
+            .norm(g, &grads.list(), cfg.actor_max_grad_norm)?;
+        let actor_norm = g.download(norm_coef)?[0];
         if !actor_norm.is_finite() {
             return Err(anyhow!("the gradient norm is {actor_norm}"))
                 .context("actor gradient: nothing was applied to the weights");
         }
-        let (critic_norm, _) =
-            optim::clip_grad_norm(g, &mut [&mut cw, &mut cb], cfg.critic_max_grad_norm)
-                .context("critic gradient: nothing was applied to the weights")?;
+        let (critic_norm, _) = optim::clip_grad_norm(
+            g,
+            &mut [&mut cw, &mut cb],
+            cfg.critic_max_grad_norm,
+            &mut self.critic_norm,
+        )
+        .context("critic gradient: nothing was applied to the weights")?;
         self.grads = Some(grads);
-        self.after_backward = Some((norm_coef, cw, cb));
+        self.critic_grads = Some((cw, cb));
+        self.after_backward = true;
         Ok((actor_norm, critic_norm))
     }
 
     fn step(&mut self, _cfg: &PpoConfig, _actor_norm: f32) -> Result<()> {
         let g = &self.gpu;
-        let (norm_coef, cw, cb) = self
-            .after_backward
-            .take()
-            .ok_or_else(|| anyhow!("an optimiser step before backward"))?;
-        let grads = self
-            .grads
-            .as_ref()
-            .ok_or_else(|| anyhow!("an optimiser step before backward"))?;
+        let before = || anyhow!("an optimiser step before backward");
+        if !std::mem::take(&mut self.after_backward) {
+            return Err(before());
+        }
+        let grads = self.grads.as_ref().ok_or_else(before)?;
+        let (cw, cb) = self.critic_grads.as_ref().ok_or_else(before)?;
+        let norm_coef = self.actor_norm.norm_coef().ok_or_else(before)?;
         // The actor's clipping coefficient goes into its step, read from the device.
         self.actor_opt.step(
             g,
             &mut self.policy.params_mut(),
             &grads.list(),
-            Some(&norm_coef),
+            Some(norm_coef),
         )?;
         self.critic_opt.step(
             g,
             &mut [&mut self.critic_w, &mut self.critic_b],
-            &[&cw, &cb],
+            &[cw, cb],
             None,
         )
     }
@@ -518,7 +528,7 @@ impl Passes for CudaPasses {
         let actor_opt = AdamW::upload(g, &state.actor_opt)?;
         let critic_opt = AdamW::upload(g, &state.critic_opt)?;
         self.grads = None;
-        self.after_backward = None;
+        self.after_backward = false;
         self.decoding.clear();
         self.rollout = None;
         self.policy = policy;

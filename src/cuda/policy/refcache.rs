@@ -55,6 +55,9 @@ pub struct DevRefCache {
     forward: Option<((u64, usize, usize, usize), Replayed)>,
     /// Whether that forward is recorded as a graph (`PGSRM_GRAPHS=0` turns it off).
     graphs: bool,
+    /// (A, V) each episode's first-token logits, gathered from its prompt's, kept for the next
+    /// update of as many episodes.
+    first: Option<Buf>,
 }
 
 impl Default for DevRefCache {
@@ -76,6 +79,7 @@ impl DevRefCache {
             copy_table: None,
             forward: None,
             graphs: std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0"),
+            first: None,
         }
     }
 
@@ -204,7 +208,10 @@ impl DevRefCache {
                 g.zero(b)?;
             }
         }
-        let mut first = g.alloc(a * v)?;
+        let mut first = match self.first.take() {
+            Some(f) if f.len() == a * v => f,
+            _ => g.alloc(a * v)?,
+        };
         let mut copies = Segments::default();
         for (i, p) in prompts.iter().enumerate() {
             let e = row(p).expect("every prompt is kept or fresh");
@@ -259,6 +266,7 @@ impl DevRefCache {
             }
         }
         self.decoder = Some(Box::new(dec.bufs));
+        self.first = Some(first);
 
         // Keep the new prompts' rows while they fit the bound.
         for (p, e) in fresh {
