@@ -69,29 +69,63 @@ __device__ double block_sum_f64(double v) {
     return r;
 }
 
+// Whether this block is the last of the S blocks that split one piece of work to be done with
+// its part (then it adds up all the parts, in order). Every thread fences its writes of its part
+// (device-wide visible) before the block counts itself in `counter`; the last block sets the
+// counter back to zero for the next launch and fences before it reads the others' parts. Every
+// thread of the block must call it.
+__device__ __forceinline__ bool last_split_block(unsigned* counter, int S) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        last = atomicAdd(counter, 1u) == (unsigned)(S - 1);
+        if (last) atomicExch(counter, 0u);
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
 // Rows of a column reduction that one block's threads share: blockDim (32, COLUMN_ROWS).
 #define COLUMN_ROWS 16
 
-// Column sums of a parameter gradient without atomics, in a fixed order: a block owns 32 columns;
-// thread (x, y) adds `term(r, c, s)` for rows r = y, y + COLUMN_ROWS, ... into its NV sums s, then
-// thread (x, 0) adds the COLUMN_ROWS partial sums in order and hands them to `done(c, sums)`.
-// Neighbouring threads read neighbouring columns of a row. Launch (ceil(C / 32)) blocks of
-// (32, COLUMN_ROWS) threads.
+// Column sums of a parameter gradient without atomics, in a fixed order. Block (bx, z) owns 32
+// columns and the z-th of gridDim.y equal stretches of the rows: thread (x, y) adds
+// `term(r, c, s)` for the stretch's rows r = y, y + COLUMN_ROWS, ... into its NV sums s, and
+// thread (x, 0) adds the COLUMN_ROWS partial sums in order. With one stretch it hands them to
+// `done(c, sums)`; with S stretches it writes them to `partial` (S, NV, C), and the last of the
+// column's S blocks to finish (`counters`: one per 32 columns, zero between launches) adds the
+// stretches in order and hands that to `done`. Neighbouring threads read neighbouring columns of
+// a row. Launch (ceil(C / 32), S) blocks of (32, COLUMN_ROWS) threads.
 template <int NV, class Term, class Done>
-__device__ void column_sums(int N, int C, Term term, Done done) {
+__device__ void column_sums(int N, int C, float* partial, unsigned* counters, Term term, Done done) {
     __shared__ float part[NV][COLUMN_ROWS][WARP + 1];
-    int x = threadIdx.x, y = threadIdx.y;
-    int c = blockIdx.x * WARP + x;
+    const int x = threadIdx.x, y = threadIdx.y, S = gridDim.y, z = blockIdx.y;
+    const int c = blockIdx.x * WARP + x;
+    const int stretch = (N + S - 1) / S, r1 = min(N, (z + 1) * stretch);
     float s[NV];
     for (int i = 0; i < NV; i++) s[i] = 0.0f;
     if (c < C)
-        for (int r = y; r < N; r += COLUMN_ROWS) term(r, c, s);
+        for (int r = z * stretch + y; r < r1; r += COLUMN_ROWS) term(r, c, s);
     for (int i = 0; i < NV; i++) part[i][y][x] = s[i];
     __syncthreads();
-    if (y != 0 || c >= C) return;
+    const bool summer = y == 0 && c < C;
+    if (summer)
+        for (int i = 0; i < NV; i++) {
+            s[i] = 0.0f;
+            for (int j = 0; j < COLUMN_ROWS; j++) s[i] += part[i][j][x];
+        }
+    if (S == 1) {
+        if (summer) done(c, s);
+        return;
+    }
+    if (summer)
+        for (int i = 0; i < NV; i++) partial[((long)z * NV + i) * C + c] = s[i];
+    if (!last_split_block(counters + blockIdx.x, S) || !summer) return;
     for (int i = 0; i < NV; i++) {
         s[i] = 0.0f;
-        for (int j = 0; j < COLUMN_ROWS; j++) s[i] += part[i][j][x];
+        for (int k = 0; k < S; k++) s[i] += __ldcg(partial + ((long)k * NV + i) * C + c);
     }
     done(c, s);
 }

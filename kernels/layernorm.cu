@@ -49,11 +49,12 @@ extern "C" __global__ void layernorm_backward_dinp(float* dinp, const float* dou
 }
 
 // dw (C) += sum_rows norm dout; db (C) += sum_rows dout; blocks of (32, COLUMN_ROWS) threads
+// (partial and counters as column_sums takes them)
 extern "C" __global__ void __launch_bounds__(512) layernorm_backward_params(
     float* dw, float* db, const float* dout, const float* inp, const float* mean,
-    const float* rstd, int N, int C) {
+    const float* rstd, int N, int C, float* partial, unsigned* counters) {
     column_sums<2>(
-        N, C,
+        N, C, partial, counters,
         [&](int r, int c, float* s) {
             float d = dout[(long)r * C + c];
             s[0] += (inp[(long)r * C + c] - mean[r]) * rstd[r] * d;

@@ -3,8 +3,10 @@
 #include "common.cuh"
 
 // db (OC) += sum over the N rows of dout (N, OC); blocks of (32, 16) threads, one per 32 columns
+// and stretch of rows (partial and counters as column_sums takes them, or null for one stretch)
 extern "C" __global__ void __launch_bounds__(512) matmul_backward_dbias(float* db, const float* dout,
-                                                                        int N, int OC) {
-    column_sums<1>(N, OC, [&](int r, int c, float* s) { s[0] += dout[(long)r * OC + c]; },
+                                                                        int N, int OC, float* partial,
+                                                                        unsigned* counters) {
+    column_sums<1>(N, OC, partial, counters, [&](int r, int c, float* s) { s[0] += dout[(long)r * OC + c]; },
                    [&](int c, const float* s) { db[c] += s[0]; });
 }

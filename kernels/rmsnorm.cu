@@ -32,11 +32,13 @@ extern "C" __global__ void rmsnorm_backward_dinp(float* dinp, const float* dout,
     for (int c = threadIdx.x; c < C; c += blockDim.x) di[c] += d[c] * w[c] * s - x[c] * k;
 }
 
-// dw (C) += sum_rows dout inp rstd; blocks of (32, COLUMN_ROWS) threads
+// dw (C) += sum_rows dout inp rstd; blocks of (32, COLUMN_ROWS) threads (partial and counters
+// as column_sums takes them)
 extern "C" __global__ void __launch_bounds__(512) rmsnorm_backward_dweight(
-    float* dw, const float* dout, const float* inp, const float* rstd, int N, int C) {
+    float* dw, const float* dout, const float* inp, const float* rstd, int N, int C, float* partial,
+    unsigned* counters) {
     column_sums<1>(
-        N, C,
+        N, C, partial, counters,
         [&](int r, int c, float* s) { s[0] += dout[(long)r * C + c] * inp[(long)r * C + c] * rstd[r]; },
         [&](int c, const float* s) { dw[c] += s[0]; });
 }

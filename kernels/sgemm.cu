@@ -58,24 +58,7 @@ __device__ __forceinline__ void sum_splits(float* c, const float* partial, const
     c[i] = v;
 }
 
-// Whether this block is the last of the S splits of its tile to be done with its partial
-// products. Each thread fences its partials (device-wide visible) before the block counts itself
-// in `counter`; the last block sets the counter back to zero for the next product and fences
-// before it reads the others' partials.
-__device__ __forceinline__ bool last_split_block(unsigned* counter, int S) {
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(counter, 1u) == (unsigned)(S - 1);
-        if (last) atomicExch(counter, 0u);
-    }
-    __syncthreads();
-    if (last) __threadfence();
-    return last;
-}
-
-// The same for a warp that owns its unit of c alone (the rows kernels).
+// `last_split_block` for a warp that owns its unit of c alone (the rows kernels).
 __device__ __forceinline__ bool last_split_warp(unsigned* counter, int S) {
     __threadfence();
     __syncwarp();

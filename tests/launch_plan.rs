@@ -1,14 +1,16 @@
 //! The launch plan of every product at the paper's shapes, held to an H200 without one: a product
 //! of more than 10 MFLOP must launch at least two blocks per multiprocessor (264), so that no
-//! multiprocessor idles while another works, or this test must say why it cannot.
+//! multiprocessor idles while another works, or this test must say why it cannot. The column
+//! reductions of backward (biases, norm weights) are held to one block per multiprocessor.
 //!
 //! The shapes (`cuda::paper_shapes`): GPT-2 small and SmolLM2-135M updates at batch 50, GPT-2
 //! large at batch 10, over prompts of 20 to 60 tokens plus the new tokens (2 for the word tasks, 10
 //! for the sentence tasks), with the head at the response positions only; and decoding steps of
 //! 1, 10 and 50 rows.
 
-use pgsrm::cuda::ops::sgemm::{Family, Shape, TARGET_BLOCKS, most_tile_splits, plan};
-use pgsrm::cuda::paper_shapes::products;
+use pgsrm::cuda::ops::sgemm::{Family, SMS, Shape, TARGET_BLOCKS, most_tile_splits, plan};
+use pgsrm::cuda::ops::{COLUMN_STRETCH_ROWS, column_grid};
+use pgsrm::cuda::paper_shapes::{GPT2_LARGE, GPT2_SMALL, SMOLLM2, products};
 
 /// Why a product need not reach `TARGET_BLOCKS`, or `None` when it must.
 fn exemption(s: &Shape) -> Option<String> {
@@ -74,4 +76,49 @@ fn few_rows_stream_the_weights_once_and_splits_cover_k() {
             p.what
         );
     }
+}
+
+/// The column reductions of an update's backward (GPT-2's biases and layernorm weights, Llama's
+/// norm weights) over its batch's rows, at the paper's shapes: at least one block per
+/// multiprocessor, or as many stretches of rows as the rows make.
+#[test]
+fn column_reductions_fill_the_device_where_the_rows_allow() {
+    let mut table = String::new();
+    let mut short = Vec::new();
+    for prompt in [20, 40, 60] {
+        for (w, batch, new) in [
+            (&GPT2_SMALL, 50, 2),
+            (&SMOLLM2, 50, 2),
+            (&GPT2_LARGE, 10, 10),
+        ] {
+            let rows = batch * (prompt + new);
+            let columns = if w.llama {
+                vec![("norm weight", w.c)]
+            } else {
+                vec![
+                    ("layernorm weight and bias", w.c),
+                    ("qkv bias", 3 * w.c),
+                    ("fc bias", w.mlp),
+                ]
+            };
+            for (what, c) in columns {
+                let [col_blocks, stretches, _] = column_grid(rows, c).blocks;
+                let blocks = (col_blocks * stretches) as usize;
+                let row_bound = stretches as usize == rows.div_ceil(COLUMN_STRETCH_ROWS);
+                let name = format!("{} B={batch} T={} {what}", w.name, prompt + new);
+                table.push_str(&format!(
+                    "{name:<48} rows={rows:<6} columns={c:<6} {col_blocks:>4} x {stretches:<3} = {blocks:>4} blocks{}\n",
+                    if row_bound { "  (one stretch per 64 rows)" } else { "" },
+                ));
+                if blocks < SMS && !row_bound {
+                    short.push(name);
+                }
+            }
+        }
+    }
+    println!("{table}");
+    assert!(
+        short.is_empty(),
+        "reductions under {SMS} blocks: {short:?}\n{table}"
+    );
 }

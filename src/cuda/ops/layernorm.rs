@@ -1,7 +1,7 @@
 //! Launchers of `kernels/layernorm.cu`, mirroring `cpu::ops::layernorm`.
 
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::ops::{columns, int, need, per_row};
+use crate::cuda::ops::{int, launch_columns, need, per_row};
 use anyhow::Result;
 
 type Buf = DevBuf<f32>;
@@ -89,10 +89,6 @@ pub fn layernorm_backward(
         ni.into(),
         ci.into(),
     ];
-    g.launch(
-        "layernorm.cu",
-        "layernorm_backward_params",
-        columns(c),
-        &args,
-    )
+    let entry = ("layernorm.cu", "layernorm_backward_params");
+    launch_columns(g, entry, &args, n, c, 2)
 }

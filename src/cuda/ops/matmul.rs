@@ -3,7 +3,7 @@
 
 use crate::cuda::device::{DevBuf, Gpu};
 use crate::cuda::ops::sgemm::{Layout, sgemm};
-use crate::cuda::ops::{columns, int, need};
+use crate::cuda::ops::{int, launch_columns, need};
 use anyhow::Result;
 
 type Buf = DevBuf<f32>;
@@ -50,7 +50,7 @@ pub fn matmul_backward(
             int("N", n)?.into(),
             int("OC", oc)?.into(),
         ];
-        g.launch("matmul.cu", "matmul_backward_dbias", columns(oc), &args)?;
+        launch_columns(g, ("matmul.cu", "matmul_backward_dbias"), &args, n, oc, 1)?;
     }
     Ok(())
 }

@@ -118,13 +118,46 @@ pub(super) fn view(
     buf.at(offset)
 }
 
-/// Blocks of (32, COLUMN_ROWS) threads, each owning 32 columns of a parameter gradient.
-fn columns(c: usize) -> Grid {
+/// Rows a stretch of a column reduction should have at least: four passes of its block's 16 rows.
+pub const COLUMN_STRETCH_ROWS: usize = 64;
+
+/// The grid of a column reduction over `n` rows and `c` columns: (ceil(c / 32), stretches)
+/// blocks of (32, COLUMN_ROWS) threads, each owning 32 columns of a parameter gradient and a
+/// stretch of the rows, split so that the launch has `TARGET_BLOCKS` blocks where the rows allow
+/// (each stretch at least `COLUMN_STRETCH_ROWS` long). A pure function of the shape, so tests can
+/// hold it to the device's size.
+pub fn column_grid(n: usize, c: usize) -> Grid {
+    let column_blocks = c.div_ceil(32).max(1);
+    let stretches = sgemm::TARGET_BLOCKS
+        .div_ceil(column_blocks)
+        .min(n.div_ceil(COLUMN_STRETCH_ROWS))
+        .max(1);
     Grid {
-        blocks: [c.div_ceil(32).max(1) as u32, 1, 1],
+        blocks: [column_blocks as u32, stretches as u32, 1],
         threads: [32, 16, 1],
         shared_bytes: 0,
     }
+}
+
+/// Launches a column reduction of `kernels/common.cuh`'s `column_sums` over `n` rows and `c`
+/// columns with `nv` sums a column on `column_grid`: `args`, then its scratch.
+fn launch_columns(
+    g: &Gpu,
+    (file, entry): (&'static str, &str),
+    args: &[Arg],
+    n: usize,
+    c: usize,
+    nv: usize,
+) -> Result<()> {
+    let grid = column_grid(n, c);
+    let [column_blocks, stretches, _] = grid.blocks.map(|b| b as usize);
+    if stretches == 1 {
+        return g.launch(file, entry, grid, &[args, &[Arg::NULL, Arg::NULL]].concat());
+    }
+    g.with_scratch(stretches * nv * c, column_blocks, |partial, counters| {
+        let scratch = [(&*partial).into(), (&*counters).into()];
+        g.launch(file, entry, grid, &[args, &scratch].concat())
+    })
 }
 
 /// Rows grouped by a key, the order-fixed form of a scatter: for each distinct key (ascending),

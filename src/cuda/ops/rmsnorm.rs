@@ -1,7 +1,7 @@
 //! Launchers of `kernels/rmsnorm.cu`, mirroring `cpu::ops::rmsnorm`.
 
 use crate::cuda::device::{DevBuf, Gpu};
-use crate::cuda::ops::{columns, int, need, per_row};
+use crate::cuda::ops::{int, launch_columns, need, per_row};
 use anyhow::Result;
 
 type Buf = DevBuf<f32>;
@@ -76,5 +76,12 @@ pub fn rmsnorm_backward(
         ni.into(),
         ci.into(),
     ];
-    g.launch("rmsnorm.cu", "rmsnorm_backward_dweight", columns(c), &args)
+    launch_columns(
+        g,
+        ("rmsnorm.cu", "rmsnorm_backward_dweight"),
+        &args,
+        n,
+        c,
+        1,
+    )
 }
