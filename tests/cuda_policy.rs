@@ -456,15 +456,20 @@ fn a_non_finite_reward_is_an_error_that_changes_nothing() {
     }
 }
 
+/// A second device of `g`'s kind, for a policy beside one on `g`.
+fn another_like(g: &Gpu) -> Gpu {
+    if g.name.starts_with("emulated") {
+        Gpu::emulated().unwrap()
+    } else {
+        Gpu::new(0).unwrap()
+    }
+}
+
 #[test]
 fn the_cached_reference_gives_what_the_uncached_one_gives() {
     for (model, cfg) in [(gpt2_tiny(), clipped()), (llama_tiny(), paper())] {
         for g in devices() {
-            let g2 = if g.name.starts_with("emulated") {
-                Gpu::emulated().unwrap()
-            } else {
-                Gpu::new(0).unwrap()
-            };
+            let g2 = another_like(&g);
             let (_, mut cached) = backends(&model, &cfg, g);
             let (_, mut plain) = backends(&model, &cfg, g2);
             plain.passes.set_reference_cache_limit(0);
@@ -493,11 +498,7 @@ fn the_cached_reference_gives_what_the_uncached_one_gives() {
 fn a_replayed_reference_pass_gives_the_eager_ones_bits() {
     for (model, cfg) in [(gpt2_tiny(), paper()), (llama_tiny(), paper())] {
         for g in devices() {
-            let g2 = if g.name.starts_with("emulated") {
-                Gpu::emulated().unwrap()
-            } else {
-                Gpu::new(0).unwrap()
-            };
+            let g2 = another_like(&g);
             let g = std::sync::Arc::new(g);
             let critic = Critic::new(model.hidden_size(), 1);
             let (m, r) = (model.clone(), model.clone());

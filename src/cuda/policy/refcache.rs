@@ -297,25 +297,17 @@ fn prefill<M: DeviceModel>(
     let mut copies = Segments::default();
     for (i, p) in prompts.iter().enumerate() {
         let (at, n) = ((i * tmax + dec.start[i]) * kw, p.len() * kw);
-        let mut take = |src: &Buf| -> Result<Buf> {
-            let mut b = g.alloc(n)?;
-            copies.add(&mut b, 0, src, at, n)?;
-            Ok(b)
+        // Every layer's rows of this prompt, each into a buffer of its own.
+        let mut take = |layers: &[Buf]| -> Result<Vec<Buf>> {
+            let mut out = Vec::with_capacity(layers.len());
+            for src in layers {
+                let mut b = g.alloc(n)?;
+                copies.add(&mut b, 0, src, at, n)?;
+                out.push(b);
+            }
+            Ok(out)
         };
-        let k = dec
-            .bufs
-            .cache
-            .k
-            .iter()
-            .map(&mut take)
-            .collect::<Result<_>>()?;
-        let vv = dec
-            .bufs
-            .cache
-            .v
-            .iter()
-            .map(&mut take)
-            .collect::<Result<_>>()?;
+        let (k, vv) = (take(&dec.bufs.cache.k)?, take(&dec.bufs.cache.v)?);
         let mut logits = g.alloc(v)?;
         copies.add(&mut logits, 0, &dec.bufs.logits, i * v, v)?;
         out.insert(p.clone(), Prompt { k, v: vv, logits });
