@@ -203,7 +203,7 @@ impl Update {
         critic: &Critic,
         cfg: &PpoConfig,
     ) -> Result<Vec<Vec<f32>>> {
-        let batch = dev.train_batch(g, &self.batch, &self.positions)?;
+        let batch = dev.train_batch(g, &self.batch, &self.positions, None)?;
         let mut acts = dev.forward(g, &batch)?;
         let v = dev.vocab_size();
         let (losses, al, cw, cb) = self.device_loss(

@@ -830,6 +830,23 @@ impl Gpu {
         }
     }
 
+    /// `host` on the device, in `old` when it holds at least as many elements (written at its
+    /// start; its length stays what it was, so readers are given the length filled), else in a
+    /// buffer made for it: inputs that change at every call but not in size allocate nothing.
+    pub fn upload_reusing<T: DevElem>(
+        &self,
+        old: Option<DevBuf<T>>,
+        host: &[T],
+    ) -> Result<DevBuf<T>> {
+        match old {
+            Some(mut b) if b.len >= host.len() && !host.is_empty() => {
+                self.write(&mut b, host)?;
+                Ok(b)
+            }
+            _ => self.upload(host),
+        }
+    }
+
     /// Copies `host` into the start of `buf`.
     pub fn write<T: DevElem>(&self, buf: &mut DevBuf<T>, host: &[T]) -> Result<()> {
         if host.len() > buf.len {

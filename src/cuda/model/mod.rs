@@ -149,14 +149,23 @@ impl DevModel {
         }
     }
 
-    /// `batch` on the device with logits wanted at `positions`.
+    /// `batch` on the device with logits wanted at `positions`, in `reuse`'s buffers where they
+    /// are long enough.
     pub fn train_batch(
         &self,
         g: &Gpu,
         batch: &Batch,
         positions: &[(usize, usize)],
+        reuse: Option<TrainBatch>,
     ) -> Result<TrainBatch> {
-        TrainBatch::new(g, batch, positions, self.vocab_size(), self.context())
+        TrainBatch::new(
+            g,
+            batch,
+            positions,
+            self.vocab_size(),
+            self.context(),
+            reuse,
+        )
     }
 
     /// The training forward on `batch`: logits of its chosen rows, final hidden states and what

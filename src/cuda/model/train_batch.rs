@@ -34,16 +34,17 @@ pub struct TrainBatch {
 impl TrainBatch {
     /// Uploads `batch` with logits wanted at `positions` ((row, index) pairs, each at most once),
     /// for a model of `vocab` tokens and a context of `max_len`. Every row ends at index T - 1,
-    /// where the value head reads.
+    /// where the value head reads. `reuse`'s buffers are written where they are long enough.
     pub fn new(
         g: &Gpu,
         batch: &Batch,
         positions: &[(usize, usize)],
         vocab: usize,
         max_len: usize,
+        reuse: Option<TrainBatch>,
     ) -> Result<Self> {
         let last = vec![batch.t.saturating_sub(1); batch.b];
-        Self::ending_at(g, batch, positions, &last, vocab, max_len)
+        Self::ending_at(g, batch, positions, &last, (vocab, max_len), reuse)
     }
 
     /// `new` for a batch whose row r ends at index `last[r]` (a rollout's batch, where a row's
@@ -53,8 +54,8 @@ impl TrainBatch {
         batch: &Batch,
         positions: &[(usize, usize)],
         last: &[usize],
-        vocab: usize,
-        max_len: usize,
+        (vocab, max_len): (usize, usize),
+        reuse: Option<TrainBatch>,
     ) -> Result<Self> {
         let (b, t) = (batch.b, batch.t);
         batch.check(vocab, max_len)?;
@@ -76,18 +77,33 @@ impl TrainBatch {
         let tokens: Vec<usize> = batch.tokens.iter().map(|&x| x as usize).collect();
         let to_i32 = |xs: &[usize]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let last: Vec<usize> = last.iter().enumerate().map(|(r, &i)| r * t + i).collect();
+        let r = reuse.map(|r| {
+            (
+                (Some(r.tokens), Some(r.pos), Some(r.start)),
+                (Some(r.rows), Some(r.last)),
+                (
+                    Some(r.row_buckets),
+                    Some(r.token_buckets),
+                    Some(r.pos_buckets),
+                ),
+            )
+        });
+        let ((tok, ps, st), (rw, la), (rb, tb, pb)) = r.unwrap_or_default();
         Ok(TrainBatch {
             b,
             t,
-            tokens: g.upload(&batch.tokens)?,
-            pos: g.upload(&to_i32(&pos))?,
-            start: g.upload(&to_i32(&batch.start))?,
+            tokens: g.upload_reusing(tok, &batch.tokens)?,
+            pos: g.upload_reusing(ps, &to_i32(&pos))?,
+            start: g.upload_reusing(st, &to_i32(&batch.start))?,
             m: rows.len(),
-            rows: g.upload(&to_i32(&rows).into_iter().chain([0]).collect::<Vec<_>>())?,
-            last: g.upload(&to_i32(&last))?,
-            row_buckets: RowBuckets::new(g, &rows)?,
-            token_buckets: RowBuckets::new(g, &tokens)?,
-            pos_buckets: RowBuckets::new(g, &pos)?,
+            rows: g.upload_reusing(
+                rw,
+                &to_i32(&rows).into_iter().chain([0]).collect::<Vec<_>>(),
+            )?,
+            last: g.upload_reusing(la, &to_i32(&last))?,
+            row_buckets: RowBuckets::reusing(g, rb, &rows)?,
+            token_buckets: RowBuckets::reusing(g, tb, &tokens)?,
+            pos_buckets: RowBuckets::reusing(g, pb, &pos)?,
         })
     }
 

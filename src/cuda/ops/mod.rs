@@ -177,6 +177,11 @@ pub struct RowBuckets {
 impl RowBuckets {
     /// The buckets of `keys` (one per row: row i carries keys[i]).
     pub fn new(g: &Gpu, keys: &[usize]) -> Result<Self> {
+        Self::reusing(g, None, keys)
+    }
+
+    /// `new`, written into `old`'s buffers where they are long enough.
+    pub fn reusing(g: &Gpu, old: Option<RowBuckets>, keys: &[usize]) -> Result<Self> {
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by_key(|&i| keys[i]); // stable: rows stay ascending within a key
         let (mut uniq, mut starts) = (Vec::new(), Vec::new());
@@ -198,13 +203,17 @@ impl RowBuckets {
             }
             v
         };
+        let (k, s, r) = match old {
+            Some(o) => (Some(o.keys), Some(o.starts), Some(o.rows)),
+            None => (None, None, None),
+        };
         Ok(RowBuckets {
             n_keys: uniq.len(),
             key_end: keys.iter().max().map_or(0, |&k| k + 1),
             row_end: keys.len(),
-            keys: g.upload(&nonempty(uniq))?,
-            starts: g.upload(&starts)?,
-            rows: g.upload(&nonempty(rows))?,
+            keys: g.upload_reusing(k, &nonempty(uniq))?,
+            starts: g.upload_reusing(s, &starts)?,
+            rows: g.upload_reusing(r, &nonempty(rows))?,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! Only tokens, log-probs, per-row values and the losses' means cross to the host.
 
 pub mod refcache;
+mod step_buffers;
 
 use crate::cuda::device::{DevBuf, Gpu, Mark};
 use crate::cuda::model::generate::Lent;
@@ -14,6 +15,7 @@ use crate::cuda::model::{DevActs, DevGrads, DevModel, DevRollout};
 use crate::cuda::ops::optim::{self, AdamW};
 use crate::cuda::ops::ppo_loss::{self as kl, ActorInputs, DevActorLoss};
 use crate::cuda::policy::refcache::DevRefCache;
+use crate::cuda::policy::step_buffers::StepBuffers;
 use crate::model::spec::Model;
 use crate::ppo::config::PpoConfig;
 use crate::ppo::loss::{ActorLoss, Critic, Episode};
@@ -85,6 +87,7 @@ impl CudaPolicy {
             reused: 0,
             zero_list: None,
             loss_bufs: None,
+            kept: StepBuffers::default(),
             gpu,
         };
         Ok(Policy::over(passes, cfg, eos))
@@ -130,6 +133,8 @@ pub struct CudaPasses {
     zero_list: Option<optim::TensorList>,
     /// The actor loss's buffers of the last step, for the next.
     loss_bufs: Option<DevActorLoss>,
+    /// The step's small inputs and outputs, kept for the next.
+    kept: StepBuffers,
 }
 
 /// A step's forward pass on the device and what its losses leave for backward.
@@ -168,17 +173,20 @@ impl CudaPasses {
     }
 
     /// The actor's training forward on a scored batch.
-    fn pass(&self, sb: &ScoredBatch) -> Result<(TrainBatch, DevActs)> {
+    fn pass(&mut self, sb: &ScoredBatch) -> Result<(TrainBatch, DevActs)> {
         let g = &self.gpu;
-        let batch = self.policy.train_batch(g, &sb.batch, &sb.positions)?;
+        let reuse = self.kept.batch.take();
+        let batch = self
+            .policy
+            .train_batch(g, &sb.batch, &sb.positions, reuse)?;
         let acts = self.policy.forward(g, &batch)?;
         Ok((batch, acts))
     }
 
     /// values (B) of the value head on each row's last hidden state, on the device.
-    fn values_on(&self, batch: &TrainBatch, acts: &DevActs) -> Result<Buf> {
+    fn values_on(&mut self, batch: &TrainBatch, acts: &DevActs) -> Result<Buf> {
         let g = &self.gpu;
-        let mut values = g.alloc(batch.b)?;
+        let mut values = step_buffers::exactly(g, self.kept.values.take(), batch.b)?;
         kl::value_forward(
             g,
             &mut values,
@@ -197,7 +205,7 @@ impl CudaPasses {
     /// at `sb`'s scored tokens in its order and each row ending at its last kept token; and the
     /// rollout's activations made ready for backward on it.
     fn finish_rollout(
-        &self,
+        &mut self,
         sb: &ScoredBatch,
         mut r: DevRollout,
     ) -> Result<(TrainBatch, DevRollout)> {
@@ -217,10 +225,14 @@ impl CudaPasses {
         }
         let last: Vec<usize> = kept.iter().map(|&k| l.tp - 1 + k).collect();
         let (vocab, context) = (self.policy.vocab_size(), self.policy.context());
-        let batch = TrainBatch::ending_at(g, &l.batch(), &positions, &last, vocab, context)?;
-        let logit_rows = g.upload(&logit_rows.into_iter().chain([0]).collect::<Vec<_>>())?;
+        let reuse = self.kept.batch.take();
+        let batch =
+            TrainBatch::ending_at(g, &l.batch(), &positions, &last, (vocab, context), reuse)?;
+        let logit_rows: Vec<i32> = logit_rows.into_iter().chain([0]).collect();
+        let logit_rows = g.upload_reusing(self.kept.logit_rows.take(), &logit_rows)?;
         self.policy
             .finish_recorded(g, &batch, &mut r, &logit_rows)?;
+        self.kept.logit_rows = Some(logit_rows);
         Ok((batch, r))
     }
 
@@ -303,7 +315,11 @@ impl Passes for CudaPasses {
         let (batch, acts) = self
             .pass(&no_logits)
             .with_context(|| pass_context("the values pass", sb))?;
-        self.gpu.download(&self.values_on(&batch, &acts)?)
+        let values = self.values_on(&batch, &acts)?;
+        let host = self.gpu.download(&values)?;
+        self.kept.batch = Some(batch);
+        self.kept.values = Some(values);
+        Ok(host)
     }
 
     fn forward(
@@ -356,9 +372,12 @@ impl Passes for CudaPasses {
             .with_context(|| pass_context("the actor's loss", sb))?;
         // With no scored token the actor's terms are zero, as on the CPU, and backward skips
         // the head.
+        let k = &mut self.kept;
         let actor = if m > 0 {
-            let (tokens, old_lp) = (g.upload(&sb.tokens)?, g.upload(&sb.old_logprobs)?);
-            let (reference, advantages) = (g.upload(&t.ref_logprobs)?, g.upload(&t.advantages)?);
+            let tokens = g.upload_reusing(k.tokens.take(), &sb.tokens)?;
+            let old_lp = g.upload_reusing(k.old_logprobs.take(), &sb.old_logprobs)?;
+            let reference = g.upload_reusing(k.ref_logprobs.take(), &t.ref_logprobs)?;
+            let advantages = g.upload_reusing(k.advantages.take(), &t.advantages)?;
             let inp = ActorInputs {
                 logits: pass.acts.logits(),
                 vocab: v,
@@ -368,35 +387,41 @@ impl Passes for CudaPasses {
                 advantages: &advantages,
             };
             kl::actor_loss(g, &mut al_dev, &inp, cfg, kl_coef)?;
+            (k.tokens, k.old_logprobs) = (Some(tokens), Some(old_lp));
+            (k.ref_logprobs, k.advantages) = (Some(reference), Some(advantages));
             al_dev.download(g)?
         } else {
             ActorLoss::default()
         };
-        let (mut closs, mut dv) = (g.alloc(2)?, g.alloc(b)?);
+        let mut closs = step_buffers::exactly(g, k.critic_loss.take(), 2)?;
+        let mut dv = step_buffers::exactly(g, k.dvalues.take(), b)?;
+        let old_values = g.upload_reusing(k.old_values.take(), &t.old_values)?;
+        let returns = g.upload_reusing(k.returns.take(), &t.returns)?;
         kl::critic_loss(
             g,
             &mut closs,
             &mut dv,
             &pass.values,
-            &g.upload(&t.old_values)?,
-            &g.upload(&t.returns)?,
+            &old_values,
+            &returns,
             b,
             cfg.value_clip,
         )?;
-        let closs = g.download(&closs)?;
+        let host_closs = g.download(&closs)?;
+        (k.critic_loss, k.old_values, k.returns) = (Some(closs), Some(old_values), Some(returns));
         pass.actor = Some(al_dev);
         pass.dvalues = Some(dv);
-        Ok((actor, closs[0], closs[1]))
+        Ok((actor, host_closs[0], host_closs[1]))
     }
 
     fn backward(&mut self, pass: CudaPass, cfg: &PpoConfig) -> Result<(f32, f32)> {
         let CudaPass {
             batch,
             mut acts,
+            values,
             actor,
             dvalues,
             lent,
-            ..
         } = pass;
         let (actor, dv) = actor
             .zip(dvalues)
@@ -434,6 +459,8 @@ impl Passes for CudaPasses {
         self.policy
             .backward(g, &batch, &mut acts, &actor.dlogits, &mut grads)?;
         self.loss_bufs = Some(actor);
+        (self.kept.batch, self.kept.values) = (Some(batch), Some(values));
+        self.kept.dvalues = Some(dv);
         // A rollout's buffers go back for the next rollout of its shape to write.
         if let Some(lent) = lent {
             let r = DevRollout { acts, lent };

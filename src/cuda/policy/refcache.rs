@@ -12,6 +12,7 @@ use crate::cuda::device::{DevBuf, Gpu, Replayed};
 use crate::cuda::model::DevModel;
 use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel};
 use crate::cuda::ops::{Segments, copy_segments, log_softmax_gather_forward};
+use crate::cuda::policy::step_buffers::exactly;
 use crate::ppo::loss::{Episode, kept_tokens};
 use anyhow::{Result, bail};
 use std::any::Any;
@@ -58,6 +59,10 @@ pub struct DevRefCache {
     /// (A, V) each episode's first-token logits, gathered from its prompt's, kept for the next
     /// update of as many episodes.
     first: Option<Buf>,
+    /// The log-probabilities of the first tokens (A) and of the rest (A tq), and the tokens they
+    /// are of, kept likewise.
+    logprobs: [Option<Buf>; 2],
+    targets: [Option<DevBuf<u32>>; 2],
 }
 
 impl Default for DevRefCache {
@@ -80,6 +85,8 @@ impl DevRefCache {
             forward: None,
             graphs: std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0"),
             first: None,
+            logprobs: [None, None],
+            targets: [None, None],
         }
     }
 
@@ -228,10 +235,13 @@ impl DevRefCache {
             .iter()
             .map(|&(r, k)| if k > 0 { episodes[r].response[0] } else { eos })
             .collect();
-        let mut lp_first = g.alloc(a)?;
-        let targets = g.upload(&first_tokens)?;
+        let [lp_first_at, lp_rest_at] = &mut self.logprobs;
+        let [first_targets, rest_targets] = &mut self.targets;
+        let mut lp_first = exactly(g, lp_first_at.take(), a)?;
+        let targets = g.upload_reusing(first_targets.take(), &first_tokens)?;
         log_softmax_gather_forward(g, &mut lp_first, &first, &targets, a, v, 1.0)?;
-        let lp_first = g.download(&lp_first)?;
+        let host_first = g.download(&lp_first)?;
+        (*lp_first_at, *first_targets) = (Some(lp_first), Some(targets));
         // Row i's token j is fed at step j and predicts kept token j + 1; shorter responses are
         // padded with `eos` after their end, which no kept token attends to.
         let lp_rest = if tq > 0 {
@@ -252,16 +262,18 @@ impl DevRefCache {
             launches.run(g, &mut self.graphs, "the reference's pass", || {
                 dec.forward(p0, tq, m, None)
             })?;
-            let mut lp = g.alloc(a * tq)?;
-            let targets = g.upload(&targets)?;
+            let mut lp = exactly(g, lp_rest_at.take(), a * tq)?;
+            let targets = g.upload_reusing(rest_targets.take(), &targets)?;
             log_softmax_gather_forward(g, &mut lp, &dec.bufs.logits, &targets, a * tq, v, 1.0)?;
-            g.download(&lp)?
+            let host = g.download(&lp)?;
+            (*lp_rest_at, *rest_targets) = (Some(lp), Some(targets));
+            host
         } else {
             Vec::new()
         };
         for (i, &(r, k)) in scored.iter().enumerate() {
             if k > 0 {
-                out[r].push(lp_first[i]);
+                out[r].push(host_first[i]);
                 out[r].extend_from_slice(&lp_rest[i * tq..i * tq + k - 1]);
             }
         }
