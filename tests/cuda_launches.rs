@@ -83,12 +83,13 @@ fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forwa
     let steady = steady_round(&gpu, true, true);
     let (rollout, update) = (steady.rollout, steady.update);
     let eager_rollout = steady_round(&gpu, false, true).rollout;
-    let fresh_update = steady_round(&gpu, true, false).update;
+    let fresh = steady_round(&gpu, true, false);
+    let fresh_update = fresh.update;
     println!("rollout: {rollout:?} (one by one: {eager_rollout:?})");
     println!("update: {update:?} (on a fresh pass: {fresh_update:?})");
     println!(
-        "buffers made: rollout {}, update {}",
-        steady.rollout_buffers, steady.update_buffers
+        "buffers made: rollout {}, update {} (on a fresh pass: {})",
+        steady.rollout_buffers, steady.update_buffers, fresh.update_buffers
     );
     assert_eq!(
         (rollout.kernels, rollout.graphs, rollout.copies),
@@ -104,9 +105,13 @@ fn a_repeated_rollout_is_one_graph_and_the_recorded_pass_saves_the_updates_forwa
     );
     // A rollout or an update of a shape seen before allocates nothing.
     assert_eq!(
-        (steady.rollout_buffers, steady.update_buffers),
-        (0, 0),
-        "buffers made by a steady rollout and update"
+        (
+            steady.rollout_buffers,
+            steady.update_buffers,
+            fresh.update_buffers
+        ),
+        (0, 0, 0),
+        "buffers made by a steady rollout, update, and update on a fresh pass"
     );
     // The frozen reference's kept prompt rows go into its decoding cache in one launch, not a
     // device copy per prompt and layer.

@@ -204,7 +204,7 @@ impl Update {
         cfg: &PpoConfig,
     ) -> Result<Vec<Vec<f32>>> {
         let batch = dev.train_batch(g, &self.batch, &self.positions, None)?;
-        let mut acts = dev.forward(g, &batch)?;
+        let mut acts = dev.forward(g, &batch, None)?;
         let v = dev.vocab_size();
         let (losses, al, cw, cb) = self.device_loss(
             g,

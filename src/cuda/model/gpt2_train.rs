@@ -118,8 +118,13 @@ impl Gpt2Activations {
         batch.check_shape(self.b, self.t, self.m)
     }
 
+    /// Whether these activations serve a batch of `b` x `t` with `m` logit rows (`set_rows`).
+    pub(super) fn fits(&self, b: usize, t: usize, m: usize) -> bool {
+        (self.b, self.t) == (b, t) && m <= self.m_cap
+    }
+
     /// Logit rows `m` of the batch to come, at most as many as the activations were made for.
-    fn set_rows(&mut self, m: usize) -> Result<()> {
+    pub(super) fn set_rows(&mut self, m: usize) -> Result<()> {
         if m > self.m_cap {
             anyhow::bail!("activations made for {} logit rows given {m}", self.m_cap);
         }

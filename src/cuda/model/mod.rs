@@ -169,17 +169,29 @@ impl DevModel {
     }
 
     /// The training forward on `batch`: logits of its chosen rows, final hidden states and what
-    /// backward needs.
-    pub fn forward(&self, g: &Gpu, batch: &TrainBatch) -> Result<DevActs> {
+    /// backward needs; in `reuse`'s buffers when they were made for the batch's shape.
+    pub fn forward(&self, g: &Gpu, batch: &TrainBatch, reuse: Option<DevActs>) -> Result<DevActs> {
         let (b, t, m) = (batch.b, batch.t, batch.m);
-        Ok(match self {
-            DevModel::Gpt2(d) => {
-                let mut acts = Box::new(Gpt2Activations::new(g, &d.config, b, t, m)?);
+        Ok(match (self, reuse) {
+            (DevModel::Gpt2(d), reuse) => {
+                let mut acts = match reuse {
+                    Some(DevActs::Gpt2(mut a)) if a.fits(b, t, m) => {
+                        a.set_rows(m)?;
+                        a
+                    }
+                    _ => Box::new(Gpt2Activations::new(g, &d.config, b, t, m)?),
+                };
                 gpt2_train::forward(g, d, batch, &mut acts)?;
                 DevActs::Gpt2(acts)
             }
-            DevModel::Llama(d) => {
-                let mut acts = Box::new(LlamaActivations::new(g, &d.config, b, t, m)?);
+            (DevModel::Llama(d), reuse) => {
+                let mut acts = match reuse {
+                    Some(DevActs::Llama(mut a)) if a.fits(b, t, m) => {
+                        a.set_rows(m)?;
+                        a
+                    }
+                    _ => Box::new(LlamaActivations::new(g, &d.config, b, t, m)?),
+                };
                 llama_train::forward(g, d, batch, &mut acts)?;
                 DevActs::Llama(acts)
             }

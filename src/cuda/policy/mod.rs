@@ -179,7 +179,7 @@ impl CudaPasses {
         let batch = self
             .policy
             .train_batch(g, &sb.batch, &sb.positions, reuse)?;
-        let acts = self.policy.forward(g, &batch)?;
+        let acts = self.policy.forward(g, &batch, self.kept.acts.take())?;
         Ok((batch, acts))
     }
 
@@ -317,8 +317,8 @@ impl Passes for CudaPasses {
             .with_context(|| pass_context("the values pass", sb))?;
         let values = self.values_on(&batch, &acts)?;
         let host = self.gpu.download(&values)?;
-        self.kept.batch = Some(batch);
-        self.kept.values = Some(values);
+        (self.kept.batch, self.kept.values) = (Some(batch), Some(values));
+        self.kept.acts = Some(acts);
         Ok(host)
     }
 
@@ -462,9 +462,13 @@ impl Passes for CudaPasses {
         (self.kept.batch, self.kept.values) = (Some(batch), Some(values));
         self.kept.dvalues = Some(dv);
         // A rollout's buffers go back for the next rollout of its shape to write.
-        if let Some(lent) = lent {
-            let r = DevRollout { acts, lent };
-            self.policy.give_back(&mut self.decoding, r);
+        // A fresh pass's stay for the next step of the shape.
+        match lent {
+            Some(lent) => {
+                let r = DevRollout { acts, lent };
+                self.policy.give_back(&mut self.decoding, r);
+            }
+            None => self.kept.acts = Some(acts),
         }
         let norm_coef = self
             .actor_norm

@@ -4,6 +4,7 @@
 //! exact length. A run whose batches keep their shape allocates nothing for them.
 
 use crate::cuda::device::{DevBuf, DevElem, Gpu};
+use crate::cuda::model::DevActs;
 use crate::cuda::model::train_batch::TrainBatch;
 use anyhow::Result;
 
@@ -13,6 +14,8 @@ type Buf = DevBuf<f32>;
 #[derive(Default)]
 pub struct StepBuffers {
     pub batch: Option<TrainBatch>,
+    /// A fresh forward's activations (the large ones: every layer's), for the next of the shape.
+    pub acts: Option<DevActs>,
     /// A recorded rollout's logit rows (M).
     pub logit_rows: Option<DevBuf<i32>>,
     /// The value head's values (B), and the critic's loss (2) and its gradient (B).
