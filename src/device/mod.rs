@@ -92,6 +92,11 @@ impl Device {
         self.gpu().map(|g| g.launch_counts())
     }
 
+    /// The buffers made on the device so far; `None` on the CPU.
+    pub fn buffers_made(&self) -> Option<u64> {
+        self.gpu().map(|g| g.buffers_made())
+    }
+
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
         match self {
             Device::Cpu => None,

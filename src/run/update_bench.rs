@@ -38,9 +38,11 @@ pub struct UpdateFigure {
     pub episodes_per_s: f64,
     /// The median of each phase on its own (they need not add up to `seconds_per_update`).
     pub phase_seconds: PhaseSeconds,
-    /// On a device: the kernels launched one by one and the graphs launched, per update (the
-    /// median of each).
+    /// On a device: the kernels launched one by one, the graphs launched, and the copies and
+    /// memsets asked for one by one, per update (the median of each).
     pub launches_per_update: Option<LaunchCounts>,
+    /// On a device: the buffers an update made (the median).
+    pub buffers_per_update: Option<u64>,
 }
 
 /// The middle of `x` (not empty) in the order `cmp` gives.
@@ -74,12 +76,20 @@ pub fn update_throughput(
     }
     let mut stats = Vec::with_capacity(job.runs);
     let mut launches = Vec::with_capacity(job.runs);
+    let mut buffers = Vec::with_capacity(job.runs);
     let counts = || device.launch_counts();
     for _ in 0..job.runs {
-        let before = counts();
+        let (before, made) = (counts(), device.buffers_made());
         stats.push(trainer.update()?);
         launches.extend(counts().zip(before).map(|(after, before)| after - before));
+        buffers.extend(
+            device
+                .buffers_made()
+                .zip(made)
+                .map(|(after, before)| after - before),
+        );
     }
+    let buffers_per_update = (!buffers.is_empty()).then(|| median(buffers, u64::cmp));
     let launches_per_update = (!launches.is_empty()).then(|| {
         let mid = |f: fn(&LaunchCounts) -> u64| median(launches.iter().map(f).collect(), u64::cmp);
         LaunchCounts {
@@ -107,6 +117,7 @@ pub fn update_throughput(
         seconds_per_update: seconds,
         episodes_per_s: job.batch as f64 / seconds,
         launches_per_update,
+        buffers_per_update,
         phase_seconds: PhaseSeconds {
             rollout: phase(|p| p.rollout),
             reward: phase(|p| p.reward),
