@@ -15,8 +15,9 @@
 #              2 new tokens), SmolLM2-135M's shape (the same), GPT-2 large (copy, batch 10, 10
 #              new tokens); random weights of each shape, the binary reward
 #   update     `pgsrm bench --job update`: one steady update of each child at the paper's batch,
-#              where its time went (rollout, reward, reference, actor, optimiser) and its kernel and
-#              graph launches; GPT-2 small again with PGSRM_GRAPHS=0 (every kernel one by one)
+#              where its time went (rollout, reward, reference, actor, optimiser), its kernel and
+#              graph launches, copies and memsets, and the buffers it made; GPT-2 small again with
+#              PGSRM_GRAPHS=0 (every kernel one by one)
 #   generate   `pgsrm bench --job generate` (with graphs, then with PGSRM_GRAPHS=0) and the
 #              generation peer (`transformers.generate`)
 #   peer       `scripts/peer_ppo.py --workflow tuned` on SmolLM2's shape and `scripts/peer_reward.py`
