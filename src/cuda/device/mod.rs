@@ -16,7 +16,7 @@ use cudarc::driver::{
 };
 use emu::{ArgBytes, EmuDevice, HostMem};
 pub use mark::Mark;
-pub use replayed::Replayed;
+pub use replayed::{Replayed, graphs_wanted};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};

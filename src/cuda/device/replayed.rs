@@ -3,6 +3,12 @@
 use super::{Gpu, Graph};
 use anyhow::Result;
 
+/// Whether launches that repeat are replayed as graphs: yes, unless `PGSRM_GRAPHS=0` says to
+/// launch every kernel one by one (to compare, or for a profiler that does not follow graphs).
+pub fn graphs_wanted() -> bool {
+    std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0")
+}
+
 /// One stretch of launches that runs again and again over the same buffers: launched one by one
 /// the first time (which makes whatever scratch they grow), recorded as a graph the second, and
 /// replayed from then on. Whatever changes between runs must be written into those buffers

@@ -13,7 +13,7 @@
 //! `cpu::rollout` does on the CPU.
 
 use crate::batch::Batch;
-use crate::cuda::device::{DevBuf, Gpu, Replayed};
+use crate::cuda::device::{DevBuf, Gpu, Replayed, graphs_wanted};
 use crate::cuda::model::decode::{
     COPIES_PER_LAYER, CachedRows, Decoder, DecoderBuffers, DeviceModel, Recording,
 };
@@ -140,7 +140,7 @@ impl Default for DecodeCache {
     /// Graphs on, unless `PGSRM_GRAPHS=0` turns them off (every launch then goes one by one, to
     /// compare, or to profile kernels with a tool that does not follow graphs).
     fn default() -> Self {
-        DecodeCache::new(std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0"))
+        DecodeCache::new(graphs_wanted())
     }
 }
 

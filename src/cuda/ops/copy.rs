@@ -62,10 +62,7 @@ pub fn copy_segments(g: &Gpu, segments: &Segments, table: &mut Option<DevBuf<u64
         return Ok(());
     }
     let host: Vec<u64> = [&segments.dst[..], &segments.src, &segments.lens].concat();
-    match table {
-        Some(t) if t.len() >= host.len() => g.write(t, &host)?,
-        _ => *table = Some(g.upload(&host)?),
-    }
+    *table = Some(g.upload_reusing(table.take(), &host)?);
     let longest = segments.lens.iter().max().copied().unwrap_or(0) as usize;
     let mean = segments.lens.iter().sum::<u64>() as usize / s;
     let y = mean

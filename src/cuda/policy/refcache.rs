@@ -8,7 +8,7 @@
 //! prefills only the prompts not yet kept, copies every episode's prompt rows into one decoding
 //! cache, and runs the kept response tokens but the last, all episodes in one pass.
 
-use crate::cuda::device::{DevBuf, Gpu, Replayed};
+use crate::cuda::device::{DevBuf, Gpu, Replayed, graphs_wanted};
 use crate::cuda::model::DevModel;
 use crate::cuda::model::decode::{Decoder, DecoderBuffers, DeviceModel};
 use crate::cuda::ops::{Segments, copy_segments, log_softmax_gather_forward};
@@ -83,7 +83,7 @@ impl DevRefCache {
             decoder: None,
             copy_table: None,
             forward: None,
-            graphs: std::env::var("PGSRM_GRAPHS").map_or(true, |v| v != "0"),
+            graphs: graphs_wanted(),
             first: None,
             logprobs: [None, None],
             targets: [None, None],
@@ -215,10 +215,7 @@ impl DevRefCache {
                 g.zero(b)?;
             }
         }
-        let mut first = match self.first.take() {
-            Some(f) if f.len() == a * v => f,
-            _ => g.alloc(a * v)?,
-        };
+        let mut first = exactly(g, self.first.take(), a * v)?;
         let mut copies = Segments::default();
         for (i, p) in prompts.iter().enumerate() {
             let e = row(p).expect("every prompt is kept or fresh");
